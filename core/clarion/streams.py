@@ -1,0 +1,93 @@
+"""Redis stream and key names, and the payloads carried on them. Defined here, once.
+
+- `tg:updates:{channel}:{partition}`: Telegram updates of one channel, partitioned by chat id so one
+  chat's updates stay in order; read by the bot through the consumer group `bot`.
+- `notify:{class}`: notification ids (the outbox rows live in Postgres); read by workers.
+- `groups:maintenance`: ManagedGroup timer work.
+- `<stream>:dead`: dead letters of any stream.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+BOT_GROUP = "bot"
+WORKER_GROUP = "workers"
+DEFAULT_PARTITIONS = 16
+DEDUP_TTL_SECONDS = 24 * 3600
+GROUP_MAINTENANCE_STREAM = "groups:maintenance"
+
+
+def update_partition(chat_id: int | None, partitions: int) -> int:
+    """The partition of a chat: stable across processes (no Python hash randomisation)."""
+    if chat_id is None:
+        return 0
+    return zlib.crc32(str(chat_id).encode()) % partitions
+
+
+def updates_stream(channel: str, partition: int) -> str:
+    return f"tg:updates:{channel}:{partition}"
+
+
+def update_dedup_key(channel: str, update_id: int) -> str:
+    return f"tg:dedup:{channel}:{update_id}"
+
+
+def partition_lease_key(channel: str, partition: int) -> str:
+    return f"tg:lease:{channel}:{partition}"
+
+
+def notify_stream(klass: str) -> str:
+    return f"notify:{klass}"
+
+
+def dead_letter_stream(stream: str) -> str:
+    return f"{stream}:dead"
+
+
+def bot_pause_key(bot_id: int) -> str:
+    """Set with a TTL of retry_after seconds when Telegram answers 429: every pod of the bot waits."""
+    return f"tg:pause:{bot_id}"
+
+
+def rate_key(bot_id: int, scope: str) -> str:
+    return f"tg:rl:{bot_id}:{scope}"
+
+
+class UpdateEnvelope(BaseModel):
+    """One Telegram update as the webhook stored it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: str = Field(max_length=253)
+    update_id: int
+    chat_id: int | None = None
+    received_at: float
+    trace_id: str = Field(max_length=64)
+    update: dict[str, Any]
+
+    def to_fields(self) -> dict[str, bytes]:
+        return {"e": self.model_dump_json().encode()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> UpdateEnvelope:
+        return cls.model_validate_json(fields[b"e"])
+
+
+class NotificationTask(BaseModel):
+    """A pointer to an outbox row; the row itself is the durable record."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    notification_id: int
+    trace_id: str = Field(max_length=64)
+
+    def to_fields(self) -> dict[str, bytes]:
+        return {"e": self.model_dump_json().encode()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> NotificationTask:
+        return cls.model_validate_json(fields[b"e"])

@@ -1,0 +1,109 @@
+"""Fixtures shared by every tier.
+
+Servers are real: Postgres and Redis started by scripts/local-services.sh, the Telegram emulator and
+the SMTP sink from devtools, and (cluster tier) a local kube-apiserver. When a server is missing, a
+test fails in CI (CI=true) and is skipped with the reason on a developer box.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from clarion.db import apply_migrations
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BASE_DSN = os.environ.get("CLARION_DATABASE_URL", "postgresql://clarion@127.0.0.1:55432/postgres")
+REDIS_URL = os.environ.get("CLARION_TEST_REDIS_URL", "redis://127.0.0.1:56379/15")
+
+
+def require_server(what: str, error: BaseException) -> None:
+    """Fail loudly in CI, skip with the reason elsewhere."""
+    message = f"{what} is not reachable ({error!r}); start it with `bash scripts/local-services.sh start`"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _dsn_for(database: str) -> str:
+    head, _, _ = BASE_DSN.rpartition("/")
+    return f"{head}/{database}"
+
+
+@pytest.fixture(scope="session")
+async def template_database() -> AsyncIterator[str]:
+    """A migrated database that each test's database is copied from."""
+    try:
+        admin = await asyncpg.connect(BASE_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        require_server("Postgres", exc)
+        raise
+    name = f"clarion_tmpl_{os.getpid()}"
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    conn = await asyncpg.connect(_dsn_for(name))
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
+    try:
+        yield name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def database_url(template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    admin = await asyncpg.connect(BASE_DSN)
+    name = f"clarion_t_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    try:
+        yield _dsn_for(name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    from clarion.db import create_pool
+
+    pool = await create_pool(database_url, min_size=1, max_size=20)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """A Redis database emptied before and after the test."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except (OSError, aioredis.ConnectionError) as exc:
+        await client.aclose()
+        require_server("Redis", exc)
+        raise
+    await client.flushdb()
+    try:
+        yield REDIS_URL
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
