@@ -8,6 +8,9 @@ CREATE TABLE channels (
     uid             text,
     bot_id          bigint,
     bot_username    text,
+    api_base_url    text,
+    -- sha256 hex of the webhook secret token: the webhook compares digests in constant time.
+    webhook_secret_sha256 text,
     config          jsonb NOT NULL DEFAULT '{}'::jsonb,
     ready           boolean NOT NULL DEFAULT false,
     created_at      timestamptz NOT NULL DEFAULT now(),
