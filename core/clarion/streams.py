@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 from typing import Any
 
@@ -38,6 +39,11 @@ def update_dedup_key(channel: str, update_id: int) -> str:
 
 def partition_lease_key(channel: str, partition: int) -> str:
     return f"tg:lease:{channel}:{partition}"
+
+
+def bot_replicas_key(channel: str) -> str:
+    """Sorted set of the live bot replicas of a channel; a member's score is its heartbeat expiry (ms)."""
+    return f"tg:replicas:{channel}"
 
 
 def notify_stream(klass: str) -> str:
@@ -75,6 +81,19 @@ class UpdateEnvelope(BaseModel):
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> UpdateEnvelope:
         return cls.model_validate_json(fields[b"e"])
+
+
+def update_envelope_fields(channel: str, update_id: int, chat_id: int | None, received_at: float,
+                           trace_id: str, raw_update: bytes) -> dict[str, bytes]:
+    """`UpdateEnvelope(...).to_fields()` without re-serialising the update.
+
+    `raw_update` must be the UTF-8 JSON object the caller has already parsed; the result reads back
+    with `UpdateEnvelope.from_fields`.
+    """
+    head = (f'{{"channel":{json.dumps(channel)},"update_id":{int(update_id)},'
+            f'"chat_id":{"null" if chat_id is None else int(chat_id)},"received_at":{float(received_at)!r},'
+            f'"trace_id":{json.dumps(trace_id)},"update":')
+    return {"e": head.encode() + raw_update + b"}"}
 
 
 class NotificationTask(BaseModel):
