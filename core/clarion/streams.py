@@ -4,7 +4,9 @@
   chat's updates stay in order; read by the bot through the consumer group `bot`.
 - `notify:{class}`: notification ids (the outbox rows live in Postgres); read by workers.
 - `groups:maintenance`: ManagedGroup timer work.
-- `<stream>:dead`: dead letters of any stream.
+- `<stream>:dead`: dead letters of any stream (`campaign:deliveries:dead`: campaign deliveries that
+  exhausted their attempts; the rows stay in Postgres as `failed`).
+- `tg:pause:{bot}` / `tg:rl:{bot}:{scope}`: the shared Telegram rate limiter (clarion.telegram.limiter).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ WORKER_GROUP = "workers"
 DEFAULT_PARTITIONS = 16
 DEDUP_TTL_SECONDS = 24 * 3600
 GROUP_MAINTENANCE_STREAM = "groups:maintenance"
+# Campaign deliveries that exhausted their attempts go to dead_letter_stream(CAMPAIGN_DELIVERIES_STREAM).
+CAMPAIGN_DELIVERIES_STREAM = "campaign:deliveries"
 
 
 def update_partition(chat_id: int | None, partitions: int) -> int:
