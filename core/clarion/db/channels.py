@@ -1,0 +1,72 @@
+"""Channel lookups: the rows the operator writes, read by the webhook and the bot."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+#: `{namespace}.{name}`: a Kubernetes namespace (no dots) and a resource name.
+CHANNEL_KEY_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$")
+
+SUPPORTED_LANGUAGES = ("en", "ru")
+
+
+def split_channel_key(key: str) -> tuple[str, str] | None:
+    """(namespace, name) of a well-formed channel key, else None."""
+    if len(key) > 317 or not CHANNEL_KEY_RE.match(key):
+        return None
+    namespace, _, name = key.partition(".")
+    return namespace, name
+
+
+@dataclass(frozen=True)
+class ChannelRecord:
+    """One live channel row; `config` is the NotificationChannel's `spec.telegram` minus secrets."""
+
+    id: int
+    key: str
+    type: str
+    bot_id: int | None
+    bot_username: str | None
+    api_base_url: str | None
+    webhook_secret_sha256: str | None
+    ready: bool
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def admin_chat_ids(self) -> frozenset[int]:
+        return frozenset(int(x) for x in self.config.get("adminChatIds") or ())
+
+    @property
+    def support_chat_id(self) -> int | None:
+        value = self.config.get("supportChatId")
+        return int(value) if value is not None else None
+
+    @property
+    def default_language(self) -> str:
+        value = self.config.get("defaultLanguage")
+        return value if value in SUPPORTED_LANGUAGES else "en"
+
+
+_SELECT = """
+    SELECT id, namespace, name, type, bot_id, bot_username, api_base_url, webhook_secret_sha256, ready, config
+    FROM channels WHERE namespace = $1 AND name = $2 AND deleted_at IS NULL
+"""
+
+
+async def get_channel(db: asyncpg.Pool | asyncpg.Connection, key: str) -> ChannelRecord | None:
+    """The live (not deleted) channel with this key, or None (also for a malformed key)."""
+    parts = split_channel_key(key)
+    if parts is None:
+        return None
+    row = await db.fetchrow(_SELECT, *parts)
+    if row is None:
+        return None
+    return ChannelRecord(
+        id=row["id"], key=key, type=row["type"], bot_id=row["bot_id"], bot_username=row["bot_username"],
+        api_base_url=row["api_base_url"], webhook_secret_sha256=row["webhook_secret_sha256"],
+        ready=row["ready"], config=dict(row["config"] or {}),
+    )

@@ -1,0 +1,247 @@
+"""The webhook's ASGI application: `/tg/webhook/{channel}`, `/healthz`, `/readyz`, `/metrics`.
+
+The Telegram route is a plain ASGI callable mounted on the FastAPI app: it parses only what it needs
+(`update_id` and the chat) and leaves the rest of the update as the bytes Telegram sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from clarion.db import create_pool
+from clarion.logging import get_logger
+from clarion.metrics import counter, histogram
+from clarion.redis import create_redis
+from clarion.streams import (
+    DEDUP_TTL_SECONDS,
+    update_dedup_key,
+    update_envelope_fields,
+    update_partition,
+    updates_stream,
+)
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from clarion_webhook.ingest import ChannelCache, StreamWriter, update_chat_id
+from clarion_webhook.settings import WebhookSettings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+WEBHOOK_PREFIX = "/tg/webhook/"
+SECRET_HEADER = b"x-telegram-bot-api-secret-token"
+RESULTS = ("accepted", "duplicate", "unauthorized", "too_large", "malformed", "unavailable",
+           "unknown_channel")
+
+UPDATES_RECEIVED = counter("clarion_webhook_updates_received_total",
+                           "Telegram updates received by the webhook, by channel and outcome.",
+                           ["channel", "result"])
+INGEST_SECONDS = histogram("clarion_webhook_ingest_seconds",
+                           "Time from request start to answer for Telegram updates.", ["result"])
+
+log = get_logger("clarion.webhook")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def parse_update(body: bytes) -> tuple[int, dict[str, Any]]:
+    """(update_id, update) of a body that is one strict-JSON object with an integer `update_id`."""
+    try:
+        update = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _Malformed("body is not UTF-8 JSON") from exc
+    if not isinstance(update, dict):
+        raise _Malformed("body is not a JSON object")
+    update_id = update.get("update_id")
+    if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
+        raise _Malformed("update_id is missing or not a non-negative integer")
+    return update_id, update
+
+
+class TelegramIngress:
+    """`POST /tg/webhook/{channel}`: authenticate, bound, check, dedup, enqueue, answer."""
+
+    def __init__(self, settings: WebhookSettings) -> None:
+        self.settings = settings
+        self.max_body = settings.webhook_max_body_bytes
+        self.partitions = settings.update_partitions
+        self.channels: ChannelCache | None = None
+        self.writer: StreamWriter | None = None
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._histograms = {result: INGEST_SECONDS.labels(result) for result in RESULTS}
+
+    def _count(self, channel: str, result: str, started: float) -> None:
+        child = self._counters.get((channel, result))
+        if child is None:
+            child = self._counters[(channel, result)] = UPDATES_RECEIVED.labels(channel, result)
+        child.inc()
+        self._histograms[result].observe(time.perf_counter() - started)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        if scope["type"] != "http":
+            return
+        if scope["method"] != "POST":
+            await _respond(send, 405, b'{"detail":"method not allowed"}', allow=True)
+            return
+        path: str = scope["path"]
+        key = path[path.rfind("/") + 1:]
+        if not path.endswith(WEBHOOK_PREFIX + key) or not key:
+            await _respond(send, 404, b'{"detail":"not found"}')
+            return
+        assert self.channels is not None and self.writer is not None
+        try:
+            channel = await self.channels.get(key)
+        except Exception as exc:  # Postgres unreachable: Telegram retries later
+            log.warning("channel_lookup_failed", error=type(exc).__name__)
+            self._count("", "unavailable", started)
+            await _respond(send, 503, b'{"detail":"channel store unavailable"}')
+            return
+        if channel is None or channel.type != "telegram":
+            self._count("", "unknown_channel", started)
+            await _respond(send, 404, b'{"detail":"unknown channel"}')
+            return
+        token = b""
+        content_length = -1
+        for name, value in scope["headers"]:
+            if name == SECRET_HEADER:
+                token = value
+            elif name == b"content-length":
+                content_length = int(value) if value.isdigit() else -2
+        expected = channel.webhook_secret_sha256
+        if not token or not expected or not hmac.compare_digest(
+                hashlib.sha256(token).hexdigest().encode(), expected.lower().encode()):
+            self._count(key, "unauthorized", started)
+            log.debug("webhook_request", channel=key, status=401)
+            await _respond(send, 401, b'{"detail":"wrong secret token"}')
+            return
+        if content_length > self.max_body:
+            self._count(key, "too_large", started)
+            await _respond(send, 413, b'{"detail":"body too large"}')
+            return
+        body = await _read_body(receive, self.max_body)
+        if body is None:
+            self._count(key, "too_large", started)
+            await _respond(send, 413, b'{"detail":"body too large"}')
+            return
+        try:
+            update_id, update = parse_update(body)
+        except _Malformed as exc:
+            self._count(key, "malformed", started)
+            log.debug("webhook_request", channel=key, status=400, reason=str(exc))
+            await _respond(send, 400, json.dumps({"detail": str(exc)}).encode())
+            return
+        chat_id = update_chat_id(update)
+        trace_id = os.urandom(8).hex()
+        fields = update_envelope_fields(key, update_id, chat_id, time.time(), trace_id, body)
+        stream = updates_stream(key, update_partition(chat_id, self.partitions))
+        try:
+            dedup_key = update_dedup_key(key, update_id)
+            stored = await self.writer.ingest(dedup_key, stream, DEDUP_TTL_SECONDS, fields)
+        except Exception as exc:  # Redis unreachable or failing: nothing stored, Telegram retries
+            self._count(key, "unavailable", started)
+            log.warning("enqueue_failed", channel=key, update_id=update_id, error=type(exc).__name__)
+            await _respond(send, 503, b'{"detail":"queue unavailable"}')
+            return
+        result = "accepted" if stored else "duplicate"
+        self._count(key, result, started)
+        log.debug("webhook_request", channel=key, update_id=update_id, stream=stream, result=result,
+                  trace_id=trace_id)
+        await _respond(send, 200, b'{"ok":true}')
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None once it grows past `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b""
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, body: bytes, *, allow: bool = False) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if allow:
+        headers.append((b"allow", b"POST"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: WebhookSettings) -> FastAPI:
+    """The webhook application; Postgres and Redis clients live for the app's lifespan."""
+    ingress = TelegramIngress(settings)
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # min_size=0: the process starts (and /readyz says why it is not ready) while Postgres is down.
+        db = await create_pool(settings.database_url, min_size=0, max_size=min(settings.db_pool_max, 4))
+        redis = create_redis(settings.redis_url, socket_timeout=settings.redis_timeout_seconds,
+                             socket_connect_timeout=settings.redis_timeout_seconds)
+        ingress.channels = ChannelCache(db, settings.channel_cache_seconds)
+        ingress.writer = StreamWriter(redis)
+        state.update(db=db, redis=redis)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await db.close()
+
+    app = FastAPI(title="Clarion webhook", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.mount(WEBHOOK_PREFIX.rstrip("/"), ingress)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Ready when Redis and Postgres both answer."""
+        checks: dict[str, str] = {}
+        redis: aioredis.Redis = state["redis"]
+        try:
+            await asyncio.wait_for(redis.ping(), settings.redis_timeout_seconds)
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = type(exc).__name__
+        try:
+            await asyncio.wait_for(state["db"].fetchval("SELECT 1"), 2.0)
+            checks["postgres"] = "ok"
+        except Exception as exc:
+            checks["postgres"] = type(exc).__name__
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics of this process."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

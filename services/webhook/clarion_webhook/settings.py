@@ -1,0 +1,22 @@
+"""Settings of the webhook process (`CLARION_*` environment variables)."""
+
+from __future__ import annotations
+
+from clarion.settings import CommonSettings
+from clarion.streams import DEFAULT_PARTITIONS
+from pydantic import Field
+
+
+class WebhookSettings(CommonSettings):
+    """The webhook ingress: one process serves every channel."""
+
+    webhook_host: str = Field(default="0.0.0.0", description="Address to listen on.")
+    webhook_port: int = Field(default=8080, ge=1, le=65535, description="Port to listen on.")
+    webhook_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024,
+                                        description="Largest update body accepted; larger ones get 413.")
+    update_partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=1024,
+                                   description="Stream partitions per channel; the bot must use the same.")
+    channel_cache_seconds: float = Field(default=5.0, ge=0, le=300,
+                                         description="How long a channel row (or its absence) is cached.")
+    redis_timeout_seconds: float = Field(default=2.0, gt=0, le=60,
+                                         description="Socket timeout of Redis calls; past it: 503.")
