@@ -1,4 +1,4 @@
-"""The webhook ingress against real Postgres and Redis: what Telegram gets back and what lands in the stream."""
+"""The webhook ingress on real Postgres and Redis: what Telegram gets back, what lands in the stream."""
 
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ async def client(client_for: Any, db: Any) -> httpx.AsyncClient:
 def message_update(update_id: int, chat_id: int = 1001, text: str = "hello") -> dict[str, Any]:
     return {"update_id": update_id, "message": {
         "message_id": update_id, "date": 1700000000, "text": text,
-        "chat": {"id": chat_id, "type": "private"}, "from": {"id": chat_id, "is_bot": False, "first_name": "A"}}}
+        "chat": {"id": chat_id, "type": "private"},
+        "from": {"id": chat_id, "is_bot": False, "first_name": "A"}}}
 
 
 async def all_entries(redis: aioredis.Redis, key: str = CHANNEL) -> list[UpdateEnvelope]:
@@ -170,14 +171,15 @@ async def test_redis_down_gets_503_and_a_retry_after_recovery_is_stored_once(
     assert await redis.dbsize() == 0
 
     up = await client_for()  # Telegram retries the same update once Redis is back
-    assert (await up.post(f"/tg/webhook/{CHANNEL}", json=message_update(11), headers=HEADERS)).status_code == 200
+    retried = await up.post(f"/tg/webhook/{CHANNEL}", json=message_update(11), headers=HEADERS)
+    assert retried.status_code == 200
     assert [e.update_id for e in await all_entries(redis)] == [11]
 
 
 async def test_updates_without_a_chat_are_partitioned_by_user_or_go_to_partition_zero(
         client: httpx.AsyncClient, redis: aioredis.Redis) -> None:
-    inline = {"update_id": 20, "inline_query": {"id": "q", "from": {"id": 777, "is_bot": False, "first_name": "U"},
-                                                "query": "", "offset": ""}}
+    user = {"id": 777, "is_bot": False, "first_name": "U"}
+    inline = {"update_id": 20, "inline_query": {"id": "q", "from": user, "query": "", "offset": ""}}
     poll = {"update_id": 21, "poll": {"id": "p", "question": "?", "options": [], "total_voter_count": 0,
                                       "is_closed": False, "is_anonymous": True, "type": "regular",
                                       "allows_multiple_answers": False}}
