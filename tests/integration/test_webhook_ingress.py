@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 from clarion.streams import (
     DEFAULT_PARTITIONS,
     UpdateEnvelope,
@@ -81,7 +80,7 @@ def message_update(update_id: int, chat_id: int = 1001, text: str = "hello") -> 
         "from": {"id": chat_id, "is_bot": False, "first_name": "A"}}}
 
 
-async def all_entries(redis: aioredis.Redis, key: str = CHANNEL) -> list[UpdateEnvelope]:
+async def all_entries(redis: Any, key: str = CHANNEL) -> list[UpdateEnvelope]:
     found = []
     for partition in range(DEFAULT_PARTITIONS):
         for _, fields in await redis.xrange(updates_stream(key, partition)):
@@ -90,7 +89,7 @@ async def all_entries(redis: aioredis.Redis, key: str = CHANNEL) -> list[UpdateE
 
 
 async def test_update_is_enqueued_on_its_chats_partition_with_the_update_intact(
-        client: httpx.AsyncClient, redis: aioredis.Redis) -> None:
+        client: httpx.AsyncClient, redis: Any) -> None:
     update = message_update(7, chat_id=-100555, text="Привет")
     response = await client.post(f"/tg/webhook/{CHANNEL}", json=update, headers=HEADERS)
     assert response.status_code == 200
@@ -103,7 +102,7 @@ async def test_update_is_enqueued_on_its_chats_partition_with_the_update_intact(
     assert await redis.ttl(update_dedup_key(CHANNEL, 7)) > 0
 
 
-async def test_same_update_twice_is_stored_once(client: httpx.AsyncClient, redis: aioredis.Redis) -> None:
+async def test_same_update_twice_is_stored_once(client: httpx.AsyncClient, redis: Any) -> None:
     update = message_update(8)
     first = await client.post(f"/tg/webhook/{CHANNEL}", json=update, headers=HEADERS)
     second = await client.post(f"/tg/webhook/{CHANNEL}", json=update, headers=HEADERS)
@@ -115,13 +114,13 @@ async def test_same_update_twice_is_stored_once(client: httpx.AsyncClient, redis
                                      {"X-Telegram-Bot-Api-Secret-Token": SECRET + "x"}],
                          ids=["missing", "wrong", "longer"])
 async def test_wrong_or_missing_secret_gets_401_and_enqueues_nothing(
-        client: httpx.AsyncClient, redis: aioredis.Redis, headers: dict[str, str]) -> None:
+        client: httpx.AsyncClient, redis: Any, headers: dict[str, str]) -> None:
     response = await client.post(f"/tg/webhook/{CHANNEL}", json=message_update(9), headers=headers)
     assert response.status_code == 401
     assert await redis.dbsize() == 0
 
 
-async def test_unknown_and_deleted_channels_get_404(client_for: Any, db: Any, redis: aioredis.Redis) -> None:
+async def test_unknown_and_deleted_channels_get_404(client_for: Any, db: Any, redis: Any) -> None:
     await insert_channel(db, "tests.gone", deleted=True)
     client = await client_for()
     for key in ("tests.gone", "tests.nobody", "no-dot", "UPPER.case"):
@@ -136,7 +135,7 @@ async def test_unknown_and_deleted_channels_get_404(client_for: Any, db: Any, re
 ], ids=["text", "array", "string", "no-id", "string-id", "bool-id", "negative-id", "float-id", "nan",
         "not-utf8", "empty"])
 async def test_malformed_body_gets_400_and_changes_nothing(
-        client: httpx.AsyncClient, redis: aioredis.Redis, body: bytes) -> None:
+        client: httpx.AsyncClient, redis: Any, body: bytes) -> None:
     response = await client.post(f"/tg/webhook/{CHANNEL}", content=body, headers=HEADERS)
     assert response.status_code == 400
     assert response.json()["detail"]
@@ -144,7 +143,7 @@ async def test_malformed_body_gets_400_and_changes_nothing(
 
 
 async def test_oversized_body_gets_413_by_header_and_by_bytes_read(
-        client_for: Any, db: Any, redis: aioredis.Redis) -> None:
+        client_for: Any, db: Any, redis: Any) -> None:
     await insert_channel(db)
     client = await client_for(webhook_max_body_bytes=2048)
     big = json.dumps(message_update(10, text="x" * 4096)).encode()
@@ -161,7 +160,7 @@ async def test_oversized_body_gets_413_by_header_and_by_bytes_read(
 
 
 async def test_redis_down_gets_503_and_a_retry_after_recovery_is_stored_once(
-        client_for: Any, db: Any, redis: aioredis.Redis) -> None:
+        client_for: Any, db: Any, redis: Any) -> None:
     await insert_channel(db)
     down = await client_for(redis_url=f"redis://127.0.0.1:{closed_port()}/15", redis_timeout_seconds=0.5)
     response = await down.post(f"/tg/webhook/{CHANNEL}", json=message_update(11), headers=HEADERS)
@@ -177,7 +176,7 @@ async def test_redis_down_gets_503_and_a_retry_after_recovery_is_stored_once(
 
 
 async def test_updates_without_a_chat_are_partitioned_by_user_or_go_to_partition_zero(
-        client: httpx.AsyncClient, redis: aioredis.Redis) -> None:
+        client: httpx.AsyncClient, redis: Any) -> None:
     user = {"id": 777, "is_bot": False, "first_name": "U"}
     inline = {"update_id": 20, "inline_query": {"id": "q", "from": user, "query": "", "offset": ""}}
     poll = {"update_id": 21, "poll": {"id": "p", "question": "?", "options": [], "total_voter_count": 0,
