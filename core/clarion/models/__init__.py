@@ -1,1 +1,96 @@
-"""models."""
+"""Spec and status models of Clarion's custom resources: the single source of the CRDs in crds/.
+
+Parse a resource body with `BroadcastCampaignSpec.model_validate(body["spec"])`; write status with
+`status.to_k8s()` (camelCase keys, unset fields left out).
+"""
+
+from clarion.models.base import Condition, LocalObjectRef, SecretKeyRef, upsert_condition
+from clarion.models.campaign import (
+    FINISHED_PHASES,
+    STARTED_PHASES,
+    Audience,
+    BroadcastCampaignSpec,
+    BroadcastCampaignStatus,
+    Button,
+    Delivery,
+    Message,
+    MessageVariant,
+    Phase,
+    Retention,
+    Schedule,
+)
+from clarion.models.channel import (
+    EmailSettings,
+    NotificationChannelSpec,
+    NotificationChannelStatus,
+    TelegramRateLimits,
+    TelegramSettings,
+    TelegramWebhook,
+    WebPushSettings,
+)
+from clarion.models.group import (
+    Inactivity,
+    JoinRequests,
+    JoinRules,
+    Lifecycle,
+    ManagedGroupSpec,
+    ManagedGroupStatus,
+    ScheduledPost,
+    WelcomeMessage,
+)
+from clarion.models.resources import (
+    API_VERSION,
+    BROADCAST_CAMPAIGN,
+    CATEGORY,
+    GROUP,
+    MANAGED_GROUP,
+    NOTIFICATION_CHANNEL,
+    PLURALS,
+    RESOURCES,
+    VERSION,
+    Resource,
+)
+
+__all__ = [
+    "API_VERSION",
+    "BROADCAST_CAMPAIGN",
+    "CATEGORY",
+    "FINISHED_PHASES",
+    "GROUP",
+    "MANAGED_GROUP",
+    "NOTIFICATION_CHANNEL",
+    "PLURALS",
+    "RESOURCES",
+    "STARTED_PHASES",
+    "VERSION",
+    "Audience",
+    "BroadcastCampaignSpec",
+    "BroadcastCampaignStatus",
+    "Button",
+    "Condition",
+    "Delivery",
+    "EmailSettings",
+    "Inactivity",
+    "JoinRequests",
+    "JoinRules",
+    "Lifecycle",
+    "LocalObjectRef",
+    "ManagedGroupSpec",
+    "ManagedGroupStatus",
+    "Message",
+    "MessageVariant",
+    "NotificationChannelSpec",
+    "NotificationChannelStatus",
+    "Phase",
+    "Resource",
+    "Retention",
+    "Schedule",
+    "ScheduledPost",
+    "SecretKeyRef",
+    "TelegramRateLimits",
+    "TelegramSettings",
+    "TelegramWebhook",
+    "WebPushSettings",
+    "WelcomeMessage",
+    "upsert_condition",
+]

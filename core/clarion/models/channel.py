@@ -1,0 +1,280 @@
+"""NotificationChannel (`nc`): a delivery channel — a Telegram bot, an SMTP server or a web push identity."""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import ConfigDict, Field, model_validator
+
+from clarion.models.base import (
+    HTTP_URL,
+    CamelModel,
+    ChatId,
+    Condition,
+    SecretKeyRef,
+    StatusModel,
+    Timestamp,
+    cel,
+    conditions_field,
+    observed_generation_field,
+    rules,
+)
+
+ChannelType = Literal["telegram", "email", "webpush"]
+BotLanguage = Literal["en", "ru"]
+TelegramUpdateType = Literal[
+    "message",
+    "edited_message",
+    "channel_post",
+    "edited_channel_post",
+    "business_connection",
+    "business_message",
+    "edited_business_message",
+    "deleted_business_messages",
+    "message_reaction",
+    "message_reaction_count",
+    "inline_query",
+    "chosen_inline_result",
+    "callback_query",
+    "shipping_query",
+    "pre_checkout_query",
+    "purchased_paid_media",
+    "poll",
+    "poll_answer",
+    "my_chat_member",
+    "chat_member",
+    "chat_join_request",
+    "chat_boost",
+    "removed_chat_boost",
+]
+# What the bot's features need: DMs and commands, buttons, join requests and member changes.
+DEFAULT_ALLOWED_UPDATES: tuple[TelegramUpdateType, ...] = (
+    "message",
+    "edited_message",
+    "callback_query",
+    "my_chat_member",
+    "chat_member",
+    "chat_join_request",
+)
+
+
+class TelegramWebhook(CamelModel):
+    """How Telegram delivers updates: the operator calls setWebhook with these settings."""
+
+    url: str = Field(
+        min_length=9,
+        max_length=2048,
+        pattern=HTTP_URL,
+        description="Public URL Telegram posts updates to (the webhook service's /tg/webhook/{channel}).",
+    )
+    secret_token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Secret holding the X-Telegram-Bot-Api-Secret-Token value (1-256 of A-Z a-z 0-9 _ -). "
+            "Absent: the operator generates one into a Secret it owns."
+        ),
+    )
+    allowed_updates: list[TelegramUpdateType] = Field(
+        default_factory=lambda: list(DEFAULT_ALLOWED_UPDATES),
+        max_length=32,
+        description="Update types Telegram sends; chat_member must be listed to see member changes.",
+        json_schema_extra={"default": list(DEFAULT_ALLOWED_UPDATES)},
+    )
+    max_connections: int = Field(
+        default=40, ge=1, le=100, description="Simultaneous HTTPS connections Telegram opens to the webhook."
+    )
+    drop_pending_updates: bool = Field(
+        default=False, description="Drop updates that queued up while no webhook was set."
+    )
+
+
+class TelegramRateLimits(CamelModel):
+    """Sending limits, enforced across every pod of this bot by one shared limiter."""
+
+    global_per_second: int = Field(default=30, ge=1, le=30, description="Messages per second, all chats.")
+    per_chat_per_second: int = Field(
+        default=1, ge=1, le=30, description="Messages per second to one private chat."
+    )
+    per_group_per_minute: int = Field(
+        default=20, ge=1, le=20, description="Messages per minute to one group."
+    )
+    paid_broadcast_per_second: int = Field(
+        default=1000,
+        ge=1,
+        le=1000,
+        description="Messages per second for campaigns with delivery.paidBroadcast (paid in Telegram Stars).",
+    )
+
+
+class BotDeployment(CamelModel):
+    """The bot Deployment the operator runs for this channel."""
+
+    replicas: int = Field(
+        default=2, ge=0, le=10, description="Bot pods; per-chat ordering holds across them."
+    )
+
+
+class TelegramSettings(CamelModel):
+    """A Telegram bot."""
+
+    bot_token_secret_ref: SecretKeyRef = Field(
+        description="Secret key holding the bot token from @BotFather."
+    )
+    api_base_url: str = Field(
+        default="https://api.telegram.org",
+        max_length=2048,
+        pattern=HTTP_URL,
+        description="Bot API server: the public one, a local Bot API server, or the emulator in tests.",
+    )
+    webhook: TelegramWebhook | None = Field(
+        default=None,
+        description="Webhook registration. Absent: the channel only sends, it receives no updates.",
+    )
+    rate_limits: TelegramRateLimits = Field(
+        default_factory=TelegramRateLimits,
+        description="Sending limits (Telegram's published limits are the maxima).",
+        json_schema_extra={"default": {}},
+    )
+    admin_chat_ids: list[ChatId] = Field(
+        default_factory=list, max_length=100, description="Telegram user ids allowed to use admin commands."
+    )
+    support_chat_id: ChatId | None = Field(
+        default=None,
+        description="Chat where the support inbox posts users' direct messages; admins reply there.",
+    )
+    default_language: BotLanguage = Field(
+        default="en", description="Language of the bot's own texts for users who chose none."
+    )
+    bot: BotDeployment = Field(
+        default_factory=BotDeployment,
+        description="The bot Deployment that handles this channel's updates.",
+        json_schema_extra={"default": {}},
+    )
+
+
+SmtpTls = Literal["none", "starttls", "tls"]
+
+
+class EmailSettings(CamelModel):
+    """An SMTP server to send through."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.usernameSecretRef) == has(self.passwordSecretRef)",
+                "usernameSecretRef and passwordSecretRef must be set together",
+                reason="FieldValueInvalid",
+            )
+        )
+    )
+
+    host: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9.:\[\]-]+$",
+        description="SMTP server host name or IP.",
+    )
+    port: int = Field(default=587, ge=1, le=65535, description="SMTP server port.")
+    tls: SmtpTls = Field(
+        default="starttls",
+        description="none: plain text; starttls: upgrade after connecting; tls: implicit TLS.",
+    )
+    username_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the SMTP user name. Absent: no authentication."
+    )
+    password_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the SMTP password."
+    )
+    from_: str = Field(
+        alias="from",
+        min_length=3,
+        max_length=320,
+        pattern=r"^[^\r\n]*[^@\s<>]+@[^@\s<>]+[^\r\n]*$",
+        description='Sender, "Name <address>" or a bare address.',
+    )
+    rate_per_second: int = Field(default=10, ge=1, le=1000, description="Messages per second to this server.")
+
+    @model_validator(mode="after")
+    def _credentials_together(self) -> Self:
+        if (self.username_secret_ref is None) != (self.password_secret_ref is None):
+            raise ValueError("usernameSecretRef and passwordSecretRef must be set together")
+        return self
+
+
+class WebPushSettings(CamelModel):
+    """A VAPID identity for web push."""
+
+    vapid_private_key_secret_ref: SecretKeyRef = Field(
+        description="Secret key holding the VAPID private key (PEM or base64url)."
+    )
+    subject: str = Field(
+        min_length=8,
+        max_length=2048,
+        pattern=r"^(mailto:[^\s]+|https://[^\s]+)$",
+        description="VAPID subject: a mailto: or https: contact for push services.",
+    )
+
+
+_TYPE_RULES = [
+    cel(
+        f"self.type != '{kind}' || has(self.{kind})",
+        f"{kind} is required when type is {kind}",
+        field_path=f".{kind}",
+        reason="FieldValueRequired",
+    )
+    for kind in ("telegram", "email", "webpush")
+] + [
+    cel(
+        f"!has(self.{kind}) || self.type == '{kind}'",
+        f"{kind} may only be set when type is {kind}",
+        field_path=f".{kind}",
+        reason="FieldValueForbidden",
+    )
+    for kind in ("telegram", "email", "webpush")
+]
+
+
+class NotificationChannelSpec(CamelModel):
+    """A delivery channel: exactly one of telegram, email or webpush, matching `type`."""
+
+    model_config = ConfigDict(json_schema_extra=rules(*_TYPE_RULES))
+
+    type: ChannelType = Field(description="Kind of channel; the section of the same name must be set.")
+    telegram: TelegramSettings | None = Field(
+        default=None, description="Telegram bot settings (type telegram)."
+    )
+    email: EmailSettings | None = Field(default=None, description="SMTP settings (type email).")
+    webpush: WebPushSettings | None = Field(default=None, description="Web push settings (type webpush).")
+    health_check_interval_seconds: int = Field(
+        default=300,
+        ge=30,
+        le=86400,
+        description="Seconds between credential checks (getMe, SMTP handshake).",
+    )
+
+    @model_validator(mode="after")
+    def _section_matches_type(self) -> Self:
+        for kind in ("telegram", "email", "webpush"):
+            present = getattr(self, kind) is not None
+            if kind == self.type and not present:
+                raise ValueError(f"{kind} is required when type is {kind}")
+            if kind != self.type and present:
+                raise ValueError(f"{kind} may only be set when type is {kind}")
+        return self
+
+
+class NotificationChannelStatus(StatusModel):
+    """What the operator last observed about the channel."""
+
+    conditions: list[Condition] = conditions_field()
+    observed_generation: int | None = observed_generation_field()
+    ready: bool | None = Field(default=None, description="True when credentials and webhook are in order.")
+    bot_id: ChatId | None = Field(default=None, description="Telegram id of the bot (from getMe).")
+    bot_username: str | None = Field(default=None, max_length=64, description="@username of the bot.")
+    webhook_url: str | None = Field(
+        default=None, max_length=2048, description="Webhook URL registered with Telegram."
+    )
+    webhook_secret_name: str | None = Field(
+        default=None, max_length=253, description="Secret holding the webhook secret token in use."
+    )
+    last_checked_at: Timestamp | None = Field(default=None, description="Time of the last health check.")

@@ -1,0 +1,235 @@
+"""ManagedGroup (`mg`): a Telegram group whose joins, inactivity and posts are automated."""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from clarion.models.base import (
+    CamelModel,
+    ChatId,
+    Condition,
+    Count,
+    LocalObjectRef,
+    StatusModel,
+    Timestamp,
+    cel,
+    conditions_field,
+    observed_generation_field,
+    rules,
+)
+from clarion.models.campaign import SCHEDULE_AT, TEXT_MAX, LanguageCode, ParseMode, parse_schedule_time
+from clarion.models.timezones import TIME_ZONES
+
+JoinPolicy = Literal["approve", "decline", "manual", "rules"]
+GroupPhase = Literal["Growth", "Monitoring"]
+# Five cron fields: minute hour day-of-month month day-of-week.
+CRON = r"^\S+(\s+\S+){4}$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class JoinRules(CamelModel):
+    """Checks applied to a join request under policy rules; a request passing all of them is approved."""
+
+    require_username: bool = Field(default=False, description="Decline users without a @username.")
+    allowed_languages: list[LanguageCode] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Decline users whose Telegram language is not one of these (empty: any).",
+    )
+    decline_message: str | None = Field(
+        default=None, max_length=TEXT_MAX, description="Direct message sent to a declined user."
+    )
+
+
+class JoinRequests(CamelModel):
+    """What the bot does with requests to join the group."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.policy != 'rules' || has(self.rules)",
+                "rules is required when policy is rules",
+                field_path=".rules",
+                reason="FieldValueRequired",
+            )
+        )
+    )
+
+    policy: JoinPolicy = Field(
+        default="manual",
+        description="approve: all; decline: all; manual: leave to admins; rules: apply rules.",
+    )
+    rules: JoinRules | None = Field(default=None, description="The checks for policy rules.")
+
+    @model_validator(mode="after")
+    def _rules_present(self) -> Self:
+        if self.policy == "rules" and self.rules is None:
+            raise ValueError("rules is required when policy is rules")
+        return self
+
+
+class WelcomeMessage(CamelModel):
+    """Message posted in the group when someone joins."""
+
+    text: str = Field(
+        min_length=1, max_length=TEXT_MAX, description="Text; {name} is replaced by the member's first name."
+    )
+    parse_mode: ParseMode = Field(default="None", description="HTML, MarkdownV2, or None for plain text.")
+    delete_after_seconds: int | None = Field(
+        default=None, ge=1, le=172800, description="Delete the welcome after this many seconds (max 48 h)."
+    )
+
+
+class Inactivity(CamelModel):
+    """Members silent for too long are warned, then removed (applies in phase Monitoring)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.removeAfterDays > self.warnAfterDays",
+                "removeAfterDays must be greater than warnAfterDays",
+                field_path=".removeAfterDays",
+                reason="FieldValueInvalid",
+            )
+        )
+    )
+
+    warn_after_days: int = Field(ge=1, le=3650, description="Days of silence before a warning.")
+    remove_after_days: int = Field(ge=1, le=3650, description="Days of silence before removal.")
+    exempt_user_ids: list[ChatId] = Field(
+        default_factory=list, max_length=1000, description="Telegram user ids never warned or removed."
+    )
+    warning_text: str | None = Field(
+        default=None,
+        max_length=TEXT_MAX,
+        description="Warning posted to the member. Absent: a built-in text.",
+    )
+
+    @model_validator(mode="after")
+    def _remove_after_warn(self) -> Self:
+        if self.remove_after_days <= self.warn_after_days:
+            raise ValueError("removeAfterDays must be greater than warnAfterDays")
+        return self
+
+
+class Lifecycle(CamelModel):
+    """Growth (gather members) then Monitoring (enforce inactivity), switched by thresholds."""
+
+    phase: GroupPhase = Field(default="Growth", description="Phase the group starts in.")
+    growth_until_members: int | None = Field(
+        default=None,
+        ge=1,
+        le=200000,
+        description="Switch to Monitoring when the group reaches this many members.",
+    )
+    growth_until: Timestamp | None = Field(default=None, description="Switch to Monitoring at this time.")
+
+
+class ScheduledPost(CamelModel):
+    """A message the bot posts in the group once (at) or repeatedly (cron)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.at) != has(self.cron)",
+                "exactly one of at or cron must be set",
+                reason="FieldValueInvalid",
+            )
+        )
+    )
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Unique name of the post.")
+    at: str | None = Field(
+        default=None,
+        min_length=19,
+        max_length=35,
+        pattern=SCHEDULE_AT,
+        description='One-off time: RFC 3339 or local "YYYY-MM-DDTHH:MM:SS" read in timeZone.',
+    )
+    cron: str | None = Field(
+        default=None,
+        max_length=100,
+        pattern=CRON,
+        description='Repeating schedule, five cron fields ("0 9 * * 1" = Mondays 09:00) in timeZone.',
+    )
+    time_zone: str = Field(
+        default="UTC",
+        max_length=64,
+        description="IANA time zone for at and cron.",
+        json_schema_extra={"enum": list(TIME_ZONES)},
+    )
+    text: str = Field(min_length=1, max_length=TEXT_MAX, description="Text of the post.")
+    parse_mode: ParseMode = Field(default="None", description="HTML, MarkdownV2, or None for plain text.")
+    pin: bool = Field(default=False, description="Pin the post after sending.")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if value not in TIME_ZONES:
+            raise ValueError(f"unknown time zone {value!r}: use an IANA name such as Europe/Berlin")
+        return value
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> Self:
+        if (self.at is None) == (self.cron is None):
+            raise ValueError("exactly one of at or cron must be set")
+        if self.at is not None:
+            parse_schedule_time(self.at, self.time_zone)
+        return self
+
+
+class ManagedGroupSpec(CamelModel):
+    """A Telegram group run by a channel's bot (the bot must be an admin of the group)."""
+
+    channel_ref: LocalObjectRef = Field(
+        description="The telegram NotificationChannel whose bot runs the group."
+    )
+    chat_id: ChatId = Field(description="Telegram chat id of the group (negative, -100... for supergroups).")
+    join_requests: JoinRequests = Field(
+        default_factory=JoinRequests,
+        description="Join request handling.",
+        json_schema_extra={"default": {}},
+    )
+    welcome_message: WelcomeMessage | None = Field(default=None, description="Greeting for new members.")
+    inactivity: Inactivity | None = Field(default=None, description="Inactivity policy. Absent: none.")
+    lifecycle: Lifecycle = Field(
+        default_factory=Lifecycle, description="Lifecycle phases.", json_schema_extra={"default": {}}
+    )
+    scheduled_posts: list[ScheduledPost] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Posts the bot makes in the group, unique by name.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @field_validator("scheduled_posts")
+    @classmethod
+    def _unique_names(cls, posts: list[ScheduledPost]) -> list[ScheduledPost]:
+        names = [post.name for post in posts]
+        if len(set(names)) != len(names):
+            raise ValueError("scheduled post names must be unique")
+        return posts
+
+
+class ManagedGroupStatus(StatusModel):
+    """What the operator and the bot last observed about the group."""
+
+    phase: GroupPhase | None = Field(default=None, description="Current lifecycle phase.")
+    title: str | None = Field(default=None, max_length=255, description="Title of the Telegram chat.")
+    member_count: Count | None = Field(default=None, description="Members of the group.")
+    pending_join_requests: Count | None = Field(
+        default=None, description="Join requests waiting for a decision."
+    )
+    warned_members: Count | None = Field(
+        default=None, description="Members warned for inactivity, not yet back."
+    )
+    removed_members: Count | None = Field(
+        default=None, description="Members removed for inactivity, all time."
+    )
+    last_activity_at: Timestamp | None = Field(
+        default=None, description="Latest message or join in the group."
+    )
+    conditions: list[Condition] = conditions_field()
+    observed_generation: int | None = observed_generation_field()
