@@ -1,4 +1,4 @@
-"""Self-contained kubeconfig files (certificates inlined) that kubectl, the kubernetes client and kopf load."""
+"""Self-contained kubeconfig files (certificates inlined) for kubectl, the kubernetes client and kopf."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def write_kubeconfig(
                 },
             }
         ],
-        "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user, "namespace": "default"}}],
+        "contexts": [
+            {"name": cluster, "context": {"cluster": cluster, "user": user, "namespace": "default"}}
+        ],
         "current-context": cluster,
         "preferences": {},
     }

@@ -24,7 +24,6 @@ from types import TracebackType
 from typing import IO
 
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
 from clarion_dev.cluster import certs
 from clarion_dev.cluster.kubeconfig import write_kubeconfig
@@ -261,7 +260,13 @@ class ControlPlane:
 
     def admin_client(self) -> k8s_client.ApiClient:
         """A kubernetes ApiClient authenticated as a member of system:masters."""
-        return k8s_config.new_client_from_config(config_file=str(self.kubeconfig))
+        assert self._admin is not None, "start() first"
+        configuration = k8s_client.Configuration()
+        configuration.host = self.server
+        configuration.ssl_ca_cert = str(self.ca_cert)
+        configuration.cert_file = str(self._admin.cert)
+        configuration.key_file = str(self._admin.key)
+        return k8s_client.ApiClient(configuration)
 
     def kubectl(
         self, *args: str, check: bool = True, input_text: str | None = None
@@ -307,7 +312,9 @@ class ControlPlane:
         self._admin = certs.issue(
             ca, self.pki_dir, "admin", common_name="clarion-admin", organizations=("system:masters",)
         )
-        manager = certs.issue(ca, self.pki_dir, "controller-manager", common_name="system:kube-controller-manager")
+        manager = certs.issue(
+            ca, self.pki_dir, "controller-manager", common_name="system:kube-controller-manager"
+        )
         sa = certs.make_signing_key(self.pki_dir)
         return {"serving": serving, "admin": self._admin, "manager": manager, "sa": sa}
 
@@ -325,7 +332,8 @@ class ControlPlane:
             for name, proc in self._procs.items():
                 if proc.poll() is not None:
                     raise ControlPlaneError(
-                        f"{name} exited with code {proc.returncode} while waiting for {what}\n{self.diagnostics()}"
+                        f"{name} exited with code {proc.returncode} while waiting for {what}\n"
+                        + self.diagnostics()
                     )
             try:
                 if check():
@@ -345,9 +353,9 @@ class ControlPlane:
 
     @staticmethod
     def _etcd_healthy(port: int) -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
             body = json.loads(response.read())
-        return body.get("health") == "true"
+        return bool(body.get("health") == "true")
 
     def _ssl_context(self) -> ssl.SSLContext:
         assert self._admin is not None
