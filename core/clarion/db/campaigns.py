@@ -1,0 +1,391 @@
+"""Campaign delivery queries shared by the operator (snapshot, counts, retry-failed) and the sender
+(claim, record results, release).
+
+A delivery moves `pending` → `sending` (claimed by one sender, with a lease) → `sent` | `failed` |
+`blocked`, or back to `pending` (retry later, pause, or a dead sender's lease ran out). Every claim
+goes through `FOR UPDATE SKIP LOCKED`, so no two senders ever hold the same row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+#: An asyncpg pool or connection (asyncpg ships no type information).
+Db = Any
+
+#: Statuses after which a delivery needs nothing more.
+SETTLED_STATUSES = ("sent", "failed", "blocked")
+
+_SNAPSHOT = """
+WITH explicit AS (
+    SELECT unnest($5::bigint[]) AS chat_id
+), members AS (
+    SELECT DISTINCT m.user_id AS chat_id
+    FROM managed_groups g
+    JOIN campaigns c ON c.id = $1 AND g.namespace = c.namespace
+    JOIN group_members m ON m.group_id = g.id AND m.status IN ('member', 'warned')
+    WHERE g.channel_id = $2 AND g.deleted_at IS NULL AND g.name = ANY($6::text[])
+), audience AS (
+    SELECT s.chat_id, s.language
+    FROM subscribers s
+    WHERE s.channel_id = $2 AND s.subscribed AND NOT s.unavailable
+      AND ($3 OR s.tags && $4::text[]
+           OR (cardinality($6::text[]) > 0 AND s.chat_id IN (SELECT chat_id FROM members)))
+      AND NOT s.tags && $7::text[]
+      AND (cardinality($8::text[]) = 0 OR split_part(lower(s.language), '-', 1) = ANY($8::text[])
+           OR lower(s.language) = ANY($8::text[]))
+    UNION ALL
+    SELECT e.chat_id, s.language
+    FROM explicit e
+    LEFT JOIN subscribers s ON s.channel_id = $2 AND s.chat_id = e.chat_id
+    WHERE s.chat_id IS NULL OR (s.subscribed AND NOT s.unavailable AND NOT s.tags && $7::text[])
+)
+INSERT INTO deliveries (campaign_id, chat_id, shard, language)
+SELECT $1, chat_id, (hashint8(chat_id) & 2147483647) % $9, language FROM audience
+ON CONFLICT DO NOTHING
+"""
+
+
+@dataclass(frozen=True)
+class CampaignCounts:
+    total: int
+    pending: int
+    sending: int
+    sent: int
+    failed: int
+    blocked: int
+
+    @property
+    def settled(self) -> bool:
+        """Every delivery is sent, failed or blocked."""
+        return self.pending == 0 and self.sending == 0
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery a sender now holds: where it goes, in which language, after how many attempts."""
+
+    chat_id: int
+    language: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class CampaignRow:
+    """A campaign with the channel facts the sender needs."""
+
+    id: int
+    namespace: str
+    name: str
+    channel_id: int
+    spec: dict[str, Any]
+    phase: str
+    shards: int
+    total: int
+    channel_name: str
+    channel_config: dict[str, Any]
+    api_base_url: str | None
+    bot_id: int | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass
+class Results:
+    """What a sender learned about a set of claimed deliveries, written in one transaction."""
+
+    # (chat id, message id, sent at, chat id the message went to when it differs)
+    sent: list[tuple[int, int, datetime, int | None]] = field(default_factory=list)
+    # (chat id, reason, error)
+    blocked: list[tuple[int, str, str]] = field(default_factory=list)
+    # (chat id, error)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    # (chat id, error, next attempt at)
+    retry: list[tuple[int, str, datetime]] = field(default_factory=list)
+    # (old chat id, new chat id): a group Telegram moved to a supergroup
+    migrated: list[tuple[int, int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.sent) + len(self.blocked) + len(self.failed) + len(self.retry)
+
+
+_AudienceArgs = tuple[bool, list[str], list[int], list[str], list[str], list[str]]
+
+
+def _audience_args(audience: Mapping[str, Any]) -> _AudienceArgs:
+    def strings(key: str) -> list[str]:
+        value = audience.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"audience.{key} must be a list of strings")
+        return value
+
+    chat_ids = audience.get("chatIds") or []
+    if not isinstance(chat_ids, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in chat_ids):
+        raise ValueError("audience.chatIds must be a list of integers")
+    refs = audience.get("groupRefs") or []
+    if not isinstance(refs, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("name"), str) for r in refs):
+        raise ValueError("audience.groupRefs must be a list of {name: ...}")
+    all_subscribers = audience.get("allSubscribers", False)
+    if not isinstance(all_subscribers, bool):
+        raise ValueError("audience.allSubscribers must be a boolean")
+    languages = [lang.lower() for lang in strings("languages")]
+    return (all_subscribers, strings("tags"), chat_ids, [r["name"] for r in refs],
+            strings("excludeTags"), languages)
+
+
+async def snapshot_audience(conn: Db, campaign_id: int, channel_id: int, audience: Mapping[str, Any],
+                            shards: int) -> int:
+    """Insert one pending delivery per recipient (one INSERT…SELECT) and return the campaign's total.
+
+    Recipients: reachable (subscribed, not unavailable) subscribers of the channel selected by
+    `allSubscribers`, `tags` (any of) or membership of a `groupRefs` ManagedGroup, whose language
+    is one of `languages` (when given); plus every explicit `chatIds` entry (groups need not be
+    subscribers) unless it is a subscriber who unsubscribed or is unavailable. `excludeTags`
+    removes subscribers carrying any of them. Each row's shard is a hash of its chat id modulo
+    `shards`. Already-present rows are left alone, so calling it again is a no-op. Run it in the
+    caller's transaction together with the phase change.
+    """
+    if not 1 <= shards <= 1000:
+        raise ValueError(f"shards must be between 1 and 1000, got {shards}")
+    all_subscribers, tags, chat_ids, group_names, exclude, languages = _audience_args(audience)
+    status: str = await conn.execute(
+        _SNAPSHOT, campaign_id, channel_id, all_subscribers, tags, chat_ids, group_names, exclude,
+        languages, shards,
+    )
+    inserted = int(status.rsplit(" ", 1)[1])
+    total: int | None = await conn.fetchval(
+        "UPDATE campaigns SET total = total + $2 WHERE id = $1 RETURNING total", campaign_id, inserted
+    )
+    if total is None:
+        raise LookupError(f"campaign {campaign_id} does not exist")
+    return total
+
+
+def _counts(total: int, rows: Sequence[Any]) -> CampaignCounts:
+    by_status = {r["status"]: int(r["n"]) for r in rows}
+    return CampaignCounts(total=total, **{s: by_status.get(s, 0)
+                                           for s in ("pending", "sending", "sent", "failed", "blocked")})
+
+
+async def counts(conn: Db, campaign_id: int) -> CampaignCounts:
+    """Deliveries of a campaign by status (an index-only scan of `deliveries_status`)."""
+    total = await conn.fetchval("SELECT total FROM campaigns WHERE id = $1", campaign_id)
+    rows = await conn.fetch(
+        "SELECT status, count(*) AS n FROM deliveries WHERE campaign_id = $1 GROUP BY status", campaign_id
+    )
+    return _counts(int(total or 0), rows)
+
+
+async def shard_counts(conn: Db, campaign_id: int, shard: int) -> CampaignCounts:
+    """Deliveries of one shard by status; `total` is the shard's row count."""
+    rows = await conn.fetch(
+        """SELECT status, count(*) AS n FROM deliveries WHERE campaign_id = $1 AND shard = $2
+           GROUP BY status""", campaign_id, shard,
+    )
+    return _counts(sum(int(r["n"]) for r in rows), rows)
+
+
+async def is_settled(conn: Db, campaign_id: int) -> bool:
+    """No delivery of the campaign is pending or being sent."""
+    busy = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM deliveries
+                          WHERE campaign_id = $1 AND status IN ('pending', 'sending'))""",
+        campaign_id,
+    )
+    return not busy
+
+
+async def shard_settled(conn: Db, campaign_id: int, shard: int) -> bool:
+    """No delivery of the shard is pending or being sent."""
+    busy = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM deliveries
+                          WHERE campaign_id = $1 AND shard = $2 AND status = 'pending')
+               OR EXISTS (SELECT 1 FROM deliveries
+                          WHERE campaign_id = $1 AND shard = $2 AND status = 'sending')""",
+        campaign_id, shard,
+    )
+    return not busy
+
+
+async def next_attempt_at(conn: Db, campaign_id: int, shard: int) -> datetime | None:
+    """When the shard's earliest pending delivery becomes due (None: nothing pending)."""
+    due: datetime | None = await conn.fetchval(
+        """SELECT min(next_attempt_at) FROM deliveries
+           WHERE campaign_id = $1 AND shard = $2 AND status = 'pending'""", campaign_id, shard,
+    )
+    return due
+
+
+async def reset_failed(conn: Db, campaign_id: int) -> int:
+    """Put the campaign's failed deliveries back to pending with fresh attempts; return how many."""
+    status: str = await conn.execute(
+        """UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = '-infinity',
+                  claimed_by = NULL, claimed_until = NULL, updated_at = now()
+           WHERE campaign_id = $1 AND status = 'failed'""", campaign_id,
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def claim(conn: Db, campaign_id: int, shard: int, limit: int, claimed_by: str,
+                lease_seconds: float) -> list[Claimed]:
+    """Claim up to `limit` due pending deliveries of a shard for `claimed_by`, oldest due first.
+
+    Rows another sender holds are skipped, so concurrent claimers never share a row.
+    """
+    rows = await conn.fetch(
+        """UPDATE deliveries d
+           SET status = 'sending', claimed_by = $4, claimed_until = now() + make_interval(secs => $5),
+               updated_at = now()
+           WHERE (d.campaign_id, d.chat_id) IN (
+               SELECT campaign_id, chat_id FROM deliveries
+               WHERE campaign_id = $1 AND shard = $2 AND status = 'pending' AND next_attempt_at <= now()
+               ORDER BY next_attempt_at
+               LIMIT $3
+               FOR UPDATE SKIP LOCKED)
+           RETURNING d.chat_id, d.language, d.attempts""",
+        campaign_id, shard, limit, claimed_by, float(lease_seconds),
+    )
+    return [Claimed(r["chat_id"], r["language"], r["attempts"]) for r in rows]
+
+
+async def release_expired(conn: Db, campaign_id: int, shard: int) -> int:
+    """Return to pending the shard's deliveries whose claim lease ran out (their sender died)."""
+    status: str = await conn.execute(
+        """UPDATE deliveries
+           SET status = 'pending', claimed_by = NULL, claimed_until = NULL, updated_at = now()
+           WHERE (campaign_id, chat_id) IN (
+               SELECT campaign_id, chat_id FROM deliveries
+               WHERE campaign_id = $1 AND shard = $2 AND status = 'sending' AND claimed_until < now()
+               FOR UPDATE SKIP LOCKED)""",
+        campaign_id, shard,
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def release_claims(conn: Db, campaign_id: int, claimed_by: str,
+                         chat_ids: Sequence[int] | None = None) -> int:
+    """Return to pending what `claimed_by` holds (all of it, or just `chat_ids`): unsent on pause or
+    stop, or left over by an earlier run of the same pod."""
+    status: str = await conn.execute(
+        """UPDATE deliveries
+           SET status = 'pending', claimed_by = NULL, claimed_until = NULL, updated_at = now()
+           WHERE campaign_id = $1 AND status = 'sending' AND claimed_by = $2
+             AND ($3::bigint[] IS NULL OR chat_id = ANY($3::bigint[]))""",
+        campaign_id, claimed_by, list(chat_ids) if chat_ids is not None else None,
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def extend_claims(conn: Db, campaign_id: int, shard: int, claimed_by: str, lease_seconds: float) -> int:
+    """Renew the lease on everything `claimed_by` holds in a shard (the sender is alive)."""
+    status: str = await conn.execute(
+        """UPDATE deliveries SET claimed_until = now() + make_interval(secs => $4)
+           WHERE campaign_id = $1 AND shard = $2 AND status = 'sending' AND claimed_by = $3""",
+        campaign_id, shard, claimed_by, float(lease_seconds),
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def record_results(conn: Db, campaign_id: int, channel_id: int, claimed_by: str,
+                         results: Results) -> None:
+    """Write a batch of outcomes in one transaction.
+
+    `sent` is recorded whatever the row's state (Telegram accepted the message); other outcomes only
+    on rows `claimed_by` still holds. Blocked recipients become unavailable subscribers with the
+    reason; a migrated group's subscriber row moves to the new chat id.
+    """
+    async with conn.transaction():
+        if results.sent:
+            chat_ids, message_ids, sent_at, delivered = zip(*results.sent, strict=True)
+            await conn.execute(
+                """UPDATE deliveries d
+                   SET status = 'sent', message_id = u.message_id, sent_at = u.sent_at,
+                       delivered_chat_id = u.delivered, attempts = d.attempts + 1,
+                       claimed_by = NULL, claimed_until = NULL, updated_at = now()
+                   FROM unnest($2::bigint[], $3::bigint[], $4::timestamptz[], $5::bigint[])
+                        AS u(chat_id, message_id, sent_at, delivered)
+                   WHERE d.campaign_id = $1 AND d.chat_id = u.chat_id AND d.status <> 'sent'""",
+                campaign_id, list(chat_ids), list(message_ids), list(sent_at), list(delivered),
+            )
+        if results.blocked:
+            chat_ids, reasons, errors = zip(*results.blocked, strict=True)
+            await conn.execute(
+                """UPDATE deliveries d
+                   SET status = 'blocked', last_error = u.error, attempts = d.attempts + 1,
+                       claimed_by = NULL, claimed_until = NULL, updated_at = now()
+                   FROM unnest($2::bigint[], $3::text[]) AS u(chat_id, error)
+                   WHERE d.campaign_id = $1 AND d.chat_id = u.chat_id AND d.status = 'sending'
+                     AND d.claimed_by = $4""",
+                campaign_id, list(chat_ids), list(errors), claimed_by,
+            )
+            await conn.execute(
+                """UPDATE subscribers s
+                   SET unavailable = true, unavailable_reason = u.reason, unavailable_since = now(),
+                       updated_at = now()
+                   FROM unnest($2::bigint[], $3::text[]) AS u(chat_id, reason)
+                   WHERE s.channel_id = $1 AND s.chat_id = u.chat_id AND NOT s.unavailable""",
+                channel_id, list(chat_ids), list(reasons),
+            )
+        if results.failed:
+            chat_ids, errors = zip(*results.failed, strict=True)
+            await conn.execute(
+                """UPDATE deliveries d
+                   SET status = 'failed', last_error = u.error, attempts = d.attempts + 1,
+                       claimed_by = NULL, claimed_until = NULL, updated_at = now()
+                   FROM unnest($2::bigint[], $3::text[]) AS u(chat_id, error)
+                   WHERE d.campaign_id = $1 AND d.chat_id = u.chat_id AND d.status = 'sending'
+                     AND d.claimed_by = $4""",
+                campaign_id, list(chat_ids), list(errors), claimed_by,
+            )
+        if results.retry:
+            chat_ids, errors, due = zip(*results.retry, strict=True)
+            await conn.execute(
+                """UPDATE deliveries d
+                   SET status = 'pending', last_error = u.error, attempts = d.attempts + 1,
+                       next_attempt_at = u.due, claimed_by = NULL, claimed_until = NULL, updated_at = now()
+                   FROM unnest($2::bigint[], $3::text[], $4::timestamptz[]) AS u(chat_id, error, due)
+                   WHERE d.campaign_id = $1 AND d.chat_id = u.chat_id AND d.status = 'sending'
+                     AND d.claimed_by = $5""",
+                campaign_id, list(chat_ids), list(errors), list(due), claimed_by,
+            )
+        for old, new in results.migrated:
+            moved: str = await conn.execute(
+                """UPDATE subscribers SET chat_id = $3, updated_at = now()
+                   WHERE channel_id = $1 AND chat_id = $2
+                     AND NOT EXISTS (SELECT 1 FROM subscribers WHERE channel_id = $1 AND chat_id = $3)""",
+                channel_id, old, new,
+            )
+            if moved == "UPDATE 0":
+                await conn.execute(
+                    """UPDATE subscribers SET unavailable = true, unavailable_reason = 'migrated',
+                              unavailable_since = now(), updated_at = now()
+                       WHERE channel_id = $1 AND chat_id = $2 AND NOT unavailable""",
+                    channel_id, old,
+                )
+
+
+async def load_campaign(conn: Db, campaign_id: int) -> CampaignRow | None:
+    """A campaign and its channel's sending facts, or None."""
+    row = await conn.fetchrow(
+        """SELECT c.id, c.namespace, c.name, c.channel_id, c.spec, c.phase, c.shards, c.total,
+                  ch.name AS channel_name, ch.config AS channel_config, ch.api_base_url, ch.bot_id
+           FROM campaigns c JOIN channels ch ON ch.id = c.channel_id
+           WHERE c.id = $1 AND c.deleted_at IS NULL""",
+        campaign_id,
+    )
+    return CampaignRow(**dict(row)) if row is not None else None
+
+
+async def campaign_phase(conn: Db, campaign_id: int) -> str | None:
+    """The phase the operator last wrote (None: the campaign is gone)."""
+    phase: str | None = await conn.fetchval(
+        "SELECT phase FROM campaigns WHERE id = $1 AND deleted_at IS NULL", campaign_id
+    )
+    return phase

@@ -1,0 +1,101 @@
+"""What a failed Bot API call means for a delivery (DESIGN §4), decided in one place.
+
+- 429 Too Many Requests (`TelegramRetryAfter`) → `RATE_LIMITED`: pause the whole bot for
+  retry_after, then send again; no attempt is counted.
+- a group moved to a supergroup (`TelegramMigrateToChat`) → `MIGRATED`: send again at the new id.
+- 403 blocked / deactivated / never started / kicked (`TelegramForbiddenError`) → `BLOCKED`: the
+  recipient becomes unavailable; no retry.
+- 400 chat not found, any other 400, 404, 409 → `FAILED`: no retry.
+- 5xx, network errors, timeouts → `RETRY`: back off and retry up to maxAttempts.
+- 401 Unauthorized → `FATAL`: the token is wrong; stop sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+from dataclasses import dataclass
+
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramConflictError,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
+
+MAX_ERROR_LENGTH = 500
+
+
+class Outcome(enum.Enum):
+    RATE_LIMITED = "rate_limited"
+    MIGRATED = "migrated"
+    BLOCKED = "blocked"
+    FAILED = "failed"
+    RETRY = "retry"
+    FATAL = "fatal"
+
+
+@dataclass(frozen=True)
+class Classified:
+    """An outcome with what it needs: the error text, retry_after, the new chat id, the blocked reason."""
+
+    outcome: Outcome
+    error: str
+    retry_after: float = 0.0
+    migrate_to_chat_id: int | None = None
+    reason: str | None = None
+
+
+# Substrings of Telegram's 403 descriptions and the reason recorded on the subscriber.
+_BLOCKED_REASONS = (
+    ("blocked by the user", "blocked"),
+    ("user is deactivated", "deactivated"),
+    ("can't initiate conversation", "not_started"),
+    ("kicked", "kicked"),
+    ("not a member", "not_member"),
+)
+
+
+def classify(exc: BaseException) -> Classified:
+    """Map an exception raised by an aiogram `Bot` call (or a timeout) to its delivery outcome."""
+    error = _describe(exc)
+    if isinstance(exc, TelegramRetryAfter):
+        return Classified(Outcome.RATE_LIMITED, error, retry_after=float(exc.retry_after))
+    if isinstance(exc, TelegramMigrateToChat):
+        return Classified(Outcome.MIGRATED, error, migrate_to_chat_id=int(exc.migrate_to_chat_id))
+    if isinstance(exc, TelegramForbiddenError):
+        text = exc.message.lower()
+        reason = next((r for needle, r in _BLOCKED_REASONS if needle in text), "forbidden")
+        return Classified(Outcome.BLOCKED, error, reason=reason)
+    if isinstance(exc, TelegramUnauthorizedError):
+        return Classified(Outcome.FATAL, error)
+    if isinstance(exc, TelegramBadRequest | TelegramNotFound | TelegramConflictError):
+        return Classified(Outcome.FAILED, error)
+    if isinstance(exc, TelegramServerError | TelegramNetworkError | TimeoutError | OSError):
+        return Classified(Outcome.RETRY, error)
+    if isinstance(exc, TelegramAPIError):
+        return Classified(Outcome.FAILED, error)
+    return Classified(Outcome.RETRY, error)
+
+
+def backoff_seconds(attempt: int, base: float, *, cap: float = 600.0) -> float:
+    """Delay before attempt `attempt + 1`: exponential from `base`, capped, with full jitter in [½, 1]."""
+    ceiling = min(cap, base * 2.0 ** max(0, attempt - 1))
+    return ceiling * (0.5 + random.random() / 2)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TelegramAPIError):
+        text = f"{type(exc).__name__}: {exc.message}"
+    elif isinstance(exc, asyncio.TimeoutError):
+        text = "timeout"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return text[:MAX_ERROR_LENGTH]

@@ -1,0 +1,213 @@
+"""The Telegram rate limiter every pod of a bot shares: one Redis Lua script, reserve-style.
+
+One call reserves send slots for a batch of chats atomically:
+
+- the bot's overall budget (`globalPerSecond`, or `paidBroadcastPerSecond` for paid broadcasts, its
+  own budget) is a GCRA with no burst: consecutive slots are `interval = (1 + margin) / rate`
+  seconds apart on Redis's clock, so no one-second window ever holds more than `rate` sends even
+  when the arrival times jitter by up to `margin` seconds;
+- optionally a cap of the caller's own on top (a campaign's `ratePerSecond`, scope `campaign:<id>`);
+- each private chat (positive id) gets `perChatPerSecond`, each group (negative id)
+  `perGroupPerMinute`, also as GCRAs; a chat whose own budget is not yet free is not given a slot
+  (and takes nothing from the overall budget): the caller asks again after the returned delay;
+- while the bot's pause key exists (set for `retry_after` seconds after a 429) nothing is granted.
+
+The caller sleeps the returned delay and then sends: there is no retry storm, and a busy limiter
+costs one script call per batch, not per message. `pause()` also publishes on the pause key's
+name (a pub/sub channel), so that every process drops the slots it reserved before the 429 and
+asks again once the pause is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from clarion.streams import bot_pause_key, rate_key
+
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl > 0 then return {1, pttl} end
+local interval = tonumber(ARGV[1])
+local cap = tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tat < now then tat = now end
+local ctat = 0
+if cap > 0 then ctat = tonumber(redis.call('GET', KEYS[3]) or '0') end
+local out = {0}
+for i = 4, #KEYS do
+  local slot = math.max(tat, ctat)
+  local ci = tonumber(ARGV[2])
+  if ARGV[i + 1] == 'g' then ci = tonumber(ARGV[3]) end
+  local chat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if chat > slot then
+    out[#out + 1] = now - chat
+  else
+    out[#out + 1] = slot - now
+    local free = slot + ci
+    redis.call('SET', KEYS[i], string.format('%.0f', free), 'PX', math.floor((free - now) / 1000) + 1)
+    tat = slot + interval
+    if cap > 0 then ctat = slot + cap end
+  end
+end
+redis.call('SET', KEYS[2], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
+if cap > 0 then
+  redis.call('SET', KEYS[3], string.format('%.0f', ctat), 'PX', math.floor((ctat - now) / 1000) + 1000)
+end
+return out
+"""
+
+_PAUSE = """
+local ms = tonumber(ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ms then
+  redis.call('SET', KEYS[1], '1', 'PX', ms)
+  redis.call('PUBLISH', KEYS[1], ARGV[1])
+end
+return redis.call('PTTL', KEYS[1])
+"""
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """A channel's Telegram limits (the channel spec's `rateLimits`)."""
+
+    global_per_second: float = 30.0
+    per_chat_per_second: float = 1.0
+    per_group_per_minute: float = 20.0
+    paid_broadcast_per_second: float = 1000.0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None) -> RateLimits:
+        """Read `rateLimits` from a channel's config (camelCase keys, each optional)."""
+        raw = dict((config or {}).get("rateLimits") or {})
+        default = cls()
+        limits = cls(
+            global_per_second=float(raw.get("globalPerSecond", default.global_per_second)),
+            per_chat_per_second=float(raw.get("perChatPerSecond", default.per_chat_per_second)),
+            per_group_per_minute=float(raw.get("perGroupPerMinute", default.per_group_per_minute)),
+            paid_broadcast_per_second=float(
+                raw.get("paidBroadcastPerSecond", default.paid_broadcast_per_second)),
+        )
+        for name, value in vars(limits).items():
+            if not value > 0 or math.isinf(value):
+                raise ValueError(f"rateLimits: {name} must be a positive number, got {value!r}")
+        return limits
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The limiter's answer for one chat: sleep `delay` seconds, then send if `granted`, else ask again."""
+
+    delay: float
+    granted: bool
+
+
+class RateLimiter:
+    """Reserves send slots for one bot in Redis; safe to share by every task of a process."""
+
+    def __init__(self, redis: aioredis.Redis, bot_id: int, limits: RateLimits, *, margin: float = 0.01,
+                 cap_scope: str | None = None, cap_per_second: float | None = None) -> None:
+        if not 0 <= margin < 1:
+            raise ValueError(f"margin must be in [0, 1), got {margin!r}")
+        bad_cap = cap_per_second is not None and not cap_per_second > 0
+        if (cap_scope is None) != (cap_per_second is None) or bad_cap:
+            raise ValueError("cap_scope and a positive cap_per_second go together")
+        self._redis = redis
+        self.limits = limits
+        self._pause_key = bot_pause_key(bot_id)
+        self._global_key = rate_key(bot_id, "global")
+        self._paid_key = rate_key(bot_id, "paid")
+        self._chat_prefix = rate_key(bot_id, "chat:")
+        self._cap_key = rate_key(bot_id, cap_scope or "cap")
+        stretch = 1.0 + margin
+        self._global_us = _us(stretch / limits.global_per_second)
+        self._paid_us = _us(stretch / limits.paid_broadcast_per_second)
+        self._private_us = _us(stretch / limits.per_chat_per_second)
+        self._group_us = _us(stretch * 60.0 / limits.per_group_per_minute)
+        self._cap_us = _us(stretch / cap_per_second) if cap_per_second else 0
+        self._reserve = redis.register_script(_RESERVE)
+        self._pause = redis.register_script(_PAUSE)
+        self._paused_until = 0.0
+        self._listener: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
+
+    async def start(self) -> None:
+        """Listen for pauses other processes announce (call once, before sending)."""
+        self._pubsub = self._redis.pubsub()
+        await self._pubsub.subscribe(self._pause_key)
+        self._listener = asyncio.create_task(self._listen(), name="limiter-pause-listener")
+        remaining = await self._redis.pttl(self._pause_key)
+        if remaining > 0:
+            self._note_pause(remaining / 1000.0)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+            self._pubsub = None
+
+    async def _listen(self) -> None:
+        assert self._pubsub is not None
+        async for message in self._pubsub.listen():
+            if message.get("type") == "message":
+                self._note_pause(int(message["data"]) / 1000.0)
+
+    def _note_pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    def paused_for(self) -> float:
+        """Seconds this process knows the bot is still paused for (0 when it is not)."""
+        return max(0.0, self._paused_until - time.monotonic())
+
+    async def pause(self, seconds: float) -> None:
+        """Pause the bot in every process for `seconds` (never shortening a longer pause)."""
+        ms = max(1, math.ceil(seconds * 1000))
+        self._note_pause(ms / 1000.0)
+        remaining = int(await self._pause(keys=[self._pause_key], args=[ms]))
+        if remaining > 0:
+            self._note_pause(remaining / 1000.0)
+
+    async def reserve(self, chat_ids: Sequence[int], *, paid: bool = False) -> list[Grant]:
+        """Reserve one send slot per chat, in order; one Redis round trip for the whole batch."""
+        if not chat_ids:
+            return []
+        keys = [self._pause_key, self._paid_key if paid else self._global_key, self._cap_key]
+        keys.extend(f"{self._chat_prefix}{chat_id}" for chat_id in chat_ids)
+        args: list[str | int] = [self._paid_us if paid else self._global_us, self._private_us, self._group_us,
+                                 self._cap_us]
+        args.extend("g" if chat_id < 0 else "p" for chat_id in chat_ids)
+        reply = await self._reserve(keys=keys, args=args)
+        if int(reply[0]) == 1:
+            wait = int(reply[1]) / 1000.0
+            self._note_pause(wait)
+            return [Grant(wait, False)] * len(chat_ids)
+        return [Grant(abs(int(v)) / 1e6, int(v) >= 0) for v in reply[1:]]
+
+    async def acquire(self, chat_id: int, *, paid: bool = False) -> float:
+        """Wait until a message to `chat_id` may be sent; return the seconds waited."""
+        started = time.monotonic()
+        while True:
+            grant = (await self.reserve([chat_id], paid=paid))[0]
+            if grant.delay > 0:
+                await asyncio.sleep(grant.delay)
+            if grant.granted and self.paused_for() == 0:
+                return time.monotonic() - started
+            if grant.granted:
+                await asyncio.sleep(self.paused_for())
+
+
+def _us(seconds: float) -> int:
+    return max(1, round(seconds * 1e6))
