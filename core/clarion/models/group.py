@@ -49,7 +49,7 @@ class JoinRequests(CamelModel):
     model_config = ConfigDict(
         json_schema_extra=rules(
             cel(
-                "self.policy != 'rules' || has(self.rules)",
+                "!has(self.policy) || self.policy != 'rules' || has(self.rules)",
                 "rules is required when policy is rules",
                 field_path=".rules",
                 reason="FieldValueRequired",
