@@ -111,6 +111,44 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def run_kubectl(
+    bin_dir: Path, kubeconfig: Path, *args: str, check: bool = True, input_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `bin_dir`/kubectl with `kubeconfig`; raise ControlPlaneError on failure when `check`."""
+    result = subprocess.run(
+        [str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", *args],
+        capture_output=True, text=True, input=input_text, check=False,
+    )
+    if check and result.returncode != 0:
+        raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+    return result
+
+
+def apply_manifests(
+    bin_dir: Path, kubeconfig: Path, paths: Sequence[Path], timeout: float = 60.0
+) -> list[str]:
+    """Server-side apply YAML files; wait until every CRD among them is Established.
+
+    Returns the object names kubectl reported (for example `customresourcedefinition.apiextensions.k8s.io/x`).
+    """
+    if not paths:
+        return []
+    args = ["apply", "--server-side", "--force-conflicts", "--field-manager=clarion-dev", "-o", "name"]
+    for path in paths:
+        args += ["-f", str(path)]
+    applied = run_kubectl(bin_dir, kubeconfig, *args).stdout.split()
+    crds = [name for name in applied if name.startswith("customresourcedefinition")]
+    if crds:
+        wait = ("wait", "--for=condition=Established", f"--timeout={int(timeout)}s")
+        run_kubectl(bin_dir, kubeconfig, *wait, *crds)
+    return applied
+
+
+def repo_manifests(directory: Path = REPO_ROOT / "crds") -> list[Path]:
+    """The YAML files in crds/ (CRDs and ValidatingAdmissionPolicies), sorted by name."""
+    return sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+
+
 class ControlPlane:
     """etcd + kube-apiserver (RBAC, TLS, service-account tokens) + kube-controller-manager on loopback.
 
@@ -272,29 +310,11 @@ class ControlPlane:
         self, *args: str, check: bool = True, input_text: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run the cached kubectl against this control plane with the admin kubeconfig."""
-        result = subprocess.run(
-            [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True, text=True, input=input_text, check=False,
-        )
-        if check and result.returncode != 0:
-            raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
-        return result
+        return run_kubectl(self.bin_dir, self.kubeconfig, *args, check=check, input_text=input_text)
 
     def apply_manifests(self, paths: Sequence[Path], timeout: float = 60.0) -> list[str]:
-        """Server-side apply YAML files; wait until every CRD among them is Established.
-
-        Returns the names of the objects kubectl reported.
-        """
-        if not paths:
-            return []
-        args = ["apply", "--server-side", "--force-conflicts", "--field-manager=clarion-dev", "-o", "name"]
-        for path in paths:
-            args += ["-f", str(path)]
-        applied = self.kubectl(*args).stdout.split()
-        crds = [name for name in applied if name.startswith("customresourcedefinition")]
-        if crds:
-            self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s", *crds)
-        return applied
+        """Server-side apply YAML files and wait for their CRDs (see the module function)."""
+        return apply_manifests(self.bin_dir, self.kubeconfig, paths, timeout)
 
     # -- internals -----------------------------------------------------------------------------
 
