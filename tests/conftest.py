@@ -17,6 +17,11 @@ import redis.asyncio as aioredis
 
 from clarion.db import apply_migrations
 
+pytest_plugins = [
+    "clarion_dev.testing.telegram",
+    "clarion_dev.testing.smtp",
+]
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BASE_DSN = os.environ.get("CLARION_DATABASE_URL", "postgresql://clarion@127.0.0.1:55432/postgres")
 REDIS_URL = os.environ.get("CLARION_TEST_REDIS_URL", "redis://127.0.0.1:56379/15")

@@ -69,7 +69,7 @@ async def async_wait_for(
     while True:
         try:
             result = predicate()
-            value: T = await result if inspect.isawaitable(result) else result  # type: ignore[assignment]
+            value: T = await result if inspect.isawaitable(result) else result
         except ignore as exc:
             error = exc
         else:

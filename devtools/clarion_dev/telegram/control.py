@@ -1,0 +1,194 @@
+"""The control API under /_emulator/ (JSON), so another process can drive the emulator."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from clarion_dev.telegram.faults import LatencyModel
+
+if TYPE_CHECKING:
+    from clarion_dev.telegram.server import Emulator
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _ok(data: Any) -> web.Response:
+    return web.json_response({"ok": True, "result": data})
+
+
+def _endpoint(fn: Callable[[dict[str, Any]], Awaitable[Any]]) -> Handler:
+    """Wrap fn(body-or-query) -> result; bad input answers 400 with the reason and changes nothing."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        args: dict[str, Any] = dict(request.query)
+        if request.body_exists:
+            try:
+                body = await request.json()
+            except ValueError:
+                return web.json_response({"ok": False, "error": "body is not JSON"}, status=400)
+            if not isinstance(body, dict):
+                return web.json_response({"ok": False, "error": "body must be a JSON object"}, status=400)
+            args.update(body)
+        try:
+            return _ok(await fn(args))
+        except (KeyError, TypeError, ValueError) as exc:
+            message = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            return web.json_response({"ok": False, "error": message}, status=400)
+
+    return handler
+
+
+def _int(args: dict[str, Any], name: str) -> int:
+    return int(args[name])
+
+
+def routes(emu: Emulator) -> list[web.RouteDef]:
+    async def health(args: dict[str, Any]) -> Any:
+        return {"limits": emu.limits_mode, "scale": emu.scale, "bots": len(emu.bots())}
+
+    async def add_bot(args: dict[str, Any]) -> Any:
+        info = emu.add_bot(args.get("token"), args.get("username"), args.get("first_name"))
+        return vars(info)
+
+    async def list_bots(args: dict[str, Any]) -> Any:
+        return [vars(info) for info in emu.bots()]
+
+    async def add_users(args: dict[str, Any]) -> Any:
+        if "users" in args:
+            users = args["users"]
+            if not isinstance(users, list):
+                raise ValueError("users must be a list")
+            for item in users:
+                emu.add_user(int(item["id"]), item.get("first_name", "Test"), item.get("username"),
+                             item.get("language_code", "en"), started=bool(item.get("started", True)))
+            return {"added": len(users)}
+        count = _int(args, "count")
+        result = emu.add_users(count, int(args.get("start_id", 100_000)),
+                               blocked_share=float(args.get("blocked_share", 0.0)),
+                               deactivated_share=float(args.get("deactivated_share", 0.0)),
+                               token=args.get("token"), seed=int(args.get("seed", 0)),
+                               language_code=str(args.get("language_code", "en")))
+        return {"added": count, **result}
+
+    async def add_group(args: dict[str, Any]) -> Any:
+        group = emu.add_group(_int(args, "chat_id"), str(args["title"]), args.get("type", "supergroup"),
+                              [int(u) for u in args.get("members", [])],
+                              [int(u) for u in args.get("admins", [])],
+                              bool(args.get("bot_is_admin", True)), args.get("username"))
+        return emu.group_chat(group)
+
+    async def migrate_group(args: dict[str, Any]) -> Any:
+        return emu.group_chat(emu.migrate_group(_int(args, "chat_id"), _int(args, "new_chat_id")))
+
+    async def set_blocked(args: dict[str, Any]) -> Any:
+        emu.set_blocked(str(args["token"]), _int(args, "user_id"), bool(args.get("blocked", True)))
+        return True
+
+    async def deactivate(args: dict[str, Any]) -> Any:
+        emu.deactivate_user(_int(args, "user_id"))
+        return True
+
+    async def user_sends(args: dict[str, Any]) -> Any:
+        return await emu.user_sends(str(args["token"]), _int(args, "user_id"), str(args["text"]))
+
+    async def user_sends_in_group(args: dict[str, Any]) -> Any:
+        return await emu.user_sends_in_group(str(args["token"]), _int(args, "chat_id"),
+                                             _int(args, "user_id"), str(args["text"]))
+
+    async def press_button(args: dict[str, Any]) -> Any:
+        chat_id = args.get("chat_id")
+        return await emu.press_button(str(args["token"]), _int(args, "user_id"), _int(args, "message_id"),
+                                      str(args["data"]), int(chat_id) if chat_id is not None else None)
+
+    async def request_join(args: dict[str, Any]) -> Any:
+        return await emu.request_join(str(args["token"]), _int(args, "chat_id"), _int(args, "user_id"))
+
+    async def block(args: dict[str, Any]) -> Any:
+        return await emu.block(str(args["token"]), _int(args, "user_id"))
+
+    async def unblock(args: dict[str, Any]) -> Any:
+        return await emu.unblock(str(args["token"]), _int(args, "user_id"))
+
+    async def sent(args: dict[str, Any]) -> Any:
+        messages = emu.bot(str(args["token"])).sent
+        since = int(args.get("since", 0))
+        limit = int(args.get("limit", 1000))
+        if since < 0 or not 1 <= limit <= 100_000:
+            raise ValueError("since must be >= 0 and limit within 1..100000")
+        chat_id = args.get("chat_id")
+        if chat_id is None:
+            page = messages[since:since + limit]
+            return {"messages": [m.as_dict() for m in page], "next": since + len(page),
+                    "total": len(messages)}
+        wanted = int(chat_id)
+        picked = [m.as_dict() for m in messages[since:] if m.chat_id == wanted][:limit]
+        return {"messages": picked, "total": len(messages)}
+
+    async def stats(args: dict[str, Any]) -> Any:
+        token = str(args["token"])
+        return {**emu.stats(token), "retry_afters": [asdict(e) for e in emu.retry_afters(token)]}
+
+    async def webhook(args: dict[str, Any]) -> Any:
+        return emu.webhook(str(args["token"]))
+
+    async def wait_idle(args: dict[str, Any]) -> Any:
+        try:
+            await emu.wait_webhook_idle(str(args["token"]), float(args.get("timeout", 10.0)))
+        except TimeoutError as exc:
+            raise ValueError(str(exc)) from None
+        return True
+
+    async def faults(args: dict[str, Any]) -> Any:
+        latency = args.get("latency")
+        if "latency_ms" in args:
+            latency = [float(args["latency_ms"]) / 1000, float(args.get("jitter_ms", 0)) / 1000]
+        config = emu.faults.set(
+            str(args["method"]),
+            LatencyModel(float(latency[0]), float(latency[1])) if latency is not None else None,
+            float(args.get("error_rate_5xx", 0.0)), float(args.get("timeout_rate", 0.0)),
+            float(args.get("drop_rate", 0.0)), error_status=int(args.get("error_status", 500)),
+            timeout_hold_s=float(args.get("timeout_hold_s", 30.0)),
+            lost_response_rate=float(args.get("lost_response_rate", 0.0)))
+        return asdict(config)
+
+    async def clear_faults(args: dict[str, Any]) -> Any:
+        emu.faults.clear(args.get("method"))
+        return True
+
+    async def limits(args: dict[str, Any]) -> Any:
+        emu.set_limits(args["limits"], float(args.get("scale", 1.0)))
+        return {"limits": emu.limits_mode, "scale": emu.scale}
+
+    async def reset(args: dict[str, Any]) -> Any:
+        emu.reset()
+        return True
+
+    p = "/_emulator"
+    return [
+        web.get(f"{p}/health", _endpoint(health)),
+        web.get(f"{p}/bots", _endpoint(list_bots)),
+        web.post(f"{p}/bots", _endpoint(add_bot)),
+        web.post(f"{p}/users", _endpoint(add_users)),
+        web.post(f"{p}/groups", _endpoint(add_group)),
+        web.post(f"{p}/groups/migrate", _endpoint(migrate_group)),
+        web.post(f"{p}/set_blocked", _endpoint(set_blocked)),
+        web.post(f"{p}/deactivate", _endpoint(deactivate)),
+        web.post(f"{p}/user_sends", _endpoint(user_sends)),
+        web.post(f"{p}/user_sends_in_group", _endpoint(user_sends_in_group)),
+        web.post(f"{p}/press_button", _endpoint(press_button)),
+        web.post(f"{p}/request_join", _endpoint(request_join)),
+        web.post(f"{p}/block", _endpoint(block)),
+        web.post(f"{p}/unblock", _endpoint(unblock)),
+        web.get(f"{p}/sent", _endpoint(sent)),
+        web.get(f"{p}/stats", _endpoint(stats)),
+        web.get(f"{p}/webhook", _endpoint(webhook)),
+        web.post(f"{p}/wait_webhook_idle", _endpoint(wait_idle)),
+        web.post(f"{p}/faults", _endpoint(faults)),
+        web.delete(f"{p}/faults", _endpoint(clear_faults)),
+        web.post(f"{p}/limits", _endpoint(limits)),
+        web.post(f"{p}/reset", _endpoint(reset)),
+    ]

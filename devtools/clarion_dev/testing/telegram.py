@@ -1,0 +1,40 @@
+"""pytest plugin: the `telegram_emulator` fixture and an aiogram `Bot` factory pointed at it.
+
+    @pytest.mark.emulator(limits="real")        # default: limits="scaled", scale=10
+    async def test_x(telegram_emulator): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+
+from clarion_dev.telegram import Emulator
+
+DEFAULT_SCALE = 10.0
+
+
+def aiogram_bot(emulator: Emulator, token: str, timeout: float = 10.0) -> Bot:
+    """An unchanged aiogram Bot talking to the emulator through aiogram's custom API server setting."""
+    api = TelegramAPIServer.from_base(emulator.base_url)
+    return Bot(token, session=AiohttpSession(api=api, timeout=timeout))
+
+
+@pytest.fixture
+async def telegram_emulator(request: pytest.FixtureRequest) -> AsyncIterator[Emulator]:
+    """A started emulator on a free port; `@pytest.mark.emulator(...)` passes Emulator arguments."""
+    kwargs: dict[str, Any] = {"limits": "scaled", "scale": DEFAULT_SCALE}
+    marker = request.node.get_closest_marker("emulator")
+    if marker is not None:
+        kwargs.update(marker.kwargs)
+    emulator = Emulator(**kwargs)
+    await emulator.start()
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()
