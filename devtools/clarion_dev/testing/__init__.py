@@ -1,1 +1,1 @@
-"""pytest plugins for Clarion's tests: `clarion_dev.testing.telegram` and `clarion_dev.testing.smtp`."""
+"""Test helpers shared by Clarion's test tiers (fixtures live in the pytest plugins of this package)."""
