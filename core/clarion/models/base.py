@@ -31,7 +31,7 @@ def cel(
     field_path: str | None = None,
     reason: str | None = None,
 ) -> dict[str, str]:
-    """One `x-kubernetes-validations` entry; `reason` is FieldValueInvalid/Required/Forbidden/Duplicate."""
+    """One `x-kubernetes-validations` entry; reason: FieldValueInvalid, -Required or -Forbidden."""
     entry = {"rule": rule, "message": message}
     if field_path is not None:
         entry["fieldPath"] = field_path

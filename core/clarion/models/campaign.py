@@ -173,7 +173,7 @@ class Message(CamelModel):
             cel(
                 "self.all(v, self.exists_one(w, w.language == v.language))",
                 "each language may have only one variant",
-                reason="FieldValueDuplicate",
+                reason="FieldValueInvalid",
             )
         ),
     )
