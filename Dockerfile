@@ -1,0 +1,39 @@
+# One image for every Clarion entry point: clarion-operator, clarion-webhook, clarion-bot,
+# clarion-sender (and the `clarion` developer CLI, which ships in the same wheel).
+#
+#   docker build -t clarion:dev .
+#
+# Stage 1 builds the project's wheel and installs it with its dependencies into /opt/venv.
+# Stage 2 copies only that virtualenv onto a fresh slim base: no compiler, no pip cache, no sources.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip build
+COPY pyproject.toml README.md ./
+COPY core ./core
+COPY operator ./operator
+COPY services ./services
+COPY devtools ./devtools
+RUN /opt/venv/bin/python -m build --wheel --outdir /dist . \
+ && /opt/venv/bin/pip install /dist/*.whl \
+ && /opt/venv/bin/pip uninstall -y build pip
+
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="clarion" \
+      org.opencontainers.image.description="Kubernetes-native notification and broadcast platform for Telegram" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    CLARION_LOG_FORMAT=json
+RUN groupadd --system --gid 10001 clarion \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin clarion
+COPY --from=builder /opt/venv /opt/venv
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8080
+CMD ["clarion-operator"]
