@@ -1,0 +1,281 @@
+"""Feed the dispatcher from the channel's update streams, partition by partition, in order.
+
+A replica runs one worker per partition it leases (see leases.py). A worker first takes over every
+pending entry of the partition (its own from before a restart, or a dead replica's) with XAUTOCLAIM,
+handles them in id order, then reads new entries. Entries are acknowledged only after handling; a
+handler that keeps failing sends its entry to `<stream>:dead`, acknowledged in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from aiogram import Bot, Dispatcher
+from aiogram.dispatcher.event.bases import UNHANDLED
+from aiogram.exceptions import TelegramRetryAfter
+from clarion.logging import bind_trace, get_logger
+from clarion.metrics import counter, gauge, histogram
+from clarion.streams import BOT_GROUP, UpdateEnvelope, dead_letter_stream, updates_stream
+from redis.exceptions import RedisError, ResponseError
+
+from clarion_bot.leases import Leases, fair_share, preferred_order
+
+UPDATES_HANDLED = counter("clarion_bot_updates_handled_total",
+                          "Updates taken off the stream: handled, unhandled (no handler), dead_letter.",
+                          ["result"])
+HANDLING_SECONDS = histogram("clarion_bot_update_handling_seconds",
+                             "Time to handle one update, retries included.")
+STREAM_LAG = gauge("clarion_bot_stream_lag",
+                   "Entries of a partition not yet acknowledged (never delivered plus pending).",
+                   ["channel", "partition"])
+PARTITIONS_HELD = gauge("clarion_bot_partitions_held", "Partitions this replica holds a lease on.",
+                        ["channel"])
+
+log = get_logger("clarion.bot")
+
+_IDLE_CONSUMER_MS = 10 * 60 * 1000
+
+
+class PartitionWorker:
+    """Handles one leased partition until told to stop or until its lease can no longer be trusted."""
+
+    def __init__(self, consumer: UpdateConsumer, partition: int, valid_until: float) -> None:
+        self.consumer = consumer
+        self.partition = partition
+        self.stream = updates_stream(consumer.channel, partition)
+        self.valid_until = valid_until
+        self.stopping = False
+        self.task: asyncio.Task[None] = asyncio.create_task(self._run(), name=f"partition-{partition}")
+
+    async def stop(self) -> None:
+        """Finish the entry in hand, then return."""
+        self.stopping = True
+        with contextlib.suppress(Exception):
+            await self.task
+
+    def _may_continue(self) -> bool:
+        return not self.stopping and time.monotonic() < self.valid_until
+
+    async def _run(self) -> None:
+        c = self.consumer
+        try:
+            await c.redis.xgroup_create(self.stream, BOT_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        await self._claim_pending()
+        deliveries = await self._delivery_counts()
+        while self._may_continue():  # own pending list, oldest first, before anything new
+            reply = await c.redis.xreadgroup(BOT_GROUP, c.replica_id, {self.stream: "0"}, count=c.read_count)
+            entries = reply[0][1] if reply else []
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                if not self._may_continue():
+                    return
+                await c.handle_entry(self.stream, entry_id, fields, deliveries.get(entry_id, 1))
+        while self._may_continue():
+            reply = await c.redis.xreadgroup(BOT_GROUP, c.replica_id, {self.stream: ">"},
+                                             count=c.read_count, block=c.block_ms)
+            for _, entries in reply or ():
+                for entry_id, fields in entries:
+                    if not self._may_continue():
+                        return  # left pending: the next holder of the lease handles it
+                    await c.handle_entry(self.stream, entry_id, fields, 1)
+
+    async def _claim_pending(self) -> None:
+        """Take over every pending entry of the group: holding the lease, nobody else works here."""
+        c = self.consumer
+        cursor: Any = "0-0"
+        while True:
+            reply = await c.redis.xautoclaim(self.stream, BOT_GROUP, c.replica_id, min_idle_time=0,
+                                             start_id=cursor, count=500)
+            cursor = reply[0]
+            if cursor in (b"0-0", "0-0"):
+                break
+        for info in await c.redis.xinfo_consumers(self.stream, BOT_GROUP):
+            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+            if name != c.replica_id and info["pending"] == 0 and info["idle"] > _IDLE_CONSUMER_MS:
+                await c.redis.xgroup_delconsumer(self.stream, BOT_GROUP, name)
+
+    async def _delivery_counts(self) -> dict[bytes, int]:
+        c = self.consumer
+        pending = await c.redis.xpending_range(self.stream, BOT_GROUP, min="-", max="+", count=10_000,
+                                               consumername=c.replica_id)
+        return {p["message_id"]: int(p["times_delivered"]) for p in pending}
+
+
+class UpdateConsumer:
+    """One bot replica's share of a channel's update streams."""
+
+    def __init__(self, *, redis: aioredis.Redis, dispatcher: Dispatcher, bot: Bot, channel: str,
+                 replica_id: str, partitions: int, lease_ttl_ms: int, read_count: int = 50,
+                 max_attempts: int = 3, max_deliveries: int = 5) -> None:
+        self.redis: Any = redis  # redis-py's stream reply types are too loose to be useful
+        self.dispatcher = dispatcher
+        self.bot = bot
+        self.channel = channel
+        self.replica_id = replica_id
+        self.partitions = partitions
+        self.read_count = read_count
+        self.max_attempts = max_attempts
+        self.max_deliveries = max_deliveries
+        self.leases = Leases(redis, channel, replica_id, lease_ttl_ms)
+        self.ttl_s = lease_ttl_ms / 1000
+        self.tick_s = self.ttl_s / 3
+        self.block_ms = max(50, min(1000, lease_ttl_ms // 4))
+        self.workers: dict[int, PartitionWorker] = {}
+        self._held = PARTITIONS_HELD.labels(channel)
+
+    @property
+    def held(self) -> list[int]:
+        return sorted(self.workers)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Lease, consume and rebalance until `stop` is set; then finish work in hand and give leases back."""
+        reporter = asyncio.create_task(self._report_lag(stop))
+        try:
+            while not stop.is_set():
+                try:
+                    await self._tick()
+                except (RedisError, OSError) as exc:
+                    log.warning("lease_tick_failed", error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.tick_s)
+        finally:
+            reporter.cancel()
+            for partition in list(self.workers):
+                await self._give_back(partition)
+            with contextlib.suppress(RedisError, OSError):
+                await self.leases.leave()
+
+    async def _tick(self) -> None:
+        started = time.monotonic()
+        live = await self.leases.heartbeat()
+        share = fair_share(self.partitions, live)
+        for partition, worker in list(self.workers.items()):
+            if worker.task.done():
+                error = None if worker.task.cancelled() else worker.task.exception()
+                if error is not None:
+                    log.error("partition_worker_failed", partition=partition, error=repr(error))
+                await self._give_back(partition)
+            elif await self.leases.renew(partition):
+                worker.valid_until = started + self.ttl_s * 0.9
+            else:
+                log.warning("lease_lost", partition=partition)
+                worker.task.cancel()
+                del self.workers[partition]
+        for partition in self.held[share:]:
+            await self._give_back(partition)
+        for partition in preferred_order(self.replica_id, self.partitions):
+            if len(self.workers) >= share:
+                break
+            if partition not in self.workers and await self.leases.acquire(partition):
+                self.workers[partition] = PartitionWorker(self, partition, started + self.ttl_s * 0.9)
+                log.info("partition_acquired", partition=partition, live_replicas=live, share=share)
+        self._held.set(len(self.workers))
+
+    async def _give_back(self, partition: int) -> None:
+        worker = self.workers.pop(partition)
+        await worker.stop()
+        with contextlib.suppress(RedisError, OSError):
+            await self.leases.release(partition)
+        log.info("partition_released", partition=partition)
+
+    async def handle_entry(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None,
+                           deliveries: int) -> None:
+        """Handle one entry (retrying a failing handler), then acknowledge it or dead-letter it."""
+        started = time.perf_counter()
+        structlog.contextvars.clear_contextvars()
+        if not fields:  # trimmed away while pending: nothing left to handle
+            await self.redis.xack(stream, BOT_GROUP, entry_id)
+            return
+        try:
+            envelope = UpdateEnvelope.from_fields(fields)
+        except ValueError as exc:
+            await self._dead_letter(stream, entry_id, fields, f"unreadable envelope: {exc}")
+            return
+        bind_trace(envelope.trace_id, channel=self.channel, update_id=envelope.update_id)
+        if deliveries > self.max_deliveries:
+            await self._dead_letter(stream, entry_id, fields, f"delivered {deliveries} times")
+            return
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = await self.dispatcher.feed_raw_update(self.bot, envelope.update)
+            except TelegramRetryAfter as exc:  # the whole bot is throttled: wait, do not count it
+                log.warning("telegram_retry_after", retry_after=exc.retry_after)
+                await asyncio.sleep(min(float(exc.retry_after), 60.0))
+                attempt -= 1
+                continue
+            except Exception as exc:
+                if attempt < self.max_attempts:
+                    log.warning("handler_failed", attempt=attempt, error=repr(exc))
+                    await asyncio.sleep(0.1 * 2 ** attempt)
+                    continue
+                log.error("handler_gave_up", attempts=attempt, error=repr(exc))
+                await self._dead_letter(stream, entry_id, fields, repr(exc)[:1000])
+                HANDLING_SECONDS.observe(time.perf_counter() - started)
+                return
+            break
+        await self.redis.xack(stream, BOT_GROUP, entry_id)
+        outcome = "unhandled" if result is UNHANDLED else "handled"
+        UPDATES_HANDLED.labels(outcome).inc()
+        HANDLING_SECONDS.observe(time.perf_counter() - started)
+        log.debug("update_handled", result=outcome, seconds=round(time.perf_counter() - started, 4))
+
+    async def _dead_letter(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes],
+                           reason: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(dead_letter_stream(stream), {**fields, b"id": entry_id, b"error": reason.encode()})
+            pipe.xack(stream, BOT_GROUP, entry_id)
+            await pipe.execute()
+        UPDATES_HANDLED.labels("dead_letter").inc()
+        log.error("update_dead_lettered", stream=stream, entry_id=entry_id.decode(), reason=reason)
+
+    async def _report_lag(self, stop: asyncio.Event, every: float = 5.0) -> None:
+        """Publish each held partition's lag and trim what every group has acknowledged."""
+        while not stop.is_set():
+            for partition in self.held:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._observe_partition(partition)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+
+    async def _observe_partition(self, partition: int) -> None:
+        stream = updates_stream(self.channel, partition)
+        keep_from: bytes | None = None
+        for group in await self.redis.xinfo_groups(stream):
+            name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
+            if name == BOT_GROUP:
+                lag = group.get("lag")
+                if lag is None:  # Redis cannot tell after deletions: count what is left unread
+                    start = _after(group["last-delivered-id"])
+                    lag = len(await self.redis.xrange(stream, min=start, count=10_000))
+                STREAM_LAG.labels(self.channel, str(partition)).set(int(lag) + int(group["pending"]))
+            if group["pending"]:
+                summary = await self.redis.xpending(stream, name)
+                oldest = summary["min"]
+            else:
+                oldest = group["last-delivered-id"]
+            if keep_from is None or _id_key(oldest) < _id_key(keep_from):
+                keep_from = oldest
+        if keep_from is not None and keep_from not in (b"0-0", "0-0"):
+            await self.redis.xtrim(stream, minid=keep_from, approximate=True)
+
+
+def _id_key(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _after(entry_id: bytes | str) -> str:
+    ms, seq = _id_key(entry_id)
+    return f"{ms}-{seq + 1}"

@@ -1,0 +1,34 @@
+"""The aiogram Dispatcher of one channel: routers, FSM storage in Redis, injected dependencies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiogram import Bot, Dispatcher
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.fsm.storage.base import DefaultKeyBuilder
+from aiogram.fsm.storage.redis import RedisStorage
+
+from clarion_bot.context import ChannelHolder, ContextMiddleware
+from clarion_bot.handlers import routers
+
+PUBLIC_API_BASE = "https://api.telegram.org"
+
+
+def build_dispatcher(*, db: Any, redis: aioredis.Redis, holder: ChannelHolder) -> Dispatcher:
+    """Handlers get `db` (asyncpg pool), `channel`, `language` and `t` injected by keyword."""
+    storage = RedisStorage(redis, key_builder=DefaultKeyBuilder(prefix=f"fsm:{holder.current.key}"))
+    dp = Dispatcher(storage=storage)
+    dp["db"] = db
+    dp["holder"] = holder
+    dp.update.outer_middleware(ContextMiddleware(holder))
+    dp.include_routers(*routers())
+    return dp
+
+
+def build_bot(token: str, api_base: str | None) -> Bot:
+    """A Bot talking to `api_base` (the public Bot API, a local Bot API server or the emulator)."""
+    server = TelegramAPIServer.from_base(api_base or PUBLIC_API_BASE)
+    return Bot(token, session=AiohttpSession(api=server))

@@ -1,0 +1,43 @@
+"""`/language`: an inline keyboard of the supported languages; a press stores the choice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiogram import F, Router
+from aiogram.filters import Command
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
+from aiogram.utils.keyboard import InlineKeyboardBuilder
+from clarion.db import subscribers
+from clarion.db.channels import ChannelRecord
+
+from clarion_bot.i18n import LANGUAGE_NAMES, LANGUAGES, Translator
+
+router = Router(name="language")
+
+
+class LanguageChoice(CallbackData, prefix="lang"):
+    code: str
+
+
+def language_keyboard() -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    for code in LANGUAGES:
+        builder.button(text=LANGUAGE_NAMES[code], callback_data=LanguageChoice(code=code))
+    return builder.as_markup()
+
+
+@router.message(Command("language"), F.chat.type == "private")
+async def choose_language(message: Message, t: Translator) -> None:
+    await message.answer(t("language.choose"), reply_markup=language_keyboard())
+
+
+@router.callback_query(LanguageChoice.filter(F.code.in_(LANGUAGES)))
+async def set_language(query: CallbackQuery, callback_data: LanguageChoice, db: Any,
+                       channel: ChannelRecord) -> None:
+    await subscribers.set_language(db, channel.id, query.from_user.id, callback_data.code)
+    text = Translator(callback_data.code)("language.set")
+    await query.answer(text)
+    if isinstance(query.message, Message):
+        await query.message.edit_text(text)

@@ -1,0 +1,122 @@
+# ruff: noqa: RUF001  (Russian text is Cyrillic on purpose)
+"""Every text the bot sends, in English and Russian, and the translator handlers receive as `t`.
+
+A plain catalog rather than gettext: aiogram's I18n middleware needs Babel and compiled `.mo` files,
+which would add a build step for two languages (docs/webhook-and-bot.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LANGUAGES = ("en", "ru")
+DEFAULT_LANGUAGE = "en"
+LANGUAGE_NAMES = {"en": "English", "ru": "Русский"}
+
+CATALOG: dict[str, dict[str, str]] = {
+    "start.welcome": {
+        "en": "Hello, {name}! You are subscribed to {bot} updates.\nSend /help to see what I can do.",
+        "ru": "Здравствуйте, {name}! Вы подписаны на новости {bot}.\n"
+              "Отправьте /help, чтобы узнать, что я умею.",
+    },
+    "stop.done": {
+        "en": "You are unsubscribed and will get no more broadcasts. Send /start to subscribe again.",
+        "ru": "Вы отписались и больше не будете получать рассылки. "
+              "Отправьте /start, чтобы подписаться снова.",
+    },
+    "help.text": {
+        "en": "/start — subscribe\n/stop — unsubscribe\n/language — choose the language\n"
+              "Any other message goes to our support team.",
+        "ru": "/start — подписаться\n/stop — отписаться\n/language — выбрать язык\n"
+              "Любое другое сообщение получит наша служба поддержки.",
+    },
+    "command.unknown": {
+        "en": "I don't know this command. Send /help to see what I can do.",
+        "ru": "Я не знаю такой команды. Отправьте /help, чтобы узнать, что я умею.",
+    },
+    "language.choose": {
+        "en": "Choose your language:",
+        "ru": "Выберите язык:",
+    },
+    "language.set": {
+        "en": "Language: English.",
+        "ru": "Язык: русский.",
+    },
+    "support.incoming": {
+        "en": "Support message from {name} ({username}, id {user_id}):",
+        "ru": "Сообщение в поддержку от {name} ({username}, id {user_id}):",
+    },
+    "support.reply_button": {
+        "en": "Reply",
+        "ru": "Ответить",
+    },
+    "support.sent": {
+        "en": "Thank you! Your message was passed to our support team.",
+        "ru": "Спасибо! Ваше сообщение передано в службу поддержки.",
+    },
+    "support.unavailable": {
+        "en": "Sorry, support is not available in this bot.",
+        "ru": "К сожалению, в этом боте нет службы поддержки.",
+    },
+    "support.not_admin": {
+        "en": "Only the bot's admins can answer support messages.",
+        "ru": "Отвечать на обращения могут только администраторы бота.",
+    },
+    "support.unknown_thread": {
+        "en": "This support message is no longer known.",
+        "ru": "Это обращение больше не найдено.",
+    },
+    "support.ask_answer": {
+        "en": "Write your answer to {name}. Send /cancel to stop.",
+        "ru": "Напишите ответ для {name}. Отправьте /cancel, чтобы отменить.",
+    },
+    "support.answer": {
+        "en": "Answer from support:\n\n{text}",
+        "ru": "Ответ службы поддержки:\n\n{text}",
+    },
+    "support.delivered": {
+        "en": "Your answer was delivered to {name}.",
+        "ru": "Ваш ответ доставлен: {name}.",
+    },
+    "support.user_blocked": {
+        "en": "Not delivered: {name} has blocked the bot.",
+        "ru": "Не доставлено: {name} заблокировал(а) бота.",
+    },
+    "support.text_only": {
+        "en": "Please answer with a text message, or send /cancel.",
+        "ru": "Пожалуйста, ответьте текстом или отправьте /cancel.",
+    },
+    "support.cancelled": {
+        "en": "Cancelled.",
+        "ru": "Отменено.",
+    },
+    "support.non_text": {
+        "en": "[{kind}]",
+        "ru": "[{kind}]",
+    },
+    "diagnostics.pong": {
+        "en": "pong {n}",
+        "ru": "pong {n}",
+    },
+}
+
+
+def pick_language(*candidates: str | None, default: str = DEFAULT_LANGUAGE) -> str:
+    """The first supported candidate (e.g. stored choice, Telegram's language_code), else `default`."""
+    for candidate in candidates:
+        if candidate:
+            code = candidate.split("-", 1)[0].lower()
+            if code in LANGUAGES:
+                return code
+    return default if default in LANGUAGES else DEFAULT_LANGUAGE
+
+
+class Translator:
+    """`t("key", **values)`: the catalog text in one language; English when a language lacks the key."""
+
+    def __init__(self, language: str) -> None:
+        self.language = language if language in LANGUAGES else DEFAULT_LANGUAGE
+
+    def __call__(self, key: str, **values: Any) -> str:
+        texts = CATALOG[key]
+        return texts.get(self.language, texts[DEFAULT_LANGUAGE]).format(**values)

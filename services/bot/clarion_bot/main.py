@@ -1,0 +1,130 @@
+"""`clarion-bot --channel ns.name`: one bot replica, fed from the channel's update streams."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiogram.utils.token import TokenValidationError
+from clarion.db import create_pool
+from clarion.db.channels import ChannelRecord, get_channel, split_channel_key
+from clarion.logging import configure_logging, get_logger
+from clarion.metrics import serve_metrics
+from clarion.redis import create_redis
+
+from clarion_bot.consumer import UpdateConsumer
+from clarion_bot.context import ChannelHolder
+from clarion_bot.dispatcher import build_bot, build_dispatcher
+from clarion_bot.settings import BotSettings
+
+log = get_logger("clarion.bot")
+
+
+async def wait_for_channel(db: Any, key: str, stop: asyncio.Event) -> ChannelRecord | None:
+    """The channel row, waiting for the operator to write it; None if stopped first."""
+    while not stop.is_set():
+        channel = await get_channel(db, key)
+        if channel is not None:
+            return channel
+        log.warning("channel_not_found", channel=key)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)
+    return None
+
+
+async def refresh_channel(db: Any, holder: ChannelHolder, every: float, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        try:
+            channel = await get_channel(db, holder.current.key)
+        except Exception as exc:
+            log.warning("channel_refresh_failed", error=repr(exc))
+            continue
+        if channel is None:
+            log.error("channel_deleted", channel=holder.current.key)
+            stop.set()
+        else:
+            holder.current = channel
+
+
+async def run(settings: BotSettings, stop: asyncio.Event | None = None) -> int:
+    """Serve the channel until SIGTERM/SIGINT (or `stop`)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    db = await create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
+    redis = create_redis(settings.redis_url)
+    try:
+        channel = await wait_for_channel(db, settings.channel, stop)
+        if channel is None:
+            return 0
+        try:
+            api_base = settings.telegram_api_base or channel.api_base_url
+            bot = build_bot(settings.bot_token.get_secret_value(), api_base)
+        except TokenValidationError:
+            log.error("invalid_bot_token", channel=channel.key)
+            return 2
+        if channel.bot_id is not None and bot.id != channel.bot_id:
+            log.error("bot_token_mismatch", channel=channel.key, expected_bot_id=channel.bot_id)
+            return 2
+        holder = ChannelHolder(channel)
+        dp = build_dispatcher(db=db, redis=redis, holder=holder)
+        consumer = UpdateConsumer(
+            redis=redis, dispatcher=dp, bot=bot, channel=channel.key, replica_id=replica_id,
+            partitions=settings.update_partitions, lease_ttl_ms=settings.bot_lease_ttl_ms,
+            read_count=settings.bot_read_count, max_attempts=settings.bot_max_attempts,
+            max_deliveries=settings.bot_max_deliveries,
+        )
+        log.info("bot_starting", channel=channel.key, replica=replica_id,
+                 partitions=settings.update_partitions)
+        refresher = asyncio.create_task(
+            refresh_channel(db, holder, settings.bot_channel_refresh_seconds, stop))
+        try:
+            await consumer.run(stop)
+        finally:
+            refresher.cancel()
+            await bot.session.close()
+        log.info("bot_stopped", channel=channel.key, replica=replica_id)
+        return 0
+    finally:
+        await redis.aclose()
+        await db.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="clarion-bot",
+        description="One bot replica of a channel: leases partitions of the channel's update streams and "
+                    "handles their updates with aiogram. The token comes from CLARION_BOT_TOKEN; other "
+                    "settings from CLARION_* environment variables.",
+    )
+    parser.add_argument("--channel", help="channel key namespace.name (env CLARION_CHANNEL)")
+    args = parser.parse_args(argv)
+    settings = BotSettings(**({"channel": args.channel} if args.channel else {}))
+    configure_logging(settings.log_level, settings.log_format)
+    logging.getLogger("aiogram.event").setLevel(logging.WARNING)  # one line per update is ours, at debug
+    if split_channel_key(settings.channel) is None:
+        print("clarion-bot: --channel (or CLARION_CHANNEL) must be a channel key like `default.mybot`",
+              file=sys.stderr)
+        return 2
+    if not settings.bot_token.get_secret_value():
+        print("clarion-bot: CLARION_BOT_TOKEN is not set", file=sys.stderr)
+        return 2
+    serve_metrics(settings.metrics_port)
+    return asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

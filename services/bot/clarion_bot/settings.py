@@ -1,0 +1,28 @@
+"""Settings of one bot replica (`CLARION_*` environment variables)."""
+
+from __future__ import annotations
+
+from clarion.settings import CommonSettings
+from clarion.streams import DEFAULT_PARTITIONS
+from pydantic import Field, SecretStr
+
+
+class BotSettings(CommonSettings):
+    """A bot replica serves one channel; several replicas share its partitions through leases."""
+
+    channel: str = Field(default="", max_length=317, description="Channel key `namespace.name`.")
+    bot_token: SecretStr = Field(default=SecretStr(""), description="The bot's Telegram token.")
+    telegram_api_base: str | None = Field(default=None, description="Overrides the channel's API URL.")
+    replica_id: str | None = Field(default=None, max_length=200,
+                                   description="Stable replica name (the pod name); hostname-pid when unset.")
+    update_partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=1024,
+                                   description="Stream partitions per channel (as the webhook).")
+    bot_lease_ttl_ms: int = Field(default=10_000, ge=500, le=600_000,
+                                  description="Lease lifetime: a dead replica's partitions move after it.")
+    bot_read_count: int = Field(default=50, ge=1, le=1000, description="Entries read per XREADGROUP call.")
+    bot_max_attempts: int = Field(default=3, ge=1, le=20,
+                                  description="Handler attempts before the update is dead-lettered.")
+    bot_max_deliveries: int = Field(default=5, ge=1, le=100,
+                                    description="Deliveries (crashes too) before it is dead-lettered.")
+    bot_channel_refresh_seconds: float = Field(default=30.0, ge=1, le=3600,
+                                               description="How often the channel row is re-read.")
