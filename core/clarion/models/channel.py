@@ -65,7 +65,10 @@ class TelegramWebhook(CamelModel):
         min_length=9,
         max_length=2048,
         pattern=HTTP_URL,
-        description="Public URL Telegram posts updates to (the webhook service's /tg/webhook/{channel}).",
+        description=(
+            "Public base URL of the webhook service; the operator registers "
+            "<url>/tg/webhook/<namespace>.<name> with setWebhook."
+        ),
     )
     secret_token_secret_ref: SecretKeyRef | None = Field(
         default=None,
