@@ -1,0 +1,205 @@
+"""Objects the operator creates, as plain dicts: Secrets, the bot Deployment, the sender Job.
+
+Names are deterministic (a second create of the same object gets 409), owner references are added
+by the caller with `kopf.adopt`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "clarion-operator"}
+RUNTIME_DATABASE_KEY = "database-url"
+RUNTIME_REDIS_KEY = "redis-url"
+WEBHOOK_SECRET_KEY = "token"
+_NAME_LIMIT = 63
+
+
+def bounded_name(base: str, suffix: str, limit: int = _NAME_LIMIT) -> str:
+    """`base + suffix`, or a shortened base with a hash of the full name when that exceeds `limit`."""
+    full = f"{base}{suffix}"
+    if len(full) <= limit:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    keep = limit - len(suffix) - len(digest) - 1
+    return f"{base[:keep].rstrip('-.')}-{digest}{suffix}"
+
+
+def bot_deployment_name(channel: str) -> str:
+    return bounded_name(channel, "-bot")
+
+
+def webhook_secret_name(channel: str) -> str:
+    return bounded_name(channel, "-webhook-secret", limit=253)
+
+
+def sender_job_name(campaign: str, run: int) -> str:
+    return bounded_name(campaign, f"-r{run}")
+
+
+def channel_key(namespace: str, name: str) -> str:
+    """The channel's key in Postgres, the webhook path and the bot's `--channel` argument."""
+    return f"{namespace}.{name}"
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _pod_security() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _runtime_env(runtime_secret: str) -> list[dict[str, Any]]:
+    return [
+        _secret_env("CLARION_DATABASE_URL", runtime_secret, RUNTIME_DATABASE_KEY),
+        _secret_env("CLARION_REDIS_URL", runtime_secret, RUNTIME_REDIS_KEY),
+    ]
+
+
+def runtime_secret(namespace: str, name: str, database_url: str, redis_url: str) -> dict[str, Any]:
+    """The Secret that gives bot and sender pods their Postgres and Redis URLs."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {**MANAGED_BY, "app.kubernetes.io/name": "clarion"}},
+        "type": "Opaque",
+        "stringData": {RUNTIME_DATABASE_KEY: database_url, RUNTIME_REDIS_KEY: redis_url},
+    }
+
+
+def webhook_secret(namespace: str, channel: str, token: str) -> dict[str, Any]:
+    """The owned Secret holding a generated webhook secret token."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": webhook_secret_name(channel),
+            "namespace": namespace,
+            "labels": {**MANAGED_BY, "app.kubernetes.io/name": "clarion", "clarion.io/channel": channel},
+        },
+        "type": "Opaque",
+        "stringData": {WEBHOOK_SECRET_KEY: token},
+    }
+
+
+def bot_labels(channel: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "clarion", "app.kubernetes.io/component": "bot",
+            "clarion.io/channel": channel}
+
+
+def bot_deployment(
+    *,
+    namespace: str,
+    channel: str,
+    token_secret: str,
+    token_key: str,
+    replicas: int,
+    image: str,
+    pull_policy: str,
+    runtime_secret_name: str,
+) -> dict[str, Any]:
+    """The Deployment running `clarion-bot` for one Telegram channel."""
+    selector = bot_labels(channel)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": bot_deployment_name(channel), "namespace": namespace,
+                     "labels": {**selector, **MANAGED_BY}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": {**selector, **MANAGED_BY}},
+                "spec": {
+                    "securityContext": _pod_security(),
+                    "containers": [{
+                        "name": "bot",
+                        "image": image,
+                        "imagePullPolicy": pull_policy,
+                        "command": ["clarion-bot", "--channel", channel_key(namespace, channel)],
+                        "env": [
+                            _secret_env("CLARION_BOT_TOKEN", token_secret, token_key),
+                            *_runtime_env(runtime_secret_name),
+                            {"name": "CLARION_POD_NAME",
+                             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        ],
+                        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
+                                      "limits": {"memory": "384Mi"}},
+                        "securityContext": _container_security(),
+                    }],
+                },
+            },
+        },
+    }
+
+
+def sender_labels(campaign: str, run: int) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "clarion", "app.kubernetes.io/component": "sender",
+            "clarion.io/campaign": campaign, "clarion.io/run": str(run)}
+
+
+def sender_job(
+    *,
+    namespace: str,
+    campaign: str,
+    run: int,
+    campaign_id: int,
+    shards: int,
+    token_secret: str,
+    token_key: str,
+    image: str,
+    pull_policy: str,
+    runtime_secret_name: str,
+    backoff_limit: int,
+) -> dict[str, Any]:
+    """The Indexed Job of one campaign run: one completion per shard, all shards in parallel."""
+    labels = sender_labels(campaign, run)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": sender_job_name(campaign, run), "namespace": namespace,
+                     "labels": {**labels, **MANAGED_BY}},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": shards,
+            "parallelism": shards,
+            "backoffLimit": backoff_limit,
+            "suspend": False,
+            "template": {
+                "metadata": {"labels": {**labels, **MANAGED_BY}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": _pod_security(),
+                    "containers": [{
+                        "name": "sender",
+                        "image": image,
+                        "imagePullPolicy": pull_policy,
+                        "command": ["clarion-sender", "campaign"],
+                        "env": [
+                            {"name": "CLARION_CAMPAIGN_ID", "value": str(campaign_id)},
+                            _secret_env("CLARION_BOT_TOKEN", token_secret, token_key),
+                            *_runtime_env(runtime_secret_name),
+                            {"name": "CLARION_POD_NAME",
+                             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        ],
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                      "limits": {"memory": "512Mi"}},
+                        "securityContext": _container_security(),
+                    }],
+                },
+            },
+        },
+    }

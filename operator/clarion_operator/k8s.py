@@ -1,0 +1,148 @@
+"""The one module that talks to the Kubernetes API (besides kopf itself, which writes status and Events).
+
+Calls use the official client in worker threads and exchange plain dicts. Creates tolerate 409 (the
+object already exists: a handler ran twice), reads return None for 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+GROUP = "clarion.io"
+VERSION = "v1alpha1"
+
+
+def load_client() -> kubernetes.client.ApiClient:
+    """An API client from the in-cluster service account, else from KUBECONFIG."""
+    configuration = kubernetes.client.Configuration()
+    loaders: Any = kubernetes.config
+    try:
+        loaders.load_incluster_config(client_configuration=configuration)
+    except loaders.ConfigException:
+        loaders.load_kube_config(client_configuration=configuration)
+    return kubernetes.client.ApiClient(configuration)
+
+
+def _status(exc: ApiException) -> int:
+    return int(exc.status or 0)
+
+
+def _decode(response: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(response.data)
+    return data
+
+
+class Kube:
+    """Typed-enough wrappers of the calls the operator makes."""
+
+    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self._client: Any = client
+        self._core = kubernetes.client.CoreV1Api(client)
+        self._apps = kubernetes.client.AppsV1Api(client)
+        self._batch = kubernetes.client.BatchV1Api(client)
+        self._custom = kubernetes.client.CustomObjectsApi(client)
+
+    def close(self) -> None:
+        self._client.close()
+
+    async def _read(self, fn: Any, *args: Any) -> dict[str, Any] | None:
+        try:
+            return _decode(await asyncio.to_thread(fn, *args, _preload_content=False))
+        except ApiException as exc:
+            if _status(exc) == 404:
+                return None
+            raise
+
+    async def _create(self, fn: Any, *args: Any) -> bool:
+        """True when created, False when it already existed."""
+        try:
+            await asyncio.to_thread(fn, *args, _preload_content=False)
+        except ApiException as exc:
+            if _status(exc) == 409:
+                return False
+            raise
+        return True
+
+    # Secrets
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's data, decoded; None when there is no such Secret."""
+        body = await self._read(self._core.read_namespaced_secret, name, namespace)
+        if body is None:
+            return None
+        return {k: base64.b64decode(v).decode() for k, v in (body.get("data") or {}).items()}
+
+    async def create_secret(self, body: dict[str, Any]) -> bool:
+        return await self._create(self._core.create_namespaced_secret, body["metadata"]["namespace"], body)
+
+    async def apply_secret(self, body: dict[str, Any]) -> None:
+        """Create the Secret, or overwrite its data when it exists with other values."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        if await self.create_secret(body):
+            return
+        current = await self.read_secret(namespace, name)
+        if current == body["stringData"]:
+            return
+        patch = {"metadata": {"labels": body["metadata"]["labels"]}, "stringData": body["stringData"]}
+        await asyncio.to_thread(self._core.patch_namespaced_secret, name, namespace, patch,
+                                _preload_content=False)
+
+    # Deployments
+
+    async def apply_deployment(self, body: dict[str, Any]) -> None:
+        """Create the Deployment, or bring its replicas, labels and pod template to `body`'s."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        if await self._create(self._apps.create_namespaced_deployment, namespace, body):
+            return
+        patch = {"metadata": {"labels": body["metadata"]["labels"]},
+                 "spec": {"replicas": body["spec"]["replicas"], "template": body["spec"]["template"]}}
+        await asyncio.to_thread(self._apps.patch_namespaced_deployment, name, namespace, patch,
+                                _preload_content=False)
+
+    # Jobs
+
+    async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._read(self._batch.read_namespaced_job, name, namespace)
+
+    async def create_job(self, body: dict[str, Any]) -> bool:
+        return await self._create(self._batch.create_namespaced_job, body["metadata"]["namespace"], body)
+
+    async def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
+        try:
+            await asyncio.to_thread(self._batch.patch_namespaced_job, name, namespace,
+                                    {"spec": {"suspend": suspend}}, _preload_content=False)
+        except ApiException as exc:
+            if _status(exc) != 404:
+                raise
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Delete the Job and (in the background) its pods."""
+        try:
+            await asyncio.to_thread(self._batch.delete_namespaced_job, name, namespace,
+                                    propagation_policy="Background", _preload_content=False)
+        except ApiException as exc:
+            if _status(exc) != 404:
+                raise
+
+    # Clarion resources
+
+    async def read_resource(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._read(
+            self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+
+    async def annotate_resource(
+        self, plural: str, namespace: str, name: str, annotations: dict[str, str]
+    ) -> None:
+        try:
+            await asyncio.to_thread(
+                self._custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name,
+                {"metadata": {"annotations": annotations}}, _preload_content=False)
+        except ApiException as exc:
+            if _status(exc) != 404:
+                raise

@@ -1,0 +1,82 @@
+"""Operator-wide setup: kopf settings, shared clients in `memo`, liveness probes, cleanup."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import kopf
+import redis.asyncio as aioredis
+from clarion.db import apply_migrations, create_pool
+from clarion.redis import create_redis
+
+from clarion_operator.k8s import Kube, load_client
+from clarion_operator.settings import OperatorSettings
+
+FINALIZER = "clarion.io/finalizer"
+ANNOTATION_PREFIX = "clarion.io"
+
+
+@dataclass
+class Context:
+    """What every handler shares: settings, the Postgres pool, Redis, the Kubernetes API client."""
+
+    settings: OperatorSettings
+    db: asyncpg.Pool
+    redis: aioredis.Redis
+    kube: Kube
+
+    def runtime_urls(self) -> tuple[str, str]:
+        """The database and Redis URLs written into the runtime Secret for pods."""
+        database = self.settings.runtime_database_url or self.settings.database_url.get_secret_value()
+        redis_url = self.settings.runtime_redis_url or self.settings.redis_url.get_secret_value()
+        return database, redis_url
+
+
+def context(memo: Any) -> Context:
+    """The operator's Context from a handler's `memo`."""
+    ctx: Context = memo.ctx
+    return ctx
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger,
+                    **_: Any) -> None:
+    """kopf settings, migrations, pools; `memo.settings` is put there by `main`."""
+    config: OperatorSettings = memo.settings
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.posting.level = logging.WARNING
+    db = await create_pool(config.database_url, min_size=config.db_pool_min, max_size=config.db_pool_max)
+    async with db.acquire() as conn:
+        applied = await apply_migrations(conn)
+    if applied:
+        logger.info("applied migrations %s", applied)
+    memo.ctx = Context(settings=config, db=db, redis=create_redis(config.redis_url), kube=Kube(load_client()))
+
+
+@kopf.on.probe(id="postgres")
+async def postgres_alive(memo: Any, **_: Any) -> bool:
+    return bool(await context(memo).db.fetchval("SELECT true"))
+
+
+@kopf.on.probe(id="redis")
+async def redis_alive(memo: Any, **_: Any) -> bool:
+    return bool(await context(memo).redis.ping())
+
+
+@kopf.on.cleanup()
+async def close(memo: Any, **_: Any) -> None:
+    ctx: Context | None = memo.get("ctx")
+    if ctx is None:
+        return
+    await ctx.db.close()
+    await ctx.redis.aclose()
+    ctx.kube.close()

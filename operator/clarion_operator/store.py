@@ -1,0 +1,173 @@
+"""The operator's Postgres writes and reads: channel rows and the campaign lifecycle.
+
+Every write is idempotent or guarded by a compare-and-set on the campaign's run, so a handler that
+runs twice (a retry, a restart, a timer racing an update) changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from clarion.db import campaigns as campaign_queries
+
+from clarion_operator.campaign_logic import CampaignRow, Counts
+
+_ROW_FIELDS = ("id", "run", "phase", "total", "shards", "message_hash", "started_at", "completed_at",
+               "retry_observed", "recovery_runs")
+
+
+def _row(record: Any) -> CampaignRow:
+    return CampaignRow(**{key: record[key] for key in _ROW_FIELDS})
+
+
+async def upsert_channel(
+    db: asyncpg.Pool,
+    *,
+    namespace: str,
+    name: str,
+    type_: str,
+    uid: str,
+    bot_id: int | None,
+    bot_username: str | None,
+    api_base_url: str | None,
+    webhook_secret_sha256: str | None,
+    config: dict[str, Any],
+    ready: bool,
+) -> int:
+    """Insert or refresh the channel's row (reviving a deleted one); bot facts are kept when unknown."""
+    channel_id: int = await db.fetchval(
+        """INSERT INTO channels (namespace, name, type, uid, bot_id, bot_username, api_base_url,
+                                 webhook_secret_sha256, config, ready)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+           ON CONFLICT (namespace, name) DO UPDATE SET
+               type = EXCLUDED.type, uid = EXCLUDED.uid,
+               bot_id = COALESCE(EXCLUDED.bot_id, channels.bot_id),
+               bot_username = COALESCE(EXCLUDED.bot_username, channels.bot_username),
+               api_base_url = EXCLUDED.api_base_url,
+               webhook_secret_sha256 = COALESCE(EXCLUDED.webhook_secret_sha256,
+                                                channels.webhook_secret_sha256),
+               config = EXCLUDED.config, ready = EXCLUDED.ready,
+               deleted_at = NULL, updated_at = now()
+           RETURNING id""",
+        namespace, name, type_, uid, bot_id, bot_username, api_base_url, webhook_secret_sha256, config, ready,
+    )
+    return channel_id
+
+
+async def mark_channel_deleted(db: asyncpg.Pool, namespace: str, name: str, uid: str) -> None:
+    """The channel is gone: not ready, deleted_at set (rows that refer to it stay for audit)."""
+    await db.execute(
+        """UPDATE channels SET ready = false, deleted_at = COALESCE(deleted_at, now()), updated_at = now()
+           WHERE namespace = $1 AND name = $2 AND uid = $3""",
+        namespace, name, uid,
+    )
+
+
+async def usable_channel(db: asyncpg.Pool, namespace: str, name: str) -> int | None:
+    """The id of the channel when it exists, is not deleted and is Ready."""
+    channel_id: int | None = await db.fetchval(
+        "SELECT id FROM channels WHERE namespace = $1 AND name = $2 AND deleted_at IS NULL AND ready",
+        namespace, name,
+    )
+    return channel_id
+
+
+async def get_campaign(db: asyncpg.Pool, uid: str) -> CampaignRow | None:
+    record = await db.fetchrow("SELECT * FROM campaigns WHERE uid = $1", uid)
+    return None if record is None else _row(record)
+
+
+async def counts(db: asyncpg.Pool, campaign_id: int) -> Counts:
+    found = await campaign_queries.counts(db, campaign_id)
+    return Counts(total=found.total, pending=found.pending, sending=found.sending, sent=found.sent,
+                  failed=found.failed, blocked=found.blocked)
+
+
+async def start_campaign(
+    db: asyncpg.Pool,
+    *,
+    uid: str,
+    namespace: str,
+    name: str,
+    channel_id: int,
+    spec: dict[str, Any],
+    message_hash: str,
+    shards: int,
+) -> CampaignRow:
+    """Insert the campaign (phase Sending) and snapshot its audience, in one transaction.
+
+    The row is keyed by the resource's uid: when it already exists nothing is inserted or
+    snapshotted again, and the existing row is returned.
+    """
+    async with db.acquire() as conn, conn.transaction():
+        record = await conn.fetchrow(
+            """INSERT INTO campaigns (namespace, name, uid, channel_id, spec, message_hash, phase, run,
+                                      shards, started_at)
+                VALUES ($1, $2, $3, $4, $5, $6, 'Sending', 1, $7, now())
+                ON CONFLICT (uid) DO NOTHING
+                RETURNING *""",
+            namespace, name, uid, channel_id, spec, message_hash, shards,
+        )
+        if record is None:
+            existing = await conn.fetchrow("SELECT * FROM campaigns WHERE uid = $1", uid)
+            return _row(existing)
+        await campaign_queries.snapshot_audience(conn, record["id"], channel_id, spec.get("audience") or {},
+                                                 shards)
+        fresh = await conn.fetchrow("SELECT * FROM campaigns WHERE id = $1", record["id"])
+        return _row(fresh)
+
+
+async def set_phase(db: asyncpg.Pool, campaign_id: int, phase: str, *, finished: bool = False) -> None:
+    """Record the phase the senders read (Paused and Cancelled make them stop)."""
+    await db.execute(
+        """UPDATE campaigns SET phase = $2,
+                  completed_at = CASE WHEN $3 THEN COALESCE(completed_at, now()) ELSE NULL END
+           WHERE id = $1""",
+        campaign_id, phase, finished,
+    )
+
+
+async def resume(db: asyncpg.Pool, campaign_id: int) -> None:
+    """Back to Sending after a pause; the count of early-ended runs starts over."""
+    await db.execute("UPDATE campaigns SET phase = 'Sending', recovery_runs = 0 WHERE id = $1", campaign_id)
+
+
+async def next_run(db: asyncpg.Pool, row: CampaignRow, *, retry_observed: int | None) -> CampaignRow | None:
+    """Start run `row.run + 1` (phase Sending); with `retry_observed`, first put failed deliveries back.
+
+    Compare-and-set on the run number: when another call already moved the run on, nothing changes
+    and None is returned.
+    """
+    async with db.acquire() as conn, conn.transaction():
+        record = await conn.fetchrow(
+            """UPDATE campaigns SET run = run + 1, phase = 'Sending', completed_at = NULL,
+                       retry_observed = COALESCE($3, retry_observed),
+                       recovery_runs = CASE WHEN $3::integer IS NULL THEN recovery_runs + 1 ELSE 0 END
+                WHERE id = $1 AND run = $2
+                RETURNING *""",
+            row.id, row.run, retry_observed,
+        )
+        if record is None:
+            return None
+        if retry_observed is not None:
+            await campaign_queries.reset_failed(conn, row.id)
+        return _row(record)
+
+
+async def note_retry(db: asyncpg.Pool, campaign_id: int, retry_observed: int) -> None:
+    await db.execute("UPDATE campaigns SET retry_observed = $2 WHERE id = $1", campaign_id, retry_observed)
+
+
+async def forget_campaign(db: asyncpg.Pool, uid: str, *, keep_deliveries: bool) -> None:
+    """The resource is being deleted: stop senders, and drop delivery rows unless they are kept."""
+    async with db.acquire() as conn, conn.transaction():
+        campaign_id = await conn.fetchval(
+            """UPDATE campaigns SET deleted_at = COALESCE(deleted_at, now()),
+                      phase = CASE WHEN phase IN ('Sending', 'Paused') THEN 'Cancelled' ELSE phase END
+               WHERE uid = $1 RETURNING id""",
+            uid,
+        )
+        if campaign_id is not None and not keep_deliveries:
+            await conn.execute("DELETE FROM deliveries WHERE campaign_id = $1", campaign_id)
+
