@@ -1,0 +1,68 @@
+"""The objects the operator creates: names, ownership-independent shape, env contracts."""
+
+from __future__ import annotations
+
+import pytest
+from clarion_operator import builders
+
+pytestmark = pytest.mark.unit
+
+
+def _env(container: dict) -> dict[str, dict]:  # type: ignore[type-arg]
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_long_names_are_shortened_deterministically_within_63_characters() -> None:
+    long = "a" * 80
+    name = builders.sender_job_name(long, 12)
+    assert len(name) <= 63 and name.endswith("-r12")
+    assert name == builders.sender_job_name(long, 12)
+    assert name != builders.sender_job_name("a" * 81, 12)
+    assert builders.sender_job_name("spring-sale", 1) == "spring-sale-r1"
+
+
+def test_sender_job_is_indexed_with_one_completion_per_shard() -> None:
+    job = builders.sender_job(namespace="ns", campaign="sale", run=2, campaign_id=7, shards=3,
+                              token_secret="bot", token_key="token", image="img:1", pull_policy="Never",
+                              runtime_secret_name="clarion-runtime", backoff_limit=6)
+    spec = job["spec"]
+    assert job["metadata"]["name"] == "sale-r2"
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    assert spec["backoffLimit"] == 6 and spec["template"]["spec"]["restartPolicy"] == "Never"
+    labels = spec["template"]["metadata"]["labels"]
+    assert labels["clarion.io/campaign"] == "sale"
+    assert labels["app.kubernetes.io/component"] == "sender"
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["command"] == ["clarion-sender", "campaign"]
+    env = _env(container)
+    assert env["CLARION_CAMPAIGN_ID"]["value"] == "7"
+    assert env["CLARION_BOT_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "bot", "key": "token"}
+    assert env["CLARION_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "clarion-runtime", "key": "database-url"}
+    assert env["CLARION_REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "redis-url"
+    assert env["CLARION_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert container["securityContext"]["runAsNonRoot"] is True
+
+
+def test_bot_deployment_runs_the_channel_bot() -> None:
+    dep = builders.bot_deployment(namespace="ns", channel="shop", token_secret="bot", token_key="tok",
+                                  replicas=3, image="img:1", pull_policy="IfNotPresent",
+                                  runtime_secret_name="clarion-runtime")
+    assert dep["metadata"]["name"] == "shop-bot"
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "clarion", "app.kubernetes.io/component": "bot",
+        "clarion.io/channel": "shop"}
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["clarion-bot", "--channel", "ns.shop"]
+    assert _env(container)["CLARION_BOT_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "bot", "key": "tok"}
+    assert "resources" in container
+
+
+def test_runtime_and_webhook_secrets_carry_their_keys() -> None:
+    runtime = builders.runtime_secret("ns", "clarion-runtime", "postgresql://db", "redis://r")
+    assert runtime["stringData"] == {"database-url": "postgresql://db", "redis-url": "redis://r"}
+    assert runtime["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "clarion-operator"
+    hook = builders.webhook_secret("ns", "shop", "t0k")
+    assert hook["metadata"]["name"] == "shop-webhook-secret"
+    assert hook["stringData"] == {"token": "t0k"}
