@@ -4,6 +4,9 @@ Budgets (Bot FAQ, "My bot is hitting limits, how do I avoid this?"):
   overall ~30 messages/s, or up to 1000 messages/s for requests with allow_paid_broadcast (a
   separate budget); 1 message/s per private chat; 20 messages/min per group or supergroup.
 Each budget is a token bucket: `rate` tokens per second, at most `burst` tokens banked.
+Groups also get a hard cap: at most `group_window` messages in any window of
+`group_window / group_rate` seconds (20 per 60 s at real rates), so the burst never lets more than
+20 messages a minute through.
 A refusal answers with `retry_after` whole seconds (at least 1) and opens a penalty window of that
 length: overall refusals pause the whole bot, per-chat refusals pause that chat.
 """
@@ -11,6 +14,7 @@ length: overall refusals pause the whole bot, per-chat refusals pause that chat.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, replace
 
 
@@ -26,6 +30,7 @@ class RateLimits:
     private_burst: float = 3.0
     group_rate: float = 20.0 / 60.0
     group_burst: float = 3.0
+    group_window: int = 20
 
     def scaled(self, factor: float) -> RateLimits:
         """The same limits with every rate multiplied by `factor` (bursts unchanged)."""
@@ -86,6 +91,7 @@ class BotLimiter:
         self._chats: dict[int, Bucket] = {}
         self._penalty_until = 0.0
         self._chat_penalty: dict[int, float] = {}
+        self._group_windows: dict[int, deque[float]] = {}
 
     def _bot_bucket(self, now: float, paid: bool) -> Bucket:
         if paid:
@@ -124,6 +130,13 @@ class BotLimiter:
             retry = bucket.retry_after(now)
             self._chat_penalty[chat_id] = now + retry
             raise Refused(retry, "chat", "group" if is_group else "private")
+        window = self._group_windows.get(chat_id) if is_group else None
+        if window is not None and len(window) >= self.limits.group_window:
+            opens = window[0] + self.limits.group_window / self.limits.group_rate
+            if now < opens:
+                retry = max(1, math.ceil(opens - now))
+                self._chat_penalty[chat_id] = now + retry
+                raise Refused(retry, "chat", "group")
 
     def spend_chat(self, now: float, chat_id: int, is_group: bool) -> None:
         bucket = self._chats.get(chat_id)
@@ -136,6 +149,11 @@ class BotLimiter:
             self._chats[chat_id] = bucket
         bucket.refill(now)
         bucket.tokens -= 1.0
+        if is_group:
+            window = self._group_windows.get(chat_id)
+            if window is None:
+                window = self._group_windows[chat_id] = deque(maxlen=self.limits.group_window)
+            window.append(now)
 
     def _prune(self, now: float) -> None:
         """Forget chat buckets that are full again: they behave like new ones."""
