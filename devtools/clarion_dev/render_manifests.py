@@ -172,10 +172,11 @@ def crd_copies(crds_dir: Path = CRDS_DIR) -> dict[Path, str]:
     return out
 
 
-def helm_template(helm: Path, chart_dir: Path, *args: str) -> str:
-    """`helm template` of `chart_dir` as release clarion in clarion-system; RenderError with helm's words."""
+def helm_template(helm: Path, chart_dir: Path, *args: str, release: str = RELEASE_NAME,
+                  namespace: str = INSTALL_NAMESPACE) -> str:
+    """`helm template` of `chart_dir`; RenderError carrying helm's message when it fails."""
     proc = subprocess.run(
-        [str(helm), "template", RELEASE_NAME, str(chart_dir), "--namespace", INSTALL_NAMESPACE,
+        [str(helm), "template", release, str(chart_dir), "--namespace", namespace,
          "--kube-version", KUBE_VERSION, *args],
         capture_output=True, text=True, check=False,
     )
