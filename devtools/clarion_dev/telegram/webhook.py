@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import time
+from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -26,8 +30,8 @@ async def deliver_loop(bot: BotState, session: aiohttp.ClientSession, retry: Web
                        wake: asyncio.Event) -> None:
     """Deliver `bot.updates` in update_id order, up to max_connections requests at a time.
 
-    A batch is taken from the head of the queue and POSTed concurrently; updates that failed go
-    back to the head, in order, and the batch is retried after a backoff.
+    The head of the queue is POSTed concurrently and stays queued (so it counts as pending) until
+    it was delivered or given up; failures are retried, in order, after a backoff.
     """
     attempts: dict[int, int] = {}
     failures_in_row = 0
@@ -39,23 +43,16 @@ async def deliver_loop(bot: BotState, session: aiohttp.ClientSession, retry: Web
             wake.clear()
             await wake.wait()
             continue
-        size = min(hook.max_connections, len(bot.updates))
-        batch = [bot.updates.popleft() for _ in range(size)]
-        bot.in_flight = len(batch)
-        try:
-            results = await asyncio.gather(*(_post(session, hook.url, hook.secret_token, update, retry)
-                                             for update in batch))
-        except asyncio.CancelledError:
-            bot.updates.extendleft(reversed(batch))
-            raise
-        finally:
-            bot.in_flight = 0
-        failed = []
+        batch = list(itertools.islice(bot.updates, hook.max_connections))
+        results = await asyncio.gather(*(_post(session, hook.url, hook.secret_token, update, retry)
+                                         for update in batch))
+        failed = False
         for update, error in zip(batch, results, strict=True):
             uid = update["update_id"]
             if error is None:
                 bot.webhook_deliveries += 1
                 attempts.pop(uid, None)
+                _discard(bot.updates, update)
                 continue
             bot.webhook_failures += 1
             bot.last_error_date = int(time.time())
@@ -64,16 +61,25 @@ async def deliver_loop(bot: BotState, session: aiohttp.ClientSession, retry: Web
             if count >= retry.max_attempts:
                 bot.webhook_given_up += 1
                 attempts.pop(uid, None)
+                _discard(bot.updates, update)
             else:
                 attempts[uid] = count
-                failed.append(update)
+                failed = True
         if failed:
-            bot.updates.extendleft(reversed(failed))
             failures_in_row += 1
             await asyncio.sleep(min(retry.max_backoff_s,
                                     retry.initial_backoff_s * 2 ** (failures_in_row - 1)))
         else:
             failures_in_row = 0
+
+
+def _discard(queue: deque[dict[str, Any]], update: dict[str, Any]) -> None:
+    """Remove an update that may already be gone (the queue can be dropped meanwhile)."""
+    if queue and queue[0] is update:
+        queue.popleft()
+        return
+    with contextlib.suppress(ValueError):
+        queue.remove(update)
 
 
 async def _post(session: aiohttp.ClientSession, url: str, secret: str | None, update: dict[str, object],

@@ -187,7 +187,6 @@ class BotState:
     webhook: WebhookConfig | None = None
     allowed_updates: list[str] | None = None
     updates: deque[dict[str, Any]] = field(default_factory=deque)
-    in_flight: int = 0
     next_update_id: int = 1
     last_error_date: int | None = None
     last_error_message: str | None = None
