@@ -20,6 +20,7 @@ from clarion.db import apply_migrations
 pytest_plugins = [
     "clarion_dev.testing.telegram",
     "clarion_dev.testing.smtp",
+    "clarion_dev.testing.cluster",
 ]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

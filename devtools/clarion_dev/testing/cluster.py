@@ -1,0 +1,138 @@
+"""pytest plugin: a real Kubernetes control plane for the cluster and e2e tiers.
+
+Fixtures:
+    control_plane   session: a started ControlPlane with every crds/*.yaml applied (CRDs Established)
+    kube_api        an admin kubernetes ApiClient (closed after the test)
+    k8s             KubeApis: core, batch, apps, custom, rbac clients on that ApiClient
+    kube_namespace  a fresh namespace (its `default` ServiceAccount exists), deleted after the test
+    pod_runner      a started PodRunner for that namespace, stopped after the test
+
+When the binaries are missing and cannot be built (no Go), the tests are skipped with the reason on a
+developer machine and fail in CI (CI=true). A control plane that has binaries but cannot start fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s_client
+from kubernetes.client import ApiException
+
+from clarion_dev.cluster import BinariesUnavailable, ControlPlane, ControlPlaneError, find_binaries
+from clarion_dev.cluster.launcher import repo_manifests
+from clarion_dev.podrunner import PodRunner
+from clarion_dev.testing.waiting import wait_for
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_control_plane(error: BaseException) -> None:
+    """Fail in CI, skip elsewhere, naming what is missing."""
+    message = (
+        f"the local Kubernetes control plane is unavailable: {error}. "
+        "Install Go and run `bash scripts/build-k8s.sh` (or set CLARION_K8S_BIN)."
+    )
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@dataclass
+class KubeApis:
+    """Typed API groups on one admin ApiClient."""
+
+    api: k8s_client.ApiClient
+    core: k8s_client.CoreV1Api
+    batch: k8s_client.BatchV1Api
+    apps: k8s_client.AppsV1Api
+    custom: k8s_client.CustomObjectsApi
+    rbac: k8s_client.RbacAuthorizationV1Api
+
+
+@pytest.fixture(scope="session")
+def control_plane(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControlPlane]:
+    """One control plane for the whole session, with crds/*.yaml applied."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    # The first build takes minutes; let its progress reach the terminal.
+    shown = capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
+    try:
+        with shown:
+            bin_dir = find_binaries(progress=sys.stderr)
+    except BinariesUnavailable as exc:
+        require_control_plane(exc)
+        raise
+    plane = ControlPlane(workdir=tmp_path_factory.mktemp("control-plane"), binaries=bin_dir)
+    try:
+        plane.start()
+    except ControlPlaneError as exc:
+        pytest.fail(f"the local control plane did not start: {exc}", pytrace=False)
+    try:
+        plane.apply_manifests(repo_manifests())
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture
+def kube_api(control_plane: ControlPlane) -> Iterator[k8s_client.ApiClient]:
+    with contextlib.closing(control_plane.admin_client()) as api:
+        yield api
+
+
+@pytest.fixture
+def k8s(kube_api: k8s_client.ApiClient) -> KubeApis:
+    return KubeApis(
+        api=kube_api,
+        core=k8s_client.CoreV1Api(kube_api),
+        batch=k8s_client.BatchV1Api(kube_api),
+        apps=k8s_client.AppsV1Api(kube_api),
+        custom=k8s_client.CustomObjectsApi(kube_api),
+        rbac=k8s_client.RbacAuthorizationV1Api(kube_api),
+    )
+
+
+def _namespace_name(test_name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", test_name.lower().removeprefix("test_")).strip("-")[:40].strip("-")
+    return f"{slug or 't'}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def kube_namespace(request: pytest.FixtureRequest, k8s: KubeApis) -> Iterator[str]:
+    """A new namespace named after the test, ready for Pods; deleted (not awaited) afterwards."""
+    name = _namespace_name(request.node.name)
+    meta = k8s_client.V1ObjectMeta(name=name, labels={"clarion.io/test": "true"})
+    k8s.core.create_namespace(k8s_client.V1Namespace(metadata=meta))
+
+    def default_service_account() -> bool:
+        k8s.core.read_namespaced_service_account("default", name)
+        return True
+
+    wait_for(
+        default_service_account, timeout=30, what=f"ServiceAccount {name}/default", ignore=(ApiException,)
+    )
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(ApiException):
+            k8s.core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture
+def pod_runner(control_plane: ControlPlane, kube_namespace: str, tmp_path: Path) -> Iterator[PodRunner]:
+    """Runs the namespace's Pods as local processes; logs under the test's tmp_path/pod-logs."""
+    runner = PodRunner(control_plane.kubeconfig, [kube_namespace], logs_dir=tmp_path / "pod-logs")
+    runner.start()
+    try:
+        yield runner
+    finally:
+        runner.stop()
