@@ -56,12 +56,13 @@ async def refresh_channel(db: Any, holder: ChannelHolder, every: float, stop: as
             holder.current = channel
 
 
-async def run(settings: BotSettings, stop: asyncio.Event | None = None) -> int:
-    """Serve the channel until SIGTERM/SIGINT (or `stop`)."""
+async def run(settings: BotSettings, stop: asyncio.Event | None = None, *,
+              handle_signals: bool = True) -> int:
+    """Serve the channel until `stop` is set (by SIGTERM/SIGINT when `handle_signals`)."""
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     db = await create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)

@@ -1,4 +1,4 @@
-"""One router per feature; `routers()` lists them in the order the dispatcher must try them."""
+"""One router per feature; `routers()` builds them in the order the dispatcher must try them."""
 
 from __future__ import annotations
 
@@ -9,4 +9,4 @@ from clarion_bot.handlers import commands, diagnostics, language, membership, su
 
 def routers() -> list[Router]:
     """Diagnostics and commands first; the support inbox last, since it takes any other private message."""
-    return [diagnostics.router, language.router, commands.router, membership.router, support.router]
+    return [module.build_router() for module in (diagnostics, language, commands, membership, support)]

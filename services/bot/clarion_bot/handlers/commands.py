@@ -12,11 +12,7 @@ from clarion.db.channels import ChannelRecord
 
 from clarion_bot.i18n import Translator, pick_language
 
-router = Router(name="commands")
-router.message.filter(F.chat.type == "private")
 
-
-@router.message(CommandStart())
 async def start(message: Message, db: Any, channel: ChannelRecord) -> None:
     user = message.from_user
     assert user is not None
@@ -30,17 +26,25 @@ async def start(message: Message, db: Any, channel: ChannelRecord) -> None:
     await message.answer(t("start.welcome", name=user.first_name, bot=bot_name))
 
 
-@router.message(Command("stop"))
 async def stop(message: Message, db: Any, channel: ChannelRecord, t: Translator) -> None:
     await subscribers.unsubscribe(db, channel.id, message.chat.id)
     await message.answer(t("stop.done"))
 
 
-@router.message(Command("help"))
 async def help_(message: Message, t: Translator) -> None:
     await message.answer(t("help.text"))
 
 
-@router.message(F.text.startswith("/"))
 async def unknown_command(message: Message, t: Translator) -> None:
     await message.answer(t("command.unknown"))
+
+
+def build_router() -> Router:
+    """A new router of this feature (a router can belong to one dispatcher only)."""
+    router = Router(name="commands")
+    router.message.filter(F.chat.type == "private")
+    router.message.register(start, CommandStart())
+    router.message.register(stop, Command("stop"))
+    router.message.register(help_, Command("help"))
+    router.message.register(unknown_command, F.text.startswith("/"))
+    return router

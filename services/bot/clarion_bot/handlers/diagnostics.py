@@ -8,9 +8,13 @@ from aiogram.types import Message
 
 from clarion_bot.i18n import Translator
 
-router = Router(name="diagnostics")
 
-
-@router.message(Command("ping"))
 async def ping(message: Message, command: CommandObject, t: Translator) -> None:
     await message.answer(t("diagnostics.pong", n=(command.args or "").strip()[:64]))
+
+
+def build_router() -> Router:
+    """A new router of this feature (a router can belong to one dispatcher only)."""
+    router = Router(name="diagnostics")
+    router.message.register(ping, Command("ping"))
+    return router

@@ -14,8 +14,6 @@ from clarion.db.channels import ChannelRecord
 
 from clarion_bot.i18n import LANGUAGE_NAMES, LANGUAGES, Translator
 
-router = Router(name="language")
-
 
 class LanguageChoice(CallbackData, prefix="lang"):
     code: str
@@ -28,12 +26,10 @@ def language_keyboard() -> InlineKeyboardMarkup:
     return builder.as_markup()
 
 
-@router.message(Command("language"), F.chat.type == "private")
 async def choose_language(message: Message, t: Translator) -> None:
     await message.answer(t("language.choose"), reply_markup=language_keyboard())
 
 
-@router.callback_query(LanguageChoice.filter(F.code.in_(LANGUAGES)))
 async def set_language(query: CallbackQuery, callback_data: LanguageChoice, db: Any,
                        channel: ChannelRecord) -> None:
     await subscribers.set_language(db, channel.id, query.from_user.id, callback_data.code)
@@ -41,3 +37,11 @@ async def set_language(query: CallbackQuery, callback_data: LanguageChoice, db: 
     await query.answer(text)
     if isinstance(query.message, Message):
         await query.message.edit_text(text)
+
+
+def build_router() -> Router:
+    """A new router of this feature (a router can belong to one dispatcher only)."""
+    router = Router(name="language")
+    router.message.register(choose_language, Command("language"), F.chat.type == "private")
+    router.callback_query.register(set_language, LanguageChoice.filter(F.code.in_(LANGUAGES)))
+    return router

@@ -10,13 +10,17 @@ from aiogram.types import ChatMemberUpdated
 from clarion.db import subscribers
 from clarion.db.channels import ChannelRecord
 
-router = Router(name="membership")
 
-
-@router.my_chat_member(F.chat.type == "private")
 async def bot_membership_changed(event: ChatMemberUpdated, db: Any, channel: ChannelRecord) -> None:
     status = event.new_chat_member.status
     if status == ChatMemberStatus.KICKED:
         await subscribers.mark_unavailable(db, channel.id, event.chat.id, "blocked")
     elif status == ChatMemberStatus.MEMBER:
         await subscribers.mark_available(db, channel.id, event.chat.id)
+
+
+def build_router() -> Router:
+    """A new router of this feature (a router can belong to one dispatcher only)."""
+    router = Router(name="membership")
+    router.my_chat_member.register(bot_membership_changed, F.chat.type == "private")
+    return router

@@ -19,8 +19,6 @@ from clarion.db.channels import ChannelRecord
 
 from clarion_bot.i18n import Translator, pick_language
 
-router = Router(name="support")
-
 
 class SupportReply(CallbackData, prefix="sr"):
     thread: int
@@ -34,21 +32,19 @@ def display_name(user: User) -> str:
     return " ".join(part for part in (user.first_name, user.last_name) if part)
 
 
-@router.message(Answering.text, Command("cancel"))
 async def cancel_answer(message: Message, state: FSMContext, t: Translator) -> None:
     await state.clear()
     await message.answer(t("support.cancelled"))
 
 
-@router.message(Answering.text, F.text)
 async def deliver_answer(message: Message, state: FSMContext, bot: Bot, db: Any, channel: ChannelRecord,
                          t: Translator) -> None:
     data = await state.get_data()
     await state.clear()
     user_chat_id = int(data["user_chat_id"])
     name = str(data["name"])
-    language = pick_language(await subscribers.get_language(db, channel.id, user_chat_id),
-                             default=channel.default_language)
+    stored = await subscribers.get_language(db, channel.id, user_chat_id)
+    language = pick_language(stored, data.get("language"), default=channel.default_language)
     try:
         await bot.send_message(user_chat_id, Translator(language)("support.answer", text=message.text))
     except TelegramForbiddenError:
@@ -58,19 +54,18 @@ async def deliver_answer(message: Message, state: FSMContext, bot: Bot, db: Any,
     await message.answer(t("support.delivered", name=name))
 
 
-@router.message(Answering.text)
 async def answer_must_be_text(message: Message, t: Translator) -> None:
     await message.answer(t("support.text_only"))
 
 
-@router.callback_query(SupportReply.filter())
 async def begin_answer(query: CallbackQuery, callback_data: SupportReply, state: FSMContext, bot: Bot,
                        db: Any, channel: ChannelRecord, t: Translator) -> None:
     if query.from_user.id not in channel.admin_chat_ids:
         await query.answer(t("support.not_admin"), show_alert=True)
         return
     thread = await db.fetchrow(
-        "SELECT user_chat_id, user_name FROM support_threads WHERE id = $1 AND channel_id = $2",
+        """SELECT user_chat_id, user_name, user_language FROM support_threads
+           WHERE id = $1 AND channel_id = $2""",
         callback_data.thread, channel.id,
     )
     if thread is None or query.message is None:
@@ -78,14 +73,14 @@ async def begin_answer(query: CallbackQuery, callback_data: SupportReply, state:
         return
     await state.set_state(Answering.text)
     name = thread["user_name"] or str(thread["user_chat_id"])
-    await state.update_data(user_chat_id=thread["user_chat_id"], name=name)
+    await state.update_data(user_chat_id=thread["user_chat_id"], name=name, language=thread["user_language"])
     await query.answer()
     await bot.send_message(query.message.chat.id, t("support.ask_answer", name=name),
                            reply_markup=ForceReply(selective=True))
 
 
-@router.message(F.chat.type == "private", StateFilter(None))
-async def to_support(message: Message, bot: Bot, db: Any, channel: ChannelRecord, t: Translator) -> None:
+async def to_support(message: Message, bot: Bot, db: Any, channel: ChannelRecord, t: Translator,
+                     language: str) -> None:
     user = message.from_user
     assert user is not None
     support_chat = channel.support_chat_id
@@ -102,9 +97,20 @@ async def to_support(message: Message, bot: Bot, db: Any, channel: ChannelRecord
     posted = await bot.send_message(support_chat, f"{header}\n\n{body}", reply_markup=keyboard.as_markup())
     await db.execute(
         """INSERT INTO support_threads (id, channel_id, user_chat_id, admin_chat_id, admin_message_id,
-                                        user_message_id, user_name)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+                                        user_message_id, user_name, user_language)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
         thread_id, channel.id, message.chat.id, support_chat, posted.message_id, message.message_id,
-        display_name(user),
+        display_name(user), language,
     )
     await message.answer(t("support.sent"))
+
+
+def build_router() -> Router:
+    """A new router of this feature (a router can belong to one dispatcher only)."""
+    router = Router(name="support")
+    router.message.register(cancel_answer, Answering.text, Command("cancel"))
+    router.message.register(deliver_answer, Answering.text, F.text)
+    router.message.register(answer_must_be_text, Answering.text)
+    router.callback_query.register(begin_answer, SupportReply.filter())
+    router.message.register(to_support, F.chat.type == "private", StateFilter(None))
+    return router
