@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import email
 import email.policy
+import logging
 import random
 import signal
 import ssl
@@ -107,8 +108,10 @@ class _Handler:
         assert isinstance(parsed, EmailMessage)
         auth = session.auth_data
         login = auth.login.decode() if isinstance(auth, LoginPassword) else None
+        transport = server.transport
+        tls = transport is not None and transport.get_extra_info("ssl_object") is not None
         captured = CapturedMessage(envelope.mail_from or "", list(envelope.rcpt_tos), parsed, raw,
-                                   time.monotonic(), login, session.ssl is not None)
+                                   time.monotonic(), login, tls)
         self.sink.messages.append(captured)
         if self.sink.on_message is not None:
             self.sink.on_message(captured)
@@ -152,7 +155,9 @@ class SmtpSink:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         expected = self.users.get(auth_data.login.decode())
-        return AuthResult(success=expected is not None and expected == auth_data.password.decode())
+        if expected is None or expected != auth_data.password.decode():
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=auth_data)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not (self.starttls or self.implicit_tls):
@@ -228,6 +233,7 @@ async def _run(args: argparse.Namespace, users: dict[str, str]) -> None:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     users: dict[str, str] = {}
     for pair in args.auth:
         user, sep, password = pair.partition(":")
