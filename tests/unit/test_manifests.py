@@ -283,3 +283,12 @@ def test_restricting_namespaces_swaps_the_cluster_grant_for_roles(helm: Path) ->
                    if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")]
     env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["CLARION_NAMESPACES"] == "team-a,team-b"
+
+
+def test_object_names_stay_valid_for_the_longest_release_name(helm: Path) -> None:
+    release = "r" * 53  # the longest name helm accepts
+    docs = _documents(rm.helm_template(helm, CHART, *EVERYTHING_ON, release=release))
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        limit = 52 if doc["kind"] == "StatefulSet" else 63  # pods "<name>-0", revisions "<name>-<hash>"
+        assert len(name) <= limit, f"{doc['kind']} {name}"

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,8 +45,8 @@ def helm_binary(control_plane: ControlPlane) -> Path:
 
 
 def release_name(namespace: str) -> str:
-    """A release name unique per namespace, so cluster-scoped RBAC of parallel tests never collides."""
-    return f"clarion-{namespace}"[:53]
+    """A short release name unique per namespace, so cluster-scoped RBAC of different tests never collides."""
+    return f"clarion-{hashlib.sha256(namespace.encode()).hexdigest()[:8]}"
 
 
 def render(control_plane: ControlPlane, namespace: str, *args: str, release: str | None = None) -> str:

@@ -1,0 +1,190 @@
+"""The Helm chart against a real kube-apiserver: lint, schema, server-side dry run, install/upgrade/uninstall.
+
+There is no kubelet: pods are never scheduled, so these tests assert the objects the API server holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from clarion_dev.cluster.launcher import ControlPlane
+from clarion_dev.testing import chart
+from clarion_dev.testing.cluster import KubeApis
+from kubernetes.client import ApiException
+
+pytestmark = pytest.mark.cluster
+
+CHART = chart.CHART_DIR
+EVERYTHING_ON = [
+    "--set", "postgresql.bundled=true,redis.bundled=true,workers.enabled=true,networkPolicy.enabled=true",
+    "--set", "webhook.ingress.enabled=true,metrics.grafanaDashboard.enabled=true",
+    "--set", "webhook.ingress.hosts={clarion.example.com}",
+]
+# The session's control plane already has crds/ applied by another field manager; a release in it
+# leaves the CRDs and admission policies to that (test_chart_installs_and_keeps_crds checks them).
+NO_CLUSTER_SCOPED_API = ["--set", "crds.enabled=false,admissionPolicies.enabled=false"]
+
+
+class Helm:
+    """helm with a kubeconfig and private config/cache/data directories."""
+
+    def __init__(self, binary: Path, kubeconfig: Path, home: Path) -> None:
+        self.binary = binary
+        self.kubeconfig = kubeconfig
+        self.env = {**os.environ,
+                    "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
+                    "HELM_DATA_HOME": str(home / "data")}
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(self.binary), f"--kubeconfig={self.kubeconfig}", *args],
+                              capture_output=True, text=True, env=self.env, timeout=120, check=False)
+        if check:
+            assert proc.returncode == 0, f"helm {' '.join(args)}\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+
+@pytest.fixture
+def helm(control_plane: ControlPlane, tmp_path: Path) -> Helm:
+    return Helm(chart.helm_binary(control_plane), control_plane.kubeconfig, tmp_path / "helm")
+
+
+def test_helm_lint_is_clean_with_defaults_and_with_every_option(helm: Helm) -> None:
+    for extra in ([], EVERYTHING_ON, ["--set", "operator.watchNamespaces={team-a,team-b}"]):
+        proc = helm("lint", "--strict", str(CHART), *extra)
+        assert "0 chart(s) failed" in proc.stdout
+        assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize(("value", "named"), [
+    ("webhook.replica=3", "'replica'"),
+    ("postgres.bundled=true", "'postgres'"),
+    ("operator.resources.limits.gpu=1", "'gpu'"),
+])
+def test_an_unknown_value_key_is_refused_naming_the_key(helm: Helm, value: str, named: str) -> None:
+    for command in (["lint", "--strict", str(CHART)],
+                    ["template", "clarion", str(CHART), "--kube-version", "1.30.0"]):
+        proc = helm(*command, "--set", value, check=False)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0, f"helm {command[0]} accepted --set {value}"
+        assert "additional properties" in output and named in output, output
+
+
+def test_a_value_of_the_wrong_type_is_refused(helm: Helm) -> None:
+    proc = helm("template", "clarion", str(CHART), "--kube-version", "1.30.0",
+                "--set", "webhook.replicas=two", check=False)
+    assert proc.returncode != 0
+    assert "replicas" in proc.stderr and "integer" in proc.stderr, proc.stderr
+
+
+def test_the_api_server_accepts_everything_the_chart_renders(
+    control_plane: ControlPlane, kube_namespace: str
+) -> None:
+    # The test Pod names the workload ServiceAccount, which the API server looks up even in a dry run.
+    accounts = chart.render(control_plane, kube_namespace,
+                            "--show-only", "templates/serviceaccount-workload.yaml")
+    control_plane.kubectl("apply", "-f", "-", input_text=accounts)
+    rendered = chart.render(control_plane, kube_namespace, *EVERYTHING_ON,
+                            "--set", f"operator.watchNamespaces={{{kube_namespace}}}")
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    kinds = {d["kind"] for d in docs}
+    assert {"CustomResourceDefinition", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+            "Deployment", "StatefulSet", "Role", "RoleBinding", "NetworkPolicy", "Ingress", "Pod"} <= kinds
+    proc = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input_text=rendered, check=False)
+    assert proc.returncode == 0, proc.stderr
+    accepted = [line for line in proc.stdout.splitlines() if line.endswith("(server dry run)")]
+    assert len(accepted) == len(docs), proc.stdout
+
+
+def _secret(k8s: KubeApis, namespace: str, name: str) -> dict[str, str]:
+    data = k8s.core.read_namespaced_secret(name, namespace).data
+    return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+@pytest.fixture
+def release(helm: Helm, kube_namespace: str) -> Iterator[str]:
+    """A release name in the test namespace, uninstalled afterwards if the test left it."""
+    name = chart.release_name(kube_namespace)
+    yield name
+    helm("uninstall", name, "-n", kube_namespace, "--ignore-not-found", check=False)
+
+
+def test_helm_install_creates_the_release_and_uninstall_removes_it(
+    helm: Helm, k8s: KubeApis, kube_namespace: str, release: str
+) -> None:
+    ns = kube_namespace
+    helm("install", release, str(CHART), "-n", ns, *NO_CLUSTER_SCOPED_API, *EVERYTHING_ON)
+
+    deployments = {d.metadata.name: d for d in k8s.apps.list_namespaced_deployment(ns).items}
+    assert set(deployments) == {f"{release}-operator", f"{release}-webhook", f"{release}-workers"}
+    operator = deployments[f"{release}-operator"]
+    assert operator.spec.replicas == 1 and operator.spec.strategy.type == "Recreate"
+    assert operator.spec.template.spec.service_account_name == f"{release}-operator"
+    webhook = deployments[f"{release}-webhook"].spec.template.spec
+    assert webhook.automount_service_account_token is False
+    assert webhook.containers[0].command == ["clarion-webhook"]
+
+    statefulsets = {s.metadata.name for s in k8s.apps.list_namespaced_stateful_set(ns).items}
+    assert statefulsets == {f"{release}-postgresql", f"{release}-redis"}
+    services = {s.metadata.name for s in k8s.core.list_namespaced_service(ns).items}
+    assert services == {f"{release}-webhook", f"{release}-operator-metrics", f"{release}-workers-metrics",
+                        f"{release}-postgresql", f"{release}-redis"}
+    accounts = {a.metadata.name: a for a in k8s.core.list_namespaced_service_account(ns).items}
+    assert accounts[f"{release}-workload"].automount_service_account_token is False
+    assert accounts[f"{release}-operator"].automount_service_account_token is True
+
+    database = _secret(k8s, ns, f"{release}-postgresql")
+    assert database["url"] == (f"postgresql://clarion:{database['password']}@{release}-postgresql.{ns}.svc:5432/"
+                               "clarion")
+    redis = _secret(k8s, ns, f"{release}-redis")
+    assert redis["url"] == f"redis://:{redis['password']}@{release}-redis.{ns}.svc:6379/0"
+    assert len(database["password"]) == 32 and database["password"] != redis["password"]
+
+    binding = k8s.rbac.read_cluster_role_binding(f"{release}-operator")
+    assert binding.role_ref.name == f"{release}-operator"
+    assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [
+        ("ServiceAccount", f"{release}-operator", ns)]
+    assert k8s.rbac.read_cluster_role(f"{release}-operator").rules
+
+    # An upgrade keeps the generated passwords (the templates look up the existing Secrets).
+    helm("upgrade", release, str(CHART), "-n", ns, "--reuse-values", "--set", "webhook.replicas=3")
+    assert _secret(k8s, ns, f"{release}-postgresql") == database
+    assert _secret(k8s, ns, f"{release}-redis") == redis
+    assert k8s.apps.read_namespaced_deployment(f"{release}-webhook", ns).spec.replicas == 3
+
+    helm("uninstall", release, "-n", ns)
+    assert k8s.apps.list_namespaced_deployment(ns).items == []
+    with pytest.raises(ApiException) as gone:
+        k8s.rbac.read_cluster_role(f"{release}-operator")
+    assert gone.value.status == 404
+
+
+def test_chart_installs_and_keeps_crds(tmp_path: Path, control_plane: ControlPlane) -> None:
+    """On a cluster without Clarion, the release installs the CRDs and policies; uninstall keeps the CRDs."""
+    with ControlPlane(workdir=tmp_path / "bare-plane", binaries=control_plane.bin_dir) as bare:
+        helm = Helm(chart.helm_binary(bare), bare.kubeconfig, tmp_path / "helm")
+        helm("install", "clarion", str(CHART), "-n", "clarion-system", "--create-namespace")
+
+        def crds() -> set[str]:
+            out = bare.kubectl("get", "crd", "-l", "app.kubernetes.io/instance=clarion", "-o", "name").stdout
+            return set(out.split())
+
+        plurals = ("notificationchannels", "broadcastcampaigns", "managedgroups")
+        expected = {f"customresourcedefinition.apiextensions.k8s.io/{p}.clarion.io" for p in plurals}
+        assert crds() == expected
+        policies = bare.kubectl("get", "validatingadmissionpolicies", "-o", "name").stdout.split()
+        assert policies == [
+            "validatingadmissionpolicy.admissionregistration.k8s.io/broadcastcampaigns.clarion.io-frozen-after-start"]
+        # the CRDs serve: a channel from the examples is accepted
+        example = (CHART.parents[1] / "manifests" / "examples" / "telegram-channel.yaml").read_text()
+        bare.kubectl("apply", "-n", "clarion-system", "-f", "-", input_text=example)
+
+        helm("uninstall", "clarion", "-n", "clarion-system")
+        assert crds() == expected
+        assert bare.kubectl("get", "validatingadmissionpolicies", "-o", "name").stdout.split() == []
+        assert bare.kubectl("get", "nc", "-n", "clarion-system", "-o", "name").stdout.strip()
