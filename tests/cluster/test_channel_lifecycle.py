@@ -1,0 +1,216 @@
+"""A NotificationChannel applied to a real kube-apiserver, reconciled by the `clarion-operator` process.
+
+The emulator stands in for Telegram; the operator runs as a subprocess with the control plane's
+kubeconfig, a fresh Postgres database and Redis, watching only the test's namespace.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from clarion_dev.cluster import ControlPlane
+from clarion_dev.telegram import Emulator
+from clarion_dev.testing.waiting import async_wait_for
+
+pytestmark = pytest.mark.cluster
+
+GROUP = "clarion.io"
+HOOK_BASE = "https://hooks.clarion.test/"
+
+
+class Operator:
+    """`clarion-operator` as a child process; its log goes to a file shown when a wait fails."""
+
+    def __init__(self, env: dict[str, str], log: Path, namespace: str) -> None:
+        self.env, self.log_path, self.namespace = env, log, namespace
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("clarion-operator")), "--namespace", self.namespace],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture
+async def operator(control_plane: ControlPlane, kube_namespace: str, database_url: str, redis_url: str,
+                   tmp_path: Path) -> AsyncIterator[Operator]:
+    env = dict(os.environ) | {
+        "KUBECONFIG": str(control_plane.kubeconfig),
+        "CLARION_DATABASE_URL": database_url,
+        "CLARION_REDIS_URL": redis_url,
+        "CLARION_LOG_FORMAT": "console",
+        "CLARION_CHANNEL_RETRY_SECONDS": "5",
+    }
+    op = Operator(env, tmp_path / "operator.log", kube_namespace)
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+class Kubectl:
+    def __init__(self, control_plane: ControlPlane, namespace: str) -> None:
+        self.control_plane, self.namespace = control_plane, namespace
+
+    def run(self, *args: str, input_text: str | None = None) -> str:
+        result = self.control_plane.kubectl("-n", self.namespace, *args, check=False, input_text=input_text)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return str(result.stdout)
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        self.run("apply", "-f", "-", input_text=json.dumps(obj))
+
+    def get(self, resource: str, name: str) -> dict[str, Any] | None:
+        out = self.run("get", resource, name, "-o", "json", "--ignore-not-found")
+        return json.loads(out) if out.strip() else None
+
+
+@pytest.fixture
+def kubectl(control_plane: ControlPlane, kube_namespace: str) -> Kubectl:
+    return Kubectl(control_plane, kube_namespace)
+
+
+def _secret(name: str, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+
+
+def _channel(name: str, emulator: Emulator, token_secret: str = "bot-token") -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/v1alpha1",
+        "kind": "NotificationChannel",
+        "metadata": {"name": name},
+        "spec": {
+            "type": "telegram",
+            "telegram": {
+                "botTokenSecretRef": {"name": token_secret, "key": "token"},
+                "apiBaseUrl": emulator.base_url,
+                "webhook": {"url": HOOK_BASE, "maxConnections": 7},
+                "bot": {"replicas": 1},
+            },
+        },
+    }
+
+
+def _condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or ():
+        if cond["type"] == kind:
+            return dict(cond)
+    return {}
+
+
+async def _wait_condition(kubectl: Kubectl, operator: Operator, name: str, kind: str, status: str,
+                          reason: str | None = None) -> dict[str, Any]:
+    def matches() -> Any:
+        obj = kubectl.get(f"notificationchannels.{GROUP}", name)
+        cond = _condition(obj, kind)
+        if cond.get("status") == status and (reason is None or cond.get("reason") == reason):
+            return obj
+        return None
+
+    try:
+        found: dict[str, Any] = await async_wait_for(matches, timeout=60, interval=0.5,
+                                                     what=f"{name} {kind}={status}")
+        return found
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- operator log ---\n{operator.log()}") from None
+
+
+async def test_applied_channel_registers_its_webhook_and_becomes_ready_then_deletion_removes_it(
+    telegram_emulator: Emulator, operator: Operator, kubectl: Kubectl, kube_namespace: str, db: asyncpg.Pool,
+) -> None:
+    bot = telegram_emulator.add_bot(username="shop_news_bot")
+    kubectl.apply(_secret("bot-token", token=bot.token))
+    kubectl.apply(_channel("shop", telegram_emulator))
+
+    obj = await _wait_condition(kubectl, operator, "shop", "Ready", "True")
+
+    expected_url = f"https://hooks.clarion.test/tg/webhook/{kube_namespace}.shop"
+    status = obj["status"]
+    assert status["botUsername"] == "shop_news_bot"
+    assert status["botId"] == bot.id
+    assert status["webhookUrl"] == expected_url
+    assert _condition(obj, "CredentialsValid")["status"] == "True"
+    assert _condition(obj, "WebhookRegistered")["status"] == "True"
+    hook = telegram_emulator.bot(bot.token).webhook
+    assert hook is not None and hook.url == expected_url and hook.max_connections == 7
+    generated = kubectl.get("secret", "shop-webhook-secret")
+    assert generated is not None
+    assert generated["metadata"]["ownerReferences"][0]["name"] == "shop"
+    secret_token = base64.b64decode(generated["data"]["token"]).decode()
+    assert hook.secret_token == secret_token and len(secret_token) == 64
+    row = await db.fetchrow("SELECT * FROM channels WHERE namespace = $1 AND name = 'shop'", kube_namespace)
+    assert row["ready"] and row["bot_username"] == "shop_news_bot" and row["type"] == "telegram"
+    assert row["webhook_secret_sha256"] == hashlib.sha256(secret_token.encode()).hexdigest()
+    assert row["api_base_url"] == telegram_emulator.base_url
+    assert "botTokenSecretRef" not in row["config"]
+    deployment = kubectl.get("deployment", "shop-bot")
+    assert deployment is not None
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["clarion-bot", "--channel", f"{kube_namespace}.shop"]
+    assert kubectl.get("secret", "clarion-runtime") is not None
+
+    kubectl.run("delete", f"notificationchannels.{GROUP}", "shop", "--wait=false")
+    await async_wait_for(lambda: kubectl.get(f"notificationchannels.{GROUP}", "shop") is None,
+                         timeout=60, interval=0.5, what="the channel to go away")
+    assert telegram_emulator.webhook(bot.token)["url"] == ""
+    deleted = await db.fetchrow(
+        "SELECT ready, deleted_at FROM channels WHERE namespace = $1 AND name = 'shop'", kube_namespace)
+    assert deleted["deleted_at"] is not None and not deleted["ready"]
+
+
+async def test_bad_token_gives_invalid_token_and_fixing_the_secret_makes_the_channel_ready(
+    telegram_emulator: Emulator, operator: Operator, kubectl: Kubectl,
+) -> None:
+    kubectl.apply(_secret("bot-token", token="123456:not-a-token-telegram-knows-about-xyz"))
+    kubectl.apply(_channel("broken", telegram_emulator))
+
+    obj = await _wait_condition(kubectl, operator, "broken", "Ready", "False", "InvalidToken")
+
+    cond = _condition(obj, "CredentialsValid")
+    assert (cond["status"], cond["reason"]) == ("False", "InvalidToken")
+    assert "401" in cond["message"]
+    assert kubectl.get("deployment", "broken-bot") is None
+    assert operator.proc is not None and operator.proc.poll() is None
+
+    bot = telegram_emulator.add_bot(username="fixed_bot")
+    kubectl.apply(_secret("bot-token", token=bot.token))
+    fixed = await _wait_condition(kubectl, operator, "broken", "Ready", "True")
+    assert fixed["status"]["botUsername"] == "fixed_bot"
+
+
+async def test_missing_token_secret_is_reported_and_retried(
+    telegram_emulator: Emulator, operator: Operator, kubectl: Kubectl,
+) -> None:
+    kubectl.apply(_channel("early", telegram_emulator, token_secret="later"))
+
+    obj = await _wait_condition(kubectl, operator, "early", "Ready", "False", "SecretNotFound")
+    assert "later" in _condition(obj, "Ready")["message"]
+
+    bot = telegram_emulator.add_bot()
+    kubectl.apply(_secret("later", token=bot.token))
+    await _wait_condition(kubectl, operator, "early", "Ready", "True")
