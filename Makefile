@@ -47,7 +47,7 @@ bench: bootstrap
 	$(PY) -m bench
 
 up: bootstrap
-	$(VENV)/bin/clarion dev up
+	$(VENV)/bin/clarion dev up $(UP_ARGS)
 
 down:
 	@if [[ -x $(VENV)/bin/clarion ]]; then $(VENV)/bin/clarion dev down; fi
