@@ -13,6 +13,7 @@ emulator (no emulated users are created then; subscribers come from real /start 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -182,9 +183,9 @@ def _campaign_doc() -> dict[str, Any]:
 
 def _count_subscribers(dsn: str) -> int:
     psql = shutil.which("psql") or "psql"
-    out = subprocess.run([psql, dsn, "-Atc",
-                          "SELECT count(*) FROM subscribers s JOIN channels c ON c.id = s.channel_id "
-                          f"WHERE c.namespace = '{NAMESPACE}' AND c.name = '{CHANNEL}' AND s.subscribed"],
+    query = ("SELECT count(*) FROM subscribers s JOIN channels c ON c.id = s.channel_id"
+             " WHERE c.namespace = :'ns' AND c.name = :'ch' AND s.subscribed")
+    out = subprocess.run([psql, dsn, "-At", "-v", f"ns={NAMESPACE}", "-v", f"ch={CHANNEL}"], input=query,
                          capture_output=True, text=True, check=True).stdout
     return int(out.strip() or 0)
 
@@ -207,7 +208,7 @@ def _follow_campaign(kubeconfig: Path, timeout: float) -> dict[str, Any]:
     last = ""
     while time.monotonic() < deadline:
         try:
-            status = _get(kubeconfig, "broadcastcampaign", CAMPAIGN).get("status", {})
+            status: dict[str, Any] = dict(_get(kubeconfig, "broadcastcampaign", CAMPAIGN).get("status", {}))
         except subprocess.CalledProcessError:
             status = {}
         line = (f"{status.get('phase', '?'):<15} sent {status.get('sent', 0)}/{status.get('total', 0)}"
@@ -268,9 +269,10 @@ def up(argv: Sequence[str]) -> int:
     api = args.telegram_api if real else f"http://127.0.0.1:{EMULATOR_PORT}"
     public = args.public_url or f"http://127.0.0.1:{WEBHOOK_PORT}"
     _apply(kubeconfig, _channel_docs(token, api, public))
-    _wait("NotificationChannel Ready",
-          lambda: _condition(_get(kubeconfig, "notificationchannel", CHANNEL), "Ready").get("status") == "True",
-          60, "operator.log")
+    def channel_ready() -> bool:
+        return _condition(_get(kubeconfig, "notificationchannel", CHANNEL), "Ready").get("status") == "True"
+
+    _wait("NotificationChannel Ready", channel_ready, 60, "operator.log")
     channel = _get(kubeconfig, "notificationchannel", CHANNEL)["status"]
     _say(f"channel {NAMESPACE}/{CHANNEL} is Ready: @{channel.get('botUsername')}, "
          f"webhook {channel.get('webhookUrl')}")
@@ -280,10 +282,8 @@ def up(argv: Sequence[str]) -> int:
              "(manifests/examples/broadcast-campaign.yaml)")
     else:
         _seed_users(args.subscribers, env["CLARION_DATABASE_URL"])
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             _kubectl(kubeconfig, "delete", "broadcastcampaign", CAMPAIGN, "-n", NAMESPACE, "--wait=true")
-        except subprocess.CalledProcessError:
-            pass
         _apply(kubeconfig, [_campaign_doc()])
         _say(f"campaign {NAMESPACE}/{CAMPAIGN} applied; following it:")
         status = _follow_campaign(kubeconfig, args.timeout)
@@ -311,8 +311,8 @@ def _kubectl_path() -> str:
 
 
 def down(argv: Sequence[str]) -> int:
-    argparse.ArgumentParser(prog="clarion dev down", description="stop what `clarion dev up` started").parse_args(
-        list(argv))
+    parser = argparse.ArgumentParser(prog="clarion dev down", description="stop what clarion dev up started")
+    parser.parse_args(list(argv))
     for name in reversed(PROCESS_ORDER):
         pid = _alive(name)
         if pid is None:
