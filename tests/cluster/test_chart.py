@@ -10,6 +10,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -101,9 +102,18 @@ def test_the_api_server_accepts_everything_the_chart_renders(
     assert len(accepted) == len(docs), proc.stdout
 
 
+def _plain(k8s: KubeApis, obj: object) -> Any:
+    """An API object as the JSON the API server sent (camelCase keys)."""
+    return k8s.api.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+
+
 def _secret(k8s: KubeApis, namespace: str, name: str) -> dict[str, str]:
-    data = k8s.core.read_namespaced_secret(name, namespace).data
+    data = _plain(k8s, k8s.core.read_namespaced_secret(name, namespace))["data"]
     return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+def _by_name(k8s: KubeApis, listing: object) -> dict[str, Any]:
+    return {item["metadata"]["name"]: item for item in _plain(k8s, listing)["items"]}
 
 
 @pytest.fixture
@@ -120,23 +130,23 @@ def test_helm_install_creates_the_release_and_uninstall_removes_it(
     ns = kube_namespace
     helm("install", release, str(CHART), "-n", ns, *NO_CLUSTER_SCOPED_API, *EVERYTHING_ON)
 
-    deployments = {d.metadata.name: d for d in k8s.apps.list_namespaced_deployment(ns).items}
+    deployments = _by_name(k8s, k8s.apps.list_namespaced_deployment(ns))
     assert set(deployments) == {f"{release}-operator", f"{release}-webhook", f"{release}-workers"}
-    operator = deployments[f"{release}-operator"]
-    assert operator.spec.replicas == 1 and operator.spec.strategy.type == "Recreate"
-    assert operator.spec.template.spec.service_account_name == f"{release}-operator"
-    webhook = deployments[f"{release}-webhook"].spec.template.spec
-    assert webhook.automount_service_account_token is False
-    assert webhook.containers[0].command == ["clarion-webhook"]
+    operator = deployments[f"{release}-operator"]["spec"]
+    assert operator["replicas"] == 1 and operator["strategy"] == {"type": "Recreate"}
+    assert operator["template"]["spec"]["serviceAccountName"] == f"{release}-operator"
+    webhook = deployments[f"{release}-webhook"]["spec"]["template"]["spec"]
+    assert webhook["automountServiceAccountToken"] is False
+    assert webhook["containers"][0]["command"] == ["clarion-webhook"]
 
-    statefulsets = {s.metadata.name for s in k8s.apps.list_namespaced_stateful_set(ns).items}
-    assert statefulsets == {f"{release}-postgresql", f"{release}-redis"}
-    services = {s.metadata.name for s in k8s.core.list_namespaced_service(ns).items}
-    assert services == {f"{release}-webhook", f"{release}-operator-metrics", f"{release}-workers-metrics",
-                        f"{release}-postgresql", f"{release}-redis"}
-    accounts = {a.metadata.name: a for a in k8s.core.list_namespaced_service_account(ns).items}
-    assert accounts[f"{release}-workload"].automount_service_account_token is False
-    assert accounts[f"{release}-operator"].automount_service_account_token is True
+    statefulsets = _by_name(k8s, k8s.apps.list_namespaced_stateful_set(ns))
+    assert set(statefulsets) == {f"{release}-postgresql", f"{release}-redis"}
+    services = _by_name(k8s, k8s.core.list_namespaced_service(ns))
+    assert set(services) == {f"{release}-{suffix}" for suffix in (
+        "webhook", "operator-metrics", "workers-metrics", "postgresql", "redis")}
+    accounts = _by_name(k8s, k8s.core.list_namespaced_service_account(ns))
+    assert accounts[f"{release}-workload"]["automountServiceAccountToken"] is False
+    assert accounts[f"{release}-operator"]["automountServiceAccountToken"] is True
 
     database = _secret(k8s, ns, f"{release}-postgresql")
     assert database["url"] == (f"postgresql://clarion:{database['password']}@{release}-postgresql.{ns}.svc:5432/"
@@ -145,17 +155,17 @@ def test_helm_install_creates_the_release_and_uninstall_removes_it(
     assert redis["url"] == f"redis://:{redis['password']}@{release}-redis.{ns}.svc:6379/0"
     assert len(database["password"]) == 32 and database["password"] != redis["password"]
 
-    binding = k8s.rbac.read_cluster_role_binding(f"{release}-operator")
-    assert binding.role_ref.name == f"{release}-operator"
-    assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [
-        ("ServiceAccount", f"{release}-operator", ns)]
-    assert k8s.rbac.read_cluster_role(f"{release}-operator").rules
+    binding = _plain(k8s, k8s.rbac.read_cluster_role_binding(f"{release}-operator"))
+    assert binding["roleRef"]["name"] == f"{release}-operator"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{release}-operator", "namespace": ns}]
+    assert _plain(k8s, k8s.rbac.read_cluster_role(f"{release}-operator"))["rules"]
 
     # An upgrade keeps the generated passwords (the templates look up the existing Secrets).
     helm("upgrade", release, str(CHART), "-n", ns, "--reuse-values", "--set", "webhook.replicas=3")
     assert _secret(k8s, ns, f"{release}-postgresql") == database
     assert _secret(k8s, ns, f"{release}-redis") == redis
-    assert k8s.apps.read_namespaced_deployment(f"{release}-webhook", ns).spec.replicas == 3
+    webhook_after = _plain(k8s, k8s.apps.read_namespaced_deployment(f"{release}-webhook", ns))
+    assert webhook_after["spec"]["replicas"] == 3
 
     helm("uninstall", release, "-n", ns)
     assert k8s.apps.list_namespaced_deployment(ns).items == []
