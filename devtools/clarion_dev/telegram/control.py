@@ -13,7 +13,7 @@ from clarion_dev.telegram.faults import LatencyModel
 if TYPE_CHECKING:
     from clarion_dev.telegram.server import Emulator
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def _ok(data: Any) -> web.Response:
@@ -23,7 +23,7 @@ def _ok(data: Any) -> web.Response:
 def _endpoint(fn: Callable[[dict[str, Any]], Awaitable[Any]]) -> Handler:
     """Wrap fn(body-or-query) -> result; bad input answers 400 with the reason and changes nothing."""
 
-    async def handler(request: web.Request) -> web.StreamResponse:
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
         args: dict[str, Any] = dict(request.query)
         if request.body_exists:
             try:
@@ -46,7 +46,8 @@ def _int(args: dict[str, Any], name: str) -> int:
     return int(args[name])
 
 
-def routes(emu: Emulator) -> list[web.RouteDef]:
+def routes(emu: Emulator) -> dict[tuple[str, str], Handler]:
+    """(HTTP method, path) -> handler for every control endpoint."""
     async def health(args: dict[str, Any]) -> Any:
         return {"limits": emu.limits_mode, "scale": emu.scale, "bots": len(emu.bots())}
 
@@ -168,27 +169,27 @@ def routes(emu: Emulator) -> list[web.RouteDef]:
         return True
 
     p = "/_emulator"
-    return [
-        web.get(f"{p}/health", _endpoint(health)),
-        web.get(f"{p}/bots", _endpoint(list_bots)),
-        web.post(f"{p}/bots", _endpoint(add_bot)),
-        web.post(f"{p}/users", _endpoint(add_users)),
-        web.post(f"{p}/groups", _endpoint(add_group)),
-        web.post(f"{p}/groups/migrate", _endpoint(migrate_group)),
-        web.post(f"{p}/set_blocked", _endpoint(set_blocked)),
-        web.post(f"{p}/deactivate", _endpoint(deactivate)),
-        web.post(f"{p}/user_sends", _endpoint(user_sends)),
-        web.post(f"{p}/user_sends_in_group", _endpoint(user_sends_in_group)),
-        web.post(f"{p}/press_button", _endpoint(press_button)),
-        web.post(f"{p}/request_join", _endpoint(request_join)),
-        web.post(f"{p}/block", _endpoint(block)),
-        web.post(f"{p}/unblock", _endpoint(unblock)),
-        web.get(f"{p}/sent", _endpoint(sent)),
-        web.get(f"{p}/stats", _endpoint(stats)),
-        web.get(f"{p}/webhook", _endpoint(webhook)),
-        web.post(f"{p}/wait_webhook_idle", _endpoint(wait_idle)),
-        web.post(f"{p}/faults", _endpoint(faults)),
-        web.delete(f"{p}/faults", _endpoint(clear_faults)),
-        web.post(f"{p}/limits", _endpoint(limits)),
-        web.post(f"{p}/reset", _endpoint(reset)),
-    ]
+    return {
+        ("GET", f"{p}/health"): _endpoint(health),
+        ("GET", f"{p}/bots"): _endpoint(list_bots),
+        ("POST", f"{p}/bots"): _endpoint(add_bot),
+        ("POST", f"{p}/users"): _endpoint(add_users),
+        ("POST", f"{p}/groups"): _endpoint(add_group),
+        ("POST", f"{p}/groups/migrate"): _endpoint(migrate_group),
+        ("POST", f"{p}/set_blocked"): _endpoint(set_blocked),
+        ("POST", f"{p}/deactivate"): _endpoint(deactivate),
+        ("POST", f"{p}/user_sends"): _endpoint(user_sends),
+        ("POST", f"{p}/user_sends_in_group"): _endpoint(user_sends_in_group),
+        ("POST", f"{p}/press_button"): _endpoint(press_button),
+        ("POST", f"{p}/request_join"): _endpoint(request_join),
+        ("POST", f"{p}/block"): _endpoint(block),
+        ("POST", f"{p}/unblock"): _endpoint(unblock),
+        ("GET", f"{p}/sent"): _endpoint(sent),
+        ("GET", f"{p}/stats"): _endpoint(stats),
+        ("GET", f"{p}/webhook"): _endpoint(webhook),
+        ("POST", f"{p}/wait_webhook_idle"): _endpoint(wait_idle),
+        ("POST", f"{p}/faults"): _endpoint(faults),
+        ("DELETE", f"{p}/faults"): _endpoint(clear_faults),
+        ("POST", f"{p}/limits"): _endpoint(limits),
+        ("POST", f"{p}/reset"): _endpoint(reset),
+    }

@@ -12,11 +12,13 @@ import string
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 import aiohttp
 from aiohttp import web
 
 from clarion_dev.telegram import methods
+from clarion_dev.telegram.control import routes
 from clarion_dev.telegram.faults import STATUS_TEXT, Faults, LatencyModel
 from clarion_dev.telegram.limits import BotLimiter, RateLimits
 from clarion_dev.telegram.markup import command_entities
@@ -34,6 +36,8 @@ from clarion_dev.telegram.world import (
 
 LimitsMode = Literal["off", "scaled", "real"]
 _JSON = "application/json"
+_FORM = "application/x-www-form-urlencoded"
+_MAX_BODY = 64 * 1024 * 1024
 _UNAUTHORIZED = json.dumps({"ok": False, "error_code": 401, "description": "Unauthorized"}).encode()
 _NOT_FOUND = json.dumps({"ok": False, "error_code": 404, "description": "Not Found"}).encode()
 _SECRET_ALPHABET = string.ascii_letters + string.digits + "_-"
@@ -66,47 +70,60 @@ class Emulator:
         self.latency = latency
         self.faults = Faults(seed)
         self.webhook_retry = webhook_retry or WebhookRetry()
-        self._base_limits = rate_limits or RateLimits()
-        self._limits: RateLimits | None = None
-        self.set_limits(limits, scale)
         self._rng = random.Random(seed)
         self.users: dict[int, User] = {}
         self.groups: dict[int, Group] = {}
         self.groups_by_username: dict[str, Group] = {}
         self.file_ids: set[str] = set()
         self._bots: dict[str, BotState] = {}
+        self._base_limits = rate_limits or RateLimits()
+        self._limits: RateLimits | None = None
+        self.set_limits(limits, scale)
         self._private_chats: dict[int, dict[str, Any]] = {}
         self._group_chats: dict[int, dict[str, Any]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._delivery: dict[str, asyncio.Task[None]] = {}
         self._query_ids = itertools.count(4_000_000_000_000_000_001)
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
+        self._control = routes(self)
         self._session: aiohttp.ClientSession | None = None
         self.host = "127.0.0.1"
         self.port = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def app(self) -> web.Application:
-        """The aiohttp application: the Bot API at /bot<token>/<method>, control API at /_emulator/."""
-        from clarion_dev.telegram.control import routes
-
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/bot{token}/{method}", self._api)
-        app.router.add_routes(routes(self))
-        return app
-
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on host:port (0 picks a free port; see `base_url`)."""
-        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
+        """Listen on host:port (0 picks a free port; see `base_url`).
+
+        A low-level aiohttp server dispatches by hand: /bot<token>/<method> to the Bot API and
+        /_emulator/... to the control API; no router or middleware sits on the hot path.
+        """
+        loop = asyncio.get_running_loop()
+
+        def make_request(message: Any, payload: Any, protocol: Any, writer: Any,
+                         task: Any) -> web.BaseRequest:
+            return web.BaseRequest(message, payload, protocol, writer, task, loop,
+                                   client_max_size=_MAX_BODY)
+
+        server = web.Server(self._dispatch, request_factory=make_request, access_log=None)
+        self._runner = web.ServerRunner(server, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=1024)
         await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
         self.host = host
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self.port = self._runner.addresses[0][1] if port == 0 else port
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/bot"):
+            token, sep, method = path[4:].partition("/")
+            if sep and "/" not in method:
+                return await self._serve(request, token, method)
+            return _reply(404, _NOT_FOUND)
+        handler = self._control.get((request.method, path))
+        if handler is None:
+            return _reply(404, _NOT_FOUND)
+        return await handler(request)
 
     @property
     def base_url(self) -> str:
@@ -138,17 +155,16 @@ class Emulator:
             raise ValueError(f"limits must be off, scaled or real, not {limits!r}")
         self.limits_mode: LimitsMode = limits
         self.scale = scale if limits == "scaled" else 1.0
-        for bot in getattr(self, "_bots", {}).values():
+        for bot in self._bots.values():
             bot.limiter = BotLimiter(self._limits) if self._limits else None
 
     # --- the Bot API ---------------------------------------------------------------------------
 
-    async def _api(self, request: web.Request) -> web.StreamResponse:
-        info = request.match_info
-        bot = self._bots.get(info["token"])
+    async def _serve(self, request: web.BaseRequest, token: str, method: str) -> web.StreamResponse:
+        bot = self._bots.get(token)
         if bot is None:
             return _reply(401, _UNAUTHORIZED)
-        name = info["method"].lower()
+        name = method.lower()
         handler = methods.METHODS.get(name)
         if handler is None:
             return _reply(404, _NOT_FOUND)
@@ -200,11 +216,14 @@ class Emulator:
         return _reply(status, json.dumps(payload).encode())
 
     @staticmethod
-    async def _params(request: web.Request) -> dict[str, Any]:
+    async def _params(request: web.BaseRequest) -> dict[str, Any]:
         params: dict[str, Any] = dict(request.query) if request.query_string else {}
         if request.method != "POST" or not request.body_exists:
             return params
-        if request.content_type == _JSON:
+        content_type = request.content_type
+        if content_type == _FORM:
+            params.update(parse_qsl((await request.read()).decode(), keep_blank_values=True))
+        elif content_type == _JSON:
             try:
                 data = await request.json()
             except ValueError:
@@ -217,7 +236,7 @@ class Emulator:
         return params
 
     @staticmethod
-    def _drop(request: web.Request) -> web.StreamResponse:
+    def _drop(request: web.BaseRequest) -> web.StreamResponse:
         transport = request.transport
         if transport is not None:
             transport.abort()
