@@ -43,7 +43,7 @@ local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tat < now then tat = now end
 local ctat = 0
 if cap > 0 then ctat = tonumber(redis.call('GET', KEYS[3]) or '0') end
-local out = {0}
+local out = {0, now}
 for i = 4, #KEYS do
   local slot = math.max(tat, ctat)
   local ci = tonumber(ARGV[2])
@@ -105,10 +105,14 @@ class RateLimits:
 
 @dataclass(frozen=True)
 class Grant:
-    """The limiter's answer for one chat: sleep `delay` seconds, then send if `granted`, else ask again."""
+    """The limiter's answer for one chat: sleep `delay` seconds, then send if `granted`, else ask again.
+
+    `at` is the moment the answer refers to on Redis's clock (seconds), the same for every process.
+    """
 
     delay: float
     granted: bool
+    at: float = 0.0
 
 
 class RateLimiter:
@@ -194,7 +198,8 @@ class RateLimiter:
             wait = int(reply[1]) / 1000.0
             self._note_pause(wait)
             return [Grant(wait, False)] * len(chat_ids)
-        return [Grant(abs(int(v)) / 1e6, int(v) >= 0) for v in reply[1:]]
+        now = int(reply[1])
+        return [Grant(abs(int(v)) / 1e6, int(v) >= 0, (now + abs(int(v))) / 1e6) for v in reply[2:]]
 
     async def acquire(self, chat_id: int, *, paid: bool = False) -> float:
         """Wait until a message to `chat_id` may be sent; return the seconds waited."""

@@ -1,0 +1,432 @@
+"""The campaign sender: one shard of one campaign, run by one pod of the indexed sender Job.
+
+Pipeline (all in one event loop):
+
+- the claimer claims the shard's due pending deliveries `batchSize` at a time into a local queue,
+  releases rows whose lease ran out (a dead pod's), renews our own lease, and reads the campaign
+  phase between batches;
+- the dispatcher takes as many queued deliveries as the concurrency window has room for, reserves
+  their send slots from the shared Redis limiter in one call, and starts one task per delivery that
+  sleeps until its slot and sends. The window (sends reserved or in flight) is sized so that
+  rate x round trip is covered: at 1000 msg/s and 50 ms, 50 requests are in the air at any moment;
+- results go to a buffer that the flusher writes in one transaction every `batchSize` results or
+  100 ms. A delivery is `sent` only after Telegram answered ok.
+
+A 429 pauses the whole bot in Redis (every pod waits, reserved slots are dropped and asked for
+again), and the delivery goes back to the queue without counting an attempt. When the phase is no
+longer Sending, or on SIGTERM, the sender stops claiming, drops the slots it has not used yet,
+lets requests in the air finish, records them, and releases what it still holds back to pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+import structlog
+from aiogram import Bot
+from aiogram.types import Message
+from clarion.db import campaigns as q
+from clarion.metrics import counter, gauge, histogram
+from clarion.streams import CAMPAIGN_DELIVERIES_STREAM, dead_letter_stream
+from clarion.telegram.errors import Outcome, backoff_seconds, classify
+from clarion.telegram.limiter import RateLimiter
+
+from clarion_senders.render import MessageRenderer
+
+log = structlog.get_logger("clarion.sender")
+
+MESSAGES = counter("clarion_messages_sent_total", "Bot API send results of campaign senders.",
+                   ["channel", "result"])
+SEND_LATENCY = histogram("clarion_send_latency_seconds", "Round trip of one Bot API send call.", ["channel"])
+LIMITER_WAIT = histogram("clarion_limiter_wait_seconds", "Time a send waited for its rate-limit slot.",
+                         ["channel"],
+                         buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0))
+DELIVERIES = gauge("clarion_campaign_deliveries",
+                   "Deliveries of the shard this sender runs, by status (sum over pods per campaign).",
+                   ["campaign", "status"])
+
+FLUSH_INTERVAL = 0.1
+PHASE_CHECK_INTERVAL = 0.5
+IDLE_POLL = 0.5
+DEAD_LETTER_MAXLEN = 100_000
+
+
+class FatalSendError(RuntimeError):
+    """Sending cannot go on (the bot token is refused)."""
+
+
+@dataclass(frozen=True)
+class SenderOptions:
+    """How one sender works: from the campaign's spec.delivery and the pod's settings."""
+
+    batch_size: int = 100
+    max_attempts: int = 5
+    retry_backoff_seconds: float = 5.0
+    paid_broadcast: bool = False
+    concurrency: int = 16
+    lease_seconds: float = 60.0
+    request_timeout: float = 30.0
+
+    @classmethod
+    def from_spec(cls, delivery: Mapping[str, Any], *, rate: float, concurrency: int = 0,
+                  lease_seconds: float = 60.0, request_timeout: float = 30.0) -> SenderOptions:
+        """`concurrency` 0: rate x 0.5 s, at least 4 and at most 2000 (covers round trips up to ~0.5 s)."""
+        window = concurrency or min(2000, max(4, math.ceil(rate * 0.5)))
+        return cls(
+            batch_size=int(delivery.get("batchSize", 100)),
+            max_attempts=int(delivery.get("maxAttempts", 5)),
+            retry_backoff_seconds=float(delivery.get("retryBackoffSeconds", 5)),
+            paid_broadcast=bool(delivery.get("paidBroadcast", False)),
+            concurrency=window,
+            lease_seconds=lease_seconds,
+            request_timeout=request_timeout,
+        )
+
+
+@dataclass
+class _Item:
+    chat_id: int
+    language: str | None
+    attempts: int
+    target: int = 0  # the chat the message goes to (differs after a group migration)
+
+    def __post_init__(self) -> None:
+        if not self.target:
+            self.target = self.chat_id
+
+
+@dataclass
+class _Shard:
+    """What the sender knows about its shard's rows, for the progress gauge."""
+
+    by_status: dict[str, int] = field(default_factory=dict)
+
+    def move(self, source: str, target: str, n: int = 1) -> None:
+        self.by_status[source] = self.by_status.get(source, 0) - n
+        self.by_status[target] = self.by_status.get(target, 0) + n
+
+
+class CampaignSender:
+    """Sends one shard of one campaign until it is settled, paused, cancelled or stopped."""
+
+    def __init__(self, *, pool: asyncpg.Pool, redis: aioredis.Redis, bot: Bot, campaign: q.CampaignRow,
+                 shard: int, worker: str, limiter: RateLimiter, options: SenderOptions) -> None:
+        self.pool = pool
+        self.redis = redis
+        self.bot = bot
+        self.campaign = campaign
+        self.shard = shard
+        self.worker = worker
+        self.limiter = limiter
+        self.options = options
+        self.renderer = MessageRenderer(campaign.spec.get("message") or {})
+        self._queue: deque[_Item] = deque()
+        self._room = asyncio.Semaphore(options.concurrency)
+        self._work = asyncio.Event()  # the queue got deliveries, or a stop was requested
+        self._need = asyncio.Event()  # the queue fell below one batch
+        self._stopping = asyncio.Event()
+        self._waiting: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[None]] = set()
+        self._held = 0  # claimed and not yet recorded
+        self._results = q.Results()
+        self._dead: list[dict[str, str]] = []
+        self._flushed = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._stop_reason = ""
+        self._labels = {"channel": campaign.channel_name}
+        self._messages = {o: MESSAGES.labels(campaign.channel_name, o)
+                          for o in ("sent", "blocked", "failed", "retry", "rate_limited", "migrated")}
+        self._latency = SEND_LATENCY.labels(campaign.channel_name)
+        self._wait = LIMITER_WAIT.labels(campaign.channel_name)
+        self._shard_state = _Shard()
+
+    def stop(self, reason: str = "signal") -> None:
+        """Stop claiming; let requests in the air finish; release the rest (idempotent)."""
+        if not self._stopping.is_set():
+            self._stop_reason = reason
+            self._stopping.set()
+            self._work.set()
+            self._need.set()
+
+    async def run(self) -> str:
+        """Send until done; return why it stopped: "settled", or the phase / signal that stopped it."""
+        c = self.campaign
+        structlog.contextvars.bind_contextvars(campaign=c.key, campaign_id=c.id, shard=self.shard)
+        async with self.pool.acquire() as conn:
+            leftover = await q.release_claims(conn, c.id, self.worker)
+            counts = await q.shard_counts(conn, c.id, self.shard)
+        self._shard_state.by_status = {s: getattr(counts, s) for s in ("pending", "sending", "sent", "failed",
+                                                                        "blocked")}
+        log.info("sender.start", total=counts.total, pending=counts.pending, released=leftover,
+                 concurrency=self.options.concurrency, paid=self.options.paid_broadcast)
+        started = time.monotonic()
+        dispatcher = asyncio.create_task(self._dispatch(), name="dispatcher")
+        flusher = asyncio.create_task(self._flush_loop(), name="flusher")
+        try:
+            reason = await self._claim_loop()
+        finally:
+            self.stop(self._stop_reason or "error")
+            dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatcher
+            await self._drain()
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await self._flush()
+            async with self.pool.acquire() as conn:
+                released = await q.release_claims(conn, c.id, self.worker)
+            self._shard_state.move("sending", "pending", released)
+            self._publish_gauges()
+            log.info("sender.stop", reason=self._stop_reason, released=released,
+                     seconds=round(time.monotonic() - started, 3), **self._shard_state.by_status)
+        if self._fatal is not None:
+            raise FatalSendError(str(self._fatal)) from self._fatal
+        return reason
+
+    # --- claiming ---------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> str:
+        c, opts = self.campaign, self.options
+        last_phase_check = 0.0
+        last_lease = time.monotonic()
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if now - last_phase_check >= PHASE_CHECK_INTERVAL:
+                last_phase_check = now
+                async with self.pool.acquire() as conn:
+                    phase = await q.campaign_phase(conn, c.id)
+                if phase != "Sending":
+                    self.stop(f"phase {phase}")
+                    return self._stop_reason
+            if now - last_lease >= opts.lease_seconds / 3:
+                last_lease = now
+                async with self.pool.acquire() as conn:
+                    await q.extend_claims(conn, c.id, self.shard, self.worker, opts.lease_seconds)
+            if len(self._queue) < opts.batch_size:
+                async with self.pool.acquire() as conn:
+                    await q.release_expired(conn, c.id, self.shard)
+                    claimed = await q.claim(conn, c.id, self.shard, opts.batch_size, self.worker,
+                                            opts.lease_seconds)
+                if claimed:
+                    self._held += len(claimed)
+                    self._shard_state.move("pending", "sending", len(claimed))
+                    self._queue.extend(_Item(d.chat_id, d.language, d.attempts) for d in claimed)
+                    self._work.set()
+                    continue
+                if self._held == 0 and not self._queue:
+                    async with self.pool.acquire() as conn:
+                        if await q.shard_settled(conn, c.id, self.shard):
+                            self.stop("settled")
+                            return "settled"
+                        due = await q.next_attempt_at(conn, c.id, self.shard)
+                    pause = IDLE_POLL
+                    if due is not None:
+                        pause = min(IDLE_POLL, max(0.0, (due - datetime.now(UTC)).total_seconds()))
+                    await self._sleep(pause)
+                    continue
+            self._need.clear()
+            if len(self._queue) >= opts.batch_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._need.wait(), timeout=PHASE_CHECK_INTERVAL)
+            else:
+                await self._sleep(IDLE_POLL / 10)
+        return self._stop_reason
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early when a stop is requested."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    # --- dispatching --------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while not self._stopping.is_set():
+            if not self._queue:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            paused = self.limiter.paused_for()
+            if paused > 0:
+                await self._sleep(paused)
+                continue
+            await self._room.acquire()
+            batch = [self._queue.popleft()]
+            while self._queue and len(batch) < 256 and not self._room.locked():
+                await self._room.acquire()
+                batch.append(self._queue.popleft())
+            if len(self._queue) < self.options.batch_size:
+                self._need.set()
+            try:
+                grants = await self.limiter.reserve([i.target for i in batch],
+                                                    paid=self.options.paid_broadcast)
+            except BaseException:
+                self._queue.extendleft(reversed(batch))
+                for _ in batch:
+                    self._room.release()
+                raise
+            asked = time.monotonic()
+            for item, grant in zip(batch, grants, strict=True):
+                if grant.granted:
+                    task = asyncio.create_task(self._send_at(item, asked + grant.delay, asked))
+                    self._waiting.add(task)
+                    task.add_done_callback(self._waiting.discard)
+                else:
+                    self._room.release()
+                    asyncio.get_running_loop().call_later(grant.delay, self._requeue, item)
+
+    def _requeue(self, item: _Item) -> None:
+        self._queue.appendleft(item)
+        self._work.set()
+
+    async def _send_at(self, item: _Item, at: float, asked: float) -> None:
+        try:
+            delay = at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.limiter.paused_for() > 0 or self._stopping.is_set():
+                self._requeue(item)  # the slot was reserved before a pause or a stop: ask again
+                return
+            self._wait.observe(time.monotonic() - asked)
+            task = asyncio.current_task()
+            assert task is not None
+            self._waiting.discard(task)
+            self._sending.add(task)
+            try:
+                await self._send(item)
+            finally:
+                self._sending.discard(task)
+        except asyncio.CancelledError:
+            self._requeue(item)
+            raise
+        finally:
+            self._room.release()
+
+    async def _send(self, item: _Item) -> None:
+        rendered = self.renderer.for_language(item.language)
+        started = time.monotonic()
+        try:
+            if rendered.media_url:
+                sent: Message = await self.bot.send_photo(
+                    chat_id=item.target, photo=rendered.media_url, caption=rendered.text,
+                    parse_mode=rendered.parse_mode, reply_markup=rendered.reply_markup,
+                    disable_notification=rendered.disable_notification,
+                    allow_paid_broadcast=self.options.paid_broadcast or None,
+                    request_timeout=int(self.options.request_timeout))
+            else:
+                sent = await self.bot.send_message(
+                    chat_id=item.target, text=rendered.text, parse_mode=rendered.parse_mode,
+                    reply_markup=rendered.reply_markup, disable_notification=rendered.disable_notification,
+                    allow_paid_broadcast=self.options.paid_broadcast or None,
+                    request_timeout=int(self.options.request_timeout))
+        except Exception as exc:  # every failure is classified; nothing escapes the task
+            self._latency.observe(time.monotonic() - started)
+            await self._failed(item, exc)
+            return
+        self._latency.observe(time.monotonic() - started)
+        self._messages["sent"].inc()
+        delivered = item.target if item.target != item.chat_id else None
+        self._results.sent.append((item.chat_id, sent.message_id, datetime.now(UTC), delivered))
+        self._shard_state.move("sending", "sent")
+        self._recorded()
+
+    async def _failed(self, item: _Item, exc: BaseException) -> None:
+        found = classify(exc)
+        outcome = found.outcome
+        if outcome is Outcome.RATE_LIMITED:
+            self._messages["rate_limited"].inc()
+            log.warning("sender.rate_limited", retry_after=found.retry_after)
+            await self.limiter.pause(found.retry_after)
+            self._requeue(item)
+            return
+        first_move = item.target == item.chat_id
+        if outcome is Outcome.MIGRATED and found.migrate_to_chat_id is not None and first_move:
+            self._messages["migrated"].inc()
+            self._results.migrated.append((item.chat_id, found.migrate_to_chat_id))
+            item.target = found.migrate_to_chat_id
+            self._requeue(item)
+            return
+        if outcome is Outcome.FATAL:
+            self._fatal = exc
+            self._requeue(item)
+            self.stop("fatal")
+            return
+        if outcome is Outcome.BLOCKED:
+            self._messages["blocked"].inc()
+            self._results.blocked.append((item.chat_id, found.reason or "forbidden", found.error))
+            self._shard_state.move("sending", "blocked")
+        elif outcome is Outcome.RETRY and item.attempts + 1 < self.options.max_attempts:
+            self._messages["retry"].inc()
+            wait = backoff_seconds(item.attempts + 1, self.options.retry_backoff_seconds)
+            due = datetime.now(UTC) + timedelta(seconds=wait)
+            self._results.retry.append((item.chat_id, found.error, due))
+            self._shard_state.move("sending", "pending")
+        else:
+            self._messages["failed"].inc()
+            self._results.failed.append((item.chat_id, found.error))
+            self._shard_state.move("sending", "failed")
+            if outcome is Outcome.RETRY or outcome is Outcome.MIGRATED:
+                self._dead.append({"campaign_id": str(self.campaign.id), "campaign": self.campaign.key,
+                                   "chat_id": str(item.chat_id), "attempts": str(item.attempts + 1),
+                                   "error": found.error})
+        self._recorded()
+
+    def _recorded(self) -> None:
+        self._held -= 1
+        if len(self._results) >= self.options.batch_size:
+            self._flushed.set()
+
+    async def _drain(self) -> None:
+        """Drop unused slots (their deliveries go back to the queue) and wait for requests in the air."""
+        for task in list(self._waiting):
+            task.cancel()
+        await asyncio.gather(*self._waiting, *self._sending, return_exceptions=True)
+
+    # --- recording --------------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flushed.wait(), timeout=FLUSH_INTERVAL)
+            self._flushed.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        results, self._results = self._results, q.Results()
+        dead, self._dead = self._dead, []
+        if len(results) or results.migrated:
+            try:
+                async with self.pool.acquire() as conn:
+                    await q.record_results(conn, self.campaign.id, self.campaign.channel_id, self.worker,
+                                           results)
+            except BaseException:
+                self._results = _merge(results, self._results)
+                self._dead = dead + self._dead
+                raise
+        if dead:
+            stream = dead_letter_stream(CAMPAIGN_DELIVERIES_STREAM)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for entry in dead:
+                    pipe.xadd(stream, entry, maxlen=DEAD_LETTER_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                await pipe.execute()
+        self._publish_gauges()
+
+    def _publish_gauges(self) -> None:
+        for status, n in self._shard_state.by_status.items():
+            DELIVERIES.labels(self.campaign.key, status).set(n)
+
+
+def _merge(first: q.Results, second: q.Results) -> q.Results:
+    return q.Results(sent=first.sent + second.sent, blocked=first.blocked + second.blocked,
+                     failed=first.failed + second.failed, retry=first.retry + second.retry,
+                     migrated=first.migrated + second.migrated)

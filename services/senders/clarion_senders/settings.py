@@ -1,0 +1,42 @@
+"""Settings of the campaign sender (one pod of an indexed sender Job)."""
+
+from __future__ import annotations
+
+import socket
+
+from clarion.settings import CommonSettings
+from pydantic import AliasChoices, Field, SecretStr
+
+
+class SenderSettings(CommonSettings):
+    """`CLARION_*` variables, plus `JOB_COMPLETION_INDEX` that Kubernetes sets in indexed Jobs."""
+
+    campaign_id: int | None = Field(default=None, ge=1, description="Database id of the campaign to send.")
+    shard: int = Field(
+        default=0, ge=0, le=999,
+        validation_alias=AliasChoices("JOB_COMPLETION_INDEX", "CLARION_SHARD"),
+        description="This pod's shard: the Job completion index.",
+    )
+    bot_token: SecretStr | None = Field(default=None, description="Bot API token of the campaign's channel.")
+    telegram_api_base: str | None = Field(
+        default=None, max_length=2048,
+        description="Bot API base URL; overrides the channel's (a local Bot API server or the emulator).",
+    )
+    pod_name: str = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=253,
+        description="Recorded as claimed_by on the deliveries this pod holds.",
+    )
+    sender_concurrency: int = Field(
+        default=0, ge=0, le=5000,
+        description="Sends reserved or in flight at once; 0: sized from the rate (rate x 0.5 s, at least 4).",
+    )
+    claim_lease_seconds: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="How long a claim lasts without renewal (a dead pod's deliveries come back after it).",
+    )
+    limiter_margin: float = Field(
+        default=0.01, ge=0, lt=0.5,
+        description="Slots are (1 + margin) / rate apart, absorbing that much jitter in arrival times.",
+    )
+    request_timeout_seconds: float = Field(default=30.0, gt=0, le=600,
+                                           description="Timeout of one Bot API call.")
