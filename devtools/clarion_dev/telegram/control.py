@@ -43,7 +43,10 @@ def _endpoint(fn: Callable[[dict[str, Any]], Awaitable[Any]]) -> Handler:
 
 
 def _int(args: dict[str, Any], name: str) -> int:
-    return int(args[name])
+    try:
+        return int(args[name])
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer, got {args[name]!r}") from None
 
 
 def routes(emu: Emulator) -> dict[tuple[str, str], Handler]:
