@@ -198,3 +198,29 @@ def test_chart_installs_and_keeps_crds(tmp_path: Path, control_plane: ControlPla
         assert crds() == expected
         assert bare.kubectl("get", "validatingadmissionpolicies", "-o", "name").stdout.split() == []
         assert bare.kubectl("get", "nc", "-n", "clarion-system", "-o", "name").stdout.strip()
+
+
+def test_plain_manifests_apply_crds_first_and_reapplying_changes_nothing(
+    tmp_path: Path, control_plane: ControlPlane
+) -> None:
+    """The GitOps path on a cluster without Clarion: manifests/crds/, then manifests/install/, twice."""
+    manifests = CHART.parents[1] / "manifests"
+    install = manifests / "install" / "clarion.yaml"
+    with ControlPlane(workdir=tmp_path / "gitops-plane", binaries=control_plane.bin_dir) as bare:
+        bare.kubectl("apply", "--server-side", "--field-manager=gitops", "-f", str(manifests / "crds"))
+        bare.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        bare.kubectl("apply", "--server-side", "--field-manager=gitops", "-f", str(install))
+
+        def versions() -> dict[str, str]:
+            """generation of objects that have one (spec changes only), else resourceVersion."""
+            listing = bare.kubectl("get", "-f", str(install), "-o", "json").stdout
+            items = yaml.safe_load(listing)["items"]
+            return {f"{i['kind']}/{i['metadata']['name']}":
+                    str(i["metadata"].get("generation") or i["metadata"]["resourceVersion"]) for i in items}
+
+        first = versions()
+        docs = [d for d in yaml.safe_load_all(install.read_text()) if d]
+        expected = {f"{d['kind']}/{d['metadata']['name']}" for d in docs}
+        assert set(first) == expected
+        bare.kubectl("apply", "--server-side", "--field-manager=gitops", "-f", str(install))
+        assert versions() == first
