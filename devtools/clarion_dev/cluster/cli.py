@@ -56,13 +56,7 @@ class _State:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        return pid if _alive(pid) else None
 
     def info(self) -> dict[str, object] | None:
         """state.json when the supervisor is alive and ready."""
@@ -74,6 +68,21 @@ class _State:
     def clear(self) -> None:
         for path in (self.pidfile, self.state, self.kubeconfig):
             path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -158,9 +167,9 @@ def _down(state: _State) -> int:
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 40
-    while state.pid() is not None and time.monotonic() < deadline:
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if state.pid() is not None:
+    if _alive(pid):
         info = json.loads(state.state.read_text()) if state.state.exists() else {}
         for component_pid in [pid, *dict(info.get("pids", {})).values()]:
             with contextlib.suppress(ProcessLookupError):

@@ -31,7 +31,7 @@ def _message(what: str, timeout: float, last: object, error: BaseException | Non
 
 
 def wait_for(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float = 30,
     interval: float = 0.1,
     what: str = "the condition",
@@ -56,7 +56,7 @@ def wait_for(
 
 
 async def async_wait_for(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], T | Awaitable[T | None] | None],
     timeout: float = 30,  # noqa: ASYNC109 - same signature as wait_for; the deadline is ours
     interval: float = 0.1,
     what: str = "the condition",
@@ -69,7 +69,7 @@ async def async_wait_for(
     while True:
         try:
             result = predicate()
-            value: T = await result if inspect.isawaitable(result) else result
+            value: T | None = await result if inspect.isawaitable(result) else result
         except ignore as exc:
             error = exc
         else:
