@@ -12,15 +12,16 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip build
+RUN python -m pip install build
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY operator ./operator
 COPY services ./services
 COPY devtools ./devtools
-RUN /opt/venv/bin/python -m build --wheel --outdir /dist . \
- && /opt/venv/bin/pip install /dist/*.whl \
- && /opt/venv/bin/pip uninstall -y build pip
+# The virtualenv gets the wheel and its dependencies only: no pip, no setuptools, no build tools.
+RUN python -m build --wheel --outdir /dist . \
+ && python -m venv --without-pip /opt/venv \
+ && python -m pip --python /opt/venv/bin/python install /dist/*.whl
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="clarion" \
