@@ -31,8 +31,20 @@ fi
 command -v go >/dev/null || { echo "build-k8s: Go is required to build the control plane (missing: ${missing[*]})" >&2; exit 1; }
 
 log() { echo "build-k8s: $*" >&2; }
-start=$(date +%s)
 mkdir -p "$BIN" "$OUT/src"
+# One build at a time per cache directory: a second caller waits, then finds the binaries.
+exec 9>"$OUT/.build.lock"
+if ! flock -n 9; then
+  log "another build of $KEY is running; waiting for it"
+  flock 9
+fi
+missing=()
+for b in "${want[@]}"; do [[ -x "$BIN/$b" ]] || missing+=("$b"); done
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "$BIN"
+  exit 0
+fi
+start=$(date +%s)
 export CGO_ENABLED=0 GOFLAGS="-buildvcs=false -mod=mod" GOTOOLCHAIN=local
 build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
