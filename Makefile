@@ -12,7 +12,7 @@ help:
 	@echo "make down      stop what 'make up' started"
 	@echo "make test      install what is missing, then lint and run every test tier this machine can run"
 	@echo "make lint      ruff and mypy"
-	@echo "make crds      render crds/*.yaml from the Python models"
+	@echo "make crds      render crds/*.yaml from the Python models (and the chart/manifests copies)"
 	@echo "make manifests render manifests/ from the Helm chart"
 	@echo "make bench     run the benchmarks in bench/"
 
@@ -39,6 +39,7 @@ test-fast: bootstrap
 
 crds: bootstrap
 	$(PY) -m clarion_dev.crdgen
+	$(PY) -m clarion_dev.render_manifests
 
 manifests: bootstrap
 	$(PY) -m clarion_dev.render_manifests
