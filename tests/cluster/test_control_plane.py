@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from clarion_dev.cluster import ControlPlane
+from clarion_dev.cluster import ControlPlane, ControlPlaneError
 from clarion_dev.cluster.launcher import repo_manifests
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.testing.cluster import KubeApis
@@ -186,3 +186,25 @@ def test_cluster_cli_starts_once_reports_and_stops(control_plane: ControlPlane, 
     assert down.returncode == 0
     wait_for(lambda: not alive(supervisor), what="the supervisor to exit")
     assert clarion("status").returncode == 1
+
+
+def test_a_component_that_cannot_start_is_reported_with_its_log(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    for name in ("etcd", "kube-controller-manager", "kubectl"):
+        (broken / name).symlink_to(control_plane.bin_dir / name)
+    wrapper = broken / "kube-apiserver"
+    wrapper.write_text(f'#!/bin/sh\nexec {control_plane.bin_dir / "kube-apiserver"} --no-such-flag "$@"\n')
+    wrapper.chmod(0o755)
+    plane = ControlPlane(workdir=tmp_path / "work", binaries=broken)
+
+    with pytest.raises(ControlPlaneError) as failure:
+        plane.start(timeout=60)
+
+    message = str(failure.value)
+    assert "kube-apiserver exited with code 1" in message
+    assert "unknown flag: --no-such-flag" in message
+    assert (tmp_path / "work" / "logs" / "kube-apiserver.log").exists()
+    assert not plane.pids(), "etcd was stopped again"

@@ -199,16 +199,8 @@ class ControlPlane:
             (self.workdir / sub).mkdir(parents=True)
         (self.workdir / "etcd-data").chmod(0o700)
         try:
-            pki = self._make_pki()
             etcd_client, etcd_peer, secure_port = free_port(), free_port(), free_port()
             self.server = f"https://127.0.0.1:{secure_port}"
-            write_kubeconfig(
-                self.kubeconfig, server=self.server, ca_cert=self.ca_cert, client=pki["admin"], user="admin"
-            )
-            write_kubeconfig(
-                self.workdir / "controller-manager.kubeconfig", server=self.server, ca_cert=self.ca_cert,
-                client=pki["manager"], user="system:kube-controller-manager",
-            )
             self._spawn("etcd", [
                 str(bin_dir / "etcd"),
                 "--name=clarion",
@@ -221,6 +213,15 @@ class ControlPlane:
                 "--unsafe-no-fsync",
                 "--log-level=warn",
             ])
+            # etcd needs no certificates: make them while it starts.
+            pki = self._make_pki()
+            write_kubeconfig(
+                self.kubeconfig, server=self.server, ca_cert=self.ca_cert, client=pki["admin"], user="admin"
+            )
+            write_kubeconfig(
+                self.workdir / "controller-manager.kubeconfig", server=self.server, ca_cert=self.ca_cert,
+                client=pki["manager"], user="system:kube-controller-manager",
+            )
             self._wait("etcd /health", deadline, lambda: self._etcd_healthy(etcd_client))
             self._spawn("kube-apiserver", [
                 str(bin_dir / "kube-apiserver"),
