@@ -21,8 +21,15 @@ OUT="$CACHE_ROOT/$KEY"
 BIN="$OUT/bin"
 
 want=(kube-apiserver kube-controller-manager kubectl etcd helm)
-missing=()
-for b in "${want[@]}"; do [[ -x "$BIN/$b" ]] || missing+=("$b"); done
+k8s_minor=${K8S_VERSION#v*.}; k8s_minor=${k8s_minor%%.*}
+# helm assumes Kubernetes 1.20 when no cluster is asked (`helm template`); tell it ours.
+HELM_KUBE="-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor"
+compute_missing() {
+  missing=()
+  for b in "${want[@]}"; do [[ -x "$BIN/$b" ]] || missing+=("$b"); done
+  if [[ -x "$BIN/helm" && "$(cat "$OUT/helm.ldflags" 2>/dev/null)" != "$HELM_KUBE" ]]; then missing+=(helm); fi
+}
+compute_missing
 if [[ ${#missing[@]} -eq 0 ]]; then
   echo "$BIN"
   exit 0
@@ -38,8 +45,7 @@ if ! flock -n 9; then
   log "another build of $KEY is running; waiting for it"
   flock 9
 fi
-missing=()
-for b in "${want[@]}"; do [[ -x "$BIN/$b" ]] || missing+=("$b"); done
+compute_missing
 if [[ ${#missing[@]} -eq 0 ]]; then
   echo "$BIN"
   exit 0
@@ -109,7 +115,9 @@ if need helm; then
   mkdir -p "$w"
   printf 'module clarion.dev/helmbuild\n\ngo 1.25.0\n' >"$w/go.mod"
   (cd "$w" && go get -tool "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2 && go mod tidy >&2)
-  (cd "$w" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$BIN/helm" helm.sh/helm/v3/cmd/helm)
+  (cd "$w" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $HELM_KUBE" \
+      -o "$BIN/helm" helm.sh/helm/v3/cmd/helm)
+  echo "$HELM_KUBE" >"$OUT/helm.ldflags"
 fi
 
 log "built ${missing[*]} in $(( $(date +%s) - start ))s; cache $(du -sh "$BIN" | cut -f1) at $BIN"
