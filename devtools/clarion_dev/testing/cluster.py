@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,10 +79,30 @@ def control_plane(
     except ControlPlaneError as exc:
         pytest.fail(f"the local control plane did not start: {exc}", pytrace=False)
     try:
-        plane.apply_manifests(repo_manifests())
-        yield plane
+        with _sigterm_as_interrupt():
+            plane.apply_manifests(repo_manifests())
+            yield plane
     finally:
         plane.stop()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM (e.g. from `timeout`) into KeyboardInterrupt so teardown stops the control plane."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture
