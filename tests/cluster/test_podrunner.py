@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from clarion_dev.cluster import ControlPlane
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.testing.cluster import KubeApis
 from clarion_dev.testing.waiting import wait_for
@@ -366,3 +368,34 @@ def test_suspending_a_job_stops_its_running_pod(
     wait_for(lambda: not job_pods(k8s, kube_namespace, "paused"), what="the pod to disappear")
     job = k8s.batch.read_namespaced_job("paused", kube_namespace)
     assert condition(job, "Suspended") is not None
+
+
+def test_podrunner_command_runs_selected_pods_until_terminated(
+    control_plane: ControlPlane, k8s: KubeApis, kube_namespace: str, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    runner = subprocess.Popen(
+        [PY, "-m", "clarion_dev.cli", "dev", "podrunner", "--kubeconfig", str(control_plane.kubeconfig),
+         "--namespace", kube_namespace, "--selector", "run=me", "--logs-dir", str(logs), "--env", "WHO=cli"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for name, labels in (("picked", {"run": "me"}), ("ignored", {"run": "not-me"})):
+            k8s.core.create_namespaced_pod(kube_namespace, model(client.V1Pod, {
+                "metadata": {"name": name, "labels": labels},
+                "spec": {"restartPolicy": "Never", "containers": [{
+                    "name": "main", "image": "ignored", "command": ["/bin/sh", "-c", "echo hello $WHO"],
+                }]},
+            }))
+
+        def phase(name: str) -> str | None:
+            status = k8s.core.read_namespaced_pod(name, kube_namespace).status
+            return status.phase if status else None
+
+        wait_for(lambda: phase("picked") == "Succeeded", what="the selected pod to succeed")
+        assert (logs / f"{kube_namespace}_picked_main.log").read_text() == "hello cli\n"
+        assert phase("ignored") == "Pending"
+    finally:
+        runner.terminate()
+        _, stderr = runner.communicate(timeout=30)
+    assert runner.returncode == 0, stderr
