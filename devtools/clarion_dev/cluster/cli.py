@@ -88,14 +88,17 @@ def _alive(pid: int) -> bool:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clarion dev cluster", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    # --state-dir is also accepted after the subcommand
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start the control plane in the background (idempotent)")
+    up = sub.add_parser("up", parents=[common], help="start the control plane in the background (idempotent)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
     up.add_argument("--no-crds", action="store_true", help="do not apply crds/*.yaml")
-    sub.add_parser("down", help="stop it")
-    sub.add_parser("status", help="say whether it is up; exit 0 when up, 1 when down")
-    sub.add_parser("env", help="print `export KUBECONFIG=...`")
-    serve = sub.add_parser("serve", help=argparse.SUPPRESS)
+    sub.add_parser("down", parents=[common], help="stop it")
+    sub.add_parser("status", parents=[common], help="say whether it is up; exit 0 when up, 1 when down")
+    sub.add_parser("env", parents=[common], help="print `export KUBECONFIG=...`")
+    serve = sub.add_parser("serve", parents=[common], help=argparse.SUPPRESS)
     serve.add_argument("--bin", type=Path, required=True)
     return parser
 
