@@ -7,7 +7,9 @@ Pipeline (all in one event loop):
   phase between batches;
 - the dispatcher takes as many queued deliveries as the concurrency window has room for, reserves
   their send slots from the shared Redis limiter in one call, and starts one task per delivery that
-  sleeps until its slot and sends. The window (sends reserved or in flight) is sized so that
+  sleeps until its slot and sends. A task that wakes up more than `late_slot_seconds` after its slot
+  (the process stalled) gives the slot back and asks again (at most 3 times), so a stall does not
+  turn into a burst. The window (sends reserved or in flight) is sized so that
   rate x round trip is covered: at 1000 msg/s and 50 ms, 50 requests are in the air at any moment;
 - results go to a buffer that the flusher writes in one transaction every `batchSize` results or
   100 ms. A delivery is `sent` only after Telegram answered ok.
@@ -59,6 +61,7 @@ FLUSH_INTERVAL = 0.1
 PHASE_CHECK_INTERVAL = 0.5
 IDLE_POLL = 0.5
 DEAD_LETTER_MAXLEN = 100_000
+MAX_FORFEITS = 3
 
 
 class FatalSendError(RuntimeError):
@@ -76,12 +79,14 @@ class SenderOptions:
     concurrency: int = 16
     lease_seconds: float = 60.0
     request_timeout: float = 30.0
+    late_slot_seconds: float = 0.1
 
     @classmethod
     def from_spec(cls, delivery: Mapping[str, Any], *, rate: float, concurrency: int = 0,
                   lease_seconds: float = 60.0, request_timeout: float = 30.0) -> SenderOptions:
         """`concurrency` 0: rate x 0.5 s, at least 4 and at most 2000 (covers round trips up to ~0.5 s)."""
         window = concurrency or min(2000, max(4, math.ceil(rate * 0.5)))
+        late = max(0.01, min(0.1, 10 / rate))
         return cls(
             batch_size=int(delivery.get("batchSize", 100)),
             max_attempts=int(delivery.get("maxAttempts", 5)),
@@ -90,6 +95,7 @@ class SenderOptions:
             concurrency=window,
             lease_seconds=lease_seconds,
             request_timeout=request_timeout,
+            late_slot_seconds=late,
         )
 
 
@@ -99,6 +105,7 @@ class _Item:
     language: str | None
     attempts: int
     target: int = 0  # the chat the message goes to (differs after a group migration)
+    forfeits: int = 0  # slots given back because this process woke up too late for them
 
     def __post_init__(self) -> None:
         if not self.target:
@@ -296,6 +303,10 @@ class CampaignSender:
                 await asyncio.sleep(delay)
             if self.limiter.paused_for() > 0 or self._stopping.is_set():
                 self._requeue(item)  # the slot was reserved before a pause or a stop: ask again
+                return
+            if time.monotonic() - at > self.options.late_slot_seconds and item.forfeits < MAX_FORFEITS:
+                item.forfeits += 1  # sending now would bunch up with the sends after this slot
+                self._requeue(item)
                 return
             self._wait.observe(time.monotonic() - asked)
             task = asyncio.current_task()
