@@ -58,6 +58,11 @@ def dead_letter_stream(stream: str) -> str:
     return f"{stream}:dead"
 
 
+def attempts_key(stream: str) -> str:
+    """Hash of handling attempts of entries taken over from a pending list (poison-entry guard)."""
+    return f"{stream}:attempts"
+
+
 def bot_pause_key(bot_id: int) -> str:
     """Set with a TTL of retry_after seconds when Telegram answers 429: every pod of the bot waits."""
     return f"tg:pause:{bot_id}"
