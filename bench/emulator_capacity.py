@@ -1,5 +1,8 @@
 """Capacity of the Telegram emulator itself: sendMessage calls per second with limits off.
 
+Besides the wall-clock rate (which depends on what else the machine runs), it reports requests per
+CPU-second of the emulator process: what one free core could serve.
+
 The emulator runs as its own process (`clarion dev telegram --limits off`); this process drives it
 with bare aiohttp (form bodies, as aiogram sends them) and, with --aiogram, through aiogram's Bot.
 
@@ -25,6 +28,13 @@ from aiogram.client.telegram import TelegramAPIServer
 TOKEN = "5555555:bench-token-aaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 USERS = 1000
 START_ID = 100_000
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -96,12 +106,16 @@ async def main() -> None:
             await http.post(f"{base}/_emulator/users", json={"count": USERS, "start_id": START_ID})
         drive = _drive_aiogram if args.aiogram else _drive_aiohttp
         await drive(base, 1.0, args.concurrency)
+        cpu_before = _cpu_seconds(proc.pid)
         started = time.monotonic()
         done = await drive(base, args.seconds, args.concurrency)
         elapsed = time.monotonic() - started
+        cpu = _cpu_seconds(proc.pid) - cpu_before
         client = "aiogram Bot" if args.aiogram else "bare aiohttp"
         print(f"emulator capacity (limits off, client: {client}, concurrency {args.concurrency}): "
-              f"{done} sendMessage in {elapsed:.2f}s = {done / elapsed:,.0f}/s")
+              f"{done} sendMessage in {elapsed:.2f}s = {done / elapsed:,.0f}/s wall; "
+              f"emulator used {cpu:.2f} CPU-s = {done / cpu:,.0f} sendMessage per CPU-second; "
+              f"load average {os.getloadavg()[0]:.1f}")
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 20)

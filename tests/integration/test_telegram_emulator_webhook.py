@@ -187,6 +187,7 @@ async def test_drop_pending_updates_forgets_the_queue(world: Emulator, bot: Bot)
 
 # --- control API -----------------------------------------------------------------------------------
 
+@pytest.mark.emulator(limits="off")
 async def test_control_api_drives_the_emulator_from_another_process(telegram_emulator: Emulator) -> None:
     base = f"{telegram_emulator.base_url}/_emulator"
     async with aiohttp.ClientSession() as http:

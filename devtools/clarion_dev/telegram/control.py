@@ -2,42 +2,42 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
+from clarion_dev.telegram import http
 from clarion_dev.telegram.faults import LatencyModel
 
 if TYPE_CHECKING:
     from clarion_dev.telegram.server import Emulator
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Handler = Callable[[http.Request], Awaitable[http.Reply]]
 
 
-def _ok(data: Any) -> web.Response:
-    return web.json_response({"ok": True, "result": data})
+def _json(status: int, data: Any) -> http.Reply:
+    return status, json.dumps(data).encode()
 
 
 def _endpoint(fn: Callable[[dict[str, Any]], Awaitable[Any]]) -> Handler:
     """Wrap fn(body-or-query) -> result; bad input answers 400 with the reason and changes nothing."""
 
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        args: dict[str, Any] = dict(request.query)
-        if request.body_exists:
+    async def handler(request: http.Request) -> http.Reply:
+        args: dict[str, Any] = request.query
+        if request.body:
             try:
-                body = await request.json()
+                body = request.json()
             except ValueError:
-                return web.json_response({"ok": False, "error": "body is not JSON"}, status=400)
+                return _json(400, {"ok": False, "error": "body is not JSON"})
             if not isinstance(body, dict):
-                return web.json_response({"ok": False, "error": "body must be a JSON object"}, status=400)
+                return _json(400, {"ok": False, "error": "body must be a JSON object"})
             args.update(body)
         try:
-            return _ok(await fn(args))
+            return _json(200, {"ok": True, "result": await fn(args)})
         except (KeyError, TypeError, ValueError) as exc:
             message = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-            return web.json_response({"ok": False, "error": message}, status=400)
+            return _json(400, {"ok": False, "error": message})
 
     return handler
 

@@ -10,16 +10,15 @@ import random
 import secrets
 import string
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 import aiohttp
-from aiohttp import web
 
-from clarion_dev.telegram import methods
+from clarion_dev.telegram import http, methods
 from clarion_dev.telegram.control import routes
-from clarion_dev.telegram.faults import STATUS_TEXT, Faults, LatencyModel
+from clarion_dev.telegram.faults import STATUS_TEXT, FaultConfig, Faults, LatencyModel
 from clarion_dev.telegram.limits import BotLimiter, RateLimits
 from clarion_dev.telegram.markup import command_entities
 from clarion_dev.telegram.webhook import WebhookRetry, deliver_loop
@@ -28,6 +27,7 @@ from clarion_dev.telegram.world import (
     BotInfo,
     BotState,
     Group,
+    MethodStats,
     RetryAfterEvent,
     SentMessage,
     StoredMessage,
@@ -37,14 +37,9 @@ from clarion_dev.telegram.world import (
 LimitsMode = Literal["off", "scaled", "real"]
 _JSON = "application/json"
 _FORM = "application/x-www-form-urlencoded"
-_MAX_BODY = 64 * 1024 * 1024
 _UNAUTHORIZED = json.dumps({"ok": False, "error_code": 401, "description": "Unauthorized"}).encode()
 _NOT_FOUND = json.dumps({"ok": False, "error_code": 404, "description": "Not Found"}).encode()
 _SECRET_ALPHABET = string.ascii_letters + string.digits + "_-"
-
-
-def _reply(status: int, body: bytes) -> web.Response:
-    return web.Response(status=status, body=body, content_type=_JSON)
 
 
 class Emulator:
@@ -84,7 +79,8 @@ class Emulator:
         self._wake: dict[str, asyncio.Event] = {}
         self._delivery: dict[str, asyncio.Task[None]] = {}
         self._query_ids = itertools.count(4_000_000_000_000_000_001)
-        self._runner: web.ServerRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._control = routes(self)
         self._session: aiohttp.ClientSession | None = None
         self.host = "127.0.0.1"
@@ -95,35 +91,24 @@ class Emulator:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on host:port (0 picks a free port; see `base_url`).
 
-        A low-level aiohttp server dispatches by hand: /bot<token>/<method> to the Bot API and
-        /_emulator/... to the control API; no router or middleware sits on the hot path.
+        /bot<token>/<method> goes to the Bot API and /_emulator/... to the control API. A call
+        without latency or faults is answered synchronously, without creating a task.
         """
-        loop = asyncio.get_running_loop()
-
-        def make_request(message: Any, payload: Any, protocol: Any, writer: Any,
-                         task: Any) -> web.BaseRequest:
-            return web.BaseRequest(message, payload, protocol, writer, task, loop,
-                                   client_max_size=_MAX_BODY)
-
-        server = web.Server(self._dispatch, request_factory=make_request, access_log=None)
-        self._runner = web.ServerRunner(server, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=1024)
-        await site.start()
+        self._server, self._tasks = await http.serve(self._dispatch, host, port)
         self.host = host
-        self.port = self._runner.addresses[0][1] if port == 0 else port
+        self.port = self._server.sockets[0].getsockname()[1]
 
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _dispatch(self, request: http.Request) -> http.Reply | Awaitable[http.Reply]:
         path = request.path
         if path.startswith("/bot"):
             token, sep, method = path[4:].partition("/")
             if sep and "/" not in method:
-                return await self._serve(request, token, method)
-            return _reply(404, _NOT_FOUND)
+                return self._serve(request, token, method)
+            return 404, _NOT_FOUND
         handler = self._control.get((request.method, path))
         if handler is None:
-            return _reply(404, _NOT_FOUND)
-        return await handler(request)
+            return 404, _NOT_FOUND
+        return handler(request)
 
     @property
     def base_url(self) -> str:
@@ -139,9 +124,12 @@ class Emulator:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await self._server.wait_closed()
+            self._server = None
 
     def set_limits(self, limits: LimitsMode, scale: float = 1.0) -> None:
         """Switch limit mode; every bot starts again with full budgets."""
@@ -160,17 +148,29 @@ class Emulator:
 
     # --- the Bot API ---------------------------------------------------------------------------
 
-    async def _serve(self, request: web.BaseRequest, token: str, method: str) -> web.StreamResponse:
+    def _serve(self, request: http.Request, token: str, method: str) -> http.Reply | Awaitable[http.Reply]:
         bot = self._bots.get(token)
         if bot is None:
-            return _reply(401, _UNAUTHORIZED)
+            return 401, _UNAUTHORIZED
         name = method.lower()
         handler = methods.METHODS.get(name)
         if handler is None:
-            return _reply(404, _NOT_FOUND)
+            return 404, _NOT_FOUND
         stats = bot.method_stats(methods.CANONICAL[name])
         fault = self.faults.get(name)
         latency = fault.latency if fault is not None and fault.latency is not None else self.latency
+        if fault is None and latency is None and name not in methods.ASYNC_METHODS:
+            try:
+                result = handler(self, bot, self._params(request))
+            except ApiError as exc:
+                return self._error(stats, exc)
+            stats.accepted += 1
+            return 200, json.dumps({"ok": True, "result": result}).encode()
+        return self._serve_slowly(request, bot, name, stats, fault, latency)
+
+    async def _serve_slowly(self, request: http.Request, bot: BotState, name: str, stats: MethodStats,
+                            fault: FaultConfig | None, latency: LatencyModel | None) -> http.Reply:
+        """The same call with latency, injected faults or a waiting method (getUpdates)."""
         delay = latency.sample(self._rng) if latency is not None else 0.0
         if delay:
             await asyncio.sleep(delay / 2)
@@ -181,66 +181,64 @@ class Emulator:
                 stats.server_errors += 1
                 text = STATUS_TEXT[fault.error_status]
                 body = {"ok": False, "error_code": fault.error_status, "description": text}
-                return _reply(fault.error_status, json.dumps(body).encode())
+                return fault.error_status, json.dumps(body).encode()
             roll -= fault.error_rate_5xx
             if roll < fault.timeout_rate:
                 stats.timeouts += 1
                 await asyncio.sleep(fault.timeout_hold_s)
-                return self._drop(request)
+                return http.DROP
             roll -= fault.timeout_rate
             if roll < fault.drop_rate:
                 stats.dropped += 1
-                return self._drop(request)
+                return http.DROP
             roll -= fault.drop_rate
             lose_response = roll < fault.lost_response_rate
+        reply: http.Reply
         try:
-            params = await self._params(request)
-            result = handler(self, bot, params)
+            result = methods.METHODS[name](self, bot, self._params(request))
             if name in methods.ASYNC_METHODS:
                 result = await result
-            status, payload = 200, {"ok": True, "result": result}
             stats.accepted += 1
+            reply = 200, json.dumps({"ok": True, "result": result}).encode()
         except ApiError as exc:
-            status, payload = exc.code, exc.body()
-            if status == 429:
-                stats.too_many_requests += 1
-            elif status >= 500:
-                stats.server_errors += 1
-            else:
-                stats.client_errors += 1
+            reply = self._error(stats, exc)
         if lose_response:
             stats.dropped += 1
-            return self._drop(request)
+            return http.DROP
         if delay:
             await asyncio.sleep(delay / 2)
-        return _reply(status, json.dumps(payload).encode())
+        return reply
 
     @staticmethod
-    async def _params(request: web.BaseRequest) -> dict[str, Any]:
-        params: dict[str, Any] = dict(request.query) if request.query_string else {}
-        if request.method != "POST" or not request.body_exists:
+    def _error(stats: MethodStats, exc: ApiError) -> http.Reply:
+        if exc.code == 429:
+            stats.too_many_requests += 1
+        elif exc.code >= 500:
+            stats.server_errors += 1
+        else:
+            stats.client_errors += 1
+        return exc.code, json.dumps(exc.body()).encode()
+
+    @staticmethod
+    def _params(request: http.Request) -> dict[str, Any]:
+        """Parameters from the query string and a form, JSON or multipart body."""
+        params: dict[str, Any] = request.query
+        if not request.body:
             return params
         content_type = request.content_type
         if content_type == _FORM:
-            params.update(parse_qsl((await request.read()).decode(), keep_blank_values=True))
+            params.update(parse_qsl(request.body.decode(), keep_blank_values=True))
         elif content_type == _JSON:
             try:
-                data = await request.json()
+                data = request.json()
             except ValueError:
                 raise ApiError(400, "Bad Request: can't parse JSON object") from None
             if not isinstance(data, dict):
                 raise ApiError(400, "Bad Request: JSON object expected")
             params.update(data)
-        else:
-            params.update((await request.post()).items())
+        elif content_type == "multipart/form-data":
+            params.update(request.multipart())
         return params
-
-    @staticmethod
-    def _drop(request: web.BaseRequest) -> web.StreamResponse:
-        transport = request.transport
-        if transport is not None:
-            transport.abort()
-        return web.Response(status=500)
 
     # --- bots and world ------------------------------------------------------------------------
 
