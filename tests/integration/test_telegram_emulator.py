@@ -349,3 +349,28 @@ async def test_429_reply_carries_retry_after_in_parameters(world: Emulator) -> N
     assert body["error_code"] == 429 and body["description"].startswith("Too Many Requests: retry after ")
     assert body["parameters"]["retry_after"] >= 1
     assert json.loads(json.dumps(body)) == body
+
+
+@pytest.mark.emulator(limits="off")
+async def test_http_keep_alive_pipelining_chunked_bodies_and_garbage(world: Emulator) -> None:
+    info = world.add_bot()
+    reader, writer = await asyncio.open_connection(world.host, world.port)
+    try:
+        get_me = f"GET /bot{info.token}/getMe HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        body = json.dumps({"chat_id": ALICE, "text": "chunked"}).encode()
+        chunked = (f"POST /bot{info.token}/sendMessage HTTP/1.1\r\nHost: x\r\n"
+                   "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                   "Expect: 100-continue\r\n\r\n").encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        writer.write(get_me * 2 + chunked)
+        await writer.drain()
+        data = b""
+        while data.count(b"HTTP/1.1 200 OK") < 3:
+            data += await asyncio.wait_for(reader.read(65536), 5)
+        assert b"HTTP/1.1 100 Continue" in data
+        assert [m.text for m in world.sent(info.token)] == ["chunked"]
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.read(65536), 5)).startswith(b"HTTP/1.1 400 Bad Request")
+        assert await asyncio.wait_for(reader.read(65536), 5) == b"", "the connection is closed"
+    finally:
+        writer.close()
