@@ -19,13 +19,14 @@ def webhook_endpoint(base_url: str, namespace: str, name: str) -> str:
     return f"{base_url.rstrip('/')}/tg/webhook/{namespace}.{name}"
 
 
-def stored_config(telegram: dict[str, Any]) -> dict[str, Any]:
-    """`spec.telegram` as stored in `channels.config`: camelCase, without Secret references."""
-    config = copy.deepcopy(telegram)
-    config.pop("botTokenSecretRef", None)
-    webhook = config.get("webhook")
-    if isinstance(webhook, dict):
-        webhook.pop("secretTokenSecretRef", None)
+def stored_config(section: dict[str, Any]) -> dict[str, Any]:
+    """`spec.telegram` (or `spec.email`) as stored in `channels.config`: camelCase, no Secret references."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not k.endswith("SecretRef")}
+        return copy.deepcopy(value)
+
+    config: dict[str, Any] = strip(section)
     return config
 
 

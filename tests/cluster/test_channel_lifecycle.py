@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 from clarion_dev.cluster import ControlPlane
+from clarion_dev.smtp_sink import SmtpSink
 from clarion_dev.telegram import Emulator
 from clarion_dev.testing.waiting import async_wait_for
 
@@ -214,3 +215,47 @@ async def test_missing_token_secret_is_reported_and_retried(
     bot = telegram_emulator.add_bot()
     kubectl.apply(_secret("later", token=bot.token))
     await _wait_condition(kubectl, operator, "early", "Ready", "True")
+
+
+@pytest.mark.smtp_sink(starttls=True, require_auth=True, users={"mailer": "s3cret"})
+async def test_email_channel_is_checked_with_an_smtp_handshake(
+    smtp_sink: SmtpSink, control_plane: ControlPlane, kube_namespace: str, database_url: str, redis_url: str,
+    kubectl: Kubectl, tmp_path: Path, db: asyncpg.Pool,
+) -> None:
+    assert smtp_sink.cert_path is not None
+    env = dict(os.environ) | {
+        "KUBECONFIG": str(control_plane.kubeconfig), "CLARION_DATABASE_URL": database_url,
+        "CLARION_REDIS_URL": redis_url, "CLARION_LOG_FORMAT": "console",
+        "CLARION_SMTP_CA_FILE": str(smtp_sink.cert_path),
+    }
+    op = Operator(env, tmp_path / "operator.log", kube_namespace)
+    op.start()
+    try:
+        kubectl.apply(_secret("smtp-good", username="mailer", password="s3cret"))
+        kubectl.apply(_secret("smtp-bad", username="mailer", password="wrong"))
+        channels = (("mail", "smtp-good", smtp_sink.port), ("mail-bad", "smtp-bad", smtp_sink.port),
+                    ("mail-down", "smtp-good", 1))
+        for name, secret, port in channels:
+            kubectl.apply({
+                "apiVersion": f"{GROUP}/v1alpha1", "kind": "NotificationChannel", "metadata": {"name": name},
+                "spec": {"type": "email", "email": {
+                    "host": "localhost", "port": port, "tls": "starttls",
+                    "from": "Clarion <news@clarion.test>",
+                    "usernameSecretRef": {"name": secret, "key": "username"},
+                    "passwordSecretRef": {"name": secret, "key": "password"}}},
+            })
+
+        good = await _wait_condition(kubectl, op, "mail", "Ready", "True")
+        bad = await _wait_condition(kubectl, op, "mail-bad", "Ready", "False", "AuthenticationFailed")
+        down = await _wait_condition(kubectl, op, "mail-down", "Ready", "False", "SmtpUnreachable")
+    finally:
+        op.stop()
+
+    assert _condition(good, "CredentialsValid")["reason"] == "HandshakeSucceeded"
+    assert "535" in _condition(bad, "CredentialsValid")["message"]
+    assert _condition(down, "CredentialsValid")["status"] == "Unknown"
+    rows = await db.fetch("SELECT name, type, ready, config FROM channels WHERE namespace = $1 ORDER BY name",
+                          kube_namespace)
+    assert [(r["name"], r["type"], r["ready"]) for r in rows] == [
+        ("mail", "email", True), ("mail-bad", "email", False), ("mail-down", "email", False)]
+    assert rows[0]["config"]["host"] == "localhost" and "passwordSecretRef" not in rows[0]["config"]
