@@ -13,6 +13,7 @@ import asyncio
 import email.policy
 import functools
 import json
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from urllib.parse import parse_qsl
 import httptools
 
 MAX_BODY = 64 * 1024 * 1024
+_log = logging.getLogger(__name__)
 
 
 class Drop:
@@ -33,6 +35,7 @@ class Drop:
 DROP = Drop()
 Reply = tuple[int, bytes] | Drop
 Handler = Callable[["Request"], "Reply | Awaitable[Reply]"]
+_INTERNAL_ERROR: Reply = (500, b'{"ok":false,"error_code":500,"description":"Internal Server Error"}')
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,11 @@ class HttpProtocol(asyncio.Protocol):
     def _next(self) -> None:
         while self._queue and self._transport is not None:
             request, keep_alive = self._queue.popleft()
-            result = self._handler(request)
+            try:
+                result = self._handler(request)
+            except Exception:
+                _log.exception("handler failed", extra={"path": request.path})
+                result = _INTERNAL_ERROR
             if isinstance(result, (tuple, Drop)):
                 self._write(result, keep_alive)
                 continue
@@ -183,9 +190,11 @@ class HttpProtocol(asyncio.Protocol):
         if task.cancelled():
             return
         error = task.exception()
-        reply: Reply = (500, b'{"ok":false,"error_code":500,"description":"Internal Server Error"}')
+        reply: Reply = _INTERNAL_ERROR
         if error is None:
             reply = task.result()
+        else:
+            _log.error("handler failed", exc_info=error)
         self._write(reply, keep_alive)
         self._next()
 
