@@ -20,7 +20,7 @@ from aiogram.dispatcher.event.bases import UNHANDLED
 from aiogram.exceptions import TelegramRetryAfter
 from clarion.logging import bind_trace, get_logger
 from clarion.metrics import counter, gauge, histogram
-from clarion.streams import BOT_GROUP, UpdateEnvelope, dead_letter_stream, updates_stream
+from clarion.streams import BOT_GROUP, UpdateEnvelope, attempts_key, dead_letter_stream, updates_stream
 from redis.exceptions import RedisError, ResponseError
 
 from clarion_bot.leases import Leases, fair_share, preferred_order
@@ -39,6 +39,7 @@ PARTITIONS_HELD = gauge("clarion_bot_partitions_held", "Partitions this replica 
 log = get_logger("clarion.bot")
 
 _IDLE_CONSUMER_MS = 10 * 60 * 1000
+_ATTEMPTS_TTL_MS = 7 * 24 * 3600 * 1000
 
 
 class PartitionWorker:
@@ -69,7 +70,6 @@ class PartitionWorker:
             if "BUSYGROUP" not in str(exc):
                 raise
         await self._claim_pending()
-        deliveries = await self._delivery_counts()
         while self._may_continue():  # own pending list, oldest first, before anything new
             reply = await c.redis.xreadgroup(BOT_GROUP, c.replica_id, {self.stream: "0"}, count=c.read_count)
             entries = reply[0][1] if reply else []
@@ -78,7 +78,7 @@ class PartitionWorker:
             for entry_id, fields in entries:
                 if not self._may_continue():
                     return
-                await c.handle_entry(self.stream, entry_id, fields, deliveries.get(entry_id, 1))
+                await c.handle_entry(self.stream, entry_id, fields, recovered=True)
         while self._may_continue():
             reply = await c.redis.xreadgroup(BOT_GROUP, c.replica_id, {self.stream: ">"},
                                              count=c.read_count, block=c.block_ms)
@@ -86,7 +86,7 @@ class PartitionWorker:
                 for entry_id, fields in entries:
                     if not self._may_continue():
                         return  # left pending: the next holder of the lease handles it
-                    await c.handle_entry(self.stream, entry_id, fields, 1)
+                    await c.handle_entry(self.stream, entry_id, fields)
 
     async def _claim_pending(self) -> None:
         """Take over every pending entry of the group: holding the lease, nobody else works here."""
@@ -102,12 +102,6 @@ class PartitionWorker:
             name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
             if name != c.replica_id and info["pending"] == 0 and info["idle"] > _IDLE_CONSUMER_MS:
                 await c.redis.xgroup_delconsumer(self.stream, BOT_GROUP, name)
-
-    async def _delivery_counts(self) -> dict[bytes, int]:
-        c = self.consumer
-        pending = await c.redis.xpending_range(self.stream, BOT_GROUP, min="-", max="+", count=10_000,
-                                               consumername=c.replica_id)
-        return {p["message_id"]: int(p["times_delivered"]) for p in pending}
 
 
 class UpdateConsumer:
@@ -149,8 +143,9 @@ class UpdateConsumer:
                     await asyncio.wait_for(stop.wait(), self.tick_s)
         finally:
             reporter.cancel()
-            for partition in list(self.workers):
-                await self._give_back(partition)
+            for worker in self.workers.values():
+                worker.stopping = True
+            await asyncio.gather(*(self._give_back(p) for p in list(self.workers)))
             with contextlib.suppress(RedisError, OSError):
                 await self.leases.leave()
 
@@ -187,13 +182,17 @@ class UpdateConsumer:
             await self.leases.release(partition)
         log.info("partition_released", partition=partition)
 
-    async def handle_entry(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None,
-                           deliveries: int) -> None:
-        """Handle one entry (retrying a failing handler), then acknowledge it or dead-letter it."""
+    async def handle_entry(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None, *,
+                           recovered: bool = False) -> None:
+        """Handle one entry (retrying a failing handler), then acknowledge it or dead-letter it.
+
+        A `recovered` entry (taken from a pending list) counts its handling attempts in Redis, so an
+        update that crashes every replica that handles it ends in the dead-letter stream.
+        """
         started = time.perf_counter()
         structlog.contextvars.clear_contextvars()
         if not fields:  # trimmed away while pending: nothing left to handle
-            await self.redis.xack(stream, BOT_GROUP, entry_id)
+            await self._ack(stream, entry_id, recovered)
             return
         try:
             envelope = UpdateEnvelope.from_fields(fields)
@@ -201,9 +200,11 @@ class UpdateConsumer:
             await self._dead_letter(stream, entry_id, fields, f"unreadable envelope: {exc}")
             return
         bind_trace(envelope.trace_id, channel=self.channel, update_id=envelope.update_id)
-        if deliveries > self.max_deliveries:
-            await self._dead_letter(stream, entry_id, fields, f"delivered {deliveries} times")
-            return
+        if recovered:
+            tries = await self._count_attempt(stream, entry_id)
+            if tries > self.max_deliveries:
+                await self._dead_letter(stream, entry_id, fields, f"handling started {tries} times")
+                return
         attempt = 0
         while True:
             attempt += 1
@@ -224,17 +225,34 @@ class UpdateConsumer:
                 HANDLING_SECONDS.observe(time.perf_counter() - started)
                 return
             break
-        await self.redis.xack(stream, BOT_GROUP, entry_id)
+        await self._ack(stream, entry_id, recovered)
         outcome = "unhandled" if result is UNHANDLED else "handled"
         UPDATES_HANDLED.labels(outcome).inc()
         HANDLING_SECONDS.observe(time.perf_counter() - started)
         log.debug("update_handled", result=outcome, seconds=round(time.perf_counter() - started, 4))
+
+    async def _count_attempt(self, stream: str, entry_id: bytes) -> int:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(attempts_key(stream), entry_id, 1)
+            pipe.pexpire(attempts_key(stream), _ATTEMPTS_TTL_MS)
+            tries, _ = await pipe.execute()
+        return int(tries)
+
+    async def _ack(self, stream: str, entry_id: bytes, recovered: bool) -> None:
+        if not recovered:
+            await self.redis.xack(stream, BOT_GROUP, entry_id)
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, BOT_GROUP, entry_id)
+            pipe.hdel(attempts_key(stream), entry_id)
+            await pipe.execute()
 
     async def _dead_letter(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes],
                            reason: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(dead_letter_stream(stream), {**fields, b"id": entry_id, b"error": reason.encode()})
             pipe.xack(stream, BOT_GROUP, entry_id)
+            pipe.hdel(attempts_key(stream), entry_id)
             await pipe.execute()
         UPDATES_HANDLED.labels("dead_letter").inc()
         log.error("update_dead_lettered", stream=stream, entry_id=entry_id.decode(), reason=reason)

@@ -23,6 +23,6 @@ class BotSettings(CommonSettings):
     bot_max_attempts: int = Field(default=3, ge=1, le=20,
                                   description="Handler attempts before the update is dead-lettered.")
     bot_max_deliveries: int = Field(default=5, ge=1, le=100,
-                                    description="Deliveries (crashes too) before it is dead-lettered.")
+                                    description="Handlings of a taken-over entry before it is dead-lettered.")
     bot_channel_refresh_seconds: float = Field(default=30.0, ge=1, le=3600,
                                                description="How often the channel row is re-read.")
