@@ -7,6 +7,8 @@ Fixtures:
     kube_namespace  a fresh namespace (its `default` ServiceAccount exists), deleted after the test
     pod_runner      a started PodRunner for that namespace, stopped after the test
 
+A failing test that used `pod_runner` gets the tail of every pod log in its report.
+
 When the binaries are missing and cannot be built (no Go), the tests are skipped with the reason on a
 developer machine and fail in CI (CI=true). A control plane that has binaries but cannot start fails.
 """
@@ -20,7 +22,7 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from kubernetes import client as k8s_client
 from kubernetes.client import ApiException
 
 from clarion_dev.cluster import BinariesUnavailable, ControlPlane, ControlPlaneError, find_binaries
-from clarion_dev.cluster.launcher import repo_manifests
+from clarion_dev.cluster.launcher import repo_manifests, tail
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.testing.waiting import wait_for
 
@@ -158,3 +160,15 @@ def pod_runner(control_plane: ControlPlane, kube_namespace: str, tmp_path: Path)
         yield runner
     finally:
         runner.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    runner = getattr(item, "funcargs", {}).get("pod_runner")
+    if report.when == "call" and report.failed and isinstance(runner, PodRunner):
+        for path in sorted(runner.logs_dir.glob("*.log")):
+            report.sections.append((f"pod log {path.name}", tail(path, 40)))
+    return report
