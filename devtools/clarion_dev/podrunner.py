@@ -516,7 +516,9 @@ class PodRunner:
         for thread in self._threads:
             thread.join(timeout=5)
         self._api.close()
-        shutil.rmtree(self.state_dir / "pods", ignore_errors=True)
+        # Working directories go; logs stay (the default logs dir lives in state_dir).
+        keep_logs = self.logs_dir.is_relative_to(self.state_dir)
+        shutil.rmtree(self.state_dir / "pods" if keep_logs else self.state_dir, ignore_errors=True)
 
     def __enter__(self) -> PodRunner:
         return self.start()
