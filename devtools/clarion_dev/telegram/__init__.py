@@ -2,7 +2,7 @@
 
 from clarion_dev.telegram.faults import FaultConfig, Faults, LatencyModel
 from clarion_dev.telegram.limits import RateLimits
-from clarion_dev.telegram.server import Emulator, LimitsMode
+from clarion_dev.telegram.server import Emulator, LimitsMode, quiet_gc
 from clarion_dev.telegram.webhook import WebhookRetry
 from clarion_dev.telegram.world import BotInfo, Group, RetryAfterEvent, SentMessage, User
 
@@ -19,4 +19,5 @@ __all__ = [
     "SentMessage",
     "User",
     "WebhookRetry",
+    "quiet_gc",
 ]

@@ -9,7 +9,7 @@ import signal
 from clarion.logging import configure_logging, get_logger
 
 from clarion_dev.telegram.faults import LatencyModel
-from clarion_dev.telegram.server import Emulator
+from clarion_dev.telegram.server import Emulator, quiet_gc
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +44,7 @@ async def _run(args: argparse.Namespace) -> None:
         token, username = _bot_spec(spec)
         emu.add_bot(token, username)
     await emu.start(args.host, args.port)
+    quiet_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
