@@ -1,0 +1,53 @@
+"""The bot's pure parts: fair lease shares, language choice and the en/ru catalog."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from clarion.db.channels import split_channel_key
+from clarion_bot.i18n import CATALOG, LANGUAGES, Translator, pick_language
+from clarion_bot.leases import fair_share, preferred_order
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(("partitions", "live", "share"), [(16, 1, 16), (16, 2, 8), (16, 3, 6), (16, 0, 16),
+                                                            (16, 20, 1), (1, 2, 1)])
+def test_fair_share_covers_every_partition(partitions: int, live: int, share: int) -> None:
+    assert fair_share(partitions, live) == share
+    assert share * max(live, 1) >= partitions
+
+
+def test_preferred_order_visits_every_partition_once() -> None:
+    for replica in ("a", "bot-7f9c-xyz", "host-1234"):
+        assert sorted(preferred_order(replica, 16)) == list(range(16))
+
+
+def test_every_text_exists_in_every_language_with_the_same_placeholders() -> None:
+    for key, texts in CATALOG.items():
+        assert set(texts) == set(LANGUAGES), key
+        fields = {frozenset(f for _, f, _, _ in string.Formatter().parse(text) if f) for text in texts.values()}
+        assert len(fields) == 1, key
+
+
+@pytest.mark.parametrize(("candidates", "default", "expected"), [
+    (("ru",), "en", "ru"), (("ru-RU",), "en", "ru"), (("de",), "en", "en"), (("de",), "ru", "ru"),
+    ((None, "en-GB"), "ru", "en"), ((None, None), "xx", "en"), (("EN",), "ru", "en"),
+])
+def test_language_is_the_first_supported_choice_else_the_default(
+        candidates: tuple[str | None, ...], default: str, expected: str) -> None:
+    assert pick_language(*candidates, default=default) == expected
+
+
+def test_translator_formats_in_its_language_and_falls_back_to_english() -> None:
+    assert Translator("ru")("diagnostics.pong", n=3) == "pong 3"
+    assert Translator("ru")("stop.done").startswith("Вы отписались")
+    assert Translator("zz")("stop.done").startswith("You are unsubscribed")
+
+
+@pytest.mark.parametrize(("key", "parts"), [("default.bot", ("default", "bot")),
+                                            ("ns-1.my.bot", ("ns-1", "my.bot")), ("nodot", None), ("Up.per", None), (".x", None), ("a.", None),
+                                            ("a.b/c", None), ("a." + "b" * 300, None)])
+def test_channel_keys_are_namespace_dot_name(key: str, parts: tuple[str, str] | None) -> None:
+    assert split_channel_key(key) == parts
