@@ -27,7 +27,8 @@ def test_preferred_order_visits_every_partition_once() -> None:
 def test_every_text_exists_in_every_language_with_the_same_placeholders() -> None:
     for key, texts in CATALOG.items():
         assert set(texts) == set(LANGUAGES), key
-        fields = {frozenset(f for _, f, _, _ in string.Formatter().parse(text) if f) for text in texts.values()}
+        fields = {frozenset(f for _, f, _, _ in string.Formatter().parse(text) if f)
+                  for text in texts.values()}
         assert len(fields) == 1, key
 
 
@@ -46,8 +47,9 @@ def test_translator_formats_in_its_language_and_falls_back_to_english() -> None:
     assert Translator("zz")("stop.done").startswith("You are unsubscribed")
 
 
-@pytest.mark.parametrize(("key", "parts"), [("default.bot", ("default", "bot")),
-                                            ("ns-1.my.bot", ("ns-1", "my.bot")), ("nodot", None), ("Up.per", None), (".x", None), ("a.", None),
-                                            ("a.b/c", None), ("a." + "b" * 300, None)])
+@pytest.mark.parametrize(("key", "parts"), [
+    ("default.bot", ("default", "bot")), ("ns-1.my.bot", ("ns-1", "my.bot")), ("nodot", None),
+    ("Up.per", None), (".x", None), ("a.", None), ("a.b/c", None), ("a." + "b" * 300, None),
+])
 def test_channel_keys_are_namespace_dot_name(key: str, parts: tuple[str, str] | None) -> None:
     assert split_channel_key(key) == parts
