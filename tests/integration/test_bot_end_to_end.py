@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import uvicorn
 from clarion.db import subscribers
-from clarion.streams import DEFAULT_PARTITIONS, dead_letter_stream, updates_stream
+from clarion.streams import DEFAULT_PARTITIONS, dead_letter_stream, update_partition, updates_stream
 from clarion_bot.main import run as run_bot
 from clarion_bot.settings import BotSettings
 from clarion_dev.telegram import Emulator
@@ -31,6 +31,7 @@ from clarion_dev.testing.telegram import aiogram_bot
 from clarion_dev.testing.waiting import async_wait_for
 from clarion_webhook.app import create_app
 from clarion_webhook.settings import WebhookSettings
+from prometheus_client import generate_latest
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ class Stack:
     def bot_settings(self, **overrides: Any) -> BotSettings:
         options: dict[str, Any] = {
             "channel": KEY, "bot_token": self.token, "database_url": self.database_url,
-            "redis_url": self.redis_url, "bot_lease_ttl_ms": 2000, **overrides}
+            "redis_url": self.redis_url, "bot_lease_ttl_ms": 2000, "bot_lag_report_seconds": 0.2, **overrides}
         return BotSettings(**options)
 
     def bot_env(self, replica: str) -> dict[str, str]:
@@ -256,6 +257,23 @@ async def test_same_update_delivered_twice_is_handled_once(stack: Stack, redis: 
     assert stack.texts(502) == ["pong once", "pong after"]
     lengths = [await redis.xlen(updates_stream(KEY, p)) for p in range(DEFAULT_PARTITIONS)]
     assert sum(lengths) <= 2  # acknowledged entries may be trimmed; never a third
+
+
+async def test_lag_is_published_per_partition_and_acknowledged_entries_are_trimmed(
+        stack: Stack, redis: Any) -> None:
+    emu = stack.emulator
+    partition = update_partition(502, DEFAULT_PARTITIONS)
+    stream = updates_stream(KEY, partition)
+    async with bot_in_process(stack):
+        for n in range(3):
+            await emu.user_sends(stack.token, 502, f"/ping {n}")
+        assert await wait_texts(stack, 502, 3) == ["pong 0", "pong 1", "pong 2"]
+        lag_line = f'clarion_bot_stream_lag{{channel="{KEY}",partition="{partition}"}} 0.0'
+        await until(lambda: lag_line in generate_latest().decode(), timeout=20, what="lag 0 published")
+        await until(lambda: _eq(redis.xlen(stream), 1), timeout=20, what="acknowledged entries trimmed")
+    metrics = generate_latest().decode()
+    assert 'clarion_bot_updates_handled_total{result="handled"}' in metrics
+    assert "clarion_bot_update_handling_seconds_count" in metrics
 
 
 async def test_failing_handler_is_retried_then_dead_lettered_and_the_partition_moves_on(

@@ -109,7 +109,7 @@ class UpdateConsumer:
 
     def __init__(self, *, redis: aioredis.Redis, dispatcher: Dispatcher, bot: Bot, channel: str,
                  replica_id: str, partitions: int, lease_ttl_ms: int, read_count: int = 50,
-                 max_attempts: int = 3, max_deliveries: int = 5) -> None:
+                 max_attempts: int = 3, max_deliveries: int = 5, lag_report_seconds: float = 5.0) -> None:
         self.redis: Any = redis  # redis-py's stream reply types are too loose to be useful
         self.dispatcher = dispatcher
         self.bot = bot
@@ -119,6 +119,7 @@ class UpdateConsumer:
         self.read_count = read_count
         self.max_attempts = max_attempts
         self.max_deliveries = max_deliveries
+        self.lag_report_seconds = lag_report_seconds
         self.leases = Leases(redis, channel, replica_id, lease_ttl_ms)
         self.ttl_s = lease_ttl_ms / 1000
         self.tick_s = self.ttl_s / 3
@@ -132,7 +133,7 @@ class UpdateConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Lease, consume and rebalance until `stop` is set; then finish work in hand and give leases back."""
-        reporter = asyncio.create_task(self._report_lag(stop))
+        reporter = asyncio.create_task(self._report_lag(stop, self.lag_report_seconds))
         try:
             while not stop.is_set():
                 try:
@@ -257,7 +258,7 @@ class UpdateConsumer:
         UPDATES_HANDLED.labels("dead_letter").inc()
         log.error("update_dead_lettered", stream=stream, entry_id=entry_id.decode(), reason=reason)
 
-    async def _report_lag(self, stop: asyncio.Event, every: float = 5.0) -> None:
+    async def _report_lag(self, stop: asyncio.Event, every: float) -> None:
         """Publish each held partition's lag and trim what every group has acknowledged."""
         while not stop.is_set():
             for partition in self.held:
@@ -285,7 +286,7 @@ class UpdateConsumer:
             if keep_from is None or _id_key(oldest) < _id_key(keep_from):
                 keep_from = oldest
         if keep_from is not None and keep_from not in (b"0-0", "0-0"):
-            await self.redis.xtrim(stream, minid=keep_from, approximate=True)
+            await self.redis.xtrim(stream, minid=keep_from, approximate=False)
 
 
 def _id_key(entry_id: bytes | str) -> tuple[int, int]:

@@ -86,7 +86,7 @@ async def run(settings: BotSettings, stop: asyncio.Event | None = None, *,
             redis=redis, dispatcher=dp, bot=bot, channel=channel.key, replica_id=replica_id,
             partitions=settings.update_partitions, lease_ttl_ms=settings.bot_lease_ttl_ms,
             read_count=settings.bot_read_count, max_attempts=settings.bot_max_attempts,
-            max_deliveries=settings.bot_max_deliveries,
+            max_deliveries=settings.bot_max_deliveries, lag_report_seconds=settings.bot_lag_report_seconds,
         )
         log.info("bot_starting", channel=channel.key, replica=replica_id,
                  partitions=settings.update_partitions)

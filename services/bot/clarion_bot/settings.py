@@ -24,5 +24,7 @@ class BotSettings(CommonSettings):
                                   description="Handler attempts before the update is dead-lettered.")
     bot_max_deliveries: int = Field(default=5, ge=1, le=100,
                                     description="Handlings of a taken-over entry before it is dead-lettered.")
+    bot_lag_report_seconds: float = Field(default=5.0, gt=0, le=3600,
+                                          description="How often stream lag is published (streams trimmed).")
     bot_channel_refresh_seconds: float = Field(default=30.0, ge=1, le=3600,
                                                description="How often the channel row is re-read.")
