@@ -1,7 +1,8 @@
 """The webhook's ASGI application: `/tg/webhook/{channel}`, `/healthz`, `/readyz`, `/metrics`.
 
-The Telegram route is a plain ASGI callable mounted on the FastAPI app: it parses only what it needs
-(`update_id` and the chat) and leaves the rest of the update as the bytes Telegram sent.
+The Telegram route is a plain ASGI callable that the app calls before its middleware stack and router
+(the hot path); it parses only what it needs (`update_id` and the chat) and leaves the rest of the
+update as the bytes Telegram sent.
 """
 
 from __future__ import annotations
@@ -103,8 +104,8 @@ class TelegramIngress:
             await _respond(send, 405, b'{"detail":"method not allowed"}', allow=True)
             return
         path: str = scope["path"]
-        key = path[path.rfind("/") + 1:]
-        if not path.endswith(WEBHOOK_PREFIX + key) or not key:
+        key = path[len(WEBHOOK_PREFIX):]
+        if not key or "/" in key:
             await _respond(send, 404, b'{"detail":"not found"}')
             return
         assert self.channels is not None and self.writer is not None
@@ -193,6 +194,23 @@ async def _respond(send: Send, status: int, body: bytes, *, allow: bool = False)
     await send({"type": "http.response.body", "body": body})
 
 
+class WebhookApp(FastAPI):
+    """A FastAPI app that hands `/tg/webhook/*` straight to the Telegram ingress.
+
+    Middleware added to this app does not see those requests; every other path is ordinary FastAPI.
+    """
+
+    def __init__(self, ingress: TelegramIngress, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ingress = ingress
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(WEBHOOK_PREFIX):
+            await self.ingress(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: WebhookSettings) -> FastAPI:
     """The webhook application; Postgres and Redis clients live for the app's lifespan."""
     ingress = TelegramIngress(settings)
@@ -213,8 +231,8 @@ def create_app(settings: WebhookSettings) -> FastAPI:
             await redis.aclose()
             await db.close()
 
-    app = FastAPI(title="Clarion webhook", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.mount(WEBHOOK_PREFIX.rstrip("/"), ingress)
+    app = WebhookApp(ingress, title="Clarion webhook", lifespan=lifespan, docs_url=None, redoc_url=None,
+                     telemetry={"tracing": False, "metrics": False, "logs": False})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     get_logger("clarion.webhook").info("starting", host=settings.webhook_host, port=settings.webhook_port,
                                        partitions=settings.update_partitions)
     uvicorn.run(create_app(settings), host=settings.webhook_host, port=settings.webhook_port,
-                loop="auto", http="auto", access_log=False, log_config=None, server_header=False)
+                loop="auto", http="auto", access_log=False, log_config=None, server_header=False,
+                proxy_headers=False)
     return 0
 
 
