@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import uvicorn
 from clarion.db import subscribers
-from clarion.streams import DEFAULT_PARTITIONS, dead_letter_stream, update_partition, updates_stream
+from clarion.streams import DEFAULT_PARTITIONS, dead_letter_stream, rate_key, update_partition, updates_stream
 from clarion_bot.main import run as run_bot
 from clarion_bot.settings import BotSettings
 from clarion_dev.telegram import Emulator
@@ -105,7 +105,7 @@ async def bot_in_process(stack: Stack) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def make_stack(emulator: Emulator, db: Any, database_url: str, redis_url: str,
-                     max_connections: int = 40) -> AsyncIterator[Stack]:
+                     max_connections: int = 40, **config: Any) -> AsyncIterator[Stack]:
     info = emulator.add_bot(username="clarion_support_bot")
     namespace, name = KEY.split(".", 1)
     channel_id: int = await db.fetchval(
@@ -114,7 +114,7 @@ async def make_stack(emulator: Emulator, db: Any, database_url: str, redis_url: 
            VALUES ($1, $2, 'telegram', $3, $4, $5, $6, $7, true) RETURNING id""",
         namespace, name, info.id, info.username, emulator.base_url,
         hashlib.sha256(SECRET.encode()).hexdigest(),
-        {"adminChatIds": [ADMIN], "supportChatId": ADMIN, "defaultLanguage": "en"},
+        {"adminChatIds": [ADMIN], "supportChatId": ADMIN, "defaultLanguage": "en", **config},
     )
     port = free_port()
     settings = WebhookSettings(database_url=database_url, redis_url=redis_url, webhook_port=port)
@@ -273,6 +273,8 @@ async def test_lag_is_published_per_partition_and_acknowledged_entries_are_trimm
         await until(lambda: _eq(redis.xlen(stream), 1), timeout=20, what="acknowledged entries trimmed")
     metrics = generate_latest().decode()
     assert 'clarion_bot_updates_handled_total{result="handled"}' in metrics
+    bot_id = int(stack.token.split(":")[0])
+    assert await redis.exists(rate_key(bot_id, "chat:502"))  # replies took slots of the shared budget
     assert "clarion_bot_update_handling_seconds_count" in metrics
 
 
@@ -302,7 +304,8 @@ async def test_thousand_updates_over_fifty_chats_keep_order_when_a_replica_is_ki
     chats = list(range(10_001, 10_051))
     for uid in chats:
         emu.add_user(uid, f"U{uid}", None, "en")
-    async with make_stack(emu, db, database_url, redis_url) as stack:
+    unlimited = {"globalPerSecond": 100_000, "perChatPerSecond": 100_000}
+    async with make_stack(emu, db, database_url, redis_url, rateLimits=unlimited) as stack:
         logs = {name: tmp_path / f"{name}.log" for name in ("replica-a", "replica-b")}
         replicas = {name: subprocess.Popen([sys.executable, "-m", "clarion_bot.main"],
                                            env=stack.bot_env(name), stdout=subprocess.DEVNULL,

@@ -8,6 +8,7 @@ import pytest
 from clarion.db.channels import split_channel_key
 from clarion_bot.i18n import CATALOG, LANGUAGES, Translator, pick_language
 from clarion_bot.leases import fair_share, preferred_order
+from clarion_bot.limits import sends_a_message
 
 pytestmark = pytest.mark.unit
 
@@ -53,3 +54,9 @@ def test_translator_formats_in_its_language_and_falls_back_to_english() -> None:
 ])
 def test_channel_keys_are_namespace_dot_name(key: str, parts: tuple[str, str] | None) -> None:
     assert split_channel_key(key) == parts
+
+
+def test_only_methods_that_post_a_message_take_a_rate_limit_slot() -> None:
+    assert all(map(sends_a_message, ("sendMessage", "sendPhoto", "copyMessage", "forwardMessage")))
+    assert not any(map(sends_a_message, ("editMessageText", "answerCallbackQuery", "sendChatAction",
+                                         "getMe")))

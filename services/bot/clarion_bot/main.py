@@ -19,10 +19,12 @@ from clarion.db.channels import ChannelRecord, get_channel, split_channel_key
 from clarion.logging import configure_logging, get_logger
 from clarion.metrics import serve_metrics
 from clarion.redis import create_redis
+from clarion.telegram.limiter import RateLimiter, RateLimits
 
 from clarion_bot.consumer import UpdateConsumer
 from clarion_bot.context import ChannelHolder
 from clarion_bot.dispatcher import build_bot, build_dispatcher
+from clarion_bot.limits import SharedRateLimit
 from clarion_bot.settings import BotSettings
 
 log = get_logger("clarion.bot")
@@ -80,6 +82,9 @@ async def run(settings: BotSettings, stop: asyncio.Event | None = None, *,
         if channel.bot_id is not None and bot.id != channel.bot_id:
             log.error("bot_token_mismatch", channel=channel.key, expected_bot_id=channel.bot_id)
             return 2
+        limiter = RateLimiter(redis, bot.id, RateLimits.from_config(channel.config))
+        await limiter.start()
+        bot.session.middleware(SharedRateLimit(limiter))
         holder = ChannelHolder(channel)
         dp = build_dispatcher(db=db, redis=redis, holder=holder)
         consumer = UpdateConsumer(
@@ -96,6 +101,7 @@ async def run(settings: BotSettings, stop: asyncio.Event | None = None, *,
             await consumer.run(stop)
         finally:
             refresher.cancel()
+            await limiter.close()
             await bot.session.close()
         log.info("bot_stopped", channel=channel.key, replica=replica_id)
         return 0
