@@ -23,7 +23,15 @@ from typing import Any
 import pytest
 import uvicorn
 from clarion.db import subscribers
-from clarion.streams import DEFAULT_PARTITIONS, dead_letter_stream, rate_key, update_partition, updates_stream
+from clarion.streams import (
+    BOT_GROUP,
+    DEFAULT_PARTITIONS,
+    attempts_key,
+    dead_letter_stream,
+    rate_key,
+    update_partition,
+    updates_stream,
+)
 from clarion_bot.main import run as run_bot
 from clarion_bot.settings import BotSettings
 from clarion_dev.telegram import Emulator
@@ -276,6 +284,29 @@ async def test_lag_is_published_per_partition_and_acknowledged_entries_are_trimm
     bot_id = int(stack.token.split(":")[0])
     assert await redis.exists(rate_key(bot_id, "chat:502"))  # replies took slots of the shared budget
     assert "clarion_bot_update_handling_seconds_count" in metrics
+
+
+async def test_update_left_pending_by_a_crashed_replica_is_handled_and_a_poison_one_is_dead_lettered(
+        stack: Stack, redis: Any) -> None:
+    """Entries a dead replica had read but not acknowledged are handled by the next lease holder; an entry
+    whose handling was already started `bot_max_deliveries` times (it kills every replica) is not."""
+    emu = stack.emulator
+    stream = updates_stream(KEY, update_partition(502, DEFAULT_PARTITIONS))
+    await redis.xgroup_create(stream, BOT_GROUP, id="0", mkstream=True)
+    for text in ("/ping poison", "/ping survivor"):
+        await emu.user_sends(stack.token, 502, text)
+    await emu.wait_webhook_idle(stack.token)
+    [[_, entries]] = await redis.xreadgroup(BOT_GROUP, "crashed-replica", {stream: ">"})
+    poison_id = entries[0][0]
+    await redis.hset(attempts_key(stream), poison_id, 5)
+    async with bot_in_process(stack):
+        assert await wait_texts(stack, 502, 1) == ["pong survivor"]
+        await until(lambda: _eq(redis.xpending(stream, BOT_GROUP), {"pending": 0, "min": None, "max": None,
+                                                                     "consumers": []}),
+                    timeout=20, what="nothing left pending")
+    [(_, dead)] = await redis.xrange(dead_letter_stream(stream))
+    assert dead[b"id"] == poison_id and b"6 times" in dead[b"error"]
+    assert stack.texts(502) == ["pong survivor"]
 
 
 async def test_failing_handler_is_retried_then_dead_lettered_and_the_partition_moves_on(
