@@ -54,10 +54,9 @@ class PartitionWorker:
         self.task: asyncio.Task[None] = asyncio.create_task(self._run(), name=f"partition-{partition}")
 
     async def stop(self) -> None:
-        """Finish the entry in hand, then return."""
+        """Finish the entry in hand, then return (whatever way the worker ended)."""
         self.stopping = True
-        with contextlib.suppress(Exception):
-            await self.task
+        await asyncio.wait([self.task])
 
     def _may_continue(self) -> bool:
         return not self.stopping and time.monotonic() < self.valid_until
@@ -70,8 +69,10 @@ class PartitionWorker:
             if "BUSYGROUP" not in str(exc):
                 raise
         await self._claim_pending()
+        after: bytes | str = "0"
         while self._may_continue():  # own pending list, oldest first, before anything new
-            reply = await c.redis.xreadgroup(BOT_GROUP, c.replica_id, {self.stream: "0"}, count=c.read_count)
+            reply = await c.redis.xreadgroup(BOT_GROUP, c.replica_id, {self.stream: after},
+                                             count=c.read_count)
             entries = reply[0][1] if reply else []
             if not entries:
                 break
@@ -79,6 +80,7 @@ class PartitionWorker:
                 if not self._may_continue():
                     return
                 await c.handle_entry(self.stream, entry_id, fields, recovered=True)
+                after = entry_id
         while self._may_continue():
             reply = await c.redis.xreadgroup(BOT_GROUP, c.replica_id, {self.stream: ">"},
                                              count=c.read_count, block=c.block_ms)
