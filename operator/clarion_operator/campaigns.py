@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
+from clarion.metrics import counter
 
 from clarion_operator import builders, store
 from clarion_operator.campaign_logic import (
@@ -37,6 +38,9 @@ from clarion_operator.startup import Context, context
 
 CAMPAIGNS = ("clarion.io", "v1alpha1", "broadcastcampaigns")
 STATUS_SECONDS = 2.5
+ACTIONS = counter("clarion_operator_campaign_actions_total",
+                  "Lifecycle actions the operator carried out on campaigns (start, suspend, finish, ...).",
+                  ["action"])
 
 
 def _lock(memo: Any) -> asyncio.Lock:
@@ -190,6 +194,8 @@ async def reconcile_campaign(body: kopf.Body, memo: Any, patch: kopf.Patch) -> N
     decision = decide(intent, seen, now=now, channel_wait=wait,
                       max_recovery_runs=ctx.settings.max_recovery_runs)
     row = await _act(ctx, body, decision, row)
+    if decision.action is not Action.NONE:
+        ACTIONS.labels(decision.action.value).inc()
     counts = seen.counts
     if decision.action is not Action.NONE and row is not None:
         counts = await store.counts(ctx.db, row.id)

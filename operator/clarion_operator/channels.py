@@ -14,6 +14,7 @@ from typing import Any
 
 import kopf
 from aiogram.exceptions import AiogramError
+from clarion.metrics import counter
 
 from clarion_operator import builders, probes, store
 from clarion_operator.channel_logic import (
@@ -31,6 +32,9 @@ from clarion_operator.startup import Context, context
 CHANNELS = ("clarion.io", "v1alpha1", "notificationchannels")
 SECRET_REVISION = "clarion.io/secret-revision"
 TIMER_SECONDS = 10.0
+CHECKS = counter("clarion_operator_channel_checks_total",
+                 "Channel credential checks by channel type and the Ready reason they ended with.",
+                 ["type", "reason"])
 
 
 def _lock(memo: Any) -> asyncio.Lock:
@@ -171,6 +175,7 @@ async def reconcile_channel(body: kopf.Body, memo: Any, patch: kopf.Patch, logge
         if cond["type"] == "Ready" or cond["status"] == "False":
             level = "Normal" if cond["status"] == "True" else "Warning"
             kopf.event(body, type=level, reason=cond["reason"], message=cond["message"])
+    CHECKS.labels(str(kind), fresh[-1]["reason"]).inc()
     logger.info("channel %s/%s checked: ready=%s (%s)", namespace, name, check.ready,
                 fresh[-1]["reason"])
 

@@ -10,6 +10,7 @@ import asyncpg
 import kopf
 import redis.asyncio as aioredis
 from clarion.db import apply_migrations, create_pool
+from clarion.metrics import serve_metrics
 from clarion.redis import create_redis
 
 from clarion_operator.k8s import Kube, load_client
@@ -59,6 +60,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
         applied = await apply_migrations(conn)
     if applied:
         logger.info("applied migrations %s", applied)
+    serve_metrics(config.metrics_port)
     memo.ctx = Context(settings=config, db=db, redis=create_redis(config.redis_url), kube=Kube(load_client()))
 
 

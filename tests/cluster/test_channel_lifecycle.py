@@ -22,6 +22,7 @@ import pytest
 from clarion_dev.cluster import ControlPlane
 from clarion_dev.smtp_sink import SmtpSink
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.chart import operator_kubeconfig
 from clarion_dev.testing.waiting import async_wait_for
 
 pytestmark = pytest.mark.cluster
@@ -59,8 +60,11 @@ class Operator:
 @pytest.fixture
 async def operator(control_plane: ControlPlane, kube_namespace: str, database_url: str, redis_url: str,
                    tmp_path: Path) -> AsyncIterator[Operator]:
+    # The operator runs with the chart's RBAC (a Role in the watched namespace), not as an admin.
+    watch = f"operator.watchNamespaces={{{kube_namespace}}}"
+    kubeconfig = operator_kubeconfig(control_plane, kube_namespace, (watch,))
     env = dict(os.environ) | {
-        "KUBECONFIG": str(control_plane.kubeconfig),
+        "KUBECONFIG": str(kubeconfig),
         "CLARION_DATABASE_URL": database_url,
         "CLARION_REDIS_URL": redis_url,
         "CLARION_LOG_FORMAT": "console",
@@ -223,8 +227,11 @@ async def test_email_channel_is_checked_with_an_smtp_handshake(
     kubectl: Kubectl, tmp_path: Path, db: asyncpg.Pool,
 ) -> None:
     assert smtp_sink.cert_path is not None
+    # The operator runs with the chart's RBAC (a Role in the watched namespace), not as an admin.
+    watch = f"operator.watchNamespaces={{{kube_namespace}}}"
+    kubeconfig = operator_kubeconfig(control_plane, kube_namespace, (watch,))
     env = dict(os.environ) | {
-        "KUBECONFIG": str(control_plane.kubeconfig), "CLARION_DATABASE_URL": database_url,
+        "KUBECONFIG": str(kubeconfig), "CLARION_DATABASE_URL": database_url,
         "CLARION_REDIS_URL": redis_url, "CLARION_LOG_FORMAT": "console",
         "CLARION_SMTP_CA_FILE": str(smtp_sink.cert_path),
     }

@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 from clarion_dev.cluster import ControlPlane
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.chart import operator_kubeconfig
 from clarion_dev.testing.cluster import KubeApis
 from clarion_dev.testing.waiting import async_wait_for
 from kubernetes.client import ApiException
@@ -62,8 +63,11 @@ class Operator:
 @pytest.fixture
 async def operator(control_plane: ControlPlane, kube_namespace: str, database_url: str, redis_url: str,
                    tmp_path: Path) -> AsyncIterator[Operator]:
+    # The operator runs with the chart's RBAC (a Role in the watched namespace), not as an admin.
+    watch = f"operator.watchNamespaces={{{kube_namespace}}}"
+    kubeconfig = operator_kubeconfig(control_plane, kube_namespace, (watch,))
     env = dict(os.environ) | {
-        "KUBECONFIG": str(control_plane.kubeconfig),
+        "KUBECONFIG": str(kubeconfig),
         "CLARION_DATABASE_URL": database_url,
         "CLARION_REDIS_URL": redis_url,
         "CLARION_LOG_FORMAT": "console",
