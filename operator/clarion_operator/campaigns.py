@@ -184,7 +184,12 @@ def _status(body: kopf.Body, decision: Decision, row: CampaignRow | None, counts
 
 
 async def reconcile_campaign(body: kopf.Body, memo: Any, patch: kopf.Patch) -> None:
-    """One observe-decide-act-report pass."""
+    """One observe-decide-act-report pass (at most `max_concurrent_reconciles` at once)."""
+    async with context(memo).reconciling:
+        await _reconcile_campaign(body, memo, patch)
+
+
+async def _reconcile_campaign(body: kopf.Body, memo: Any, patch: kopf.Patch) -> None:
     ctx = context(memo)
     now = datetime.now(UTC)
     intent = intent_of(dict(body.spec))

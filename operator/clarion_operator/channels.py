@@ -186,7 +186,7 @@ async def reconcile_channel(body: kopf.Body, memo: Any, patch: kopf.Patch, logge
 async def channel_changed(body: kopf.Body, memo: Any, patch: kopf.Patch, logger: kopf.Logger,
                           **_: Any) -> None:
     """Created, changed, a referenced Secret changed, or the operator restarted: check and register."""
-    async with _lock(memo):
+    async with _lock(memo), context(memo).reconciling:
         await reconcile_channel(body, memo, patch, logger, register=True)
 
 
@@ -201,7 +201,7 @@ async def channel_health(body: kopf.Body, memo: Any, patch: kopf.Patch, logger: 
                     retry_seconds=context(memo).settings.channel_retry_seconds, now=datetime.now(UTC))
     if not due:
         return
-    async with _lock(memo):
+    async with _lock(memo), context(memo).reconciling:
         await reconcile_channel(body, memo, patch, logger, register=False)
 
 

@@ -43,6 +43,9 @@ class OperatorSettings(CommonSettings):
         default=300.0, ge=0, le=86400,
         description="How long a due campaign waits for its channel to be Ready before it is marked Failed.",
     )
+    max_concurrent_reconciles: int = Field(
+        default=16, ge=1, le=1000, description="Campaign and channel passes running at once (bounds memory)."
+    )
     sender_backoff_limit: int = Field(default=6, ge=0, le=100, description="backoffLimit of sender Jobs.")
     max_recovery_runs: int = Field(
         default=3, ge=0, le=100,

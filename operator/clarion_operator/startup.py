@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ class Context:
     db: asyncpg.Pool
     redis: aioredis.Redis
     kube: Kube
+    reconciling: asyncio.Semaphore
 
     def runtime_urls(self) -> tuple[str, str]:
         """The database and Redis URLs written into the runtime Secret for pods."""
@@ -61,7 +63,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     if applied:
         logger.info("applied migrations %s", applied)
     serve_metrics(config.metrics_port)
-    memo.ctx = Context(settings=config, db=db, redis=create_redis(config.redis_url), kube=Kube(load_client()))
+    memo.ctx = Context(settings=config, db=db, redis=create_redis(config.redis_url), kube=Kube(load_client()),
+                       reconciling=asyncio.Semaphore(config.max_concurrent_reconciles))
 
 
 @kopf.on.probe(id="postgres")
