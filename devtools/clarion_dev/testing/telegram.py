@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,14 +28,22 @@ def aiogram_bot(emulator: Emulator, token: str, timeout: float = 10.0) -> Bot:
 
 @pytest.fixture
 async def telegram_emulator(request: pytest.FixtureRequest) -> AsyncIterator[Emulator]:
-    """A started emulator on a free port; `@pytest.mark.emulator(...)` passes Emulator arguments."""
+    """A started emulator on a free port; `@pytest.mark.emulator(...)` passes Emulator arguments.
+
+    While it runs, automatic full garbage collections are off in the test process (restored after):
+    a full pass over a big test process stalls the event loop long enough for queued requests to
+    reach the limiter together and draw 429s Telegram would not send.
+    """
     kwargs: dict[str, Any] = {"limits": "scaled", "scale": DEFAULT_SCALE}
     marker = request.node.get_closest_marker("emulator")
     if marker is not None:
         kwargs.update(marker.kwargs)
     emulator = Emulator(**kwargs)
     await emulator.start()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], thresholds[1], 1_000_000_000)
     try:
         yield emulator
     finally:
+        gc.set_threshold(*thresholds)
         await emulator.stop()
