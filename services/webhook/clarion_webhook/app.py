@@ -89,12 +89,16 @@ class TelegramIngress:
         self._counters: dict[tuple[str, str], Any] = {}
         self._histograms = {result: INGEST_SECONDS.labels(result) for result in RESULTS}
 
-    def _count(self, channel: str, result: str, started: float) -> None:
+    async def _finish(self, send: Send, started: float, channel: str, result: str, status: int, body: bytes,
+                      **context: Any) -> None:
+        """Count the outcome, write the request's one (debug) log line, answer."""
         child = self._counters.get((channel, result))
         if child is None:
             child = self._counters[(channel, result)] = UPDATES_RECEIVED.labels(channel, result)
         child.inc()
         self._histograms[result].observe(time.perf_counter() - started)
+        log.debug("webhook_request", channel=channel, result=result, status=status, **context)
+        await _respond(send, status, body)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -113,12 +117,10 @@ class TelegramIngress:
             channel = await self.channels.get(key)
         except Exception as exc:  # Postgres unreachable: Telegram retries later
             log.warning("channel_lookup_failed", error=type(exc).__name__)
-            self._count("", "unavailable", started)
-            await _respond(send, 503, b'{"detail":"channel store unavailable"}')
+            await self._finish(send, started, "", "unavailable", 503, b'{"detail":"channels unavailable"}')
             return
         if channel is None or channel.type != "telegram":
-            self._count("", "unknown_channel", started)
-            await _respond(send, 404, b'{"detail":"unknown channel"}')
+            await self._finish(send, started, "", "unknown_channel", 404, b'{"detail":"unknown channel"}')
             return
         token = b""
         content_length = -1
@@ -130,25 +132,23 @@ class TelegramIngress:
         expected = channel.webhook_secret_sha256
         if not token or not expected or not hmac.compare_digest(
                 hashlib.sha256(token).hexdigest().encode(), expected.lower().encode()):
-            self._count(key, "unauthorized", started)
-            log.debug("webhook_request", channel=key, status=401)
-            await _respond(send, 401, b'{"detail":"wrong secret token"}')
+            await self._finish(send, started, key, "unauthorized", 401, b'{"detail":"wrong secret token"}')
             return
         if content_length > self.max_body:
-            self._count(key, "too_large", started)
-            await _respond(send, 413, b'{"detail":"body too large"}')
+            await self._finish(send, started, key, "too_large", 413, b'{"detail":"body too large"}')
             return
-        body = await _read_body(receive, self.max_body)
+        try:
+            body = await _read_body(receive, self.max_body)
+        except _Disconnected:
+            return
         if body is None:
-            self._count(key, "too_large", started)
-            await _respond(send, 413, b'{"detail":"body too large"}')
+            await self._finish(send, started, key, "too_large", 413, b'{"detail":"body too large"}')
             return
         try:
             update_id, update = parse_update(body)
         except _Malformed as exc:
-            self._count(key, "malformed", started)
-            log.debug("webhook_request", channel=key, status=400, reason=str(exc))
-            await _respond(send, 400, json.dumps({"detail": str(exc)}).encode())
+            detail = json.dumps({"detail": str(exc)}).encode()
+            await self._finish(send, started, key, "malformed", 400, detail, reason=str(exc))
             return
         chat_id = update_chat_id(update)
         trace_id = os.urandom(8).hex()
@@ -158,15 +158,16 @@ class TelegramIngress:
             dedup_key = update_dedup_key(key, update_id)
             stored = await self.writer.ingest(dedup_key, stream, DEDUP_TTL_SECONDS, fields)
         except Exception as exc:  # Redis unreachable or failing: nothing stored, Telegram retries
-            self._count(key, "unavailable", started)
             log.warning("enqueue_failed", channel=key, update_id=update_id, error=type(exc).__name__)
-            await _respond(send, 503, b'{"detail":"queue unavailable"}')
+            await self._finish(send, started, key, "unavailable", 503, b'{"detail":"queue unavailable"}',
+                               update_id=update_id)
             return
-        result = "accepted" if stored else "duplicate"
-        self._count(key, result, started)
-        log.debug("webhook_request", channel=key, update_id=update_id, stream=stream, result=result,
-                  trace_id=trace_id)
-        await _respond(send, 200, b'{"ok":true}')
+        await self._finish(send, started, key, "accepted" if stored else "duplicate", 200, b'{"ok":true}',
+                           update_id=update_id, stream=stream, trace_id=trace_id)
+
+
+class _Disconnected(Exception):
+    """The client went away before its body arrived."""
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -176,7 +177,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b""
+            raise _Disconnected
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
