@@ -9,6 +9,7 @@ import signal
 from clarion.logging import configure_logging, get_logger
 
 from clarion_dev.telegram.faults import LatencyModel
+from clarion_dev.telegram.limits import RateLimits
 from clarion_dev.telegram.server import Emulator, quiet_gc
 
 
@@ -19,6 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--limits", choices=["real", "scaled", "off"], default="real")
     parser.add_argument("--scale", type=float, default=1.0, help="rate multiplier with --limits scaled")
+    defaults = RateLimits()
+    for name in ("global", "paid", "private", "group"):
+        parser.add_argument(f"--{name}-burst", type=float, default=getattr(defaults, f"{name}_burst"),
+                            help=f"messages banked by the {name} budget")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="round-trip latency of every call")
     parser.add_argument("--jitter-ms", type=float, default=0.0)
     parser.add_argument("--bot", action="append", default=[], metavar="TOKEN[:username]",
@@ -39,7 +44,9 @@ def _bot_spec(spec: str) -> tuple[str, str | None]:
 async def _run(args: argparse.Namespace) -> None:
     log = get_logger("clarion_dev.telegram")
     latency = LatencyModel(args.latency_ms / 1000, args.jitter_ms / 1000) if args.latency_ms else None
-    emu = Emulator(args.limits, args.scale, latency)
+    bursts = RateLimits(global_burst=args.global_burst, paid_burst=args.paid_burst,
+                        private_burst=args.private_burst, group_burst=args.group_burst)
+    emu = Emulator(args.limits, args.scale, latency, rate_limits=bursts)
     for spec in args.bot:
         token, username = _bot_spec(spec)
         emu.add_bot(token, username)

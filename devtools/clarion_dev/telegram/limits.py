@@ -32,6 +32,15 @@ class RateLimits:
     group_burst: float = 3.0
     group_window: int = 20
 
+    def __post_init__(self) -> None:
+        for name in ("global", "paid", "private", "group"):
+            if getattr(self, f"{name}_rate") <= 0:
+                raise ValueError(f"{name}_rate must be positive")
+            if getattr(self, f"{name}_burst") < 1:
+                raise ValueError(f"{name}_burst must be at least 1 message")
+        if self.group_window < 1:
+            raise ValueError("group_window must be at least 1 message")
+
     def scaled(self, factor: float) -> RateLimits:
         """The same limits with every rate multiplied by `factor` (bursts unchanged)."""
         if factor <= 0:
