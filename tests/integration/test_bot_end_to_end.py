@@ -36,7 +36,7 @@ from clarion_bot.main import run as run_bot
 from clarion_bot.settings import BotSettings
 from clarion_dev.telegram import Emulator
 from clarion_dev.testing.telegram import aiogram_bot
-from clarion_dev.testing.waiting import async_wait_for
+from clarion_dev.testing.waiting import WaitTimeout, async_wait_for
 from clarion_webhook.app import create_app
 from clarion_webhook.settings import WebhookSettings
 from prometheus_client import generate_latest
@@ -356,10 +356,19 @@ async def test_thousand_updates_over_fifty_chats_keep_order_when_a_replica_is_ki
             await until(_lease_holders(redis_url, {b"replica-b"}), timeout=60,
                         what="the survivor holding every partition")
 
-            def all_done() -> bool:
-                return all(_collapse(stack.texts(uid))[-1:] == ["pong 19"] for uid in chats)
+            def unfinished() -> dict[int, list[str]]:
+                texts = {uid: stack.texts(uid) for uid in chats}
+                return {uid: t for uid, t in texts.items() if _collapse(t)[-1:] != ["pong 19"]}
 
-            await until(all_done, timeout=120, interval=0.1, what="every chat to get pong 19")
+            def all_done() -> bool:
+                return not unfinished()
+
+            try:
+                await until(all_done, timeout=120, interval=0.1, what="every chat to get pong 19")
+            except WaitTimeout as exc:
+                raise AssertionError(f"{exc}; unfinished chats {unfinished()}; emulator "
+                                     f"{emu.stats(stack.token)}; survivor log "
+                                     f"{logs['replica-b'].read_text()[-3000:]}") from None
             assert replicas["replica-b"].poll() is None
         finally:
             for process in replicas.values():
