@@ -66,8 +66,8 @@ async def _channel_token_ref(ctx: Context, namespace: str, channel: str) -> dict
     return ref
 
 
-async def _create_job(ctx: Context, body: kopf.Body, row: CampaignRow) -> str:
-    """Make sure the run's Job exists (and the runtime Secret its pods read); return its name."""
+async def _create_job(ctx: Context, body: kopf.Body, row: CampaignRow) -> None:
+    """Make sure the run's Job exists, and the runtime Secret its pods read."""
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     ref = await _channel_token_ref(ctx, namespace, body.spec["channelRef"]["name"])
     if ref is None:
@@ -82,7 +82,6 @@ async def _create_job(ctx: Context, body: kopf.Body, row: CampaignRow) -> str:
         backoff_limit=ctx.settings.sender_backoff_limit)
     kopf.append_owner_reference(job, owner=body)
     await ctx.kube.create_job(job)
-    return str(job["metadata"]["name"])
 
 
 async def _observe(ctx: Context, body: kopf.Body, row: CampaignRow | None, now: datetime) -> Observed:
