@@ -10,11 +10,19 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.fsm.storage.base import DefaultKeyBuilder
 from aiogram.fsm.storage.redis import RedisStorage
+from aiogram.methods import AnswerCallbackQuery, CopyMessage, EditMessageText, SendMessage
+from aiogram.methods.base import Response
 
 from clarion_bot.context import ChannelHolder, ContextMiddleware
 from clarion_bot.handlers import routers
 
 PUBLIC_API_BASE = "https://api.telegram.org"
+
+# aiogram asks pydantic for `Response[<result type>]` on every call, and pydantic caches parametrised
+# generics only weakly: after a garbage collection the next call rebuilds the class (milliseconds).
+# Holding the ones the bot uses keeps them cached.
+RESPONSE_TYPES = tuple(Response[m.__returning__]  # type: ignore[name-defined]
+                       for m in (SendMessage, EditMessageText, AnswerCallbackQuery, CopyMessage))
 
 
 def build_dispatcher(*, db: Any, redis: aioredis.Redis, holder: ChannelHolder) -> Dispatcher:

@@ -66,7 +66,7 @@ async def run(settings: BotSettings, stop: asyncio.Event | None = None, *,
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    replica_id = settings.replica_id or settings.pod_name or f"{socket.gethostname()}-{os.getpid()}"
     db = await create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
     redis = create_redis(settings.redis_url)
     try:

@@ -15,6 +15,8 @@ class BotSettings(CommonSettings):
     telegram_api_base: str | None = Field(default=None, description="Overrides the channel's API URL.")
     replica_id: str | None = Field(default=None, max_length=200,
                                    description="Stable replica name (the pod name); hostname-pid when unset.")
+    pod_name: str | None = Field(default=None, max_length=200,
+                                 description="The pod's name (downward API): replica id fallback.")
     update_partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=1024,
                                    description="Stream partitions per channel (as the webhook).")
     bot_lease_ttl_ms: int = Field(default=10_000, ge=500, le=600_000,
