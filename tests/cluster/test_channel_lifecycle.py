@@ -221,6 +221,26 @@ async def test_missing_token_secret_is_reported_and_retried(
     await _wait_condition(kubectl, operator, "early", "Ready", "True")
 
 
+
+async def test_referenced_webhook_secret_is_registered_with_telegram(
+    telegram_emulator: Emulator, operator: Operator, kubectl: Kubectl, kube_namespace: str, db: asyncpg.Pool,
+) -> None:
+    bot = telegram_emulator.add_bot()
+    kubectl.apply(_secret("bot-token", token=bot.token))
+    kubectl.apply(_secret("hook", value="my-own_secret-token-123"))
+    channel = _channel("own", telegram_emulator)
+    channel["spec"]["telegram"]["webhook"]["secretTokenSecretRef"] = {"name": "hook", "key": "value"}
+    kubectl.apply(channel)
+
+    await _wait_condition(kubectl, operator, "own", "WebhookRegistered", "True")
+
+    hook = telegram_emulator.bot(bot.token).webhook
+    assert hook is not None and hook.secret_token == "my-own_secret-token-123"
+    assert kubectl.get("secret", "own-webhook-secret") is None
+    digest = await db.fetchval(
+        "SELECT webhook_secret_sha256 FROM channels WHERE namespace = $1 AND name = 'own'", kube_namespace)
+    assert digest == hashlib.sha256(b"my-own_secret-token-123").hexdigest()
+
 @pytest.mark.smtp_sink(starttls=True, require_auth=True, users={"mailer": "s3cret"})
 async def test_email_channel_is_checked_with_an_smtp_handshake(
     smtp_sink: SmtpSink, control_plane: ControlPlane, kube_namespace: str, database_url: str, redis_url: str,
