@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-
 from clarion.db import apply_migrations
 
 pytest_plugins = [
@@ -50,8 +49,11 @@ async def template_database() -> AsyncIterator[str]:
         require_server("Postgres", exc)
         raise
     name = f"clarion_tmpl_{os.getpid()}"
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
     conn = await asyncpg.connect(_dsn_for(name))
     try:
         await apply_migrations(conn)
@@ -60,8 +62,12 @@ async def template_database() -> AsyncIterator[str]:
     try:
         yield name
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        # A fresh connection: one held idle for the whole session may have been closed by then.
+        admin = await asyncpg.connect(BASE_DSN, timeout=5)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
 @pytest.fixture
