@@ -182,17 +182,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_senders(dsn: str, campaign_id: int, shards: int, pool: asyncpg.Pool, *, nice: int = 0,
-                      **env: str) -> SenderRun:
-    """Run one `clarion-sender campaign` per shard to the end (`nice`: at that lower priority)."""
+async def run_senders(dsn: str, campaign_id: int, shards: int, pool: asyncpg.Pool, **env: str) -> SenderRun:
+    """Run one `clarion-sender campaign` per shard to the end."""
     base = {**os.environ, "CLARION_DATABASE_URL": dsn, "CLARION_REDIS_URL": REDIS_URL,
             "CLARION_BOT_TOKEN": TOKEN, "CLARION_CAMPAIGN_ID": str(campaign_id),
             "CLARION_LOG_LEVEL": "INFO", "CLARION_LOG_FORMAT": "json", **env}
     database = dsn.rpartition("/")[2]
     started = time.monotonic()
-    prefix = ["nice", "-n", str(nice)] if nice else []
     procs = [await asyncio.create_subprocess_exec(
-        *prefix, str(BIN / "clarion-sender"), "campaign", stderr=asyncio.subprocess.PIPE,
+        str(BIN / "clarion-sender"), "campaign", stderr=asyncio.subprocess.PIPE,
         env={**base, "JOB_COMPLETION_INDEX": str(shard), "CLARION_POD_NAME": f"bench-{shard}"})
         for shard in range(shards)]
     outputs = [asyncio.create_task(proc.communicate()) for proc in procs]

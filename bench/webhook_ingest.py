@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -79,6 +80,19 @@ def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def update_body(update_id: int) -> bytes:
@@ -237,12 +251,19 @@ async def measure(name: str, start: Callable[[int], subprocess.Popen[bytes]], pa
     try:
         await wait_listening(port, process)
         url = f"http://127.0.0.1:{port}{path}"
-        cpu_before = _cpu_seconds(process.pid)
+        cpu_before, own_before, (busy_before, total_before) = (_cpu_seconds(process.pid), _own_cpu_seconds(),
+                                                               _machine_ticks())
         result = await closed_loop(url, first_id, args.updates, args.concurrency)
+        busy, total = _machine_ticks()
         result["cpu_s"] = _cpu_seconds(process.pid) - cpu_before
+        result["client_cpu_s"] = _own_cpu_seconds() - own_before
+        result["busy"] = (busy - busy_before) / max(1, total - total_before)
         result["name"] = name
         if name.startswith("clarion"):
+            busy_before, total_before = _machine_ticks()
             result["open"] = await open_loop(url, first_id + args.updates + 10, args.rate, args.seconds)
+            busy, total = _machine_ticks()
+            result["open"]["busy"] = (busy - busy_before) / max(1, total - total_before)
         return result
     finally:
         process.send_signal(signal.SIGTERM)
@@ -270,15 +291,18 @@ async def main() -> int:
         await flush_redis()
     print(f"\nclosed loop: {args.updates} updates, {args.concurrency} in flight, loopback, 1 server process")
     print(f"{'server':58} {'updates/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu s':>7} {'upd/cpu-s':>10} "
-          f"{'errors':>7}")
+          f"{'errors':>7} {'client cpu s':>12} {'machine busy':>12}")
     for r in (aiogram, ours):
         print(f"{r['name']:58} {r['rate']:10.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['cpu_s']:7.2f} "
-              f"{args.updates / max(r['cpu_s'], 1e-9):10.0f} {r['errors']:7d}")
+              f"{args.updates / max(r['cpu_s'], 1e-9):10.0f} {r['errors']:7d} {r['client_cpu_s']:12.2f} "
+              f"{r['busy']:11.0%}")
+    print("(cpu s: the server process; upd/cpu-s: updates per CPU-second of the server, what one free core "
+          "would serve; machine busy: all CPUs, every process, during the run)")
     o = ours["open"]
     print(f"\nopen loop against clarion-webhook: {o['count']} updates at {o['rate']:.0f}/s "
           f"(latency from scheduled send time)")
     print(f"p50 {o['p50_ms']:.2f} ms   p99 {o['p99_ms']:.2f} ms   max {o['max_ms']:.2f} ms   "
-          f"errors {o['errors']}")
+          f"errors {o['errors']}   machine busy {o['busy']:.0%}")
     expected = args.updates + o["count"] + 2
     print(f"\nentries in Redis streams: {stored} (expected {expected}: every accepted update stored once)")
     print(f"ratio ours/aiogram (updates/s): {ours['rate'] / aiogram['rate']:.2f}")
