@@ -168,8 +168,10 @@ class UpdateConsumer:
                 log.warning("lease_lost", partition=partition)
                 worker.task.cancel()
                 del self.workers[partition]
-        for partition in self.held[share:]:
-            await self._give_back(partition)
+        extra = self.held[share:]
+        for partition in extra:  # all at once: the wait must stay well inside the kept leases' TTL
+            self.workers[partition].stopping = True
+        await asyncio.gather(*(self._give_back(partition) for partition in extra))
         for partition in preferred_order(self.replica_id, self.partitions):
             if len(self.workers) >= share:
                 break
