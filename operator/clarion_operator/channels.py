@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from aiogram.exceptions import AiogramError
 from clarion.metrics import counter
 
-from clarion_operator import builders, probes, store
+from clarion_operator import botapi, builders, probes, store
 from clarion_operator.channel_logic import (
     ChannelCheck,
     Verdict,
@@ -219,7 +218,7 @@ async def channel_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: 
             try:
                 await probes.delete_webhook(token, telegram.get("apiBaseUrl", "https://api.telegram.org"),
                                             timeout_seconds=ctx.settings.telegram_timeout_seconds)
-            except (AiogramError, OSError, TimeoutError) as exc:
+            except (botapi.InvalidTokenFormat, botapi.BotApiError, *botapi.UNREACHABLE) as exc:
                 logger.warning("deleteWebhook for %s/%s failed: %r", namespace, name, exc)
     await store.mark_channel_deleted(ctx.db, namespace, name, body.metadata.uid or "")
 

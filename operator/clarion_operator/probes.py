@@ -1,19 +1,13 @@
-"""Talks to the outside services a channel names: the Telegram Bot API (through aiogram) and SMTP servers."""
+"""Talks to the outside services a channel names: the Telegram Bot API (`botapi`) and SMTP servers."""
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from dataclasses import dataclass
 
-import aiohttp
 import aiosmtplib
-from aiogram import Bot
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
-from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramUnauthorizedError
-from aiogram.utils.token import TokenValidationError
 
+from clarion_operator.botapi import UNREACHABLE, BotApi, BotApiError, InvalidTokenFormat
 from clarion_operator.channel_logic import ChannelCheck, Verdict
 
 
@@ -28,15 +22,6 @@ class WebhookPlan:
     drop_pending_updates: bool
 
 
-_UNREACHABLE = (TelegramNetworkError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
-
-
-def _bot(token: str, api_base_url: str, timeout_seconds: float) -> Bot:
-    server = TelegramAPIServer.from_base(api_base_url.rstrip("/"))
-    session = AiohttpSession(api=server, timeout=timeout_seconds)
-    return Bot(token, session=session)
-
-
 async def check_telegram(
     token: str,
     api_base_url: str,
@@ -47,19 +32,19 @@ async def check_telegram(
 ) -> ChannelCheck:
     """getMe, then make sure the webhook is registered (always when `register`, else only if it drifted)."""
     try:
-        bot = _bot(token, api_base_url, timeout_seconds)
-    except TokenValidationError:
+        api = BotApi(token, api_base_url, timeout_seconds=timeout_seconds)
+    except InvalidTokenFormat:
         return ChannelCheck(Verdict(False, "InvalidToken", "the Secret's value is not a Telegram bot token"))
-    try:
+    async with api:
         try:
-            me = await bot.get_me()
-        except TelegramUnauthorizedError as exc:
-            return ChannelCheck(Verdict(
-                False, "InvalidToken", f"Telegram rejected the bot token (401 Unauthorized: {exc.message})"))
-        except _UNREACHABLE as exc:
-            return ChannelCheck(Verdict(None, "TelegramUnreachable", f"getMe failed: {exc!r}"))
-        except TelegramAPIError as exc:
+            me = await api.get_me()
+        except BotApiError as exc:
+            if exc.unauthorized:
+                rejected = f"Telegram rejected the bot token (401 Unauthorized: {exc.message})"
+                return ChannelCheck(Verdict(False, "InvalidToken", rejected))
             return ChannelCheck(Verdict(False, "TelegramError", f"getMe failed: {exc.message}"))
+        except UNREACHABLE as exc:
+            return ChannelCheck(Verdict(None, "TelegramUnreachable", f"getMe failed: {exc!r}"))
         credentials = Verdict(True, "TokenAccepted", f"getMe answered @{me.username}")
         if webhook is None:
             return ChannelCheck(
@@ -67,40 +52,33 @@ async def check_telegram(
                 Verdict(False, "WebhookNotConfigured", "no spec.telegram.webhook: no updates are received"),
                 webhook_configured=False, bot_id=me.id, bot_username=me.username,
             )
-        verdict = await _ensure_webhook(bot, webhook, register=register)
+        verdict = await _ensure_webhook(api, webhook, register=register)
         return ChannelCheck(credentials, verdict, bot_id=me.id, bot_username=me.username,
                             webhook_url=webhook.url if verdict.ok else None)
-    finally:
-        await bot.session.close()
 
 
-async def _ensure_webhook(bot: Bot, plan: WebhookPlan, *, register: bool) -> Verdict:
+async def _ensure_webhook(api: BotApi, plan: WebhookPlan, *, register: bool) -> Verdict:
     try:
-        if not register:
-            info = await bot.get_webhook_info()
-            if info.url == plan.url:
-                return Verdict(True, "WebhookSet", f"Telegram posts updates to {plan.url}")
-        await bot.set_webhook(
+        if not register and await api.get_webhook_url() == plan.url:
+            return Verdict(True, "WebhookSet", f"Telegram posts updates to {plan.url}")
+        await api.set_webhook(
             url=plan.url,
             secret_token=plan.secret_token,
             allowed_updates=plan.allowed_updates,
             max_connections=plan.max_connections,
             drop_pending_updates=plan.drop_pending_updates,
         )
-    except _UNREACHABLE as exc:
-        return Verdict(None, "TelegramUnreachable", f"setWebhook failed: {exc!r}")
-    except TelegramAPIError as exc:
+    except BotApiError as exc:
         return Verdict(False, "WebhookRejected", f"Telegram refused the webhook: {exc.message}")
+    except UNREACHABLE as exc:
+        return Verdict(None, "TelegramUnreachable", f"setWebhook failed: {exc!r}")
     return Verdict(True, "WebhookSet", f"Telegram posts updates to {plan.url}")
 
 
 async def delete_webhook(token: str, api_base_url: str, *, timeout_seconds: float) -> None:
-    """deleteWebhook; raises aiogram's errors for the caller to judge."""
-    bot = _bot(token, api_base_url, timeout_seconds)
-    try:
-        await bot.delete_webhook()
-    finally:
-        await bot.session.close()
+    """deleteWebhook; raises InvalidTokenFormat, BotApiError or an `UNREACHABLE` error for the caller."""
+    async with BotApi(token, api_base_url, timeout_seconds=timeout_seconds) as api:
+        await api.delete_webhook()
 
 
 async def check_smtp(
