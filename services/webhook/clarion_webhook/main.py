@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 from collections.abc import Sequence
 
 import uvicorn
@@ -26,7 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     get_logger("clarion.webhook").info("starting", host=settings.webhook_host, port=settings.webhook_port,
                                        partitions=settings.update_partitions)
-    uvicorn.run(create_app(settings), host=settings.webhook_host, port=settings.webhook_port,
+    app = create_app(settings)
+    # What exists now lives as long as the process: keep it out of the collector's full passes (tens of
+    # milliseconds each, a latency spike for every request in flight).
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=settings.webhook_host, port=settings.webhook_port,
                 loop="auto", http="auto", access_log=False, log_config=None, server_header=False,
                 proxy_headers=False)
     return 0
