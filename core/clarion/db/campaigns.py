@@ -239,16 +239,19 @@ async def claim(conn: Db, campaign_id: int, shard: int, limit: int, claimed_by: 
 
     Rows another sender holds are skipped, so concurrent claimers never share a row.
     """
+    # The locked rows are picked in a CTE (always materialised) and joined on the primary key: an
+    # `IN (SELECT … LIMIT … FOR UPDATE)` may be planned as a subplan re-run per row on fresh tables.
     rows = await conn.fetch(
-        """UPDATE deliveries d
-           SET status = 'sending', claimed_by = $4, claimed_until = now() + make_interval(secs => $5),
-               updated_at = now()
-           WHERE (d.campaign_id, d.chat_id) IN (
-               SELECT campaign_id, chat_id FROM deliveries
+        """WITH picked AS (
+               SELECT chat_id FROM deliveries
                WHERE campaign_id = $1 AND shard = $2 AND status = 'pending' AND next_attempt_at <= now()
                ORDER BY next_attempt_at
                LIMIT $3
                FOR UPDATE SKIP LOCKED)
+           UPDATE deliveries d
+           SET status = 'sending', claimed_by = $4, claimed_until = now() + make_interval(secs => $5),
+               updated_at = now()
+           FROM picked WHERE d.campaign_id = $1 AND d.chat_id = picked.chat_id
            RETURNING d.chat_id, d.language, d.attempts""",
         campaign_id, shard, limit, claimed_by, float(lease_seconds),
     )
@@ -258,12 +261,13 @@ async def claim(conn: Db, campaign_id: int, shard: int, limit: int, claimed_by: 
 async def release_expired(conn: Db, campaign_id: int, shard: int) -> int:
     """Return to pending the shard's deliveries whose claim lease ran out (their sender died)."""
     status: str = await conn.execute(
-        """UPDATE deliveries
-           SET status = 'pending', claimed_by = NULL, claimed_until = NULL, updated_at = now()
-           WHERE (campaign_id, chat_id) IN (
-               SELECT campaign_id, chat_id FROM deliveries
+        """WITH expired AS (
+               SELECT chat_id FROM deliveries
                WHERE campaign_id = $1 AND shard = $2 AND status = 'sending' AND claimed_until < now()
-               FOR UPDATE SKIP LOCKED)""",
+               FOR UPDATE SKIP LOCKED)
+           UPDATE deliveries d
+           SET status = 'pending', claimed_by = NULL, claimed_until = NULL, updated_at = now()
+           FROM expired WHERE d.campaign_id = $1 AND d.chat_id = expired.chat_id""",
         campaign_id, shard,
     )
     return int(status.rsplit(" ", 1)[1])
