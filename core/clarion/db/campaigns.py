@@ -19,9 +19,19 @@ Db = Any
 #: Statuses after which a delivery needs nothing more.
 SETTLED_STATUSES = ("sent", "failed", "blocked")
 
-_SNAPSHOT = """
+# Subscriber rows the selectors pick (before reachability and excludeTags): by flag, tag, group
+# membership, and language filter. NULL-safe: a NULL language never matches a language filter.
+_PICKED = """coalesce(($3 OR s.tags && $4::text[]
+            OR (cardinality($6::text[]) > 0 AND s.chat_id IN (SELECT chat_id FROM members)))
+           AND (cardinality($8::text[]) = 0 OR split_part(lower(s.language), '-', 1) = ANY($8::text[])
+                OR lower(s.language) = ANY($8::text[])), false)"""
+
+# No ON CONFLICT (its speculative insertion costs a third more at 1M rows): explicit chat ids that the
+# subscriber part already picked are left out of the second part, and the statement inserts nothing
+# when the campaign already has deliveries.
+_SNAPSHOT = f"""
 WITH explicit AS (
-    SELECT unnest($5::bigint[]) AS chat_id
+    SELECT DISTINCT unnest($5::bigint[]) AS chat_id
 ), members AS (
     SELECT DISTINCT m.user_id AS chat_id
     FROM managed_groups g
@@ -31,22 +41,19 @@ WITH explicit AS (
 ), audience AS (
     SELECT s.chat_id, s.language
     FROM subscribers s
-    WHERE s.channel_id = $2 AND s.subscribed AND NOT s.unavailable
-      AND ($3 OR s.tags && $4::text[]
-           OR (cardinality($6::text[]) > 0 AND s.chat_id IN (SELECT chat_id FROM members)))
-      AND NOT s.tags && $7::text[]
-      AND (cardinality($8::text[]) = 0 OR split_part(lower(s.language), '-', 1) = ANY($8::text[])
-           OR lower(s.language) = ANY($8::text[]))
+    WHERE s.channel_id = $2 AND s.subscribed AND NOT s.unavailable AND NOT s.tags && $7::text[]
+      AND {_PICKED}
     UNION ALL
     SELECT e.chat_id, s.language
     FROM explicit e
     LEFT JOIN subscribers s ON s.channel_id = $2 AND s.chat_id = e.chat_id
-    WHERE s.chat_id IS NULL OR (s.subscribed AND NOT s.unavailable AND NOT s.tags && $7::text[])
+    WHERE s.chat_id IS NULL
+       OR (s.subscribed AND NOT s.unavailable AND NOT s.tags && $7::text[] AND NOT {_PICKED})
 )
 INSERT INTO deliveries (campaign_id, chat_id, shard, language)
 SELECT $1, chat_id, (hashint8(chat_id) & 2147483647) % $9, language FROM audience
-ON CONFLICT DO NOTHING
-"""
+WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE campaign_id = $1)
+"""  # noqa: S608 - built from constants; every value is a bind parameter
 
 
 @dataclass(frozen=True)
@@ -149,8 +156,9 @@ async def snapshot_audience(conn: Db, campaign_id: int, channel_id: int, audienc
     is one of `languages` (when given); plus every explicit `chatIds` entry (groups need not be
     subscribers) unless it is a subscriber who unsubscribed or is unavailable. `excludeTags`
     removes subscribers carrying any of them. Each row's shard is a hash of its chat id modulo
-    `shards`. Already-present rows are left alone, so calling it again is a no-op. Run it in the
-    caller's transaction together with the phase change.
+    `shards`. When the campaign already has deliveries nothing is inserted, so calling it again is
+    a no-op. Run it in the caller's transaction together with the phase change (two concurrent
+    first calls would conflict on the primary key: the second fails and changes nothing).
     """
     if not 1 <= shards <= 1000:
         raise ValueError(f"shards must be between 1 and 1000, got {shards}")
