@@ -2,19 +2,29 @@
 
 Starts a local control plane, a fresh Postgres database, the Telegram emulator (in this process) and
 `clarion-operator` (a subprocess watching one namespace); creates one Ready channel and N campaigns
-whose audience is empty, so each one goes the whole way through the operator (campaign row, audience
-snapshot, status) to Completed without a sender Job. Reports the time from the first create until
-every campaign has a phase (first pass) and until the last is Completed (second pass, on the status
-timer), and the operator's peak resident memory sampled every 0.2 s.
+whose audience is empty, so each one goes the whole way through the operator to Completed without
+a sender Job (no senders, no pods: only the operator, the API server and Postgres take part).
 
-    .venv/bin/python bench/operator_scale.py [--campaigns 1000]
+- "reconciled" (first pass, the target): from the first create until every campaign has a phase,
+  i.e. its campaigns row and audience snapshot exist and its status was patched;
+- "Completed" (second pass): until the last campaign is Completed, which happens on the status
+  timer (every 2.5 s per campaign) once the operator sees that nothing is left to send;
+- the operator's RSS idle (channel Ready, no campaigns) and peak (sampled every 0.2 s);
+- CPU seconds spent by the operator and by the control plane (API server, etcd) in that time, and
+  the API requests the operator's work cost, by verb and resource;
+- side by side, in the same run after the operator is stopped: N creates and N status patches from
+  one client with 8 threads, which is what the API server on this machine accepts at most.
+
+    .venv/bin/python bench/operator_scale.py [--campaigns 1000] [--subscribers 0] [--steady 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,6 +55,27 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _requests(plane: ControlPlane) -> dict[str, float]:
+    """The API server's request counters, by "VERB resource[/subresource]"."""
+    found: dict[str, float] = {}
+    for line in plane.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.partition("}")[0]))
+        key = f"{labels.get('verb')} {labels.get('resource')}"
+        if labels.get("subresource"):
+            key += "/" + labels["subresource"]
+        found[key] = found.get(key, 0.0) + float(line.rpartition(" ")[2])
+    return found
+
+
 def _phases(custom: Any) -> dict[str, int]:
     found = custom.list_namespaced_custom_object(GROUP, VERSION, NS, "broadcastcampaigns")
     counts: dict[str, int] = {}
@@ -54,7 +85,7 @@ def _phases(custom: Any) -> dict[str, int]:
     return counts
 
 
-async def run(campaigns: int) -> None:
+async def run(campaigns: int, subscribers: int, steady: float, timeout: float) -> None:
     database = f"clarion_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(BASE_DSN)
     await admin.execute(f'CREATE DATABASE "{database}"')
@@ -75,6 +106,7 @@ async def run(campaigns: int) -> None:
         api = plane.admin_client()
         core: Any = k8s_client.CoreV1Api(api)
         custom: Any = k8s_client.CustomObjectsApi(api)
+        batch: Any = k8s_client.BatchV1Api(api)
         core.create_namespace({"metadata": {"name": NS}})
         env = dict(os.environ) | {"KUBECONFIG": str(plane.kubeconfig), "CLARION_DATABASE_URL": dsn,
                                   "CLARION_REDIS_URL": REDIS_URL, "CLARION_LOG_LEVEL": "WARNING",
@@ -95,14 +127,34 @@ async def run(campaigns: int) -> None:
                 break
             await asyncio.sleep(0.2)
 
+        audience: dict[str, Any] = {"tags": ["nobody"]}
+        if subscribers:
+            audience = {"tags": ["bench"]}
+            conn = await asyncpg.connect(dsn)
+            channel_id = await conn.fetchval(
+                "SELECT id FROM channels WHERE namespace = $1 AND name = 'news'", NS)
+            await conn.execute("INSERT INTO subscribers (channel_id, chat_id, tags) "
+                               "SELECT $1, 1000 + n, '{bench}' FROM generate_series(1, $2) AS n",
+                               channel_id, subscribers)
+            await conn.close()
+
         def create(i: int) -> None:
             custom.create_namespaced_custom_object(GROUP, VERSION, NS, "broadcastcampaigns", {
                 "apiVersion": f"{GROUP}/{VERSION}", "kind": "BroadcastCampaign",
                 "metadata": {"name": f"c{i:05d}"},
-                "spec": {"channelRef": {"name": "news"}, "message": {"text": "hi"},
-                         "audience": {"tags": ["nobody"]}}})
+                "spec": {"channelRef": {"name": "news"}, "message": {"text": "hi"}, "audience": audience}})
 
-        peak = _rss_mb(operator.pid)
+        def jobs() -> int:
+            found = batch.list_namespaced_job(NS, _preload_content=False)
+            return len(json.loads(found.data)["items"])
+
+        await asyncio.sleep(2)
+        idle = _rss_mb(operator.pid)
+        peak = idle
+        watched = {"operator": operator.pid} | {name: pid for name, pid in plane.pids().items()
+                                                if name in ("kube-apiserver", "etcd")}
+        cpu_before = {name: _cpu_seconds(pid) for name, pid in watched.items()}
+        requests_before = await asyncio.to_thread(_requests, plane)
         started = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             await asyncio.gather(*(asyncio.get_running_loop().run_in_executor(pool, create, i)
@@ -111,21 +163,61 @@ async def run(campaigns: int) -> None:
         last_poll = 0.0
         phases: dict[str, int] = {}
         first_pass: float | None = None
-        while phases.get("Completed", 0) < campaigns:
+        done: float | None = None
+        while done is None or time.monotonic() < done + steady:
             peak = max(peak, _rss_mb(operator.pid))
             if time.monotonic() - last_poll >= 1.0:
                 phases = await asyncio.to_thread(_phases, custom)
                 last_poll = time.monotonic()
-                if first_pass is None and sum(phases.values()) - phases.get("-", 0) == campaigns:
+                if first_pass is None and sum(phases.values()) - phases.get("-", 0) == campaigns and (
+                        not subscribers or await asyncio.to_thread(jobs) == campaigns):
                     first_pass = last_poll - started
+                if done is None and (phases.get("Completed", 0) == campaigns
+                                     or (subscribers and first_pass is not None)):
+                    done = last_poll
+                    steady_cpu = _cpu_seconds(operator.pid)
+                if last_poll - started > timeout:
+                    raise RuntimeError(f"not done after {timeout}s: phases {phases}; see {log}")
             if operator.poll() is not None:
                 raise RuntimeError(f"the operator exited; see {log}")
             await asyncio.sleep(0.2)
-        elapsed = time.monotonic() - started
-        print(f"operator scale: {campaigns} campaigns created in {created:.1f}s; every one had a phase "
-              f"after {first_pass if first_pass is not None else elapsed:.1f}s and was Completed after "
-              f"{elapsed:.1f}s (target <= 60s); operator peak RSS {peak:.0f} MB (target <= 300 MB); "
-              f"load average {os.getloadavg()[0]:.1f}")
+        elapsed = done - started
+        steady_load = (_cpu_seconds(operator.pid) - steady_cpu) / steady if steady else 0.0
+        cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
+        requests_after = await asyncio.to_thread(_requests, plane)
+        operator.send_signal(signal.SIGTERM)
+        operator.wait(timeout=60)
+
+        def patch_status(i: int) -> None:
+            custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, NS, "broadcastcampaigns", f"c{i:05d}", {"status": {"message": "bench"}})
+
+        peer_started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            await asyncio.gather(*(asyncio.get_running_loop().run_in_executor(pool, patch_status, i)
+                                   for i in range(campaigns)))
+        patched = time.monotonic() - peer_started
+        reconciled = first_pass if first_pass is not None else elapsed
+        what = (f"{subscribers} recipients each: a sender Job each, no pods run" if subscribers
+                else "empty audience: no sender Jobs")
+        print(f"operator scale, {campaigns} campaigns ({what}), load average {os.getloadavg()[0]:.1f}:")
+        goal = "has a phase and its Job" if subscribers else "has a phase"
+        print(f"  reconciled (every campaign {goal}): {reconciled:.1f}s after the first create, "
+              f"{reconciled - created:.1f}s after the last (target <= 60s)"
+              + ("" if subscribers else f"; all Completed: {elapsed:.1f}s"))
+        if steady:
+            print(f"  then {steady:.0f}s with every campaign {'Sending' if subscribers else 'Completed'}: "
+                  f"operator CPU {100 * steady_load:.0f}% of one core")
+        print(f"  operator RSS: idle {idle:.0f} MB, peak {peak:.0f} MB (target <= 300 MB)")
+        print("  CPU seconds in that time: " + ", ".join(f"{name} {used:.1f}" for name, used in cpu.items()))
+        spent = {key: requests_after.get(key, 0.0) - requests_before.get(key, 0.0) for key in requests_after}
+        spent = {key: n for key, n in sorted(spent.items()) if n >= campaigns / 10
+                 and any(r in key for r in ("broadcastcampaigns", "events", "jobs", "notificationchannels"))}
+        print("  API requests (all clients, including the bench's creates and polls): "
+              + ", ".join(f"{key} {n:.0f}" for key, n in spent.items()))
+        print(f"  peer, one client with 8 threads: {campaigns} creates in {created:.1f}s "
+              f"({campaigns / created:.0f}/s), {campaigns} status patches in {patched:.1f}s "
+              f"({campaigns / patched:.0f}/s)")
     finally:
         if operator is not None and operator.poll() is None:
             operator.send_signal(signal.SIGTERM)
@@ -143,7 +235,14 @@ async def run(campaigns: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--campaigns", type=int, default=1000)
-    asyncio.run(run(parser.parse_args().campaigns))
+    parser.add_argument("--subscribers", type=int, default=0,
+                        help="recipients per campaign; > 0: each gets a sender Job (whose pods never run "
+                             "here) and stays Sending, so the status timer runs for all of them")
+    parser.add_argument("--steady", type=float, default=0.0,
+                        help="seconds to keep measuring the operator's CPU once everything is reconciled")
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    args = parser.parse_args()
+    asyncio.run(run(args.campaigns, args.subscribers, args.steady, args.timeout))
 
 
 if __name__ == "__main__":

@@ -223,6 +223,18 @@ async def channel_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: 
     await store.mark_channel_deleted(ctx.db, namespace, name, body.metadata.uid or "")
 
 
+CHANNEL_TOKENS = "channel_token_refs"
+
+
+@kopf.index(*CHANNELS, id=CHANNEL_TOKENS)
+async def channel_token_refs(namespace: str | None, name: str, spec: kopf.Spec,
+                             **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """(namespace, channel) -> the bot token Secret reference of each Telegram channel (campaigns read it)."""
+    if spec.get("type") != "telegram":
+        return None
+    return {(namespace or "", name): dict(spec["telegram"]["botTokenSecretRef"])}
+
+
 @kopf.index(*CHANNELS)
 async def channel_secrets(namespace: str | None, name: str, spec: kopf.Spec,
                           **_: Any) -> dict[tuple[str, str], str]:

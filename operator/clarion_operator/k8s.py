@@ -107,9 +107,6 @@ class Kube:
 
     # Jobs
 
-    async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._read(self._batch.read_namespaced_job, name, namespace)
-
     async def create_job(self, body: dict[str, Any]) -> bool:
         return await self._create(self._batch.create_namespaced_job, body["metadata"]["namespace"], body)
 

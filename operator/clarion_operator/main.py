@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=namespaces,
         standalone=True,
         liveness_endpoint=args.liveness or settings.liveness_endpoint,
-        memo=kopf.Memo(settings=settings),
+        memo=kopf.Memo(settings=settings, namespaces=namespaces),
     ))
     return 0
 

@@ -46,6 +46,10 @@ class OperatorSettings(CommonSettings):
     max_concurrent_reconciles: int = Field(
         default=16, ge=1, le=1000, description="Campaign and channel passes running at once (bounds memory)."
     )
+    kube_api_connections: int = Field(
+        default=32, ge=1, le=1000,
+        description="Connections kopf keeps to the API server for requests (watch streams come on top).",
+    )
     sender_backoff_limit: int = Field(default=6, ge=0, le=100, description="backoffLimit of sender Jobs.")
     max_recovery_runs: int = Field(
         default=3, ge=0, le=100,

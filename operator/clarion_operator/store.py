@@ -6,12 +6,17 @@ runs twice (a retry, a restart, a timer racing an update) changes nothing the se
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
 
 import asyncpg
 from clarion.db import campaigns as campaign_queries
 
 from clarion_operator.campaign_logic import CampaignRow, Counts
+
+Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
+"""The pool, or one connection held for a whole reconcile pass (one checkout, one reset)."""
 
 _ROW_FIELDS = ("id", "run", "phase", "total", "shards", "message_hash", "started_at", "completed_at",
                "retry_observed", "recovery_runs")
@@ -19,6 +24,21 @@ _ROW_FIELDS = ("id", "run", "phase", "total", "shards", "message_hash", "started
 
 def _row(record: Any) -> CampaignRow:
     return CampaignRow(**{key: record[key] for key in _ROW_FIELDS})
+
+
+def _maybe_row(record: Any) -> CampaignRow | None:
+    return None if record is None else _row(record)
+
+
+@asynccontextmanager
+async def _transaction(db: Db) -> AsyncIterator[Any]:
+    """A transaction on the given connection, or on one taken from the pool."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            yield conn
+    else:
+        async with db.transaction():
+            yield db
 
 
 async def upsert_channel(
@@ -64,7 +84,7 @@ async def mark_channel_deleted(db: asyncpg.Pool, namespace: str, name: str, uid:
     )
 
 
-async def usable_channel(db: asyncpg.Pool, namespace: str, name: str) -> int | None:
+async def usable_channel(db: Db, namespace: str, name: str) -> int | None:
     """The id of the channel when it exists, is not deleted and is Ready."""
     channel_id: int | None = await db.fetchval(
         "SELECT id FROM channels WHERE namespace = $1 AND name = $2 AND deleted_at IS NULL AND ready",
@@ -73,19 +93,19 @@ async def usable_channel(db: asyncpg.Pool, namespace: str, name: str) -> int | N
     return channel_id
 
 
-async def get_campaign(db: asyncpg.Pool, uid: str) -> CampaignRow | None:
+async def get_campaign(db: Db, uid: str) -> CampaignRow | None:
     record = await db.fetchrow("SELECT * FROM campaigns WHERE uid = $1", uid)
     return None if record is None else _row(record)
 
 
-async def counts(db: asyncpg.Pool, campaign_id: int) -> Counts:
+async def counts(db: Db, campaign_id: int) -> Counts:
     found = await campaign_queries.counts(db, campaign_id)
     return Counts(total=found.total, pending=found.pending, sending=found.sending, sent=found.sent,
                   failed=found.failed, blocked=found.blocked)
 
 
 async def start_campaign(
-    db: asyncpg.Pool,
+    db: Db,
     *,
     uid: str,
     namespace: str,
@@ -100,7 +120,7 @@ async def start_campaign(
     The row is keyed by the resource's uid: when it already exists nothing is inserted or
     snapshotted again, and the existing row is returned.
     """
-    async with db.acquire() as conn, conn.transaction():
+    async with _transaction(db) as conn:
         record = await conn.fetchrow(
             """INSERT INTO campaigns (namespace, name, uid, channel_id, spec, message_hash, phase, run,
                                       shards, started_at)
@@ -112,34 +132,34 @@ async def start_campaign(
         if record is None:
             existing = await conn.fetchrow("SELECT * FROM campaigns WHERE uid = $1", uid)
             return _row(existing)
-        await campaign_queries.snapshot_audience(conn, record["id"], channel_id, spec.get("audience") or {},
-                                                 shards)
-        fresh = await conn.fetchrow("SELECT * FROM campaigns WHERE id = $1", record["id"])
-        return _row(fresh)
+        total = await campaign_queries.snapshot_audience(conn, record["id"], channel_id,
+                                                         spec.get("audience") or {}, shards)
+        return _row({**record, "total": total})
 
 
-async def set_phase(db: asyncpg.Pool, campaign_id: int, phase: str, *, finished: bool = False) -> None:
-    """Record the phase the senders read (Paused and Cancelled make them stop)."""
-    await db.execute(
+async def set_phase(db: Db, campaign_id: int, phase: str, *, finished: bool = False) -> CampaignRow | None:
+    """Record the phase the senders read (Paused and Cancelled make them stop); the row afterwards."""
+    return _maybe_row(await db.fetchrow(
         """UPDATE campaigns SET phase = $2,
                   completed_at = CASE WHEN $3 THEN COALESCE(completed_at, now()) ELSE NULL END
-           WHERE id = $1""",
+           WHERE id = $1 RETURNING *""",
         campaign_id, phase, finished,
-    )
+    ))
 
 
-async def resume(db: asyncpg.Pool, campaign_id: int) -> None:
-    """Back to Sending after a pause; the count of early-ended runs starts over."""
-    await db.execute("UPDATE campaigns SET phase = 'Sending', recovery_runs = 0 WHERE id = $1", campaign_id)
+async def resume(db: Db, campaign_id: int) -> CampaignRow | None:
+    """Back to Sending after a pause; the count of early-ended runs starts over. The row afterwards."""
+    return _maybe_row(await db.fetchrow(
+        "UPDATE campaigns SET phase = 'Sending', recovery_runs = 0 WHERE id = $1 RETURNING *", campaign_id))
 
 
-async def next_run(db: asyncpg.Pool, row: CampaignRow, *, retry_observed: int | None) -> CampaignRow | None:
+async def next_run(db: Db, row: CampaignRow, *, retry_observed: int | None) -> CampaignRow | None:
     """Start run `row.run + 1` (phase Sending); with `retry_observed`, first put failed deliveries back.
 
     Compare-and-set on the run number: when another call already moved the run on, nothing changes
     and None is returned.
     """
-    async with db.acquire() as conn, conn.transaction():
+    async with _transaction(db) as conn:
         record = await conn.fetchrow(
             """UPDATE campaigns SET run = run + 1, phase = 'Sending', completed_at = NULL,
                        retry_observed = COALESCE($3, retry_observed),
@@ -155,13 +175,14 @@ async def next_run(db: asyncpg.Pool, row: CampaignRow, *, retry_observed: int | 
         return _row(record)
 
 
-async def note_retry(db: asyncpg.Pool, campaign_id: int, retry_observed: int) -> None:
-    await db.execute("UPDATE campaigns SET retry_observed = $2 WHERE id = $1", campaign_id, retry_observed)
+async def note_retry(db: Db, campaign_id: int, retry_observed: int) -> CampaignRow | None:
+    return _maybe_row(await db.fetchrow(
+        "UPDATE campaigns SET retry_observed = $2 WHERE id = $1 RETURNING *", campaign_id, retry_observed))
 
 
-async def forget_campaign(db: asyncpg.Pool, uid: str, *, keep_deliveries: bool) -> None:
+async def forget_campaign(db: Db, uid: str, *, keep_deliveries: bool) -> None:
     """The resource is being deleted: stop senders, and drop delivery rows unless they are kept."""
-    async with db.acquire() as conn, conn.transaction():
+    async with _transaction(db) as conn:
         campaign_id = await conn.fetchval(
             """UPDATE campaigns SET deleted_at = COALESCE(deleted_at, now()),
                       phase = CASE WHEN phase IN ('Sending', 'Paused') THEN 'Cancelled' ELSE phase END
