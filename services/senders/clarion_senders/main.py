@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -121,9 +120,6 @@ async def run_campaign(settings: SenderSettings) -> int:
         await limiter.start()
         sender = CampaignSender(pool=pool, redis=redis, bot=bot, campaign=campaign, shard=settings.shard,
                                 worker=settings.pod_name, limiter=limiter, options=options)
-        # Everything built so far (aiogram's models, pydantic schemas) lives as long as the process:
-        # keep it out of the garbage collector's full passes, which otherwise rescan it again and again.
-        gc.freeze()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, sender.stop, sig.name)
