@@ -70,13 +70,15 @@ def _token_ref(channels: kopf.Index[tuple[str, str], dict[str, Any]], namespace:
 
 async def _create_job(ctx: Context, body: kopf.Body, row: CampaignRow,
                       token_ref: dict[str, Any] | None) -> None:
-    """Make sure the run's Job exists, and the runtime Secret its pods read."""
+    """Make sure the run's Job exists, and the runtime Secret its pods read (once per namespace)."""
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     if token_ref is None:
         raise kopf.TemporaryError("the campaign's Telegram channel is gone; cannot start senders", delay=30)
-    database_url, redis_url = ctx.runtime_urls()
-    await ctx.kube.apply_secret(builders.runtime_secret(namespace, ctx.settings.runtime_secret_name,
-                                                        database_url, redis_url))
+    if namespace not in ctx.runtime_secret_namespaces:
+        database_url, redis_url = ctx.runtime_urls()
+        await ctx.kube.apply_secret(builders.runtime_secret(namespace, ctx.settings.runtime_secret_name,
+                                                            database_url, redis_url))
+        ctx.runtime_secret_namespaces.add(namespace)
     job = builders.sender_job(
         namespace=namespace, campaign=name, run=row.run, campaign_id=row.id, shards=row.shards,
         token_secret=token_ref["name"], token_key=token_ref.get("key", "token"), image=ctx.settings.image,
@@ -175,7 +177,8 @@ async def _act(run: _Pass, body: kopf.Body, decision: Decision, row: CampaignRow
         after = await store.get_campaign(db, body.metadata.uid or "")
     elif action is Action.NOTE_RETRY:
         after = await store.note_retry(db, row.id, int(body.spec.get("retryFailed") or 0))
-    return after, counts
+    # Senders may have settled more while the action ran (a cancel lets in-flight sends finish).
+    return after, await store.counts(db, row.id)
 
 
 def _status(body: kopf.Body, decision: Decision, row: CampaignRow | None, counts: Counts,

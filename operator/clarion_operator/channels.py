@@ -127,6 +127,7 @@ async def _ensure_bot(ctx: Context, body: kopf.Body, telegram: dict[str, Any]) -
     database_url, redis_url = ctx.runtime_urls()
     await ctx.kube.apply_secret(builders.runtime_secret(namespace, ctx.settings.runtime_secret_name,
                                                         database_url, redis_url))
+    ctx.runtime_secret_namespaces.add(namespace)
     ref = telegram["botTokenSecretRef"]
     deployment = builders.bot_deployment(
         namespace=namespace, channel=name, token_secret=ref["name"], token_key=ref.get("key", "token"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -33,6 +33,9 @@ class Context:
     redis: aioredis.Redis
     kube: Kube
     reconciling: asyncio.Semaphore
+    runtime_secret_namespaces: set[str] = field(default_factory=set)
+    """Namespaces whose runtime Secret this process has applied (campaigns skip it there; channel
+    checks apply it every time, so a deleted one comes back with the next check)."""
 
     def runtime_urls(self) -> tuple[str, str]:
         """The database and Redis URLs written into the runtime Secret for pods."""
