@@ -129,10 +129,6 @@ class Kube:
 
     # Clarion resources
 
-    async def read_resource(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._read(
-            self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
-
     async def annotate_resource(
         self, plural: str, namespace: str, name: str, annotations: dict[str, str]
     ) -> None:
