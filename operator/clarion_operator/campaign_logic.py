@@ -25,6 +25,7 @@ from clarion.models.campaign import parse_schedule_time
 from clarion_operator.conditions import condition
 
 TERMINAL = frozenset({"Completed", "PartiallyFailed", "Failed", "Cancelled"})
+CANCEL_SETTLING = timedelta(seconds=60)
 EDIT_CONDITION = "SpecDrift"
 
 
@@ -273,12 +274,26 @@ def progress_status(counts: Counts, rate: float, *, sending: bool, now: datetime
     return figures
 
 
-def campaign_conditions(decision: Decision, *, drift: bool) -> list[dict[str, Any]]:
-    """Ready, Progressing, Complete and Failed from the decision; SpecDrift when the spec was edited."""
+def in_flight_after_cancel(phase: str, counts: Counts, completed_at: datetime | None, now: datetime) -> bool:
+    """A cancelled campaign whose senders still hold deliveries (for at most CANCEL_SETTLING after the
+    cancel): its figures still move, so status keeps following them."""
+    return (phase == "Cancelled" and counts.sending > 0 and completed_at is not None
+            and now - completed_at < CANCEL_SETTLING)
+
+
+def campaign_conditions(decision: Decision, *, drift: bool, stopping: int = 0) -> list[dict[str, Any]]:
+    """Ready, Progressing, Complete and Failed from the decision; SpecDrift when the spec was edited.
+
+    `stopping`: deliveries still being sent after a cancel; Progressing stays True until they settle.
+    """
     phase = decision.phase
+    progressing = condition("Progressing", phase == "Sending", decision.reason, decision.message)
+    if stopping:
+        progressing = condition("Progressing", True, "SendersStopping",
+                                f"cancelled; {stopping} deliveries were still being sent")
     conds = [
         condition("Ready", phase not in {"Failed", "Cancelled"}, decision.reason, decision.message),
-        condition("Progressing", phase == "Sending", decision.reason, decision.message),
+        progressing,
         condition("Complete", phase in {"Completed", "PartiallyFailed"}, decision.reason, decision.message),
         condition("Failed", phase == "Failed", decision.reason, decision.message),
     ]

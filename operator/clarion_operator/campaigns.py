@@ -29,6 +29,7 @@ from clarion_operator.campaign_logic import (
     RateSample,
     campaign_conditions,
     decide,
+    in_flight_after_cancel,
     intent_of,
     job_state,
     next_rate,
@@ -54,8 +55,12 @@ def _lock(memo: Any) -> asyncio.Lock:
 
 
 def _live(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-    """The timer runs while the campaign can still change: not finished, or a retry was requested."""
+    """The timer runs while the campaign can still change: not finished, senders still stopping after a
+    cancel (Progressing stays True), or a retry was requested."""
     if status.get("phase") not in TERMINAL:
+        return True
+    conditions = status.get("conditions") or ()
+    if any(c.get("type") == "Progressing" and c.get("status") == "True" for c in conditions):
         return True
     return int(spec.get("retryFailed") or 0) > int(status.get("retryFailedObserved") or 0)
 
@@ -185,13 +190,16 @@ def _status(body: kopf.Body, decision: Decision, row: CampaignRow | None, counts
             rate: float, now: datetime) -> dict[str, Any]:
     intent = intent_of(dict(body.spec))
     drift = row is not None and intent.message_hash != row.message_hash
+    stopping = 0
+    if row is not None and in_flight_after_cancel(decision.phase, counts, row.completed_at, now):
+        stopping = counts.sending
     generation = body.metadata.get("generation")
     old = list(body.status.get("conditions") or [])
     status: dict[str, Any] = {
         "phase": decision.phase,
         "message": decision.message,
         "observedGeneration": generation,
-        "conditions": merge_conditions(old, campaign_conditions(decision, drift=drift),
+        "conditions": merge_conditions(old, campaign_conditions(decision, drift=drift, stopping=stopping),
                                        generation=generation, now=now),
         "scheduledAt": rfc3339(intent.start_at) if intent.start_at else None,
     }

@@ -9,12 +9,14 @@ from clarion_operator.campaign_logic import (
     Action,
     CampaignRow,
     Counts,
+    Decision,
     Intent,
     JobState,
     Observed,
     RateSample,
     campaign_conditions,
     decide,
+    in_flight_after_cancel,
     intent_of,
     job_state,
     message_hash,
@@ -235,3 +237,15 @@ def test_conditions_summarise_the_phase_and_report_an_edit() -> None:
     assert conds["Complete"]["status"] == "True"
     assert conds["Progressing"]["status"] == "False"
     assert conds["SpecDrift"]["reason"] == "EditedAfterStart"
+
+
+def test_cancelled_campaign_stays_progressing_while_its_senders_still_hold_deliveries() -> None:
+    holding = Counts(total=10, pending=5, sending=3, sent=2)
+    assert in_flight_after_cancel("Cancelled", holding, NOW - timedelta(seconds=5), NOW)
+    assert not in_flight_after_cancel("Cancelled", Counts(total=10, pending=8, sent=2), NOW, NOW)
+    assert not in_flight_after_cancel("Cancelled", holding, NOW - timedelta(minutes=5), NOW)
+    assert not in_flight_after_cancel("Completed", holding, NOW, NOW)
+    cancelled = Decision("Cancelled", Action.NONE, "Cancelled", "cancelled")
+    conds = {c["type"]: c for c in campaign_conditions(cancelled, drift=False, stopping=3)}
+    assert (conds["Progressing"]["status"], conds["Progressing"]["reason"]) == ("True", "SendersStopping")
+    assert conds["Ready"]["status"] == "False"
