@@ -17,7 +17,8 @@ def _existing(name: str, registry: CollectorRegistry) -> object | None:
     return registry._names_to_collectors.get(name)  # re-import in tests must not fail
 
 
-def counter(name: str, doc: str, labels: Sequence[str] = (), registry: CollectorRegistry = REGISTRY) -> Counter:
+def counter(name: str, doc: str, labels: Sequence[str] = (),
+            registry: CollectorRegistry = REGISTRY) -> Counter:
     assert name.startswith("clarion_") and name.endswith("_total")
     found = _existing(name, registry)
     if isinstance(found, Counter):

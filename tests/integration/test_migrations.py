@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
-
 from clarion.db import apply_migrations
 from clarion.db.migrations import MigrationError, load_migrations
 
@@ -16,10 +15,12 @@ async def test_migrations_apply_to_empty_database_and_rerun_is_a_no_op(database_
     try:
         # The template was migrated already: a second run applies nothing and changes nothing.
         assert await apply_migrations(conn) == []
-        tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        tables = {r["tablename"] for r in rows}
         assert {"channels", "subscribers", "campaigns", "deliveries", "notifications", "managed_groups",
                 "group_members", "audit_log", "schema_migrations"} <= tables
-        versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+        rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")
+        versions = [r["version"] for r in rows]
         assert versions == [m.version for m in load_migrations()]
     finally:
         await conn.close()
