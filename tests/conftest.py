@@ -20,6 +20,7 @@ pytest_plugins = [
     "clarion_dev.testing.telegram",
     "clarion_dev.testing.smtp",
     "clarion_dev.testing.cluster",
+    "clarion_dev.testing.operator",
 ]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -9,12 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -22,60 +16,13 @@ import pytest
 from clarion_dev.cluster import ControlPlane
 from clarion_dev.smtp_sink import SmtpSink
 from clarion_dev.telegram import Emulator
-from clarion_dev.testing.chart import operator_kubeconfig
+from clarion_dev.testing.operator import Operator, OperatorFactory
 from clarion_dev.testing.waiting import async_wait_for
 
 pytestmark = pytest.mark.cluster
 
 GROUP = "clarion.io"
 HOOK_BASE = "https://hooks.clarion.test/"
-
-
-class Operator:
-    """`clarion-operator` as a child process; its log goes to a file shown when a wait fails."""
-
-    def __init__(self, env: dict[str, str], log: Path, namespace: str) -> None:
-        self.env, self.log_path, self.namespace = env, log, namespace
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("clarion-operator")), "--namespace", self.namespace],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log(self, lines: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-@pytest.fixture
-async def operator(control_plane: ControlPlane, kube_namespace: str, database_url: str, redis_url: str,
-                   tmp_path: Path) -> AsyncIterator[Operator]:
-    # The operator runs with the chart's RBAC (a Role in the watched namespace), not as an admin.
-    watch = f"operator.watchNamespaces={{{kube_namespace}}}"
-    kubeconfig = operator_kubeconfig(control_plane, kube_namespace, (watch,))
-    env = dict(os.environ) | {
-        "KUBECONFIG": str(kubeconfig),
-        "CLARION_DATABASE_URL": database_url,
-        "CLARION_REDIS_URL": redis_url,
-        "CLARION_LOG_FORMAT": "console",
-        "CLARION_CHANNEL_RETRY_SECONDS": "5",
-    }
-    op = Operator(env, tmp_path / "operator.log", kube_namespace)
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
 
 
 class Kubectl:
@@ -241,22 +188,14 @@ async def test_referenced_webhook_secret_is_registered_with_telegram(
         "SELECT webhook_secret_sha256 FROM channels WHERE namespace = $1 AND name = 'own'", kube_namespace)
     assert digest == hashlib.sha256(b"my-own_secret-token-123").hexdigest()
 
+
 @pytest.mark.smtp_sink(starttls=True, require_auth=True, users={"mailer": "s3cret"})
 async def test_email_channel_is_checked_with_an_smtp_handshake(
-    smtp_sink: SmtpSink, control_plane: ControlPlane, kube_namespace: str, database_url: str, redis_url: str,
-    kubectl: Kubectl, tmp_path: Path, db: asyncpg.Pool,
+    smtp_sink: SmtpSink, operator_factory: OperatorFactory, kube_namespace: str, kubectl: Kubectl,
+    db: asyncpg.Pool,
 ) -> None:
     assert smtp_sink.cert_path is not None
-    # The operator runs with the chart's RBAC (a Role in the watched namespace), not as an admin.
-    watch = f"operator.watchNamespaces={{{kube_namespace}}}"
-    kubeconfig = operator_kubeconfig(control_plane, kube_namespace, (watch,))
-    env = dict(os.environ) | {
-        "KUBECONFIG": str(kubeconfig), "CLARION_DATABASE_URL": database_url,
-        "CLARION_REDIS_URL": redis_url, "CLARION_LOG_FORMAT": "console",
-        "CLARION_SMTP_CA_FILE": str(smtp_sink.cert_path),
-    }
-    op = Operator(env, tmp_path / "operator.log", kube_namespace)
-    op.start()
+    op = operator_factory({"CLARION_SMTP_CA_FILE": str(smtp_sink.cert_path)})
     try:
         kubectl.apply(_secret("smtp-good", username="mailer", password="s3cret"))
         kubectl.apply(_secret("smtp-bad", username="mailer", password="wrong"))

@@ -7,78 +7,20 @@ pods as local `clarion-sender` processes.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from clarion_dev.cluster import ControlPlane
 from clarion_dev.telegram import Emulator
-from clarion_dev.testing.chart import operator_kubeconfig
 from clarion_dev.testing.cluster import KubeApis
+from clarion_dev.testing.operator import Operator
 from clarion_dev.testing.waiting import async_wait_for
 from kubernetes.client import ApiException
 
 GROUP, VERSION = "clarion.io", "v1alpha1"
-
-
-class Operator:
-    """`clarion-operator` as a child process; its log is appended to one file across restarts."""
-
-    def __init__(self, env: dict[str, str], log: Path, namespace: str) -> None:
-        self.env, self.log_path, self.namespace = env, log, namespace
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [str(Path(sys.executable).with_name("clarion-operator")), "--namespace", self.namespace],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        """SIGKILL: the operator dies without any cleanup, as on a node failure."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log(self, lines: int = 80) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-@pytest.fixture
-async def operator(control_plane: ControlPlane, kube_namespace: str, database_url: str, redis_url: str,
-                   tmp_path: Path) -> AsyncIterator[Operator]:
-    # The operator runs with the chart's RBAC (a Role in the watched namespace), not as an admin.
-    watch = f"operator.watchNamespaces={{{kube_namespace}}}"
-    kubeconfig = operator_kubeconfig(control_plane, kube_namespace, (watch,))
-    env = dict(os.environ) | {
-        "KUBECONFIG": str(kubeconfig),
-        "CLARION_DATABASE_URL": database_url,
-        "CLARION_REDIS_URL": redis_url,
-        "CLARION_LOG_FORMAT": "console",
-        "CLARION_CHANNEL_RETRY_SECONDS": "5",
-    }
-    op = Operator(env, tmp_path / "operator.log", kube_namespace)
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
 
 
 @dataclass

@@ -9,9 +9,10 @@ import pytest
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.telegram import Emulator
 from clarion_dev.testing.cluster import KubeApis
+from clarion_dev.testing.operator import Operator
 from clarion_dev.testing.waiting import async_wait_for
 
-from .conftest import Campaigns, Operator, add_subscribers, delivery_counts, make_channel
+from .conftest import Campaigns, add_subscribers, delivery_counts, make_channel
 
 pytestmark = pytest.mark.e2e
 
