@@ -11,14 +11,13 @@ import sys
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 import yaml
 from clarion_dev.cluster import ControlPlane, ControlPlaneError
 from clarion_dev.cluster.launcher import repo_manifests
 from clarion_dev.podrunner import PodRunner
-from clarion_dev.testing.cluster import KubeApis
+from clarion_dev.testing.cluster import KubeApis, model, name_of, process_alive
 from clarion_dev.testing.waiting import wait_for
 from kubernetes import client
 from kubernetes.client import ApiException
@@ -27,26 +26,12 @@ pytestmark = pytest.mark.cluster
 
 PY = sys.executable
 SLEEP = [PY, "-c", "import time; time.sleep(600)"]
-M = TypeVar("M")
 
 
-def model(cls: type[M], data: dict[str, Any]) -> M:
-    obj = cls.from_dict(data)  # type: ignore[attr-defined]
-    assert obj is not None
-    return obj  # type: ignore[no-any-return]
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
-def name_of(obj: client.V1Pod) -> str:
-    assert obj.metadata is not None and obj.metadata.name
-    return str(obj.metadata.name)
 
 
 def pods(k8s: KubeApis, namespace: str, selector: str) -> list[client.V1Pod]:
@@ -107,7 +92,7 @@ def test_deleting_a_job_in_background_garbage_collects_its_pods(
     k8s.batch.delete_namespaced_job("long", kube_namespace, propagation_policy="Background")
 
     wait_for(lambda: not pods(k8s, kube_namespace, "job-name=long"), what="the job's pods to be collected")
-    wait_for(lambda: not any(alive(pid) for pid in pids), what="their processes to stop")
+    wait_for(lambda: not any(process_alive(pid) for pid in pids), what="their processes to stop")
 
 
 def test_deleting_a_deployment_garbage_collects_replicasets_and_pods(
@@ -137,7 +122,7 @@ def test_deleting_a_deployment_garbage_collects_replicasets_and_pods(
         what="the ReplicaSet to be collected",
     )
     wait_for(lambda: not pods(k8s, kube_namespace, "app=api"), what="the pod to be collected")
-    wait_for(lambda: not alive(pid), what="its process to stop")
+    wait_for(lambda: not process_alive(pid), what="its process to stop")
 
 
 def test_deleting_a_namespace_removes_it_with_its_objects(k8s: KubeApis) -> None:
@@ -184,7 +169,7 @@ def test_cluster_cli_starts_once_reports_and_stops(control_plane: ControlPlane, 
     finally:
         down = clarion("down")
     assert down.returncode == 0
-    wait_for(lambda: not alive(supervisor), what="the supervisor to exit")
+    wait_for(lambda: not process_alive(supervisor), what="the supervisor to exit")
     assert clarion("status").returncode == 1
 
 

@@ -9,12 +9,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from clarion_dev.cluster import ControlPlane
 from clarion_dev.podrunner import PodRunner
-from clarion_dev.testing.cluster import KubeApis
+from clarion_dev.testing.cluster import KubeApis, model, name_of, process_alive
 from clarion_dev.testing.waiting import wait_for
 from kubernetes import client
 from kubernetes.client import ApiException
@@ -23,18 +23,10 @@ pytestmark = pytest.mark.cluster
 
 PY = sys.executable
 SLEEP = [PY, "-c", "import time; time.sleep(600)"]
-M = TypeVar("M")
 
 
-def model(cls: type[M], data: dict[str, Any]) -> M:
-    obj = cls.from_dict(data)  # type: ignore[attr-defined]
-    assert obj is not None
-    return obj  # type: ignore[no-any-return]
 
 
-def name_of(obj: client.V1Pod) -> str:
-    assert obj.metadata is not None and obj.metadata.name
-    return str(obj.metadata.name)
 
 
 def job_body(
@@ -101,12 +93,6 @@ def running_pid(runner: PodRunner, pod: str) -> int:
     return wait_for(lambda: runner.pid(pod), timeout=30, what=f"a process for pod {pod}")
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_job_pod_runs_as_a_local_process_and_the_job_completes(
@@ -306,7 +292,7 @@ def test_deleting_a_pod_terminates_its_process_and_removes_the_pod(
 
     k8s.core.delete_namespaced_pod("sleeper", kube_namespace)
 
-    wait_for(lambda: not alive(pid), what="the process to end")
+    wait_for(lambda: not process_alive(pid), what="the process to end")
     assert note.exists(), "the process got SIGTERM first"
 
     def gone() -> bool:
@@ -348,7 +334,7 @@ def test_deployment_scaled_to_zero_stops_its_processes(
 
     k8s.apps.patch_namespaced_deployment_scale("web", kube_namespace, {"spec": {"replicas": 0}})
 
-    wait_for(lambda: not any(alive(pid) for pid in pids), what="both processes to stop")
+    wait_for(lambda: not any(process_alive(pid) for pid in pids), what="both processes to stop")
     wait_for(
         lambda: not k8s.core.list_namespaced_pod(kube_namespace, label_selector="app=web").items,
         what="the pods to disappear",
@@ -364,7 +350,7 @@ def test_suspending_a_job_stops_its_running_pod(
 
     k8s.batch.patch_namespaced_job("paused", kube_namespace, {"spec": {"suspend": True}})
 
-    wait_for(lambda: not alive(pid), what="the process to stop")
+    wait_for(lambda: not process_alive(pid), what="the process to stop")
     wait_for(lambda: not job_pods(k8s, kube_namespace, "paused"), what="the pod to disappear")
     job = k8s.batch.read_namespaced_job("paused", kube_namespace)
     assert condition(job, "Suspended") is not None

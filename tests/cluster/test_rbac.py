@@ -5,24 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
 
 import pytest
 from clarion_dev.cluster import ControlPlane
-from clarion_dev.testing.cluster import KubeApis
+from clarion_dev.testing.cluster import KubeApis, model
 from clarion_dev.testing.waiting import wait_for
 from kubernetes import client
 from kubernetes.client import ApiException
 
 pytestmark = pytest.mark.cluster
 
-M = TypeVar("M")
 
 
-def model(cls: type[M], data: dict[str, Any]) -> M:
-    obj = cls.from_dict(data)  # type: ignore[attr-defined]
-    assert obj is not None
-    return obj  # type: ignore[no-any-return]
 
 
 @contextmanager

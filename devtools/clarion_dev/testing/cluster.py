@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client as k8s_client
@@ -47,6 +48,29 @@ def require_control_plane(error: BaseException) -> None:
     if IN_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+M = TypeVar("M")
+
+
+def model(cls: type[M], data: dict[str, Any]) -> M:
+    """A kubernetes client model built from a plain dict (its typed constructor is awkward for tests)."""
+    obj = cls.from_dict(data)  # type: ignore[attr-defined]
+    assert obj is not None
+    return obj  # type: ignore[no-any-return]
+
+
+def name_of(obj: k8s_client.V1Pod) -> str:
+    assert obj.metadata is not None and obj.metadata.name
+    return str(obj.metadata.name)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @dataclass
