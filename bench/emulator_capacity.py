@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 
@@ -24,6 +23,7 @@ import aiohttp
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from clarion_dev.net import free_port
 
 TOKEN = "5555555:bench-token-aaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 USERS = 1000
@@ -36,12 +36,6 @@ def _cpu_seconds(pid: int) -> float:
         fields = stat.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _drive_aiohttp(base: str, seconds: float, concurrency: int) -> int:
@@ -93,7 +87,7 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--aiogram", action="store_true", help="drive it through aiogram's Bot")
     args = parser.parse_args()
-    port = _free_port()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "import sys; from clarion_dev.cli import main; sys.exit(main(sys.argv[1:]))",
         "dev", "telegram", "--port", str(port), "--limits", "off", "--bot", TOKEN,

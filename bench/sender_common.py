@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -24,6 +23,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from clarion.db import apply_migrations, create_pool
 from clarion.db import campaigns as q
+from clarion_dev.net import free_port
 
 BIN = Path(sys.executable).parent
 BASE_DSN = os.environ.get("CLARION_DATABASE_URL", "postgresql://clarion@127.0.0.1:55432/postgres")
@@ -31,12 +31,6 @@ REDIS_URL = os.environ.get("CLARION_BENCH_REDIS_URL", "redis://127.0.0.1:56379/1
 TOKEN = "6060606:bench-sender-token-aaaaaaaaaaaaaaaaaaaa"
 FIRST_USER = 100_000
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def dsn_for(database: str) -> str:

@@ -25,7 +25,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 from clarion.db import apply_migrations
+from clarion_dev.net import free_port
 
 TOKEN = "5555555:bench-token-aaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 SECRET = "bench-secret-token"
@@ -68,12 +68,6 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
             loop=uvloop.new_event_loop())
 """
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -246,7 +240,7 @@ async def open_loop(url: str, first_id: int, rate: float, seconds: float) -> dic
 
 async def measure(name: str, start: Callable[[int], subprocess.Popen[bytes]], path: str,
                   args: argparse.Namespace, first_id: int) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     process = start(port)
     try:
         await wait_listening(port, process)

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +33,7 @@ from clarion.streams import (
 )
 from clarion_bot.main import run as run_bot
 from clarion_bot.settings import BotSettings
+from clarion_dev.net import free_port
 from clarion_dev.telegram import Emulator
 from clarion_dev.testing.telegram import aiogram_bot
 from clarion_dev.testing.waiting import WaitTimeout, async_wait_for
@@ -49,10 +49,6 @@ ADMIN = 900
 USER = 501
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def until(predicate: Callable[[], Any], **options: Any) -> Any:

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -27,6 +26,7 @@ from kubernetes import client as k8s_client
 
 from clarion_dev.cluster import certs
 from clarion_dev.cluster.kubeconfig import write_kubeconfig
+from clarion_dev.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-k8s.sh"
@@ -96,12 +96,6 @@ def find_binaries(progress: IO[str] | None = None) -> Path:
     return bin_dir
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def tail(path: Path, lines: int = 40) -> str:
