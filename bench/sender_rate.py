@@ -85,9 +85,12 @@ async def main(free: int, paid: int, naive_n: int) -> None:
     rows: list[list[object]] = []
     async with scratch_database("rate") as (dsn, pool), \
             EmulatorProcess("real", latency_ms=50, jitter_ms=10) as emulator:
-        rows.append(await broadcast("free, 2 senders", emulator, dsn, pool, free, 30, False, 1.02))
-        rows.append(await broadcast("paid, 2 senders", emulator, dsn, pool, paid, 1000, True, 1.05))
-        rows.append(await naive(emulator, naive_n))
+        if free:
+            rows.append(await broadcast("free, 2 senders", emulator, dsn, pool, free, 30, False, 1.02))
+        if paid:
+            rows.append(await broadcast("paid, 2 senders", emulator, dsn, pool, paid, 1000, True, 1.05))
+        if naive_n:
+            rows.append(await naive(emulator, naive_n))
     print(table("Broadcast rate precision: emulator with real limits, 50 ms (±10 ms) round trip",
                 ["run", "messages", "limit/s", "ideal s", "wall s", "ratio", "goal", "429s", "lost",
                  "duplicates", "recorded sent", "launch-to-exit s"], rows))
@@ -97,8 +100,9 @@ async def main(free: int, paid: int, naive_n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--free", type=int, default=600, help="messages at 30/s (>= 600)")
-    parser.add_argument("--paid", type=int, default=5000, help="messages at 1000/s")
-    parser.add_argument("--naive", type=int, default=60, help="messages for the naive sequential loop")
+    parser.add_argument("--free", type=int, default=600, help="messages at 30/s (>= 600; 0 skips the run)")
+    parser.add_argument("--paid", type=int, default=5000, help="messages at 1000/s (0 skips the run)")
+    parser.add_argument("--naive", type=int, default=60,
+                        help="messages for the naive sequential loop (0 skips it)")
     args = parser.parse_args()
     asyncio.run(main(args.free, args.paid, args.naive))

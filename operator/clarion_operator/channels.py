@@ -14,8 +14,9 @@ from typing import Any
 
 import kopf
 from clarion.metrics import counter
+from clarion.telegram import botapi
 
-from clarion_operator import botapi, builders, probes, store
+from clarion_operator import builders, probes, store
 from clarion_operator.channel_logic import (
     ChannelCheck,
     Verdict,

@@ -6,8 +6,8 @@ import ssl
 from dataclasses import dataclass
 
 import aiosmtplib
+from clarion.telegram.botapi import UNREACHABLE, BotApi, BotApiError, InvalidTokenFormat
 
-from clarion_operator.botapi import UNREACHABLE, BotApi, BotApiError, InvalidTokenFormat
 from clarion_operator.channel_logic import ChannelCheck, Verdict
 
 

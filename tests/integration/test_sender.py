@@ -27,8 +27,8 @@ SENDER = str(Path(sys.executable).with_name("clarion-sender"))
 SCALE = 5
 # Telegram's budgets x 5 so that a test takes seconds. The overall burst is one second's worth: the
 # in-process emulator stamps requests when its event loop gets to them, and on a loaded 2-core machine
-# (a second sender importing aiogram takes a core for seconds) it can fall behind and then work off
-# the backlog faster than the rate. Two senders that did not share one budget (2 x the rate) would
+# (the pytest process also runs the test's own queries) it can fall behind and then work off the
+# backlog faster than the rate. Two senders that did not share one budget (2 x the rate) would
 # still empty it within about a second.
 EMULATOR_LIMITS = EmulatorLimits(global_burst=30 * SCALE)
 pytestmark = [pytest.mark.integration,
@@ -82,10 +82,11 @@ async def make_world(db: asyncpg.Pool, emu: Emulator, *, users: int, blocked: fl
 
 
 async def start_campaign(world: World, *, shards: int = 2, audience: dict[str, Any] | None = None,
-                         delivery: dict[str, Any] | None = None, name: str = "promo") -> int:
+                         delivery: dict[str, Any] | None = None, name: str = "promo",
+                         message: dict[str, Any] | None = None) -> int:
     audience = audience or {"allSubscribers": True}
-    spec: dict[str, Any] = {"channelRef": {"name": "news"}, "message": {"text": "Hello!", "variants": [
-                {"language": "de", "text": "Hallo!"}]},
+    spec: dict[str, Any] = {"channelRef": {"name": "news"},
+            "message": message or {"text": "Hello!", "variants": [{"language": "de", "text": "Hallo!"}]},
             "audience": audience,
             "delivery": {"batchSize": 100, "maxAttempts": 5, "retryBackoffSeconds": 1, **(delivery or {})}}
     async with world.db.acquire() as conn, conn.transaction():
@@ -303,6 +304,39 @@ async def test_retry_failed_resends_only_the_failed_deliveries(
     counts = await world.counts()
     assert (counts.sent, counts.blocked, counts.failed) == (len(world.reachable) + 10, len(world.blocked), 0)
     assert world.per_chat() == Counter(dict.fromkeys(world.reachable | world.unknown, 1))
+
+
+async def test_each_language_gets_its_variant_with_format_buttons_photo_and_paid_flag(
+        db: asyncpg.Pool, telegram_emulator: Emulator, database_url: str, redis_url: str,
+        senders: list[Senders]) -> None:
+    world = await make_world(db, telegram_emulator, users=3)
+    german, brazilian = FIRST_USER + 1, FIRST_USER + 2
+    await db.execute("UPDATE subscribers SET language = 'de-AT' WHERE chat_id = $1", german)
+    await db.execute("UPDATE subscribers SET language = 'pt-BR' WHERE chat_id = $1", brazilian)
+    buttons = [[{"text": "Read", "url": "https://example.com/news"}, {"text": "Later", "callbackData": "later"}]]
+    await start_campaign(world, shards=1, delivery={"paidBroadcast": True}, message={
+        "text": "<b>News</b> for you", "parseMode": "HTML", "mediaUrl": "https://example.com/news.png",
+        "disableNotification": True, "buttons": buttons,
+        "variants": [{"language": "de", "text": "<b>Neues</b> für dich",
+                      "buttons": [[{"text": "Lesen", "url": "https://example.com/de"}]]},
+                     {"language": "pt", "text": "<i>Novidades</i>"}]})
+    pods = Senders(database_url, redis_url, world)
+    senders.append(pods)
+    await pods.start(0)
+    await pods.wait()
+
+    got = {m.chat_id: m for m in telegram_emulator.sent(world.token)}
+    assert set(got) == {FIRST_USER, german, brazilian}
+    assert {m.method for m in got.values()} == {"sendPhoto"}
+    assert all(m.photo and m.paid and m.parse_mode == "HTML" for m in got.values())
+    assert (got[FIRST_USER].text, got[german].text, got[brazilian].text) == (
+        "News for you", "Neues für dich", "Novidades")
+    assert got[german].reply_markup == {"inline_keyboard": [[{"text": "Lesen", "url": "https://example.com/de"}]]}
+    main_keyboard = {"inline_keyboard": [[{"text": "Read", "url": "https://example.com/news"},
+                                          {"text": "Later", "callback_data": "later"}]]}
+    assert got[FIRST_USER].reply_markup == got[brazilian].reply_markup == main_keyboard
+    ids = await db.fetch("SELECT message_id FROM deliveries WHERE status = 'sent'")
+    assert len(ids) == 3 and all(r["message_id"] for r in ids)
 
 
 async def test_migrated_group_is_sent_at_its_new_id(

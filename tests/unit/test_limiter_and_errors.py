@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
-from aiogram.exceptions import (
-    TelegramBadRequest,
-    TelegramForbiddenError,
-    TelegramMigrateToChat,
-    TelegramNetworkError,
-    TelegramRetryAfter,
-    TelegramServerError,
-    TelegramUnauthorizedError,
-)
-from aiogram.methods import SendMessage
+from clarion.telegram.botapi import BotApiError
 from clarion.telegram.errors import Outcome, backoff_seconds, classify
 from clarion.telegram.limiter import RateLimiter, RateLimits
 
 pytestmark = pytest.mark.unit
 
-METHOD = SendMessage(chat_id=1, text="x")
+
+def refused(status: int, description: str, retry_after: int | None = None,
+            migrate_to_chat_id: int | None = None) -> BotApiError:
+    return BotApiError("sendMessage", status, description, retry_after, migrate_to_chat_id)
 
 
 def test_channel_rate_limits_are_read_from_camel_case_config_with_defaults() -> None:
@@ -40,16 +35,19 @@ def test_limiter_refuses_a_cap_without_a_rate() -> None:
 
 
 @pytest.mark.parametrize(("exc", "outcome", "reason"), [
-    (TelegramForbiddenError(METHOD, "Forbidden: bot was blocked by the user"), Outcome.BLOCKED, "blocked"),
-    (TelegramForbiddenError(METHOD, "Forbidden: user is deactivated"), Outcome.BLOCKED, "deactivated"),
-    (TelegramForbiddenError(METHOD, "Forbidden: bot can't initiate conversation with a user"),
-     Outcome.BLOCKED, "not_started"),
-    (TelegramBadRequest(METHOD, "Bad Request: chat not found"), Outcome.FAILED, None),
-    (TelegramBadRequest(METHOD, "Bad Request: message text is empty"), Outcome.FAILED, None),
-    (TelegramServerError(METHOD, "Bad Gateway"), Outcome.RETRY, None),
-    (TelegramNetworkError(METHOD, "Request timeout error"), Outcome.RETRY, None),
+    (refused(403, "Forbidden: bot was blocked by the user"), Outcome.BLOCKED, "blocked"),
+    (refused(403, "Forbidden: user is deactivated"), Outcome.BLOCKED, "deactivated"),
+    (refused(403, "Forbidden: bot can't initiate conversation with a user"), Outcome.BLOCKED, "not_started"),
+    (refused(403, "Forbidden: bot was kicked from the group chat"), Outcome.BLOCKED, "kicked"),
+    (refused(400, "Bad Request: chat not found"), Outcome.FAILED, None),
+    (refused(400, "Bad Request: message text is empty"), Outcome.FAILED, None),
+    (refused(409, "Conflict"), Outcome.FAILED, None),
+    (refused(502, "HTTP 502, not a Bot API reply"), Outcome.RETRY, None),
+    (refused(500, "Internal Server Error"), Outcome.RETRY, None),
+    (aiohttp.ServerDisconnectedError(), Outcome.RETRY, None),
+    (ConnectionResetError(), Outcome.RETRY, None),
     (TimeoutError(), Outcome.RETRY, None),
-    (TelegramUnauthorizedError(METHOD, "Unauthorized"), Outcome.FATAL, None),
+    (refused(401, "Unauthorized"), Outcome.FATAL, None),
 ])
 def test_telegram_errors_map_to_delivery_outcomes(exc: BaseException, outcome: Outcome,
                                                   reason: str | None) -> None:
@@ -58,8 +56,9 @@ def test_telegram_errors_map_to_delivery_outcomes(exc: BaseException, outcome: O
 
 
 def test_retry_after_and_migration_carry_their_parameters() -> None:
-    assert classify(TelegramRetryAfter(METHOD, "Too Many Requests", 7)).retry_after == 7
-    moved = classify(TelegramMigrateToChat(METHOD, "upgraded", -100123))
+    assert classify(refused(429, "Too Many Requests: retry after 7", retry_after=7)).retry_after == 7
+    moved = classify(refused(400, "Bad Request: group chat was upgraded to a supergroup chat",
+                             migrate_to_chat_id=-100123))
     assert (moved.outcome, moved.migrate_to_chat_id) == (Outcome.MIGRATED, -100123)
 
 

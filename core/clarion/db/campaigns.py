@@ -107,7 +107,7 @@ class Results:
     """What a sender learned about a set of claimed deliveries, written in one transaction."""
 
     # (chat id, message id, sent at, chat id the message went to when it differs)
-    sent: list[tuple[int, int, datetime, int | None]] = field(default_factory=list)
+    sent: list[tuple[int, int | None, datetime, int | None]] = field(default_factory=list)
     # (chat id, reason, error)
     blocked: list[tuple[int, str, str]] = field(default_factory=list)
     # (chat id, error)

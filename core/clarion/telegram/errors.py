@@ -1,13 +1,16 @@
 """What a failed Bot API call means for a delivery (DESIGN §4), decided in one place.
 
-- 429 Too Many Requests (`TelegramRetryAfter`) → `RATE_LIMITED`: pause the whole bot for
-  retry_after, then send again; no attempt is counted.
-- a group moved to a supergroup (`TelegramMigrateToChat`) → `MIGRATED`: send again at the new id.
-- 403 blocked / deactivated / never started / kicked (`TelegramForbiddenError`) → `BLOCKED`: the
-  recipient becomes unavailable; no retry.
-- 400 chat not found, any other 400, 404, 409 → `FAILED`: no retry.
+- 429 Too Many Requests → `RATE_LIMITED`: pause the whole bot for retry_after, then send again; no
+  attempt is counted.
+- a group moved to a supergroup (400 with `migrate_to_chat_id`) → `MIGRATED`: send again at the new id.
+- 403 blocked / deactivated / never started / kicked → `BLOCKED`: the recipient becomes unavailable;
+  no retry.
+- 400 chat not found, any other 4xx → `FAILED`: no retry.
 - 5xx, network errors, timeouts → `RETRY`: back off and retry up to maxAttempts.
 - 401 Unauthorized → `FATAL`: the token is wrong; stop sending.
+
+Failures come as `clarion.telegram.botapi.BotApiError` (Telegram answered) or as aiohttp/OS errors and
+timeouts (it did not).
 """
 
 from __future__ import annotations
@@ -17,18 +20,7 @@ import enum
 import random
 from dataclasses import dataclass
 
-from aiogram.exceptions import (
-    TelegramAPIError,
-    TelegramBadRequest,
-    TelegramConflictError,
-    TelegramForbiddenError,
-    TelegramMigrateToChat,
-    TelegramNetworkError,
-    TelegramNotFound,
-    TelegramRetryAfter,
-    TelegramServerError,
-    TelegramUnauthorizedError,
-)
+from clarion.telegram.botapi import UNREACHABLE, BotApiError
 
 MAX_ERROR_LENGTH = 500
 
@@ -64,24 +56,25 @@ _BLOCKED_REASONS = (
 
 
 def classify(exc: BaseException) -> Classified:
-    """Map an exception raised by an aiogram `Bot` call (or a timeout) to its delivery outcome."""
+    """Map an exception raised by a `BotApi` call (or a timeout, or a lost connection) to its outcome."""
     error = _describe(exc)
-    if isinstance(exc, TelegramRetryAfter):
-        return Classified(Outcome.RATE_LIMITED, error, retry_after=float(exc.retry_after))
-    if isinstance(exc, TelegramMigrateToChat):
-        return Classified(Outcome.MIGRATED, error, migrate_to_chat_id=int(exc.migrate_to_chat_id))
-    if isinstance(exc, TelegramForbiddenError):
-        text = exc.message.lower()
-        reason = next((r for needle, r in _BLOCKED_REASONS if needle in text), "forbidden")
-        return Classified(Outcome.BLOCKED, error, reason=reason)
-    if isinstance(exc, TelegramUnauthorizedError):
-        return Classified(Outcome.FATAL, error)
-    if isinstance(exc, TelegramBadRequest | TelegramNotFound | TelegramConflictError):
+    if isinstance(exc, BotApiError):
+        status = exc.status
+        if status == 429:
+            return Classified(Outcome.RATE_LIMITED, error, retry_after=float(exc.retry_after or 1))
+        if exc.migrate_to_chat_id is not None:
+            return Classified(Outcome.MIGRATED, error, migrate_to_chat_id=exc.migrate_to_chat_id)
+        if status == 403:
+            text = exc.description.lower()
+            reason = next((r for needle, r in _BLOCKED_REASONS if needle in text), "forbidden")
+            return Classified(Outcome.BLOCKED, error, reason=reason)
+        if status == 401:
+            return Classified(Outcome.FATAL, error)
+        if status >= 500:
+            return Classified(Outcome.RETRY, error)
         return Classified(Outcome.FAILED, error)
-    if isinstance(exc, TelegramServerError | TelegramNetworkError | TimeoutError | OSError):
+    if isinstance(exc, UNREACHABLE):
         return Classified(Outcome.RETRY, error)
-    if isinstance(exc, TelegramAPIError):
-        return Classified(Outcome.FAILED, error)
     return Classified(Outcome.RETRY, error)
 
 
@@ -92,8 +85,8 @@ def backoff_seconds(attempt: int, base: float, *, cap: float = 600.0) -> float:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TelegramAPIError):
-        text = f"{type(exc).__name__}: {exc.message}"
+    if isinstance(exc, BotApiError):
+        text = f"{exc.status} {exc.message}"
     elif isinstance(exc, asyncio.TimeoutError):
         text = "timeout"
     else:

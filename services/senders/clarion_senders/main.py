@@ -15,14 +15,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from aiogram import Bot
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from clarion.db import campaigns as q
 from clarion.db import create_pool
 from clarion.logging import configure_logging, get_logger
 from clarion.metrics import serve_metrics
 from clarion.redis import create_redis
+from clarion.telegram.botapi import BotApi, InvalidTokenFormat
 from clarion.telegram.limiter import RateLimiter, RateLimits
 from pydantic import ValidationError
 
@@ -30,6 +28,8 @@ from clarion_senders.campaign import CampaignSender, FatalSendError, SenderOptio
 from clarion_senders.settings import SenderSettings
 
 log = get_logger("clarion.sender")
+
+TELEGRAM_API = "https://api.telegram.org"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,13 +112,16 @@ async def run_campaign(settings: SenderSettings) -> int:
         limiter = RateLimiter(redis, bot_id, limits, margin=settings.limiter_margin,
                               cap_scope=f"campaign:{campaign.id}" if cap_rate else None,
                               cap_per_second=cap_rate)
-        base = settings.telegram_api_base or campaign.api_base_url
-        api = TelegramAPIServer.from_base(base.rstrip("/")) if base else PRODUCTION
-        session = AiohttpSession(api=api, limit=options.concurrency + 8)
-        bot = Bot(token, session=session)
+        base = settings.telegram_api_base or campaign.api_base_url or TELEGRAM_API
+        try:
+            api = BotApi(token, base, timeout_seconds=options.request_timeout,
+                         connections=options.concurrency + 8)
+        except InvalidTokenFormat as exc:
+            log.error("sender.config", error=f"CLARION_BOT_TOKEN: {exc}")
+            return 1
         serve_metrics(settings.metrics_port)
         await limiter.start()
-        sender = CampaignSender(pool=pool, redis=redis, bot=bot, campaign=campaign, shard=settings.shard,
+        sender = CampaignSender(pool=pool, redis=redis, api=api, campaign=campaign, shard=settings.shard,
                                 worker=settings.pod_name, limiter=limiter, options=options)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -127,7 +130,7 @@ async def run_campaign(settings: SenderSettings) -> int:
             await sender.run()
         finally:
             await limiter.close()
-            await session.close()
+            await api.close()
         return 0
     finally:
         await redis.aclose()

@@ -1,53 +1,77 @@
-"""Turn a campaign's `spec.message` into what is sent to each language."""
+"""Turn a campaign's `spec.message` into the Bot API request sent to each language."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
-
 
 @dataclass(frozen=True)
 class Rendered:
-    """One language's message, ready for sendMessage (or sendPhoto with a caption)."""
+    """One language's message: the Bot API method and its fields except `chat_id`.
 
-    text: str
-    parse_mode: str | None
-    reply_markup: InlineKeyboardMarkup | None
-    media_url: str | None
-    disable_notification: bool
+    `sendMessage` with `text`, or `sendPhoto` with the text as `caption` when the message has a
+    `mediaUrl`; `parse_mode`, `reply_markup` (an inline keyboard), `disable_notification` and
+    `allow_paid_broadcast` only when set.
+    """
+
+    method: str
+    fields: Mapping[str, Any]
+
+    def body(self, chat_id: int) -> str:
+        """The JSON request body for one recipient."""
+        return json.dumps({"chat_id": chat_id, **self.fields}, ensure_ascii=False)
 
 
-def _keyboard(rows: Any) -> InlineKeyboardMarkup | None:
+def _keyboard(rows: Any) -> dict[str, Any] | None:
     if not rows:
         return None
-    return InlineKeyboardMarkup(inline_keyboard=[
-        [InlineKeyboardButton(text=b["text"], url=b.get("url"), callback_data=b.get("callbackData"))
+    return {"inline_keyboard": [
+        [{"text": b["text"], **({"url": b["url"]} if b.get("url") else {}),
+          **({"callback_data": b["callbackData"]} if b.get("callbackData") else {})}
          for b in row]
         for row in rows
-    ])
+    ]}
 
 
 class MessageRenderer:
     """Picks and builds the variant for a recipient's language (its primary subtag), else the main message;
     each language is built once."""
 
-    def __init__(self, message: Mapping[str, Any]) -> None:
+    def __init__(self, message: Mapping[str, Any], *, paid_broadcast: bool = False) -> None:
         if not isinstance(message.get("text"), str) or not message["text"]:
             raise ValueError("spec.message.text is required")
         parse_mode = message.get("parseMode") or "None"
         self._parse_mode = None if parse_mode == "None" else str(parse_mode)
         self._media_url = message.get("mediaUrl")
         self._silent = bool(message.get("disableNotification", False))
+        self._paid = paid_broadcast
         self._default = self._build(message["text"], message.get("buttons"))
         self._variants = {str(v["language"]).lower(): v for v in message.get("variants") or []}
         self._main_buttons = message.get("buttons")
         self._cache: dict[str | None, Rendered] = {}
 
     def _build(self, text: str, buttons: Any) -> Rendered:
-        return Rendered(text, self._parse_mode, _keyboard(buttons), self._media_url, self._silent)
+        fields: dict[str, Any] = {}
+        if self._media_url:
+            method = "sendPhoto"
+            fields["photo"] = self._media_url
+            fields["caption"] = text
+        else:
+            method = "sendMessage"
+            fields["text"] = text
+        if self._parse_mode:
+            fields["parse_mode"] = self._parse_mode
+        keyboard = _keyboard(buttons)
+        if keyboard:
+            fields["reply_markup"] = keyboard
+        if self._silent:
+            fields["disable_notification"] = True
+        if self._paid:
+            fields["allow_paid_broadcast"] = True
+        return Rendered(method, fields)
 
     def for_language(self, language: str | None) -> Rendered:
         found = self._cache.get(language)
