@@ -313,7 +313,10 @@ async def test_each_language_gets_its_variant_with_format_buttons_photo_and_paid
     german, brazilian = FIRST_USER + 1, FIRST_USER + 2
     await db.execute("UPDATE subscribers SET language = 'de-AT' WHERE chat_id = $1", german)
     await db.execute("UPDATE subscribers SET language = 'pt-BR' WHERE chat_id = $1", brazilian)
-    buttons = [[{"text": "Read", "url": "https://example.com/news"}, {"text": "Later", "callbackData": "later"}]]
+    buttons = [[
+        {"text": "Read", "url": "https://example.com/news"},
+        {"text": "Later", "callbackData": "later"},
+    ]]
     await start_campaign(world, shards=1, delivery={"paidBroadcast": True}, message={
         "text": "<b>News</b> for you", "parseMode": "HTML", "mediaUrl": "https://example.com/news.png",
         "disableNotification": True, "buttons": buttons,
