@@ -13,15 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from clarion.db import campaigns as q
 from clarion.streams import CAMPAIGN_DELIVERIES_STREAM, dead_letter_stream
+from clarion_dev.net import free_port
 from clarion_dev.telegram import Emulator
 from clarion_dev.telegram.limits import RateLimits as EmulatorLimits
 from clarion_dev.testing.telegram import aiogram_bot
 from clarion_dev.testing.waiting import async_wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 SENDER = str(Path(sys.executable).with_name("clarion-sender"))
 SCALE = 5
@@ -413,3 +416,54 @@ async def test_sender_refuses_an_unknown_campaign_with_a_clear_error(
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
     assert b"campaign 999999 does not exist" in err
+
+
+async def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a sender's /metrics, keyed by name and labels."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def test_running_sender_exposes_results_latency_limiter_waits_and_progress(
+        db: asyncpg.Pool, telegram_emulator: Emulator, database_url: str, redis_url: str,
+        senders: list[Senders]) -> None:
+    world = await make_world(db, telegram_emulator, users=200, blocked=0.1)
+    # 20 messages a second for this campaign: the sender runs ~10 s, long enough to be scraped.
+    await start_campaign(world, shards=1, delivery={"ratePerSecond": 20})
+    port = free_port()
+    pods = Senders(database_url, redis_url, world)
+    senders.append(pods)
+    await pods.start(0, CLARION_METRICS_PORT=str(port))
+    channel = frozenset({("channel", "news")})
+
+    async def under_way() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+        # /metrics is served from another thread while the sender works: one scrape may fall between
+        # two gauge updates, so wait for one whose progress gauges add up.
+        samples = await scrape(port)
+        sent = samples.get(("clarion_messages_sent_total", channel | {("result", "sent")}), 0)
+        progress = sum(v for (name, _), v in samples.items() if name == "clarion_campaign_deliveries")
+        return samples if sent >= 40 and progress == 200 else None
+
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = await async_wait_for(
+        under_way, timeout=60, ignore=(aiohttp.ClientError,),
+        what="the sender's /metrics to count 40 sent messages")
+    by_result = {dict(labels)["result"]: value for (name, labels), value in samples.items()
+                 if name == "clarion_messages_sent_total"}
+    assert set(by_result) == {"sent", "blocked", "failed", "retry", "rate_limited", "migrated"}
+    assert by_result["failed"] == by_result["retry"] == by_result["rate_limited"] == 0
+    answered = by_result["sent"] + by_result["blocked"]
+    # Every answer has its round trip in the histogram (give or take a send finishing mid-scrape).
+    assert abs(samples[("clarion_send_latency_seconds_count", channel)] - answered) <= 2
+    # Every send waited for its slot; at 20/s those waits add up to seconds.
+    assert samples[("clarion_limiter_wait_seconds_count", channel)] >= answered - 2
+    assert samples[("clarion_limiter_wait_seconds_sum", channel)] > 1.0
+    progress = {dict(labels)["status"]: value for (name, labels), value in samples.items()
+                if name == "clarion_campaign_deliveries"}
+    assert {dict(labels)["campaign"] for (name, labels) in samples if name == "clarion_campaign_deliveries"} \
+        == {"default/promo"}
+    assert 0 < progress["sent"] < len(world.reachable) and progress["pending"] + progress["sending"] > 0
+    await pods.wait()
+    counts = await world.counts()
+    assert (counts.sent, counts.blocked) == (len(world.reachable), len(world.blocked))
