@@ -153,7 +153,9 @@ async def make_campaign(pool: asyncpg.Pool, emulator: EmulatorProcess, *, users:
                RETURNING id""",
             name, channel_id, spec, shards,
         )
-        await q.snapshot_audience(conn, campaign_id, channel_id, {"allSubscribers": True}, shards)
+        total = await q.snapshot_audience(conn, campaign_id, channel_id, {"allSubscribers": True}, shards)
+    if total >= q.ANALYZE_AFTER_ROWS:  # as the operator does after a snapshot
+        await q.analyze_deliveries(pool)
     return campaign_id
 
 

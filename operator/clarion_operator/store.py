@@ -134,7 +134,9 @@ async def start_campaign(
             return _row(existing)
         total = await campaign_queries.snapshot_audience(conn, record["id"], channel_id,
                                                          spec.get("audience") or {}, shards)
-        return _row({**record, "total": total})
+    if total >= campaign_queries.ANALYZE_AFTER_ROWS:
+        await campaign_queries.analyze_deliveries(db)
+    return _row({**record, "total": total})
 
 
 async def set_phase(db: Db, campaign_id: int, phase: str, *, finished: bool = False) -> CampaignRow | None:

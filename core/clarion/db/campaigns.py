@@ -18,6 +18,8 @@ Db = Any
 
 #: Statuses after which a delivery needs nothing more.
 SETTLED_STATUSES = ("sent", "failed", "blocked")
+# A snapshot of at least this many deliveries is followed by analyze_deliveries().
+ANALYZE_AFTER_ROWS = 1000
 
 # Subscriber rows the selectors pick (before reachability and excludeTags): by flag, tag, group
 # membership, and language filter. NULL-safe: a NULL language never matches a language filter.
@@ -176,6 +178,17 @@ async def snapshot_audience(conn: Db, campaign_id: int, channel_id: int, audienc
     return total
 
 
+async def analyze_deliveries(conn: Db) -> None:
+    """Refresh the planner's statistics on `deliveries`; call it after committing a large snapshot.
+
+    Until autovacuum gets to the table (a minute or more later), the statistics say the new campaign
+    has no rows, and recording a batch of results is planned as a read of the campaign's whole
+    snapshot (0.35 s per batch of 1,000 at 1M rows, against 5 ms with fresh statistics). ANALYZE
+    samples a fixed number of rows: ~0.1 s on a 2M-row table here.
+    """
+    await conn.execute("ANALYZE deliveries")
+
+
 def _counts(total: int, rows: Sequence[Any]) -> CampaignCounts:
     by_status = {r["status"]: int(r["n"]) for r in rows}
     return CampaignCounts(total=total, **{s: by_status.get(s, 0)
@@ -247,20 +260,22 @@ async def claim(conn: Db, campaign_id: int, shard: int, limit: int, claimed_by: 
 
     Rows another sender holds are skipped, so concurrent claimers never share a row.
     """
-    # The locked rows are picked in a CTE (always materialised) and joined on the primary key: an
-    # `IN (SELECT … LIMIT … FOR UPDATE)` may be planned as a subplan re-run per row on fresh tables.
+    # The rows are picked and locked by an uncorrelated subquery (an InitPlan, run once) and updated
+    # by their tuple ids, so the plan is a Tid Scan whatever the statistics say (the locks keep the
+    # ids valid until the update, in the same statement). Joining them back on
+    # (campaign_id, chat_id) instead was planned, while the statistics still predated the snapshot,
+    # as a loop over the campaign's every row per picked row: 2.8 s per claim of 1,000 at 20,000 rows.
     rows = await conn.fetch(
-        """WITH picked AS (
-               SELECT chat_id FROM deliveries
+        """UPDATE deliveries
+           SET status = 'sending', claimed_by = $4, claimed_until = now() + make_interval(secs => $5),
+               updated_at = now()
+           WHERE ctid = ANY(ARRAY(
+               SELECT ctid FROM deliveries
                WHERE campaign_id = $1 AND shard = $2 AND status = 'pending' AND next_attempt_at <= now()
                ORDER BY next_attempt_at
                LIMIT $3
-               FOR UPDATE SKIP LOCKED)
-           UPDATE deliveries d
-           SET status = 'sending', claimed_by = $4, claimed_until = now() + make_interval(secs => $5),
-               updated_at = now()
-           FROM picked WHERE d.campaign_id = $1 AND d.chat_id = picked.chat_id
-           RETURNING d.chat_id, d.language, d.attempts""",
+               FOR UPDATE SKIP LOCKED))
+           RETURNING chat_id, language, attempts""",
         campaign_id, shard, limit, claimed_by, float(lease_seconds),
     )
     return [Claimed(r["chat_id"], r["language"], r["attempts"]) for r in rows]
@@ -269,13 +284,12 @@ async def claim(conn: Db, campaign_id: int, shard: int, limit: int, claimed_by: 
 async def release_expired(conn: Db, campaign_id: int, shard: int) -> int:
     """Return to pending the shard's deliveries whose claim lease ran out (their sender died)."""
     status: str = await conn.execute(
-        """WITH expired AS (
-               SELECT chat_id FROM deliveries
-               WHERE campaign_id = $1 AND shard = $2 AND status = 'sending' AND claimed_until < now()
-               FOR UPDATE SKIP LOCKED)
-           UPDATE deliveries d
+        """UPDATE deliveries
            SET status = 'pending', claimed_by = NULL, claimed_until = NULL, updated_at = now()
-           FROM expired WHERE d.campaign_id = $1 AND d.chat_id = expired.chat_id""",
+           WHERE ctid = ANY(ARRAY(
+               SELECT ctid FROM deliveries
+               WHERE campaign_id = $1 AND shard = $2 AND status = 'sending' AND claimed_until < now()
+               FOR UPDATE SKIP LOCKED))""",
         campaign_id, shard,
     )
     return int(status.rsplit(" ", 1)[1])
