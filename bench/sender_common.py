@@ -154,8 +154,7 @@ async def make_campaign(pool: asyncpg.Pool, emulator: EmulatorProcess, *, users:
             name, channel_id, spec, shards,
         )
         total = await q.snapshot_audience(conn, campaign_id, channel_id, {"allSubscribers": True}, shards)
-    if total >= q.ANALYZE_AFTER_ROWS:  # as the operator does after a snapshot
-        await q.analyze_deliveries(pool)
+    await q.analyze_after_snapshot(pool, total)  # as the operator does
     return campaign_id
 
 

@@ -134,8 +134,7 @@ async def start_campaign(
             return _row(existing)
         total = await campaign_queries.snapshot_audience(conn, record["id"], channel_id,
                                                          spec.get("audience") or {}, shards)
-    if total >= campaign_queries.ANALYZE_AFTER_ROWS:
-        await campaign_queries.analyze_deliveries(db)
+    await campaign_queries.analyze_after_snapshot(db, total)
     return _row({**record, "total": total})
 
 

@@ -418,7 +418,11 @@ async def test_sender_refuses_an_unknown_campaign_with_a_clear_error(
     assert b"campaign 999999 does not exist" in err
 
 
-async def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+# /metrics samples keyed by name and labels.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(port: int) -> Samples:
     """Every sample of a sender's /metrics, keyed by name and labels."""
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
         text = await resp.text()
@@ -438,7 +442,7 @@ async def test_running_sender_exposes_results_latency_limiter_waits_and_progress
     await pods.start(0, CLARION_METRICS_PORT=str(port))
     channel = frozenset({("channel", "news")})
 
-    async def under_way() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+    async def under_way() -> Samples | None:
         # /metrics is served from another thread while the sender works: one scrape may fall between
         # two gauge updates, so wait for one whose progress gauges add up.
         samples = await scrape(port)
@@ -446,7 +450,7 @@ async def test_running_sender_exposes_results_latency_limiter_waits_and_progress
         progress = sum(v for (name, _), v in samples.items() if name == "clarion_campaign_deliveries")
         return samples if sent >= 40 and progress == 200 else None
 
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = await async_wait_for(
+    samples: Samples = await async_wait_for(
         under_way, timeout=60, ignore=(aiohttp.ClientError,),
         what="the sender's /metrics to count 40 sent messages")
     by_result = {dict(labels)["result"]: value for (name, labels), value in samples.items()
