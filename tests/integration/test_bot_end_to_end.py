@@ -22,11 +22,13 @@ from typing import Any
 import pytest
 import uvicorn
 from clarion.db import subscribers
+from clarion.keys import channel_key
 from clarion.streams import (
     BOT_GROUP,
     DEFAULT_PARTITIONS,
     attempts_key,
     dead_letter_stream,
+    partition_lease_key,
     rate_key,
     update_partition,
     updates_stream,
@@ -43,7 +45,8 @@ from prometheus_client import generate_latest
 
 pytestmark = pytest.mark.integration
 
-KEY = "tests.support-bot"
+NAMESPACE, NAME = "tests", "support-bot"
+KEY = channel_key(NAMESPACE, NAME)
 SECRET = "webhook-Secret_0123456789"
 ADMIN = 900
 USER = 501
@@ -111,12 +114,11 @@ async def bot_in_process(stack: Stack) -> AsyncIterator[None]:
 async def make_stack(emulator: Emulator, db: Any, database_url: str, redis_url: str,
                      max_connections: int = 40, **config: Any) -> AsyncIterator[Stack]:
     info = emulator.add_bot(username="clarion_support_bot")
-    namespace, name = KEY.split(".", 1)
     channel_id: int = await db.fetchval(
         """INSERT INTO channels (namespace, name, type, bot_id, bot_username, api_base_url,
                                  webhook_secret_sha256, config, ready)
            VALUES ($1, $2, 'telegram', $3, $4, $5, $6, $7, true) RETURNING id""",
-        namespace, name, info.id, info.username, emulator.base_url,
+        NAMESPACE, NAME, info.id, info.username, emulator.base_url,
         hashlib.sha256(SECRET.encode()).hexdigest(),
         {"adminChatIds": [ADMIN], "supportChatId": ADMIN, "defaultLanguage": "en", **config},
     )
@@ -394,7 +396,7 @@ def _lease_holders(redis_url: str, expected: set[bytes]) -> Callable[[], Any]:
     async def check() -> bool:
         client = aioredis.Redis.from_url(redis_url)
         try:
-            holders = {await client.get(f"tg:lease:{KEY}:{p}") for p in range(DEFAULT_PARTITIONS)}
+            holders = {await client.get(partition_lease_key(KEY, p)) for p in range(DEFAULT_PARTITIONS)}
         finally:
             await client.aclose()
         return holders == expected

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from clarion.keys import split_channel_key
 from clarion.streams import (
     DEFAULT_PARTITIONS,
     UpdateEnvelope,
@@ -28,13 +29,14 @@ HEADERS = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
 
 
 async def insert_channel(db: Any, key: str = CHANNEL, secret: str = SECRET, *, deleted: bool = False) -> int:
-    namespace, name = key.split(".", 1)
+    parts = split_channel_key(key)
+    assert parts is not None, key
     channel_id: int = await db.fetchval(
         """INSERT INTO channels (namespace, name, type, bot_id, api_base_url, webhook_secret_sha256, config,
                                  ready, deleted_at)
            VALUES ($1, $2, 'telegram', 42, 'http://127.0.0.1:1', $3, $4, true,
                    CASE WHEN $5 THEN now() END) RETURNING id""",
-        namespace, name, hashlib.sha256(secret.encode()).hexdigest(), {"defaultLanguage": "en"}, deleted,
+        *parts, hashlib.sha256(secret.encode()).hexdigest(), {"defaultLanguage": "en"}, deleted,
     )
     return channel_id
 

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiogram import BaseMiddleware
+from aiogram import BaseMiddleware, Dispatcher
 from aiogram.types import TelegramObject, User
 from clarion.db import subscribers
 from clarion.db.channels import ChannelRecord
@@ -22,7 +22,11 @@ class ChannelHolder:
 
 
 class ContextMiddleware(BaseMiddleware):
-    """Injects `channel`, `language` and `t` (a Translator for the user who caused the update)."""
+    """Injects `channel`, `language` and `t` (a Translator for the user who caused the update).
+
+    An inner middleware (`install_context`): it runs once a handler's filters matched, so the stored
+    language is read only for an update a handler takes. Filters therefore do not see these values.
+    """
 
     def __init__(self, holder: ChannelHolder) -> None:
         self.holder = holder
@@ -40,3 +44,14 @@ class ContextMiddleware(BaseMiddleware):
         data["language"] = language
         data["t"] = Translator(language)
         return await handler(event, data)
+
+
+def install_context(dp: Dispatcher, holder: ChannelHolder) -> None:
+    """Put one `ContextMiddleware` on every update type the dispatcher's routers handle.
+
+    Call it after the routers are included: an update type without handlers gets no middleware, and an
+    inner middleware of the dispatcher's observer also wraps the handlers of the routers below it.
+    """
+    middleware = ContextMiddleware(holder)
+    for update_type in dp.resolve_used_update_types():
+        dp.observers[update_type].middleware(middleware)

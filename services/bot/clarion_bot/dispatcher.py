@@ -13,7 +13,7 @@ from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.methods import AnswerCallbackQuery, CopyMessage, EditMessageText, SendMessage
 from aiogram.methods.base import Response
 
-from clarion_bot.context import ChannelHolder, ContextMiddleware
+from clarion_bot.context import ChannelHolder, install_context
 from clarion_bot.handlers import routers
 
 PUBLIC_API_BASE = "https://api.telegram.org"
@@ -31,8 +31,8 @@ def build_dispatcher(*, db: Any, redis: aioredis.Redis, holder: ChannelHolder) -
     dp = Dispatcher(storage=storage)
     dp["db"] = db
     dp["holder"] = holder
-    dp.update.outer_middleware(ContextMiddleware(holder))
     dp.include_routers(*routers())
+    install_context(dp, holder)
     return dp
 
 

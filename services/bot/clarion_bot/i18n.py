@@ -1,5 +1,5 @@
 # ruff: noqa: RUF001  (Russian text is Cyrillic on purpose)
-"""Every text the bot sends, in English and Russian, and the translator handlers receive as `t`.
+"""Every text the bot sends, in each language of `BOT_LANGUAGES`, and the translator handlers get as `t`.
 
 A plain catalog rather than gettext: aiogram's I18n middleware needs Babel and compiled `.mo` files,
 which would add a build step for two languages (docs/webhook-and-bot.md).
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-LANGUAGES = ("en", "ru")
+from clarion.models.channel import BOT_LANGUAGES
+
 DEFAULT_LANGUAGE = "en"
-LANGUAGE_NAMES = {"en": "English", "ru": "Русский"}
 
 CATALOG: dict[str, dict[str, str]] = {
     "start.welcome": {
@@ -33,6 +33,10 @@ CATALOG: dict[str, dict[str, str]] = {
     "command.unknown": {
         "en": "I don't know this command. Send /help to see what I can do.",
         "ru": "Я не знаю такой команды. Отправьте /help, чтобы узнать, что я умею.",
+    },
+    "language.name": {
+        "en": "English",
+        "ru": "Русский",
     },
     "language.choose": {
         "en": "Choose your language:",
@@ -106,16 +110,16 @@ def pick_language(*candidates: str | None, default: str = DEFAULT_LANGUAGE) -> s
     for candidate in candidates:
         if candidate:
             code = candidate.split("-", 1)[0].lower()
-            if code in LANGUAGES:
+            if code in BOT_LANGUAGES:
                 return code
-    return default if default in LANGUAGES else DEFAULT_LANGUAGE
+    return default if default in BOT_LANGUAGES else DEFAULT_LANGUAGE
 
 
 class Translator:
     """`t("key", **values)`: the catalog text in one language; English when a language lacks the key."""
 
     def __init__(self, language: str) -> None:
-        self.language = language if language in LANGUAGES else DEFAULT_LANGUAGE
+        self.language = language if language in BOT_LANGUAGES else DEFAULT_LANGUAGE
 
     def __call__(self, key: str, **values: Any) -> str:
         texts = CATALOG[key]

@@ -11,8 +11,9 @@ from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 from clarion.db import subscribers
 from clarion.db.channels import ChannelRecord
+from clarion.models.channel import BOT_LANGUAGES
 
-from clarion_bot.i18n import LANGUAGE_NAMES, LANGUAGES, Translator
+from clarion_bot.i18n import Translator
 
 
 class LanguageChoice(CallbackData, prefix="lang"):
@@ -21,8 +22,8 @@ class LanguageChoice(CallbackData, prefix="lang"):
 
 def language_keyboard() -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
-    for code in LANGUAGES:
-        builder.button(text=LANGUAGE_NAMES[code], callback_data=LanguageChoice(code=code))
+    for code in BOT_LANGUAGES:
+        builder.button(text=Translator(code)("language.name"), callback_data=LanguageChoice(code=code))
     return builder.as_markup()
 
 
@@ -43,5 +44,5 @@ def build_router() -> Router:
     """A new router of this feature (a router can belong to one dispatcher only)."""
     router = Router(name="language")
     router.message.register(choose_language, Command("language"), F.chat.type == "private")
-    router.callback_query.register(set_language, LanguageChoice.filter(F.code.in_(LANGUAGES)))
+    router.callback_query.register(set_language, LanguageChoice.filter(F.code.in_(BOT_LANGUAGES)))
     return router

@@ -14,7 +14,7 @@ from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, ForceReply, Message, User
 from aiogram.utils.keyboard import InlineKeyboardBuilder
-from clarion.db import subscribers
+from clarion.db import subscribers, support
 from clarion.db.channels import ChannelRecord
 
 from clarion_bot.i18n import Translator, pick_language
@@ -63,17 +63,13 @@ async def begin_answer(query: CallbackQuery, callback_data: SupportReply, state:
     if query.from_user.id not in channel.admin_chat_ids:
         await query.answer(t("support.not_admin"), show_alert=True)
         return
-    thread = await db.fetchrow(
-        """SELECT user_chat_id, user_name, user_language FROM support_threads
-           WHERE id = $1 AND channel_id = $2""",
-        callback_data.thread, channel.id,
-    )
+    thread = await support.get_thread(db, channel.id, callback_data.thread)
     if thread is None or query.message is None:
         await query.answer(t("support.unknown_thread"), show_alert=True)
         return
     await state.set_state(Answering.text)
-    name = thread["user_name"] or str(thread["user_chat_id"])
-    await state.update_data(user_chat_id=thread["user_chat_id"], name=name, language=thread["user_language"])
+    name = thread.user_name or str(thread.user_chat_id)
+    await state.update_data(user_chat_id=thread.user_chat_id, name=name, language=thread.user_language)
     await query.answer()
     await bot.send_message(query.message.chat.id, t("support.ask_answer", name=name),
                            reply_markup=ForceReply(selective=True))
@@ -88,19 +84,17 @@ async def to_support(message: Message, bot: Bot, db: Any, channel: ChannelRecord
         await message.answer(t("support.unavailable"))
         return
     staff = Translator(channel.default_language)
-    thread_id: int = await db.fetchval("SELECT nextval(pg_get_serial_sequence('support_threads', 'id'))")
+    thread_id = await support.reserve_thread_id(db)
     keyboard = InlineKeyboardBuilder()
     keyboard.button(text=staff("support.reply_button"), callback_data=SupportReply(thread=thread_id))
     header = staff("support.incoming", name=display_name(user),
                    username=f"@{user.username}" if user.username else "-", user_id=user.id)
     body = message.text or message.caption or staff("support.non_text", kind=message.content_type)
     posted = await bot.send_message(support_chat, f"{header}\n\n{body}", reply_markup=keyboard.as_markup())
-    await db.execute(
-        """INSERT INTO support_threads (id, channel_id, user_chat_id, admin_chat_id, admin_message_id,
-                                        user_message_id, user_name, user_language)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-        thread_id, channel.id, message.chat.id, support_chat, posted.message_id, message.message_id,
-        display_name(user), language,
+    await support.record_thread(
+        db, channel.id, thread_id, user_chat_id=message.chat.id, user_message_id=message.message_id,
+        admin_chat_id=support_chat, admin_message_id=posted.message_id, user_name=display_name(user),
+        user_language=language,
     )
     await message.answer(t("support.sent"))
 
