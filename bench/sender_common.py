@@ -23,6 +23,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from clarion.db import apply_migrations, create_pool
 from clarion.db import campaigns as q
+from clarion.models import Audience, BroadcastCampaignSpec
 from clarion_dev.net import free_port
 
 BIN = Path(sys.executable).parent
@@ -30,6 +31,8 @@ BASE_DSN = os.environ.get("CLARION_DATABASE_URL", "postgresql://clarion@127.0.0.
 REDIS_URL = os.environ.get("CLARION_BENCH_REDIS_URL", "redis://127.0.0.1:56379/13")
 TOKEN = "6060606:bench-sender-token-aaaaaaaaaaaaaaaaaaaa"
 FIRST_USER = 100_000
+
+EVERYONE = Audience(all_subscribers=True)
 
 
 
@@ -144,8 +147,9 @@ async def make_campaign(pool: asyncpg.Pool, emulator: EmulatorProcess, *, users:
            SELECT $1, g, 'en' FROM generate_series($2::bigint, $3::bigint) g ON CONFLICT DO NOTHING""",
         channel_id, FIRST_USER, FIRST_USER + users - 1,
     )
-    spec = {"message": {"text": "Benchmark broadcast"}, "audience": {"allSubscribers": True},
-            "delivery": delivery}
+    spec = BroadcastCampaignSpec.model_validate({
+        "channelRef": {"name": "bench"}, "message": {"text": "Benchmark broadcast"},
+        "audience": {"allSubscribers": True}, "delivery": delivery}).to_k8s()
     async with pool.acquire() as conn, conn.transaction():
         campaign_id: int = await conn.fetchval(
             """INSERT INTO campaigns (namespace, name, uid, channel_id, spec, message_hash, phase, shards)
@@ -153,7 +157,7 @@ async def make_campaign(pool: asyncpg.Pool, emulator: EmulatorProcess, *, users:
                RETURNING id""",
             name, channel_id, spec, shards,
         )
-        total = await q.snapshot_audience(conn, campaign_id, channel_id, {"allSubscribers": True}, shards)
+        total = await q.snapshot_audience(conn, campaign_id, channel_id, EVERYONE, shards)
     await q.analyze_after_snapshot(pool, total)  # as the operator does
     return campaign_id
 

@@ -21,12 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg
 from clarion.db import campaigns as q
+from clarion.models import Audience
 
 from bench.sender_common import scratch_database, table
 
 RAW = """INSERT INTO deliveries (campaign_id, chat_id, shard, language)
          SELECT $1, chat_id, 0, language FROM subscribers
          WHERE channel_id = $2 AND subscribed AND NOT unavailable"""
+
+EVERYONE = Audience(all_subscribers=True)
 
 
 async def fill(pool: asyncpg.Pool, subscribers: int) -> tuple[int, int, int]:
@@ -59,7 +62,7 @@ async def timed_snapshot(pool: asyncpg.Pool, campaign: int, channel: int) -> tup
     await pool.execute("UPDATE campaigns SET total = 0 WHERE id = $1", campaign)
     async with pool.acquire() as conn, conn.transaction():
         started = time.perf_counter()
-        total = await q.snapshot_audience(conn, campaign, channel, {"allSubscribers": True}, 8)
+        total = await q.snapshot_audience(conn, campaign, channel, EVERYONE, 8)
         elapsed = time.perf_counter() - started
     return elapsed, total
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from clarion.keys import channel_key
+from clarion.models import SecretKeyRef
+
 MANAGED_BY = {"app.kubernetes.io/managed-by": "clarion-operator"}
 RUNTIME_DATABASE_KEY = "database-url"
 RUNTIME_REDIS_KEY = "redis-url"
@@ -36,11 +39,6 @@ def webhook_secret_name(channel: str) -> str:
 
 def sender_job_name(campaign: str, run: int) -> str:
     return bounded_name(campaign, f"-r{run}")
-
-
-def channel_key(namespace: str, name: str) -> str:
-    """The channel's key in Postgres, the webhook path and the bot's `--channel` argument."""
-    return f"{namespace}.{name}"
 
 
 def _container_security() -> dict[str, Any]:
@@ -104,8 +102,7 @@ def bot_deployment(
     *,
     namespace: str,
     channel: str,
-    token_secret: str,
-    token_key: str,
+    token: SecretKeyRef,
     replicas: int,
     image: str,
     pull_policy: str,
@@ -131,7 +128,7 @@ def bot_deployment(
                         "imagePullPolicy": pull_policy,
                         "command": ["clarion-bot", "--channel", channel_key(namespace, channel)],
                         "env": [
-                            _secret_env("CLARION_BOT_TOKEN", token_secret, token_key),
+                            _secret_env("CLARION_BOT_TOKEN", token.name, token.key),
                             *_runtime_env(runtime_secret_name),
                             {"name": "CLARION_POD_NAME",
                              "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -158,8 +155,7 @@ def sender_job(
     run: int,
     campaign_id: int,
     shards: int,
-    token_secret: str,
-    token_key: str,
+    token: SecretKeyRef,
     image: str,
     pull_policy: str,
     runtime_secret_name: str,
@@ -190,7 +186,7 @@ def sender_job(
                         "command": ["clarion-sender", "campaign"],
                         "env": [
                             {"name": "CLARION_CAMPAIGN_ID", "value": str(campaign_id)},
-                            _secret_env("CLARION_BOT_TOKEN", token_secret, token_key),
+                            _secret_env("CLARION_BOT_TOKEN", token.name, token.key),
                             *_runtime_env(runtime_secret_name),
                             {"name": "CLARION_POD_NAME",
                              "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

@@ -1,4 +1,4 @@
-"""BroadcastCampaign decisions without I/O: start time, phase and next action, status figures.
+"""BroadcastCampaign decisions without I/O: phase and next action, then the status to write.
 
 States and actions (see docs/operator.md for the diagram):
 
@@ -8,25 +8,32 @@ States and actions (see docs/operator.md for the diagram):
                        | Job missing -> CREATE_JOB | Job suspended -> RESUME
                        | Job failed -> FAIL | Job completed early -> RECOVER (new run)
     row phase Paused:  resume -> RESUME | cancel -> CANCEL
+    row phase Cancelled, deliveries a stopping sender gave back -> CANCEL_UNSENT
     terminal:          retryFailed bumped -> RETRY (new run) or NOTE_RETRY when nothing is left to send
+
+Everything here takes the typed spec (`BroadcastCampaignSpec`) and what the operator observed,
+and returns typed values; `campaign_status` builds the whole status the operator writes.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
-import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
-from clarion.models.campaign import parse_schedule_time
+from clarion.db.campaigns import CampaignCounts, CampaignRow
+from clarion.models import (
+    FINISHED_PHASES,
+    BroadcastCampaignSpec,
+    BroadcastCampaignStatus,
+    CampaignReason,
+    Condition,
+    ConditionType,
+    Phase,
+    merge_conditions,
+)
 
-from clarion_operator.conditions import condition
-
-TERMINAL = frozenset({"Completed", "PartiallyFailed", "Failed", "Cancelled"})
-CANCEL_SETTLING = timedelta(seconds=60)
-EDIT_CONDITION = "SpecDrift"
+Reason = CampaignReason
 
 
 class Action(enum.Enum):
@@ -36,6 +43,7 @@ class Action(enum.Enum):
     SUSPEND = "suspend"
     RESUME = "resume"
     CANCEL = "cancel"
+    CANCEL_UNSENT = "cancel-unsent"
     FINISH = "finish"
     FAIL = "fail"
     RECOVER = "recover"
@@ -52,59 +60,13 @@ class JobState(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Counts:
-    """Deliveries of a campaign by status."""
-
-    total: int = 0
-    pending: int = 0
-    sending: int = 0
-    sent: int = 0
-    failed: int = 0
-    blocked: int = 0
-
-    @property
-    def unsettled(self) -> int:
-        return self.pending + self.sending
-
-    @property
-    def settled(self) -> int:
-        return self.sent + self.failed + self.blocked
-
-
-@dataclass(frozen=True)
-class CampaignRow:
-    """The campaign's row in Postgres: what the operator started with."""
-
-    id: int
-    run: int
-    phase: str
-    total: int
-    shards: int
-    message_hash: str
-    started_at: datetime | None
-    completed_at: datetime | None
-    retry_observed: int
-    recovery_runs: int
-
-
-@dataclass(frozen=True)
-class Intent:
-    """The parts of the spec that steer the lifecycle."""
-
-    suspend: bool
-    cancel: bool
-    retry_failed: int
-    start_at: datetime | None
-    message_hash: str
-
-
-@dataclass(frozen=True)
 class Observed:
-    """What the operator saw: its row, the delivery counts, the current run's Job, the channel."""
+    """What the operator saw: the phase in status, its row, the delivery counts, the current run's Job,
+    whether the channel is usable, and since when the campaign has been due."""
 
-    status_phase: str | None
+    status_phase: Phase | None
     row: CampaignRow | None
-    counts: Counts
+    counts: CampaignCounts
     job: JobState
     channel_ready: bool
     due_since: datetime
@@ -112,128 +74,136 @@ class Observed:
 
 @dataclass(frozen=True)
 class Decision:
-    phase: str
+    phase: Phase
     action: Action
-    reason: str
+    reason: CampaignReason
     message: str
 
 
-def intent_of(spec: dict[str, Any]) -> Intent:
-    """The lifecycle switches of a BroadcastCampaign spec (camelCase dict, as the API server holds it)."""
-    return Intent(
-        suspend=bool(spec.get("suspend", False)),
-        cancel=bool(spec.get("cancel", False)),
-        retry_failed=int(spec.get("retryFailed") or 0),
-        start_at=start_time(spec.get("schedule")),
-        message_hash=message_hash(spec),
-    )
-
-
-def start_time(schedule: dict[str, Any] | None) -> datetime | None:
-    """When sending starts, in UTC: a local `at` is read in `timeZone`, an offset in `at` wins."""
-    if not schedule or not schedule.get("at"):
-        return None
-    return parse_schedule_time(str(schedule["at"]), str(schedule.get("timeZone") or "UTC"))
-
-
-def message_hash(spec: dict[str, Any]) -> str:
-    """sha256 of the message and audience as started: a later edit shows as a different hash."""
-    frozen = {"message": spec.get("message"), "audience": spec.get("audience")}
-    return hashlib.sha256(json.dumps(frozen, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def outcome(counts: Counts) -> str:
+def outcome(counts: CampaignCounts) -> Phase:
     """The final phase of a settled campaign: any failure makes it PartiallyFailed, Failed if none got out."""
     if counts.failed == 0:
-        return "Completed"
+        return Phase.COMPLETED
     if counts.sent + counts.blocked == 0:
-        return "Failed"
-    return "PartiallyFailed"
+        return Phase.FAILED
+    return Phase.PARTIALLY_FAILED
 
 
-def job_state(job: dict[str, Any] | None) -> JobState:
-    """The state of a Job object read from the API."""
-    if job is None:
-        return JobState.ABSENT
-    for cond in (job.get("status") or {}).get("conditions") or ():
-        if cond.get("status") != "True":
-            continue
-        if cond.get("type") == "Complete":
-            return JobState.SUCCEEDED
-        if cond.get("type") == "Failed":
-            return JobState.FAILED
-    if (job.get("spec") or {}).get("suspend"):
-        return JobState.SUSPENDED
-    return JobState.ACTIVE
-
-
-def decide(intent: Intent, seen: Observed, *, now: datetime, channel_wait: timedelta,
+def decide(spec: BroadcastCampaignSpec, seen: Observed, *, now: datetime, channel_wait: timedelta,
            max_recovery_runs: int) -> Decision:
     """What phase the campaign is in and the one action that moves it toward the spec."""
     row = seen.row
     if row is None:
-        return _before_start(intent, seen, now=now, channel_wait=channel_wait)
+        return _before_start(spec, seen, now=now, channel_wait=channel_wait)
     counts = seen.counts
-    if row.phase in TERMINAL:
-        if row.phase != "Cancelled" and intent.retry_failed > row.retry_observed:
+    if row.phase is Phase.CANCELLED:
+        if counts.unsettled:
+            return Decision(Phase.CANCELLED, Action.CANCEL_UNSENT, Reason.CANCELLED,
+                            f"cancelled; {counts.unsettled} deliveries were still with the senders")
+        return Decision(Phase.CANCELLED, Action.NONE, Reason.CANCELLED, _summary(counts))
+    if row.phase in FINISHED_PHASES:
+        if spec.retry_failed > row.retry_observed:
             if counts.failed or counts.unsettled:
-                return Decision("Sending", Action.RETRY, "RetryingFailed",
+                return Decision(Phase.SENDING, Action.RETRY, Reason.RETRYING_FAILED,
                                 f"re-sending {counts.failed} failed and {counts.unsettled} unsent deliveries")
-            return Decision(row.phase, Action.NOTE_RETRY, "NothingToRetry", "no failed deliveries to re-send")
-        return Decision(row.phase, Action.NONE, row.phase, _summary(counts))
-    if intent.cancel:
-        return Decision("Cancelled", Action.CANCEL, "Cancelled",
-                        f"cancelled; {counts.unsettled} deliveries left unsent")
+            return Decision(row.phase, Action.NOTE_RETRY, Reason.NOTHING_TO_RETRY,
+                            "no failed deliveries to re-send")
+        return Decision(row.phase, Action.NONE, Reason(row.phase.value), _summary(counts))
+    if spec.cancel:
+        return Decision(Phase.CANCELLED, Action.CANCEL, Reason.CANCELLED,
+                        f"cancelled; {counts.unsettled} unsent deliveries are cancelled")
     if counts.unsettled == 0:
         final = outcome(counts)
-        return Decision(final, Action.FINISH, final, _summary(counts))
-    if row.phase == "Paused":
-        if not intent.suspend:
-            return Decision("Sending", Action.RESUME, "Resumed", "sending resumed")
+        return Decision(final, Action.FINISH, Reason(final.value), _summary(counts))
+    if row.phase is Phase.PAUSED:
+        if not spec.suspend:
+            return Decision(Phase.SENDING, Action.RESUME, Reason.RESUMED, "sending resumed")
         if seen.job is JobState.ACTIVE:
-            return Decision("Paused", Action.SUSPEND, "Paused", "suspending the sender Job")
-        return Decision("Paused", Action.NONE, "Paused", f"paused with {counts.unsettled} deliveries unsent")
-    if intent.suspend:
-        return Decision("Paused", Action.SUSPEND, "Paused", "suspend requested while sending")
+            return Decision(Phase.PAUSED, Action.SUSPEND, Reason.PAUSED, "suspending the sender Job")
+        return Decision(Phase.PAUSED, Action.NONE, Reason.PAUSED,
+                        f"paused with {counts.unsettled} deliveries unsent")
+    if spec.suspend:
+        return Decision(Phase.PAUSED, Action.SUSPEND, Reason.PAUSED, "suspend requested while sending")
     if seen.job is JobState.ABSENT:
-        return Decision("Sending", Action.CREATE_JOB, "Sending", f"starting sender Job for run {row.run}")
+        return Decision(Phase.SENDING, Action.CREATE_JOB, Reason.SENDING,
+                        f"starting sender Job for run {row.run}")
     if seen.job is JobState.SUSPENDED:
-        return Decision("Sending", Action.RESUME, "Sending", "resuming the sender Job")
+        return Decision(Phase.SENDING, Action.RESUME, Reason.SENDING, "resuming the sender Job")
     if seen.job is JobState.FAILED:
-        return Decision("Failed", Action.FAIL, "SenderJobFailed",
+        return Decision(Phase.FAILED, Action.FAIL, Reason.SENDER_JOB_FAILED,
                         f"the sender Job failed with {counts.unsettled} deliveries unsent; "
                         "bump spec.retryFailed to send them")
     if seen.job is JobState.SUCCEEDED:
         if row.recovery_runs < max_recovery_runs:
-            return Decision("Sending", Action.RECOVER, "SendersRestarted",
+            return Decision(Phase.SENDING, Action.RECOVER, Reason.SENDERS_RESTARTED,
                             f"the sender Job ended with {counts.unsettled} deliveries unsent; "
                             f"starting run {row.run + 1}")
-        return Decision("Failed", Action.FAIL, "SendersStopped",
+        return Decision(Phase.FAILED, Action.FAIL, Reason.SENDERS_STOPPED,
                         f"sender Jobs kept ending with {counts.unsettled} deliveries unsent")
-    return Decision("Sending", Action.NONE, "Sending", _summary(counts))
+    return Decision(Phase.SENDING, Action.NONE, Reason.SENDING, _summary(counts))
 
 
-def _before_start(intent: Intent, seen: Observed, *, now: datetime, channel_wait: timedelta) -> Decision:
-    if seen.status_phase in TERMINAL:
-        return Decision(seen.status_phase, Action.NONE, seen.status_phase, "finished before it started")
-    if intent.cancel:
-        return Decision("Cancelled", Action.NONE, "Cancelled", "cancelled before it started")
-    if intent.suspend:
-        return Decision("Draft", Action.NONE, "Suspended", "spec.suspend is true; nothing is sent")
-    if intent.start_at is not None and now < intent.start_at:
-        return Decision("Scheduled", Action.NONE, "WaitingForStartTime",
-                        f"sending starts at {intent.start_at.isoformat()}")
+def _before_start(spec: BroadcastCampaignSpec, seen: Observed, *, now: datetime,
+                  channel_wait: timedelta) -> Decision:
+    if seen.status_phase in FINISHED_PHASES:
+        return Decision(seen.status_phase, Action.NONE, Reason(seen.status_phase.value),
+                        "finished before it started")
+    if spec.cancel:
+        return Decision(Phase.CANCELLED, Action.NONE, Reason.CANCELLED, "cancelled before it started")
+    if spec.suspend:
+        return Decision(Phase.DRAFT, Action.NONE, Reason.SUSPENDED, "spec.suspend is true; nothing is sent")
+    start_at = spec.start_at
+    if start_at is not None and now < start_at:
+        return Decision(Phase.SCHEDULED, Action.NONE, Reason.WAITING_FOR_START_TIME,
+                        f"sending starts at {start_at.isoformat()}")
     if not seen.channel_ready:
         if now - seen.due_since > channel_wait:
-            return Decision("Failed", Action.NONE, "ChannelNotReady",
+            return Decision(Phase.FAILED, Action.NONE, Reason.CHANNEL_NOT_READY,
                             "the channel did not become Ready in time; nothing was sent")
-        return Decision("Scheduled", Action.NONE, "WaitingForChannel",
+        return Decision(Phase.SCHEDULED, Action.NONE, Reason.WAITING_FOR_CHANNEL,
                         "waiting for the channel to become Ready")
-    return Decision("Sending", Action.START, "Started", "audience snapshot taken, sender Job created")
+    return Decision(Phase.SENDING, Action.START, Reason.STARTED,
+                    "audience snapshot taken, sender Job created")
 
 
-def _summary(counts: Counts) -> str:
-    return (f"{counts.sent} sent, {counts.failed} failed, {counts.blocked} blocked, "
+def due(spec: BroadcastCampaignSpec, now: datetime) -> bool:
+    """Whether a campaign that has not started should start now (its time has come, it is not held)."""
+    start_at = spec.start_at
+    return not spec.suspend and not spec.cancel and (start_at is None or start_at <= now)
+
+
+def waiting(spec: BroadcastCampaignSpec, phase: Phase | None, now: datetime) -> bool:
+    """A Draft or Scheduled campaign whose time has not come: nothing to observe until it does."""
+    start_at = spec.start_at
+    return phase in (Phase.DRAFT, Phase.SCHEDULED) and (
+        spec.suspend or (start_at is not None and now < start_at))
+
+
+def live(spec: BroadcastCampaignSpec, status: BroadcastCampaignStatus) -> bool:
+    """Whether the campaign can still change by itself: not finished, senders still stopping after a
+    cancel (Progressing stays True), or a retry was requested (the status timer runs only then)."""
+    if status.phase not in FINISHED_PHASES:
+        return True
+    if any(c.type == ConditionType.PROGRESSING and c.is_true for c in status.conditions):
+        return True
+    return spec.retry_failed > (status.retry_failed_observed or 0)
+
+
+def job_state(conditions: list[tuple[str, str]], suspended: bool) -> JobState:
+    """The state of a Job from its (type, status) conditions and spec.suspend."""
+    for type_, status in conditions:
+        if status != "True":
+            continue
+        if type_ == "Complete":
+            return JobState.SUCCEEDED
+        if type_ == "Failed":
+            return JobState.FAILED
+    return JobState.SUSPENDED if suspended else JobState.ACTIVE
+
+
+def _summary(counts: CampaignCounts) -> str:
+    cancelled = f", {counts.cancelled} cancelled" if counts.cancelled else ""
+    return (f"{counts.sent} sent, {counts.failed} failed, {counts.blocked} blocked{cancelled}, "
             f"{counts.unsettled} pending of {counts.total}")
 
 
@@ -255,51 +225,53 @@ def next_rate(previous: RateSample | None, settled: int, now: datetime) -> RateS
     return RateSample(now, settled, smoothed)
 
 
-def progress_status(counts: Counts, rate: float, *, sending: bool, now: datetime) -> dict[str, Any]:
-    """Counts, progress %, rate and ETA as they appear in status."""
-    progress = 100 if counts.total == 0 else (100 * counts.settled) // counts.total
-    figures: dict[str, Any] = {
-        "total": counts.total,
-        "sent": counts.sent,
-        "failed": counts.failed,
-        "blocked": counts.blocked,
-        "pending": counts.unsettled,
-        "progress": progress,
-        "ratePerSecond": round(rate, 2) if sending else 0.0,
-        "eta": None,
-    }
-    if sending and rate > 0 and counts.unsettled:
-        eta = now + timedelta(seconds=counts.unsettled / rate)
-        figures["eta"] = eta.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return figures
-
-
-def in_flight_after_cancel(phase: str, counts: Counts, completed_at: datetime | None, now: datetime) -> bool:
-    """A cancelled campaign whose senders still hold deliveries (for at most CANCEL_SETTLING after the
-    cancel): its figures still move, so status keeps following them."""
-    return (phase == "Cancelled" and counts.sending > 0 and completed_at is not None
-            and now - completed_at < CANCEL_SETTLING)
-
-
-def campaign_conditions(decision: Decision, *, drift: bool, stopping: int = 0) -> list[dict[str, Any]]:
+def campaign_conditions(decision: Decision, *, drift: bool, stopping: int = 0) -> list[Condition]:
     """Ready, Progressing, Complete and Failed from the decision; SpecDrift when the spec was edited.
 
-    `stopping`: deliveries still being sent after a cancel; Progressing stays True until they settle.
+    `stopping`: deliveries still held by senders after a cancel; Progressing stays True until they
+    settle or are given back.
     """
-    phase = decision.phase
-    progressing = condition("Progressing", phase == "Sending", decision.reason, decision.message)
+    phase, reason, message = decision.phase, decision.reason, decision.message
+    progressing = Condition.of(ConditionType.PROGRESSING, phase is Phase.SENDING, reason, message)
     if stopping:
-        progressing = condition("Progressing", True, "SendersStopping",
-                                f"cancelled; {stopping} deliveries were still being sent")
+        progressing = Condition.of(ConditionType.PROGRESSING, True, Reason.SENDERS_STOPPING,
+                                   f"cancelled; {stopping} deliveries were still being sent")
     conds = [
-        condition("Ready", phase not in {"Failed", "Cancelled"}, decision.reason, decision.message),
+        Condition.of(ConditionType.READY, phase not in (Phase.FAILED, Phase.CANCELLED), reason, message),
         progressing,
-        condition("Complete", phase in {"Completed", "PartiallyFailed"}, decision.reason, decision.message),
-        condition("Failed", phase == "Failed", decision.reason, decision.message),
+        Condition.of(ConditionType.COMPLETE, phase in (Phase.COMPLETED, Phase.PARTIALLY_FAILED), reason,
+                     message),
+        Condition.of(ConditionType.FAILED, phase is Phase.FAILED, reason, message),
     ]
     if drift:
-        conds.append(condition(
-            EDIT_CONDITION, True, "EditedAfterStart",
+        conds.append(Condition.of(
+            ConditionType.SPEC_DRIFT, True, Reason.EDITED_AFTER_START,
             "spec.message or spec.audience changed after sending started; the edit is ignored and "
             "the original message is sent to the original audience"))
     return conds
+
+
+def campaign_status(old: BroadcastCampaignStatus, spec: BroadcastCampaignSpec, decision: Decision,
+                    row: CampaignRow | None, counts: CampaignCounts, *, job_name: str | None, drift: bool,
+                    rate: float, generation: int | None, now: datetime) -> BroadcastCampaignStatus:
+    """The whole status after a pass: phase, conditions, counts, progress, rate, ETA, run facts."""
+    stopping = counts.sending if decision.phase is Phase.CANCELLED else 0
+    fresh = campaign_conditions(decision, drift=drift, stopping=stopping)
+    conditions = merge_conditions(old.conditions, fresh, generation=generation, now=now)
+    status = BroadcastCampaignStatus(
+        phase=decision.phase, message=decision.message, observed_generation=generation,
+        conditions=conditions, scheduled_at=spec.start_at)
+    if row is None:
+        return status
+    sending = decision.phase is Phase.SENDING
+    eta = None
+    if sending and rate > 0 and counts.unsettled:
+        eta = now + timedelta(seconds=counts.unsettled / rate)
+    return status.model_copy(update={
+        "total": counts.total, "sent": counts.sent, "failed": counts.failed, "blocked": counts.blocked,
+        "cancelled": counts.cancelled, "pending": counts.unsettled,
+        "progress": 100 if counts.total == 0 else (100 * counts.settled) // counts.total,
+        "rate_per_second": round(rate, 2) if sending else 0.0, "eta": eta,
+        "started_at": row.started_at, "completed_at": row.completed_at, "job_name": job_name,
+        "run": row.run, "retry_failed_observed": row.retry_observed,
+    })

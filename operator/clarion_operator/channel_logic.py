@@ -1,57 +1,68 @@
-"""NotificationChannel decisions without I/O: webhook URL, stored config, conditions, when to check."""
+"""NotificationChannel decisions without I/O: webhook URL, stored config, conditions and status,
+when to check again."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from clarion_operator.conditions import condition
+from clarion.keys import channel_key
+from clarion.models import (
+    ChannelReason,
+    Condition,
+    ConditionType,
+    EmailSettings,
+    NotificationChannelStatus,
+    TelegramSettings,
+    WebPushSettings,
+    merge_conditions,
+)
+from clarion.models.base import ConditionStatus
 
-CREDENTIALS = "CredentialsValid"
-WEBHOOK = "WebhookRegistered"
-READY = "Ready"
+Section = TelegramSettings | EmailSettings | WebPushSettings
 
 
 def webhook_endpoint(base_url: str, namespace: str, name: str) -> str:
     """The URL Telegram posts to: the webhook service's base URL plus `/tg/webhook/<ns>.<name>`."""
-    return f"{base_url.rstrip('/')}/tg/webhook/{namespace}.{name}"
+    return f"{base_url.rstrip('/')}/tg/webhook/{channel_key(namespace, name)}"
 
 
-def stored_config(section: dict[str, Any]) -> dict[str, Any]:
-    """`spec.telegram` (or `spec.email`) as stored in `channels.config`: camelCase, no Secret references."""
+def stored_config(section: Section) -> dict[str, Any]:
+    """The channel's section as stored in `channels.config`: camelCase, every default filled in, no
+    Secret references."""
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items() if not k.endswith("SecretRef")}
-        return copy.deepcopy(value)
+        return value
 
-    config: dict[str, Any] = strip(section)
+    config: dict[str, Any] = strip(section.to_k8s())
     return config
-
-
-def referenced_secrets(spec: dict[str, Any]) -> set[str]:
-    """Names of the Secrets a channel spec reads (a change to one of them triggers a re-check)."""
-    names: set[str] = set()
-    telegram = spec.get("telegram") or {}
-    webhook = telegram.get("webhook") or {}
-    for ref in (telegram.get("botTokenSecretRef"), webhook.get("secretTokenSecretRef")):
-        if isinstance(ref, dict) and ref.get("name"):
-            names.add(ref["name"])
-    email = spec.get("email") or {}
-    for ref in (email.get("usernameSecretRef"), email.get("passwordSecretRef")):
-        if isinstance(ref, dict) and ref.get("name"):
-            names.add(ref["name"])
-    return names
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """Outcome of one check: `ok` None means it could not be decided (e.g. the server was unreachable)."""
+    """Outcome of one check, as the condition it becomes: Unknown when it could not be decided (the
+    server was unreachable)."""
 
-    ok: bool | None
-    reason: str
+    status: ConditionStatus
+    reason: ChannelReason
     message: str
+
+    @classmethod
+    def passed(cls, reason: ChannelReason, message: str) -> Verdict:
+        return cls("True", reason, message)
+
+    @classmethod
+    def failed(cls, reason: ChannelReason, message: str) -> Verdict:
+        return cls("False", reason, message)
+
+    @classmethod
+    def undecided(cls, reason: ChannelReason, message: str) -> Verdict:
+        return cls("Unknown", reason, message)
+
+    def condition(self, type_: ConditionType) -> Condition:
+        return Condition.of(type_, self.status, self.reason, self.message)
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,7 @@ class ChannelCheck:
     """Everything a channel check found out."""
 
     credentials: Verdict
-    webhook: Verdict | None = None  # None: not applicable (email)
+    webhook: Verdict | None = None  # None: not applicable (email, web push)
     webhook_configured: bool = True
     bot_id: int | None = None
     bot_username: str | None = None
@@ -67,25 +78,43 @@ class ChannelCheck:
 
     @property
     def ready(self) -> bool:
-        if self.credentials.ok is not True:
+        """Credentials valid, and the webhook (when one is configured) not refused; an unreachable
+        Telegram during setWebhook does not make a channel that can send unusable."""
+        if self.credentials.status != "True":
             return False
-        return self.webhook is None or not self.webhook_configured or self.webhook.ok is not False
+        return self.webhook is None or not self.webhook_configured or self.webhook.status != "False"
 
 
-def channel_conditions(check: ChannelCheck) -> list[dict[str, Any]]:
+def channel_conditions(check: ChannelCheck) -> list[Condition]:
     """CredentialsValid, WebhookRegistered (telegram) and the Ready summary."""
-    cred = check.credentials
-    conds = [condition(CREDENTIALS, cred.ok, cred.reason, cred.message)]
+    conds = [check.credentials.condition(ConditionType.CREDENTIALS_VALID)]
     if check.webhook is not None:
-        conds.append(condition(WEBHOOK, check.webhook.ok, check.webhook.reason, check.webhook.message))
+        conds.append(check.webhook.condition(ConditionType.WEBHOOK_REGISTERED))
     if check.ready:
-        note = "" if check.webhook is None or check.webhook.ok else f"; {check.webhook.message}"
-        conds.append(condition(READY, True, "ChannelReady", f"credentials valid{note}"))
+        note = "" if check.webhook is None or check.webhook.status == "True" else f"; {check.webhook.message}"
+        conds.append(Condition.of(ConditionType.READY, True, ChannelReason.CHANNEL_READY,
+                                  f"credentials valid{note}"))
     else:
-        failing = check.credentials if check.credentials.ok is not True else check.webhook
+        failing = check.credentials if check.credentials.status != "True" else check.webhook
         assert failing is not None
-        conds.append(condition(READY, False, failing.reason, failing.message))
+        conds.append(Condition.of(ConditionType.READY, False, failing.reason, failing.message))
     return conds
+
+
+def channel_status(old: NotificationChannelStatus, check: ChannelCheck, conditions: list[Condition], *,
+                   telegram: bool, webhook_secret_name: str | None, generation: int | None,
+                   now: datetime) -> NotificationChannelStatus:
+    """The status after a check; bot facts the check could not learn (Telegram unreachable) are kept."""
+    return old.model_copy(update={
+        "conditions": merge_conditions(old.conditions, conditions, generation=generation, now=now),
+        "observed_generation": generation,
+        "ready": check.ready,
+        "last_checked_at": now.replace(microsecond=0),
+        "bot_id": check.bot_id if check.bot_id is not None else old.bot_id,
+        "bot_username": check.bot_username if check.bot_id is not None else old.bot_username,
+        "webhook_url": check.webhook_url if telegram else None,
+        "webhook_secret_name": webhook_secret_name,
+    })
 
 
 def check_due(

@@ -1,35 +1,51 @@
 """NotificationChannel handlers: validate credentials, register the webhook, keep the row and the bot.
 
-Handlers are thin: they read Secrets, call the checks in `probes`, store the outcome in Postgres
-and status, and run the bot Deployment. Every step is safe to repeat.
+Handlers are thin: they take the parsed channel, read its Secrets, run the checks in
+`credential_checks`, store the outcome in Postgres, write the status `channel_status` builds, and
+run the bot Deployment. Every step is safe to repeat.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from clarion.metrics import counter
+from clarion.models import (
+    NOTIFICATION_CHANNEL,
+    ChannelReason,
+    ConditionType,
+    EmailSettings,
+    InvalidSpec,
+    NotificationChannel,
+    ResourceKey,
+    SecretKeyRef,
+    TelegramSettings,
+    WebPushSettings,
+    changed_conditions,
+    find_condition,
+)
 from clarion.telegram import botapi
 
-from clarion_operator import builders, probes, store
+from clarion_operator import builders, credential_checks, store
 from clarion_operator.channel_logic import (
     ChannelCheck,
     Verdict,
     channel_conditions,
+    channel_status,
     check_due,
-    referenced_secrets,
     stored_config,
     webhook_endpoint,
 )
-from clarion_operator.conditions import merge_conditions, parse_rfc3339, rfc3339, transitions
-from clarion_operator.startup import Context, context
+from clarion_operator.context import Context, context, object_lock
+from clarion_operator.indexes import ChannelSecrets
+from clarion_operator.status import typed, write_status
 
-CHANNELS = ("clarion.io", "v1alpha1", "notificationchannels")
+CHANNELS = NOTIFICATION_CHANNEL.selector
 SECRET_REVISION = "clarion.io/secret-revision"
 TIMER_SECONDS = 10.0
 CHECKS = counter("clarion_operator_channel_checks_total",
@@ -37,221 +53,199 @@ CHECKS = counter("clarion_operator_channel_checks_total",
                  ["type", "reason"])
 
 
-def _lock(memo: Any) -> asyncio.Lock:
-    lock: asyncio.Lock | None = memo.get("channel_lock")
-    if lock is None:
-        lock = memo["channel_lock"] = asyncio.Lock()
-    return lock
-
-
-async def _secret_value(ctx: Context, namespace: str, ref: dict[str, Any]) -> str | Verdict:
+async def _secret_value(ctx: Context, namespace: str, ref: SecretKeyRef) -> str | Verdict:
     """The referenced Secret value, or the Verdict that explains why it cannot be read."""
-    name, key = ref["name"], ref.get("key", "token")
-    data = await ctx.kube.read_secret(namespace, name)
+    data = await ctx.kube.read_secret(namespace, ref.name)
     if data is None:
-        return Verdict(False, "SecretNotFound", f"Secret {namespace}/{name} does not exist")
-    if key not in data:
-        return Verdict(False, "SecretKeyNotFound", f"Secret {namespace}/{name} has no key {key!r}")
-    return data[key].strip()
+        return Verdict.failed(ChannelReason.SECRET_NOT_FOUND, f"Secret {namespace}/{ref.name} does not exist")
+    if ref.key not in data:
+        return Verdict.failed(ChannelReason.SECRET_KEY_NOT_FOUND,
+                              f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
+    return data[ref.key].strip()
 
 
-async def _webhook_secret(ctx: Context, body: kopf.Body, webhook: dict[str, Any]) -> str | Verdict:
-    """The webhook secret token: from the referenced Secret, else from the generated one the channel owns."""
-    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
-    ref = webhook.get("secretTokenSecretRef")
-    if ref:
-        return await _secret_value(ctx, namespace, ref)
-    owned = {"name": builders.webhook_secret_name(name), "key": builders.WEBHOOK_SECRET_KEY}
-    found = await _secret_value(ctx, namespace, owned)
+@dataclass(frozen=True)
+class _Checked:
+    """A check, the sha256 of the webhook secret token and the Secret holding it (None when unknown)."""
+
+    check: ChannelCheck
+    webhook_secret_sha256: str | None = None
+    webhook_secret_name: str | None = None
+
+
+async def _webhook_secret(ctx: Context, channel: NotificationChannel, body: kopf.Body,
+                          ref: SecretKeyRef | None) -> tuple[str | Verdict, str]:
+    """The webhook secret token (from the referenced Secret, else from the generated one the channel
+    owns) and the name of the Secret that holds it."""
+    if ref is not None:
+        return await _secret_value(ctx, channel.namespace, ref), ref.name
+    owned = SecretKeyRef(name=builders.webhook_secret_name(channel.name), key=builders.WEBHOOK_SECRET_KEY)
+    found = await _secret_value(ctx, channel.namespace, owned)
     if isinstance(found, str):
-        return found
-    secret = builders.webhook_secret(namespace, name, secrets.token_urlsafe(48))
+        return found, owned.name
+    secret = builders.webhook_secret(channel.namespace, channel.name, secrets.token_urlsafe(48))
     kopf.append_owner_reference(secret, owner=body)
     await ctx.kube.create_secret(secret)
-    return await _secret_value(ctx, namespace, owned)
+    return await _secret_value(ctx, channel.namespace, owned), owned.name
 
 
-async def _check_telegram(ctx: Context, body: kopf.Body, telegram: dict[str, Any],
-                          *, register: bool) -> tuple[ChannelCheck, str | None]:
-    """The check and the sha256 of the webhook secret token (None when unknown)."""
-    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
-    token = await _secret_value(ctx, namespace, telegram["botTokenSecretRef"])
+async def _check_telegram(ctx: Context, channel: NotificationChannel, body: kopf.Body,
+                          telegram: TelegramSettings, *, register: bool) -> _Checked:
+    token = await _secret_value(ctx, channel.namespace, telegram.bot_token_secret_ref)
     if isinstance(token, Verdict):
-        return ChannelCheck(token), None
-    webhook = telegram.get("webhook")
+        return _Checked(ChannelCheck(token))
+    webhook = telegram.webhook
     plan = None
-    digest = None
-    if webhook:
-        secret_token = await _webhook_secret(ctx, body, webhook)
+    digest = secret_name = None
+    if webhook is not None:
+        secret_token, secret_name = await _webhook_secret(ctx, channel, body, webhook.secret_token_secret_ref)
         if isinstance(secret_token, Verdict):
-            unchecked = Verdict(None, "NotChecked", "waiting for the webhook secret")
-            return ChannelCheck(unchecked, secret_token), None
+            unchecked = Verdict.undecided(ChannelReason.NOT_CHECKED, "waiting for the webhook secret")
+            return _Checked(ChannelCheck(unchecked, secret_token), webhook_secret_name=secret_name)
         digest = hashlib.sha256(secret_token.encode()).hexdigest()
-        plan = probes.WebhookPlan(
-            url=webhook_endpoint(webhook["url"], namespace, name),
+        plan = credential_checks.WebhookPlan(
+            url=webhook_endpoint(webhook.url, channel.namespace, channel.name),
             secret_token=secret_token,
-            allowed_updates=list(webhook.get("allowedUpdates") or []),
-            max_connections=int(webhook.get("maxConnections", 40)),
-            drop_pending_updates=bool(webhook.get("dropPendingUpdates", False)),
+            allowed_updates=list(webhook.allowed_updates),
+            max_connections=webhook.max_connections,
+            drop_pending_updates=webhook.drop_pending_updates,
         )
-    check = await probes.check_telegram(
-        token, telegram.get("apiBaseUrl", "https://api.telegram.org"), plan, register=register,
+    check = await credential_checks.check_telegram(
+        token, telegram.api_base_url, plan, register=register,
         timeout_seconds=ctx.settings.telegram_timeout_seconds)
-    return check, digest
+    return _Checked(check, digest, secret_name)
 
 
-async def _check_email(ctx: Context, namespace: str, email: dict[str, Any]) -> ChannelCheck:
+async def _check_email(ctx: Context, namespace: str, email: EmailSettings) -> ChannelCheck:
     username = password = None
-    if email.get("usernameSecretRef") and email.get("passwordSecretRef"):
-        user = await _secret_value(ctx, namespace, email["usernameSecretRef"])
+    if email.username_secret_ref is not None and email.password_secret_ref is not None:
+        user = await _secret_value(ctx, namespace, email.username_secret_ref)
         if isinstance(user, Verdict):
             return ChannelCheck(user)
-        word = await _secret_value(ctx, namespace, email["passwordSecretRef"])
+        word = await _secret_value(ctx, namespace, email.password_secret_ref)
         if isinstance(word, Verdict):
             return ChannelCheck(word)
         username, password = user, word
-    return await probes.check_smtp(
-        host=email["host"], port=int(email.get("port", 587)), tls=email.get("tls", "starttls"),
-        username=username, password=password, timeout_seconds=ctx.settings.smtp_timeout_seconds,
+    return await credential_checks.check_smtp(
+        email, username=username, password=password, timeout_seconds=ctx.settings.smtp_timeout_seconds,
         ca_file=ctx.settings.smtp_ca_file)
 
 
-async def _check_webpush(ctx: Context, namespace: str, webpush: dict[str, Any]) -> ChannelCheck:
-    key = await _secret_value(ctx, namespace, webpush["vapidPrivateKeySecretRef"])
+async def _check_webpush(ctx: Context, namespace: str, webpush: WebPushSettings) -> ChannelCheck:
+    key = await _secret_value(ctx, namespace, webpush.vapid_private_key_secret_ref)
     if isinstance(key, Verdict):
         return ChannelCheck(key)
-    return ChannelCheck(Verdict(True, "KeyPresent", "the VAPID private key is readable"))
+    return ChannelCheck(Verdict.passed(ChannelReason.KEY_PRESENT, "the VAPID private key is readable"))
 
 
-async def _ensure_bot(ctx: Context, body: kopf.Body, telegram: dict[str, Any]) -> None:
-    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+async def _ensure_bot(ctx: Context, channel: NotificationChannel, body: kopf.Body,
+                      telegram: TelegramSettings) -> None:
     database_url, redis_url = ctx.runtime_urls()
-    await ctx.kube.apply_secret(builders.runtime_secret(namespace, ctx.settings.runtime_secret_name,
+    await ctx.kube.apply_secret(builders.runtime_secret(channel.namespace, ctx.settings.runtime_secret_name,
                                                         database_url, redis_url))
-    ctx.runtime_secret_namespaces.add(namespace)
-    ref = telegram["botTokenSecretRef"]
+    ctx.runtime_secret_namespaces.add(channel.namespace)
     deployment = builders.bot_deployment(
-        namespace=namespace, channel=name, token_secret=ref["name"], token_key=ref.get("key", "token"),
-        replicas=int((telegram.get("bot") or {}).get("replicas", 2)), image=ctx.settings.image,
+        namespace=channel.namespace, channel=channel.name, token=telegram.bot_token_secret_ref,
+        replicas=telegram.bot.replicas, image=ctx.settings.image,
         pull_policy=ctx.settings.image_pull_policy, runtime_secret_name=ctx.settings.runtime_secret_name)
     kopf.append_owner_reference(deployment, owner=body)
     await ctx.kube.apply_deployment(deployment)
 
 
-async def reconcile_channel(body: kopf.Body, memo: Any, patch: kopf.Patch, logger: kopf.Logger,
-                            *, register: bool) -> None:
+async def reconcile_channel(channel: NotificationChannel, body: kopf.Body, memo: Any, patch: kopf.Patch,
+                            logger: kopf.Logger, *, register: bool) -> None:
     """Check the channel, store the result in Postgres and status, run its bot when it can."""
     ctx = context(memo)
-    spec: dict[str, Any] = dict(body.spec)
-    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
-    kind = spec.get("type")
-    digest = None
-    if kind == "telegram":
-        check, digest = await _check_telegram(ctx, body, spec["telegram"], register=register)
-        section = spec["telegram"]
-    elif kind == "email":
-        check, section = await _check_email(ctx, namespace, spec["email"]), spec["email"]
+    spec, section = channel.spec, channel.spec.section
+    if isinstance(section, TelegramSettings):
+        checked = await _check_telegram(ctx, channel, body, section, register=register)
+    elif isinstance(section, EmailSettings):
+        checked = _Checked(await _check_email(ctx, channel.namespace, section))
     else:
-        check, section = await _check_webpush(ctx, namespace, spec["webpush"]), spec["webpush"]
+        checked = _Checked(await _check_webpush(ctx, channel.namespace, section))
+    check = checked.check
     await store.upsert_channel(
-        ctx.db, namespace=namespace, name=name, type_=str(kind), uid=body.metadata.uid or "",
+        ctx.db, namespace=channel.namespace, name=channel.name, type_=spec.type, uid=channel.uid,
         bot_id=check.bot_id, bot_username=check.bot_username,
-        api_base_url=section.get("apiBaseUrl") if kind == "telegram" else None,
-        webhook_secret_sha256=digest, config=stored_config(section), ready=check.ready)
-    if kind == "telegram" and check.credentials.ok:
-        await _ensure_bot(ctx, body, spec["telegram"])
-    now = datetime.now(UTC)
-    old = list(body.status.get("conditions") or [])
+        api_base_url=spec.telegram.api_base_url if spec.telegram else None,
+        webhook_secret_sha256=checked.webhook_secret_sha256, config=stored_config(section), ready=check.ready)
+    if spec.telegram is not None and check.credentials.status == "True":
+        await _ensure_bot(ctx, channel, body, spec.telegram)
     fresh = channel_conditions(check)
-    generation = body.metadata.get("generation")
-    patch.status["conditions"] = merge_conditions(old, fresh, generation=generation, now=now)
-    patch.status["observedGeneration"] = generation
-    patch.status["lastCheckedAt"] = rfc3339(now)
-    if check.bot_id is not None:
-        patch.status["botId"] = check.bot_id
-        patch.status["botUsername"] = check.bot_username
-    if kind == "telegram":
-        patch.status["webhookUrl"] = check.webhook_url
-    for cond in transitions(old, fresh):
-        if cond["type"] == "Ready" or cond["status"] == "False":
-            level = "Normal" if cond["status"] == "True" else "Warning"
-            kopf.event(body, type=level, reason=cond["reason"], message=cond["message"])
-    CHECKS.labels(str(kind), fresh[-1]["reason"]).inc()
-    logger.info("channel %s/%s checked: ready=%s (%s)", namespace, name, check.ready,
-                fresh[-1]["reason"])
+    status = channel_status(channel.status, check, fresh, telegram=spec.telegram is not None,
+                            webhook_secret_name=checked.webhook_secret_name, generation=channel.generation,
+                            now=datetime.now(UTC))
+    write_status(patch, channel.status, status)
+    for cond in changed_conditions(channel.status.conditions, fresh):
+        if cond.type == ConditionType.READY or cond.status == "False":
+            kopf.event(body, type="Normal" if cond.is_true else "Warning", reason=cond.reason,
+                       message=cond.message)
+    ready = fresh[-1]
+    CHECKS.labels(spec.type, ready.reason).inc()
+    logger.info("channel %s checked: ready=%s (%s)", channel.key, check.ready, ready.reason)
 
 
 @kopf.on.resume(*CHANNELS)
 @kopf.on.create(*CHANNELS)
 @kopf.on.update(*CHANNELS)
-async def channel_changed(body: kopf.Body, memo: Any, patch: kopf.Patch, logger: kopf.Logger,
-                          **_: Any) -> None:
+@typed(NotificationChannel)
+async def channel_changed(channel: NotificationChannel, *, body: kopf.Body, memo: Any, patch: kopf.Patch,
+                          logger: kopf.Logger, **_: Any) -> None:
     """Created, changed, a referenced Secret changed, or the operator restarted: check and register."""
-    async with _lock(memo), context(memo).reconciling:
-        await reconcile_channel(body, memo, patch, logger, register=True)
+    async with object_lock(memo), context(memo).reconciling:
+        await reconcile_channel(channel, body, memo, patch, logger, register=True)
 
 
 @kopf.timer(*CHANNELS, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
-async def channel_health(body: kopf.Body, memo: Any, patch: kopf.Patch, logger: kopf.Logger,
-                         **_: Any) -> None:
+@typed(NotificationChannel)
+async def channel_health(channel: NotificationChannel, *, body: kopf.Body, memo: Any, patch: kopf.Patch,
+                         logger: kopf.Logger, **_: Any) -> None:
     """Re-check every healthCheckIntervalSeconds when Ready, every channel_retry_seconds when not."""
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                for c in body.status.get("conditions") or ())
-    due = check_due(parse_rfc3339(body.status.get("lastCheckedAt")), ready=ready,
-                    interval_seconds=float(body.spec.get("healthCheckIntervalSeconds", 300)),
+    ready = find_condition(channel.status.conditions, ConditionType.READY)
+    due = check_due(channel.status.last_checked_at, ready=ready is not None and ready.is_true,
+                    interval_seconds=channel.spec.health_check_interval_seconds,
                     retry_seconds=context(memo).settings.channel_retry_seconds, now=datetime.now(UTC))
     if not due:
         return
-    async with _lock(memo), context(memo).reconciling:
-        await reconcile_channel(body, memo, patch, logger, register=False)
+    async with object_lock(memo), context(memo).reconciling:
+        await reconcile_channel(channel, body, memo, patch, logger, register=False)
 
 
 @kopf.on.delete(*CHANNELS)
 async def channel_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    """Remove the webhook (best effort: a revoked token cannot), then mark the channel row deleted."""
+    """Remove the webhook (best effort: a revoked token cannot), then mark the channel row deleted.
+
+    A spec that does not parse cannot name its bot: the row is still marked deleted.
+    """
     ctx = context(memo)
-    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
-    telegram = body.spec.get("telegram")
-    if body.spec.get("type") == "telegram" and telegram:
-        token = await _secret_value(ctx, namespace, dict(telegram["botTokenSecretRef"]))
+    try:
+        channel = NotificationChannel.parse(body)
+    except InvalidSpec as error:
+        logger.warning("channel %s/%s deleted with an invalid spec; webhook left in place: %s",
+                       error.meta.namespace, error.meta.name, error.message)
+        await store.mark_channel_deleted(ctx.db, error.meta.namespace, error.meta.name, error.meta.uid)
+        return
+    telegram = channel.spec.telegram
+    if telegram is not None:
+        token = await _secret_value(ctx, channel.namespace, telegram.bot_token_secret_ref)
         if isinstance(token, Verdict):
-            logger.warning("webhook of %s/%s left in place: %s", namespace, name, token.message)
+            logger.warning("webhook of %s left in place: %s", channel.key, token.message)
         else:
             try:
-                await probes.delete_webhook(token, telegram.get("apiBaseUrl", "https://api.telegram.org"),
-                                            timeout_seconds=ctx.settings.telegram_timeout_seconds)
+                await credential_checks.delete_webhook(token, telegram.api_base_url,
+                                                       timeout_seconds=ctx.settings.telegram_timeout_seconds)
             except (botapi.InvalidTokenFormat, botapi.BotApiError, *botapi.UNREACHABLE) as exc:
-                logger.warning("deleteWebhook for %s/%s failed: %r", namespace, name, exc)
-    await store.mark_channel_deleted(ctx.db, namespace, name, body.metadata.uid or "")
+                logger.warning("deleteWebhook for %s failed: %r", channel.key, exc)
+    await store.mark_channel_deleted(ctx.db, channel.namespace, channel.name, channel.uid)
 
 
-CHANNEL_TOKENS = "channel_token_refs"
-
-
-@kopf.index(*CHANNELS, id=CHANNEL_TOKENS)
-async def channel_token_refs(namespace: str | None, name: str, spec: kopf.Spec,
-                             **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
-    """(namespace, channel) -> the bot token Secret reference of each Telegram channel (campaigns read it)."""
-    if spec.get("type") != "telegram":
-        return None
-    return {(namespace or "", name): dict(spec["telegram"]["botTokenSecretRef"])}
-
-
-@kopf.index(*CHANNELS)
-async def channel_secrets(namespace: str | None, name: str, spec: kopf.Spec,
-                          **_: Any) -> dict[tuple[str, str], str]:
-    """(namespace, Secret name) -> channels that read that Secret."""
-    return {(namespace or "", secret): name for secret in referenced_secrets(dict(spec))}
-
-
-@kopf.on.event("", "v1", "secrets")
+@kopf.on.event("", "v1", "secrets")  # type: ignore[arg-type]  # kopf's protocol has no index parameters
 async def secret_changed(type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any,
-                         **kwargs: Any) -> None:
+                         channel_secrets: ChannelSecrets, **_: Any) -> None:
     """A Secret a channel reads was added or changed: mark the channel so its update handler re-checks."""
     if not type:  # the initial listing: on.resume checks every channel anyway
         return
-    index: kopf.Index[tuple[str, str], str] = kwargs["channel_secrets"]
     revision = name + "@" + str(body.metadata.get("resourceVersion"))
-    for channel in index.get((namespace or "", name), []):
+    for channel in channel_secrets.get(ResourceKey(namespace or "", name), []):
         await context(memo).kube.annotate_resource(
-            CHANNELS[2], namespace or "", channel, {SECRET_REVISION: revision})
+            NOTIFICATION_CHANNEL.plural, namespace or "", channel, {SECRET_REVISION: revision})

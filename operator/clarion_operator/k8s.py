@@ -12,10 +12,8 @@ import json
 from typing import Any
 
 import kubernetes
+from clarion.models import GROUP, VERSION
 from kubernetes.client.exceptions import ApiException
-
-GROUP = "clarion.io"
-VERSION = "v1alpha1"
 
 
 def load_client() -> kubernetes.client.ApiClient:

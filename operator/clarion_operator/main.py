@@ -30,9 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = OperatorSettings()
     configure_logging(settings.log_level, settings.log_format)
-    import clarion_operator.campaigns
     import clarion_operator.channels
+    import clarion_operator.indexes
     import clarion_operator.startup  # noqa: F401  (handlers register on import)
+    from clarion_operator import campaigns
+
+    campaigns.register(settings)
 
     namespaces = list(args.namespace) or settings.namespace_list
     asyncio.run(kopf.operator(

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import asyncpg
 import kopf
-import redis.asyncio as aioredis
 from clarion.db import apply_migrations, create_pool
 from clarion.metrics import serve_metrics
 from clarion.redis import create_redis
 
+from clarion_operator.context import Context, context
 from clarion_operator.k8s import Kube, load_client
 from clarion_operator.settings import OperatorSettings
 
@@ -22,32 +20,6 @@ FINALIZER = "clarion.io/finalizer"
 ANNOTATION_PREFIX = "clarion.io"
 WATCHES_PER_NAMESPACE = 8
 """Connections kept free for kopf's watch streams, per watched namespace (it watches four kinds)."""
-
-
-@dataclass
-class Context:
-    """What every handler shares: settings, the Postgres pool, Redis, the Kubernetes API client."""
-
-    settings: OperatorSettings
-    db: asyncpg.Pool
-    redis: aioredis.Redis
-    kube: Kube
-    reconciling: asyncio.Semaphore
-    runtime_secret_namespaces: set[str] = field(default_factory=set)
-    """Namespaces whose runtime Secret this process has applied (campaigns skip it there; channel
-    checks apply it every time, so a deleted one comes back with the next check)."""
-
-    def runtime_urls(self) -> tuple[str, str]:
-        """The database and Redis URLs written into the runtime Secret for pods."""
-        database = self.settings.runtime_database_url or self.settings.database_url.get_secret_value()
-        redis_url = self.settings.runtime_redis_url or self.settings.redis_url.get_secret_value()
-        return database, redis_url
-
-
-def context(memo: Any) -> Context:
-    """The operator's Context from a handler's `memo`."""
-    ctx: Context = memo.ctx
-    return ctx
 
 
 @kopf.on.startup()

@@ -12,22 +12,15 @@ from typing import Any, TypeAlias
 
 import asyncpg
 from clarion.db import campaigns as campaign_queries
-
-from clarion_operator.campaign_logic import CampaignRow, Counts
+from clarion.db.campaigns import CampaignCounts, CampaignRow, campaign_row
+from clarion.models import BroadcastCampaign, Phase
 
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 """The pool, or one connection held for a whole reconcile pass (one checkout, one reset)."""
 
-_ROW_FIELDS = ("id", "run", "phase", "total", "shards", "message_hash", "started_at", "completed_at",
-               "retry_observed", "recovery_runs")
-
-
-def _row(record: Any) -> CampaignRow:
-    return CampaignRow(**{key: record[key] for key in _ROW_FIELDS})
-
 
 def _maybe_row(record: Any) -> CampaignRow | None:
-    return None if record is None else _row(record)
+    return None if record is None else campaign_row(record)
 
 
 @asynccontextmanager
@@ -94,32 +87,21 @@ async def usable_channel(db: Db, namespace: str, name: str) -> int | None:
 
 
 async def get_campaign(db: Db, uid: str) -> CampaignRow | None:
-    record = await db.fetchrow("SELECT * FROM campaigns WHERE uid = $1", uid)
-    return None if record is None else _row(record)
+    return _maybe_row(await db.fetchrow("SELECT * FROM campaigns WHERE uid = $1", uid))
 
 
-async def counts(db: Db, campaign_id: int) -> Counts:
-    found = await campaign_queries.counts(db, campaign_id)
-    return Counts(total=found.total, pending=found.pending, sending=found.sending, sent=found.sent,
-                  failed=found.failed, blocked=found.blocked)
+async def counts(db: Db, campaign_id: int) -> CampaignCounts:
+    return await campaign_queries.counts(db, campaign_id)
 
 
-async def start_campaign(
-    db: Db,
-    *,
-    uid: str,
-    namespace: str,
-    name: str,
-    channel_id: int,
-    spec: dict[str, Any],
-    message_hash: str,
-    shards: int,
-) -> CampaignRow:
+async def start_campaign(db: Db, campaign: BroadcastCampaign, *, channel_id: int) -> CampaignRow:
     """Insert the campaign (phase Sending) and snapshot its audience, in one transaction.
 
-    The row is keyed by the resource's uid: when it already exists nothing is inserted or
-    snapshotted again, and the existing row is returned.
+    The row stores the spec as the model dumps it (every default filled in), which the senders
+    parse back with the same model. It is keyed by the resource's uid: when it already exists
+    nothing is inserted or snapshotted again, and the existing row is returned.
     """
+    spec = campaign.spec
     async with _transaction(db) as conn:
         record = await conn.fetchrow(
             """INSERT INTO campaigns (namespace, name, uid, channel_id, spec, message_hash, phase, run,
@@ -127,18 +109,18 @@ async def start_campaign(
                 VALUES ($1, $2, $3, $4, $5, $6, 'Sending', 1, $7, now())
                 ON CONFLICT (uid) DO NOTHING
                 RETURNING *""",
-            namespace, name, uid, channel_id, spec, message_hash, shards,
+            campaign.namespace, campaign.name, campaign.uid, channel_id, spec.to_k8s(), spec.content_hash(),
+            spec.delivery.parallelism,
         )
         if record is None:
-            existing = await conn.fetchrow("SELECT * FROM campaigns WHERE uid = $1", uid)
-            return _row(existing)
-        total = await campaign_queries.snapshot_audience(conn, record["id"], channel_id,
-                                                         spec.get("audience") or {}, shards)
+            return campaign_row(await conn.fetchrow("SELECT * FROM campaigns WHERE uid = $1", campaign.uid))
+        total = await campaign_queries.snapshot_audience(conn, record["id"], channel_id, spec.audience,
+                                                         spec.delivery.parallelism)
     await campaign_queries.analyze_after_snapshot(db, total)
-    return _row({**record, "total": total})
+    return campaign_row({**record, "total": total})
 
 
-async def set_phase(db: Db, campaign_id: int, phase: str, *, finished: bool = False) -> CampaignRow | None:
+async def set_phase(db: Db, campaign_id: int, phase: Phase, *, finished: bool = False) -> CampaignRow | None:
     """Record the phase the senders read (Paused and Cancelled make them stop); the row afterwards."""
     return _maybe_row(await db.fetchrow(
         """UPDATE campaigns SET phase = $2,
@@ -146,6 +128,19 @@ async def set_phase(db: Db, campaign_id: int, phase: str, *, finished: bool = Fa
            WHERE id = $1 RETURNING *""",
         campaign_id, phase, finished,
     ))
+
+
+async def cancel(db: Db, campaign_id: int) -> CampaignRow | None:
+    """Phase Cancelled (senders stop at their next check) and the unsent deliveries cancelled, at once."""
+    async with _transaction(db) as conn:
+        after = await set_phase(conn, campaign_id, Phase.CANCELLED, finished=True)
+        await campaign_queries.cancel_unsent(conn, campaign_id)
+    return after
+
+
+async def cancel_unsent(db: Db, campaign_id: int) -> int:
+    """Cancel what the senders of a cancelled campaign gave back since (or left with a lapsed lease)."""
+    return await campaign_queries.cancel_unsent(db, campaign_id)
 
 
 async def resume(db: Db, campaign_id: int) -> CampaignRow | None:
@@ -173,7 +168,7 @@ async def next_run(db: Db, row: CampaignRow, *, retry_observed: int | None) -> C
             return None
         if retry_observed is not None:
             await campaign_queries.reset_failed(conn, row.id)
-        return _row(record)
+        return campaign_row(record)
 
 
 async def note_retry(db: Db, campaign_id: int, retry_observed: int) -> CampaignRow | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,7 +19,7 @@ from clarion_dev.cluster import ControlPlane
 from clarion_dev.smtp_sink import SmtpSink
 from clarion_dev.telegram import Emulator
 from clarion_dev.testing.operator import Operator, OperatorFactory
-from clarion_dev.testing.waiting import async_wait_for
+from clarion_dev.testing.waiting import async_wait_for, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -153,6 +155,59 @@ async def test_bad_token_gives_invalid_token_and_fixing_the_secret_makes_the_cha
     kubectl.apply(_secret("bot-token", token=bot.token))
     fixed = await _wait_condition(kubectl, operator, "broken", "Ready", "True")
     assert fixed["status"]["botUsername"] == "fixed_bot"
+
+
+CHANNEL_CRD = Path(__file__).resolve().parents[2] / "crds" / f"{GROUP}_notificationchannels.yaml"
+
+
+@pytest.fixture
+def crd_without_type_rules(control_plane: ControlPlane, kubectl: Kubectl) -> Iterator[None]:
+    """The NotificationChannel CRD without the spec's CEL rules, as on a cluster whose API server
+    does not evaluate them: a spec the models refuse then reaches the operator. Restored afterwards."""
+    probe = {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NotificationChannel", "metadata": {"name": "probe"},
+             "spec": {"type": "email"}}
+
+    def accepted() -> bool:
+        dry = control_plane.kubectl("-n", kubectl.namespace, "apply", "--dry-run=server", "-f", "-",
+                                    check=False, input_text=json.dumps(probe))
+        return dry.returncode == 0
+
+    path = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/x-kubernetes-validations"
+    control_plane.kubectl("patch", "crd", f"notificationchannels.{GROUP}", "--type=json",
+                          "-p", json.dumps([{"op": "remove", "path": path}]))
+    try:
+        wait_for(accepted, timeout=30, interval=0.2, what="the CRD without its rules")
+        yield
+    finally:
+        control_plane.apply_manifests([CHANNEL_CRD])
+        wait_for(lambda: not accepted(), timeout=30, interval=0.2, what="the CRD with its rules again")
+
+
+@pytest.mark.usefixtures("crd_without_type_rules")
+async def test_spec_the_models_refuse_is_reported_as_invalid_and_fixing_it_recovers_the_channel(
+    telegram_emulator: Emulator, operator: Operator, kubectl: Kubectl, kube_namespace: str, db: asyncpg.Pool,
+) -> None:
+    bot = telegram_emulator.add_bot(username="typed_bot")
+    kubectl.apply(_secret("bot-token", token=bot.token))
+    wrong = _channel("typed", telegram_emulator)
+    wrong["spec"]["email"] = {"host": "smtp.example.com", "from": "news@example.com"}
+    kubectl.apply(wrong)
+
+    obj = await _wait_condition(kubectl, operator, "typed", "Ready", "False", "InvalidSpec")
+
+    message = _condition(obj, "Ready")["message"]
+    assert message.startswith("spec: ") and "email may only be set when type is email" in message
+    assert kubectl.get("deployment", "typed-bot") is None
+    assert await db.fetchval("SELECT count(*) FROM channels WHERE namespace = $1", kube_namespace) == 0
+    assert telegram_emulator.bot(bot.token).webhook is None
+    assert operator.proc is not None and operator.proc.poll() is None
+    events = kubectl.run("get", "events", "--field-selector", "involvedObject.name=typed", "-o", "json")
+    assert "InvalidSpec" in {e["reason"] for e in json.loads(events)["items"]}
+
+    kubectl.apply(_channel("typed", telegram_emulator))
+    fixed = await _wait_condition(kubectl, operator, "typed", "Ready", "True")
+    assert fixed["status"]["botUsername"] == "typed_bot"
+    assert fixed["status"]["observedGeneration"] == fixed["metadata"]["generation"]
 
 
 async def test_missing_token_secret_is_reported_and_retried(

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 import yaml
 from clarion.models import GROUP, VERSION, BroadcastCampaignSpec, ManagedGroupSpec, NotificationChannelSpec
+from clarion.models.base import unknown_time_zone
+from clarion.models.timezones import TIME_ZONES
 from clarion_dev.cluster import ControlPlane
 from clarion_dev.testing.waiting import wait_for
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 pytestmark = pytest.mark.cluster
 
@@ -138,7 +140,7 @@ REJECTED = [
         "unknown time zone",
         "BroadcastCampaign",
         "winter-release",
-        'spec.schedule.timeZone: Unsupported value: "Mars/Olympus"',
+        "spec.schedule.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone 'Mars/Olympus'",
     ),
     (
         "global rate 31",
@@ -210,6 +212,40 @@ def test_invalid_spec_is_refused_naming_the_field_and_nothing_is_created(
     assert code != 0
     assert expected in out
     assert cluster.get(kind, name) is None
+
+
+# kind -> (example, path of the time zone field, the object in the spec that holds it)
+ZONE_FIELDS: dict[str, tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    "BroadcastCampaign": ("winter-release", "spec.schedule.timeZone", lambda s: s["schedule"]),
+    "ManagedGroup": ("community", "spec.scheduledPosts[0].timeZone", lambda s: s["scheduledPosts"][0]),
+}
+
+
+@pytest.mark.parametrize("kind", list(ZONE_FIELDS))
+def test_unknown_time_zone_is_refused_in_one_line_naming_it_and_a_known_zone_is_accepted(
+    cluster: Cluster, kind: str
+) -> None:
+    name, field, holder = ZONE_FIELDS[kind]
+    obj = _example(kind, name)
+    holder(obj["spec"])["timeZone"] = "Mars/Base"
+
+    code, out = cluster.create(obj)
+    assert code != 0
+    message = unknown_time_zone("Mars/Base")
+    assert out == f'The {kind} "{name}" is invalid: {field}: Invalid value: "Mars/Base": {message}'
+    # Europe/Berlin is the example the message gives; no other zone is listed.
+    assert [zone for zone in TIME_ZONES if "/" in zone and zone in out] == ["Europe/Berlin"]
+    assert cluster.get(kind, name) is None
+    with pytest.raises(ValidationError) as refused:
+        SPECS[kind].model_validate(obj["spec"])
+    assert [str(error["ctx"]["error"]) for error in refused.value.errors()] == [message]
+
+    holder(obj["spec"])["timeZone"] = "Europe/Berlin"
+    code, out = cluster.create(obj)
+    assert code == 0, out
+    served = cluster.get(kind, name)
+    assert served is not None
+    assert holder(served["spec"])["timeZone"] == "Europe/Berlin"
 
 
 def test_cancel_cannot_be_undone_and_retry_failed_only_grows(cluster: Cluster) -> None:

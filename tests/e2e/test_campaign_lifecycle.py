@@ -118,7 +118,7 @@ async def test_pause_stops_sending_and_resume_finishes_without_duplicates(
     assert len(receivers) == len(set(receivers))
 
 
-async def test_edit_after_start_is_refused_and_cancel_keeps_unsent_deliveries_pending(
+async def test_edit_after_start_is_refused_and_cancel_marks_unsent_deliveries_cancelled(
     telegram_emulator: Emulator, operator: Operator, campaigns: Campaigns, pod_runner: PodRunner,
     k8s: KubeApis, kube_namespace: str, db: asyncpg.Pool,
 ) -> None:
@@ -137,9 +137,15 @@ async def test_edit_after_start_is_refused_and_cancel_keeps_unsent_deliveries_pe
 
     await campaigns.wait_phase("oops", "Cancelled")
     held = await _quiet(db, campaigns, kube_namespace, "oops")
-    final = await campaigns.wait("oops", "status caught up", lambda s: s.get("sent") == held.get("sent"))
-    assert final["pending"] == held["pending"] > 0
-    assert final["sent"] + final["pending"] == final["total"] == 200
+    final = await campaigns.wait("oops", "status caught up",
+                                 lambda s: s.get("sent") == held.get("sent") and s.get("pending") == 0)
+    rows = await delivery_counts(db, kube_namespace, "oops")
+    assert rows.get("pending", 0) == rows.get("sending", 0) == 0
+    assert final["cancelled"] == rows["cancelled"] > 0 and final["sent"] == rows["sent"]
+    assert final["sent"] + final["cancelled"] == final["total"] == 200
+    assert final["progress"] == 100
+    progressing = {c["type"]: c for c in final["conditions"]}["Progressing"]
+    assert progressing["status"] == "False"
     assert all(j["metadata"].get("deletionTimestamp") for j in campaigns.jobs("oops"))
     assert len(_receivers(telegram_emulator, channel)) == held["sent"]
     assert {m.text for m in telegram_emulator.sent(channel.token)} == {"Hello from Clarion"}

@@ -18,7 +18,7 @@ BOT = 4242
 
 async def test_two_processes_share_one_overall_budget_with_no_window_over_the_limit(
         redis: aioredis.Redis) -> None:
-    limits = RateLimits(global_per_second=100)
+    limits = RateLimits.from_config({"rateLimits": {"globalPerSecond": 100}})
     first = RateLimiter(redis, BOT, limits, margin=0.01)
     second = RateLimiter(redis, BOT, limits, margin=0.01)
     slots: list[float] = []
@@ -35,7 +35,8 @@ async def test_two_processes_share_one_overall_budget_with_no_window_over_the_li
 
 
 async def test_paid_broadcast_has_its_own_budget(redis: aioredis.Redis) -> None:
-    limiter = RateLimiter(redis, BOT, RateLimits(global_per_second=1, paid_broadcast_per_second=1000))
+    limits = RateLimits.from_config({"rateLimits": {"globalPerSecond": 1, "paidBroadcastPerSecond": 1000}})
+    limiter = RateLimiter(redis, BOT, limits)
     free = await limiter.reserve([1, 2, 3])
     paid = await limiter.reserve([4, 5, 6], paid=True)
     assert [round(g.delay) for g in free] == [0, 1, 2]
@@ -43,8 +44,9 @@ async def test_paid_broadcast_has_its_own_budget(redis: aioredis.Redis) -> None:
 
 
 async def test_a_chat_gets_no_slot_before_its_own_budget_allows(redis: aioredis.Redis) -> None:
-    limiter = RateLimiter(redis, BOT, RateLimits(global_per_second=1000, per_chat_per_second=1,
-                                                 per_group_per_minute=20))
+    limits = RateLimits.from_config(
+        {"rateLimits": {"globalPerSecond": 1000, "perChatPerSecond": 1, "perGroupPerMinute": 20}})
+    limiter = RateLimiter(redis, BOT, limits)
     first, again, group, group_again = await limiter.reserve([7, 7, -100, -100])
     assert first.granted and first.delay < 0.01
     assert not again.granted and 0.9 < again.delay <= 1.02
@@ -53,7 +55,7 @@ async def test_a_chat_gets_no_slot_before_its_own_budget_allows(redis: aioredis.
 
 
 async def test_a_pause_stops_every_process_until_it_ends(redis: aioredis.Redis) -> None:
-    limits = RateLimits()
+    limits = RateLimits.from_config(None)
     here = RateLimiter(redis, BOT, limits)
     there = RateLimiter(redis, BOT, limits)
     await there.start()
@@ -74,7 +76,7 @@ async def test_a_pause_stops_every_process_until_it_ends(redis: aioredis.Redis) 
 
 
 async def test_acquire_waits_out_the_pause(redis: aioredis.Redis) -> None:
-    limiter = RateLimiter(redis, BOT, RateLimits())
+    limiter = RateLimiter(redis, BOT, RateLimits.from_config(None))
     await limiter.pause(0.3)
     waited = await limiter.acquire(5)
     assert waited >= 0.25

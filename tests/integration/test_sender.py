@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from clarion.db import campaigns as q
+from clarion.models import Audience
 from clarion.streams import CAMPAIGN_DELIVERIES_STREAM, dead_letter_stream
 from clarion_dev.net import free_port
 from clarion_dev.telegram import Emulator
@@ -40,6 +41,8 @@ pytestmark = [pytest.mark.integration,
 RATE_LIMITS = {"globalPerSecond": 30 * SCALE, "perChatPerSecond": 1 * SCALE,
                "perGroupPerMinute": 20 * SCALE, "paidBroadcastPerSecond": 1000 * SCALE}
 FIRST_USER = 100_000
+
+EVERYONE = Audience(all_subscribers=True)
 
 
 @dataclass
@@ -98,7 +101,8 @@ async def start_campaign(world: World, *, shards: int = 2, audience: dict[str, A
                VALUES ('default', $1, $1 || '-uid', $2, $3, 'hash', 'Sending', $4) RETURNING id""",
             name, world.channel_id, spec, shards,
         )
-        await q.snapshot_audience(conn, campaign_id, world.channel_id, audience, shards)
+        picked = Audience.model_validate(audience)
+        await q.snapshot_audience(conn, campaign_id, world.channel_id, picked, shards)
     world.campaign_id = campaign_id
     return campaign_id
 
@@ -180,7 +184,7 @@ async def test_campaign_reaches_each_reachable_subscriber_exactly_once_across_tw
             """INSERT INTO campaigns (namespace, name, uid, channel_id, spec, message_hash, shards)
                VALUES ('default', 'next', 'next-uid', $1, '{}'::jsonb, 'h', 1) RETURNING id""",
             world.channel_id)
-        total = await q.snapshot_audience(conn, next_id, world.channel_id, {"allSubscribers": True}, 1)
+        total = await q.snapshot_audience(conn, next_id, world.channel_id, EVERYONE, 1)
     assert total == len(world.reachable) + len(world.unknown)
 
 
@@ -416,6 +420,25 @@ async def test_sender_refuses_an_unknown_campaign_with_a_clear_error(
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
     assert b"campaign 999999 does not exist" in err
+
+
+async def test_sender_refuses_a_stored_spec_that_does_not_parse_and_sends_nothing(
+        db: asyncpg.Pool, telegram_emulator: Emulator, database_url: str, redis_url: str) -> None:
+    world = await make_world(db, telegram_emulator, users=20)
+    await start_campaign(world, shards=1, delivery={"batchSize": 0, "maxAttempts": "often"})
+    proc = await asyncio.create_subprocess_exec(
+        SENDER, "campaign", "--campaign-id", str(world.campaign_id),
+        env={**os.environ, "CLARION_DATABASE_URL": database_url, "CLARION_REDIS_URL": redis_url,
+             "CLARION_BOT_TOKEN": world.token, "CLARION_LOG_FORMAT": "json"},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert b"spec.delivery.batchSize: Input should be greater than or equal to 1" in err
+    assert b"spec.delivery.maxAttempts: Input should be a valid integer" in err
+    assert telegram_emulator.sent(world.token) == []
+    counts = await world.counts()
+    assert (counts.pending, counts.sending, counts.sent) == (20, 0, 0)
 
 
 # /metrics samples keyed by name and labels.

@@ -1,12 +1,15 @@
-"""The bot's pure parts: fair lease shares, language choice and the en/ru catalog."""
+"""The bot's pure parts: fair lease shares, language choice and the catalog of every bot language."""
 
 from __future__ import annotations
 
 import string
 
 import pytest
-from clarion.db.channels import split_channel_key
-from clarion_bot.i18n import CATALOG, LANGUAGES, Translator, pick_language
+from clarion.db.channels import ChannelRecord
+from clarion.keys import split_channel_key
+from clarion.models.channel import BOT_LANGUAGES
+from clarion_bot.handlers.language import LanguageChoice, language_keyboard
+from clarion_bot.i18n import CATALOG, Translator, pick_language
 from clarion_bot.leases import fair_share, preferred_order
 from clarion_bot.limits import sends_a_message
 
@@ -27,10 +30,22 @@ def test_preferred_order_visits_every_partition_once() -> None:
 
 def test_every_text_exists_in_every_language_with_the_same_placeholders() -> None:
     for key, texts in CATALOG.items():
-        assert set(texts) == set(LANGUAGES), key
+        assert set(texts) == set(BOT_LANGUAGES), key
         fields = {frozenset(f for _, f, _, _ in string.Formatter().parse(text) if f)
                   for text in texts.values()}
         assert len(fields) == 1, key
+
+
+def test_every_supported_language_is_offered_chosen_and_taken_as_a_channel_default() -> None:
+    buttons = [button for row in language_keyboard().inline_keyboard for button in row]
+    assert [LanguageChoice.unpack(str(b.callback_data)).code for b in buttons] == list(BOT_LANGUAGES)
+    assert len({b.text for b in buttons}) == len(BOT_LANGUAGES)  # each named in its own language
+    for code in BOT_LANGUAGES:
+        assert pick_language(code, default="en") == code
+        channel = ChannelRecord(id=1, key="default.bot", type="telegram", bot_id=None, bot_username=None,
+                                api_base_url=None, webhook_secret_sha256=None, ready=True,
+                                config={"defaultLanguage": code})
+        assert channel.default_language == code
 
 
 @pytest.mark.parametrize(("candidates", "default", "expected"), [

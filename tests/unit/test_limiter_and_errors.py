@@ -20,7 +20,8 @@ def test_channel_rate_limits_are_read_from_camel_case_config_with_defaults() -> 
     limits = RateLimits.from_config({"rateLimits": {"globalPerSecond": 300, "perGroupPerMinute": 10}})
     assert limits == RateLimits(global_per_second=300, per_chat_per_second=1, per_group_per_minute=10,
                                 paid_broadcast_per_second=1000)
-    assert RateLimits.from_config(None) == RateLimits()
+    assert RateLimits.from_config(None) == RateLimits(global_per_second=30, per_chat_per_second=1,
+                                                      per_group_per_minute=20, paid_broadcast_per_second=1000)
 
 
 @pytest.mark.parametrize("bad", [0, -1, float("inf")])
@@ -31,7 +32,7 @@ def test_non_positive_or_infinite_limits_are_refused(bad: float) -> None:
 
 def test_limiter_refuses_a_cap_without_a_rate() -> None:
     with pytest.raises(ValueError, match="cap_scope"):
-        RateLimiter(None, 1, RateLimits(), cap_scope="campaign:1")  # type: ignore[arg-type]
+        RateLimiter(None, 1, RateLimits.from_config(None), cap_scope="campaign:1")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("exc", "outcome", "reason"), [

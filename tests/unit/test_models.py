@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,8 @@ from clarion.models import (
     Message,
     NotificationChannelSpec,
     Schedule,
-    upsert_condition,
+    changed_conditions,
+    merge_conditions,
 )
 from pydantic import BaseModel, ValidationError
 
@@ -336,18 +338,23 @@ def test_condition_transition_time_moves_only_when_the_status_changes() -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     t1 = datetime(2026, 1, 2, tzinfo=UTC)
     ready = Condition(type="Ready", status="False", reason="Pending", message="checking")
-    first = upsert_condition([], ready, now=t0)
-    assert first[0].last_transition_time == t0
+    first = merge_conditions([], [ready], generation=1, now=t0)
+    assert (first[0].last_transition_time, first[0].observed_generation) == (t0, 1)
 
-    same = upsert_condition(first, ready.model_copy(update={"message": "still checking"}), now=t1)
+    again = ready.model_copy(update={"message": "still checking"})
+    same = merge_conditions(first, [again], generation=2, now=t1)
     assert same[0].last_transition_time == t0
-    assert same[0].message == "still checking"
+    assert (same[0].message, same[0].observed_generation) == ("still checking", 2)
+    assert changed_conditions(first, same) == []
 
-    flipped = upsert_condition(same, Condition(type="Ready", status="True", reason="Verified"), now=t1)
+    flipped = merge_conditions(same, [Condition(type="Ready", status="True", reason="Verified")],
+                               generation=2, now=t1)
     assert [c.type for c in flipped] == ["Ready"]
     assert flipped[0].last_transition_time == t1
+    assert changed_conditions(same, flipped) == [flipped[0]]
 
-    more = upsert_condition(flipped, Condition(type="WebhookRegistered", status="True", reason="Set"), now=t1)
+    more = merge_conditions(flipped, [Condition(type="WebhookRegistered", status="True", reason="Set")],
+                            generation=2, now=t1)
     assert [c.type for c in more] == ["Ready", "WebhookRegistered"]
 
 
@@ -382,3 +389,15 @@ def test_api_constants() -> None:
         "BroadcastCampaign": "broadcastcampaigns",
         "ManagedGroup": "managedgroups",
     }
+
+
+def test_a_campaign_spec_stored_by_release_0_1_0_still_parses() -> None:
+    """Rows of `campaigns` keep the spec of the release that started them; senders of later releases
+    parse it with the current model (this one is the API server's copy of winter-release, as 0.1.0
+    stored it: every CRD default applied)."""
+    stored = json.loads((Path(__file__).parent / "data" / "campaign-spec-0.1.0.json").read_text())
+    spec = BroadcastCampaignSpec.model_validate(stored)
+    assert spec.delivery.parallelism == 2 and spec.message.parse_mode == "HTML"
+    assert spec.message.for_language("ru-RU")[0].startswith("<b>Вышел")
+    assert spec.start_at == datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    assert BroadcastCampaignSpec.model_validate(spec.to_k8s()) == spec

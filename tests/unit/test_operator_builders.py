@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from clarion.models import SecretKeyRef
 from clarion_operator import builders
 
 pytestmark = pytest.mark.unit
@@ -23,7 +24,7 @@ def test_long_names_are_shortened_deterministically_within_63_characters() -> No
 
 def test_sender_job_is_indexed_with_one_completion_per_shard() -> None:
     job = builders.sender_job(namespace="ns", campaign="sale", run=2, campaign_id=7, shards=3,
-                              token_secret="bot", token_key="token", image="img:1", pull_policy="Never",
+                              token=SecretKeyRef(name="bot", key="token"), image="img:1", pull_policy="Never",
                               runtime_secret_name="clarion-runtime", backoff_limit=6)
     spec = job["spec"]
     assert job["metadata"]["name"] == "sale-r2"
@@ -45,7 +46,7 @@ def test_sender_job_is_indexed_with_one_completion_per_shard() -> None:
 
 
 def test_bot_deployment_runs_the_channel_bot() -> None:
-    dep = builders.bot_deployment(namespace="ns", channel="shop", token_secret="bot", token_key="tok",
+    dep = builders.bot_deployment(namespace="ns", channel="shop", token=SecretKeyRef(name="bot", key="tok"),
                                   replicas=3, image="img:1", pull_policy="IfNotPresent",
                                   runtime_secret_name="clarion-runtime")
     assert dep["metadata"]["name"] == "shop-bot"

@@ -5,21 +5,21 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from clarion.models import ChannelReason, NotificationChannelSpec, NotificationChannelStatus, TelegramSettings
 from clarion_operator.channel_logic import (
     ChannelCheck,
     Verdict,
     channel_conditions,
+    channel_status,
     check_due,
-    referenced_secrets,
     stored_config,
     webhook_endpoint,
 )
-from clarion_operator.conditions import merge_conditions, transitions
 
 pytestmark = pytest.mark.unit
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-OK = Verdict(True, "TokenAccepted", "fine")
+OK = Verdict.passed(ChannelReason.TOKEN_ACCEPTED, "fine")
 
 
 def test_webhook_url_is_the_base_url_plus_the_channel_path() -> None:
@@ -28,61 +28,69 @@ def test_webhook_url_is_the_base_url_plus_the_channel_path() -> None:
     assert webhook_endpoint("http://127.0.0.1:8080/base", "ns", "c") == "http://127.0.0.1:8080/base/tg/webhook/ns.c"
 
 
-def test_stored_config_has_no_secret_references() -> None:
-    telegram = {"botTokenSecretRef": {"name": "bot"}, "adminChatIds": [1],
-                "webhook": {"url": "https://x", "secretTokenSecretRef": {"name": "hook"},
-                            "maxConnections": 5}}
+def test_stored_config_has_no_secret_references_and_every_default() -> None:
+    telegram = TelegramSettings.model_validate({
+        "botTokenSecretRef": {"name": "bot"}, "adminChatIds": [1],
+        "webhook": {"url": "https://x.example", "secretTokenSecretRef": {"name": "hook"},
+                    "maxConnections": 5}})
     config = stored_config(telegram)
-    assert config == {"adminChatIds": [1], "webhook": {"url": "https://x", "maxConnections": 5}}
-    assert telegram["botTokenSecretRef"] == {"name": "bot"}
+    assert config["adminChatIds"] == [1]
+    assert config["webhook"]["url"] == "https://x.example" and config["webhook"]["maxConnections"] == 5
+    assert "SecretRef" not in str(config)
+    assert config["rateLimits"]["globalPerSecond"] == 30 and config["apiBaseUrl"] == "https://api.telegram.org"
 
 
-def test_referenced_secrets_cover_token_webhook_and_smtp_credentials() -> None:
-    telegram = {"botTokenSecretRef": {"name": "bot"}, "webhook": {"secretTokenSecretRef": {"name": "hook"}}}
-    assert referenced_secrets({"telegram": telegram}) == {"bot", "hook"}
-    assert referenced_secrets({"email": {"usernameSecretRef": {"name": "smtp"},
-                                         "passwordSecretRef": {"name": "smtp"}}}) == {"smtp"}
+def test_secret_refs_cover_token_webhook_smtp_credentials_and_vapid_key() -> None:
+    telegram = NotificationChannelSpec.model_validate({"type": "telegram", "telegram": {
+        "botTokenSecretRef": {"name": "bot"},
+        "webhook": {"url": "https://x.example", "secretTokenSecretRef": {"name": "hook"}}}})
+    assert {ref.name for ref in telegram.secret_refs()} == {"bot", "hook"}
+    email = NotificationChannelSpec.model_validate({"type": "email", "email": {
+        "host": "smtp", "from": "a@b.example", "usernameSecretRef": {"name": "smtp", "key": "user"},
+        "passwordSecretRef": {"name": "smtp", "key": "password"}}})
+    assert {ref.name for ref in email.secret_refs()} == {"smtp"}
+    webpush = NotificationChannelSpec.model_validate({"type": "webpush", "webpush": {
+        "vapidPrivateKeySecretRef": {"name": "vapid"}, "subject": "mailto:ops@b.example"}})
+    assert [ref.name for ref in webpush.secret_refs()] == ["vapid"]
 
 
 def test_invalid_token_makes_the_channel_not_ready_with_the_reason() -> None:
-    check = ChannelCheck(Verdict(False, "InvalidToken", "Telegram rejected the bot token"))
-    conds = {c["type"]: c for c in channel_conditions(check)}
-    assert conds["CredentialsValid"]["status"] == "False"
-    assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == ("False", "InvalidToken")
+    check = ChannelCheck(Verdict.failed(ChannelReason.INVALID_TOKEN, "Telegram rejected the bot token"))
+    conds = {c.type: c for c in channel_conditions(check)}
+    assert conds["CredentialsValid"].status == "False"
+    assert (conds["Ready"].status, conds["Ready"].reason) == ("False", "InvalidToken")
 
 
 def test_valid_token_and_webhook_make_the_channel_ready() -> None:
-    check = ChannelCheck(OK, Verdict(True, "WebhookSet", "set"), bot_id=1, bot_username="b")
-    conds = {c["type"]: c for c in channel_conditions(check)}
-    assert conds["WebhookRegistered"]["status"] == "True"
-    assert conds["Ready"]["status"] == "True"
+    check = ChannelCheck(OK, Verdict.passed(ChannelReason.WEBHOOK_SET, "set"), bot_id=1, bot_username="b")
+    conds = {c.type: c for c in channel_conditions(check)}
+    assert conds["WebhookRegistered"].status == "True"
+    assert conds["Ready"].status == "True"
 
 
 def test_rejected_webhook_keeps_the_channel_not_ready() -> None:
-    check = ChannelCheck(OK, Verdict(False, "WebhookRejected", "bad url"))
-    conds = {c["type"]: c for c in channel_conditions(check)}
-    assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == ("False", "WebhookRejected")
+    check = ChannelCheck(OK, Verdict.failed(ChannelReason.WEBHOOK_REJECTED, "bad url"))
+    conds = {c.type: c for c in channel_conditions(check)}
+    assert (conds["Ready"].status, conds["Ready"].reason) == ("False", "WebhookRejected")
 
 
 def test_channel_without_webhook_is_ready_for_sending_only() -> None:
-    check = ChannelCheck(OK, Verdict(False, "WebhookNotConfigured", "no webhook"), webhook_configured=False)
-    conds = {c["type"]: c for c in channel_conditions(check)}
-    assert conds["Ready"]["status"] == "True"
-    assert conds["WebhookRegistered"]["reason"] == "WebhookNotConfigured"
+    no_webhook = Verdict.failed(ChannelReason.WEBHOOK_NOT_CONFIGURED, "no webhook")
+    check = ChannelCheck(OK, no_webhook, webhook_configured=False)
+    conds = {c.type: c for c in channel_conditions(check)}
+    assert conds["Ready"].status == "True"
+    assert conds["WebhookRegistered"].reason == "WebhookNotConfigured"
 
 
-def test_transition_time_moves_only_when_the_status_changes() -> None:
-    first = merge_conditions([], [{"type": "Ready", "status": "False", "reason": "A", "message": ""}],
-                             generation=1, now=NOW)
-    later = NOW + timedelta(minutes=1)
-    same = merge_conditions(first, [{"type": "Ready", "status": "False", "reason": "B", "message": "x"}],
-                            generation=2, now=later)
-    assert same[0]["lastTransitionTime"] == "2026-11-23T12:00:00Z"
-    assert (same[0]["reason"], same[0]["observedGeneration"]) == ("B", 2)
-    flipped = merge_conditions(same, [{"type": "Ready", "status": "True", "reason": "C", "message": ""}],
-                               generation=2, now=later)
-    assert flipped[0]["lastTransitionTime"] == "2026-11-23T12:01:00Z"
-    assert transitions(same, flipped) == [flipped[0]] and transitions(flipped, flipped) == []
+def test_status_keeps_bot_facts_a_check_could_not_learn() -> None:
+    known = NotificationChannelStatus(bot_id=7, bot_username="shop_bot")
+    unreachable = ChannelCheck(Verdict.undecided(ChannelReason.TELEGRAM_UNREACHABLE, "timeout"))
+    status = channel_status(known, unreachable, channel_conditions(unreachable), telegram=True,
+                            webhook_secret_name="shop-webhook-secret", generation=4, now=NOW)
+    assert (status.bot_id, status.bot_username, status.ready) == (7, "shop_bot", False)
+    assert (status.observed_generation, status.last_checked_at) == (4, NOW)
+    conds = {c.type: c for c in status.conditions}
+    assert (conds["CredentialsValid"].status, conds["Ready"].status) == ("Unknown", "False")
 
 
 def test_checks_run_on_the_interval_when_ready_and_sooner_when_not() -> None:

@@ -8,16 +8,20 @@ goes through `FOR UPDATE SKIP LOCKED`, so no two senders ever hold the same row.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
+
+from clarion.models.campaign import Audience, Phase
 
 #: An asyncpg pool or connection (asyncpg ships no type information).
 Db = Any
 
 #: Statuses after which a delivery needs nothing more.
-SETTLED_STATUSES = ("sent", "failed", "blocked")
+SETTLED_STATUSES = ("sent", "failed", "blocked", "cancelled")
+#: Every status a delivery can have.
+DELIVERY_STATUSES = ("pending", "sending", *SETTLED_STATUSES)
 # A snapshot of at least this many deliveries gets fresh statistics (analyze_after_snapshot).
 ANALYZE_AFTER_ROWS = 1000
 
@@ -60,17 +64,30 @@ WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE campaign_id = $1)
 
 @dataclass(frozen=True)
 class CampaignCounts:
-    total: int
-    pending: int
-    sending: int
-    sent: int
-    failed: int
-    blocked: int
+    """Deliveries of a campaign (or of one shard) by status."""
+
+    total: int = 0
+    pending: int = 0
+    sending: int = 0
+    sent: int = 0
+    failed: int = 0
+    blocked: int = 0
+    cancelled: int = 0
 
     @property
-    def settled(self) -> bool:
-        """Every delivery is sent, failed or blocked."""
-        return self.pending == 0 and self.sending == 0
+    def unsettled(self) -> int:
+        """Deliveries still to be sent: pending, or held by a sender."""
+        return self.pending + self.sending
+
+    @property
+    def settled(self) -> int:
+        """Deliveries that need nothing more: sent, failed, blocked or cancelled."""
+        return self.sent + self.failed + self.blocked + self.cancelled
+
+    def of(self, status: str) -> int:
+        """The count of one delivery status."""
+        value: int = getattr(self, status)
+        return value
 
 
 @dataclass(frozen=True)
@@ -84,24 +101,46 @@ class Claimed:
 
 @dataclass(frozen=True)
 class CampaignRow:
-    """A campaign with the channel facts the sender needs."""
+    """A row of `campaigns`: what the operator started, and the run the senders work on.
+
+    `spec` is the campaign's spec as stored at the start (camelCase, every default filled in);
+    readers parse it with the campaign model.
+    """
 
     id: int
     namespace: str
     name: str
     channel_id: int
     spec: dict[str, Any]
-    phase: str
-    shards: int
+    phase: Phase
+    run: int
     total: int
-    channel_name: str
-    channel_config: dict[str, Any]
-    api_base_url: str | None
-    bot_id: int | None
+    shards: int
+    message_hash: str
+    started_at: datetime | None
+    completed_at: datetime | None
+    retry_observed: int
+    recovery_runs: int
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class SendingChannel:
+    """The facts about a campaign's channel that its senders need."""
+
+    name: str
+    config: dict[str, Any]
+    api_base_url: str | None
+    bot_id: int | None
+
+
+def campaign_row(record: Any) -> CampaignRow:
+    """The CampaignRow of a `campaigns` record (a `SELECT *` or `RETURNING *`)."""
+    values = {f.name: record[f.name] for f in fields(CampaignRow)}
+    return CampaignRow(**{**values, "phase": Phase(values["phase"])})
 
 
 @dataclass
@@ -123,33 +162,7 @@ class Results:
         return len(self.sent) + len(self.blocked) + len(self.failed) + len(self.retry)
 
 
-_AudienceArgs = tuple[bool, list[str], list[int], list[str], list[str], list[str]]
-
-
-def _audience_args(audience: Mapping[str, Any]) -> _AudienceArgs:
-    def strings(key: str) -> list[str]:
-        value = audience.get(key) or []
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"audience.{key} must be a list of strings")
-        return value
-
-    chat_ids = audience.get("chatIds") or []
-    if not isinstance(chat_ids, list) or not all(
-            isinstance(c, int) and not isinstance(c, bool) for c in chat_ids):
-        raise ValueError("audience.chatIds must be a list of integers")
-    refs = audience.get("groupRefs") or []
-    if not isinstance(refs, list) or not all(
-            isinstance(r, dict) and isinstance(r.get("name"), str) for r in refs):
-        raise ValueError("audience.groupRefs must be a list of {name: ...}")
-    all_subscribers = audience.get("allSubscribers", False)
-    if not isinstance(all_subscribers, bool):
-        raise ValueError("audience.allSubscribers must be a boolean")
-    languages = [lang.lower() for lang in strings("languages")]
-    return (all_subscribers, strings("tags"), chat_ids, [r["name"] for r in refs],
-            strings("excludeTags"), languages)
-
-
-async def snapshot_audience(conn: Db, campaign_id: int, channel_id: int, audience: Mapping[str, Any],
+async def snapshot_audience(conn: Db, campaign_id: int, channel_id: int, audience: Audience,
                             shards: int) -> int:
     """Insert one pending delivery per recipient (one INSERT…SELECT) and return the campaign's total.
 
@@ -164,10 +177,10 @@ async def snapshot_audience(conn: Db, campaign_id: int, channel_id: int, audienc
     """
     if not 1 <= shards <= 1000:
         raise ValueError(f"shards must be between 1 and 1000, got {shards}")
-    all_subscribers, tags, chat_ids, group_names, exclude, languages = _audience_args(audience)
     status: str = await conn.execute(
-        _SNAPSHOT, campaign_id, channel_id, all_subscribers, tags, chat_ids, group_names, exclude,
-        languages, shards,
+        _SNAPSHOT, campaign_id, channel_id, audience.all_subscribers, audience.tags, audience.chat_ids,
+        [ref.name for ref in audience.group_refs], audience.exclude_tags,
+        [language.lower() for language in audience.languages], shards,
     )
     inserted = int(status.rsplit(" ", 1)[1])
     total: int | None = await conn.fetchval(
@@ -193,8 +206,7 @@ async def analyze_after_snapshot(conn: Db, total: int) -> None:
 
 def _counts(total: int, rows: Sequence[Any]) -> CampaignCounts:
     by_status = {r["status"]: int(r["n"]) for r in rows}
-    return CampaignCounts(total=total, **{s: by_status.get(s, 0)
-                                           for s in ("pending", "sending", "sent", "failed", "blocked")})
+    return CampaignCounts(total=total, **{s: by_status.get(s, 0) for s in DELIVERY_STATUSES})
 
 
 async def counts(conn: Db, campaign_id: int) -> CampaignCounts:
@@ -399,16 +411,33 @@ async def record_results(conn: Db, campaign_id: int, channel_id: int, claimed_by
                 )
 
 
-async def load_campaign(conn: Db, campaign_id: int) -> CampaignRow | None:
+async def load_campaign(conn: Db, campaign_id: int) -> tuple[CampaignRow, SendingChannel] | None:
     """A campaign and its channel's sending facts, or None."""
     row = await conn.fetchrow(
-        """SELECT c.id, c.namespace, c.name, c.channel_id, c.spec, c.phase, c.shards, c.total,
-                  ch.name AS channel_name, ch.config AS channel_config, ch.api_base_url, ch.bot_id
+        """SELECT c.*, ch.name AS channel_name, ch.config AS channel_config, ch.api_base_url, ch.bot_id
            FROM campaigns c JOIN channels ch ON ch.id = c.channel_id
            WHERE c.id = $1 AND c.deleted_at IS NULL""",
         campaign_id,
     )
-    return CampaignRow(**dict(row)) if row is not None else None
+    if row is None:
+        return None
+    channel = SendingChannel(name=row["channel_name"], config=dict(row["channel_config"] or {}),
+                             api_base_url=row["api_base_url"], bot_id=row["bot_id"])
+    return campaign_row(row), channel
+
+
+async def cancel_unsent(conn: Db, campaign_id: int) -> int:
+    """Mark `cancelled` what a cancelled campaign will never send: pending deliveries, and those whose
+    sender's lease ran out (a dead sender's). Deliveries a live sender holds are left to it: it
+    records them or gives them back, and the next call cancels what it gave back. Returns how many."""
+    status: str = await conn.execute(
+        """UPDATE deliveries
+           SET status = 'cancelled', claimed_by = NULL, claimed_until = NULL, updated_at = now()
+           WHERE campaign_id = $1
+             AND (status = 'pending' OR (status = 'sending' AND claimed_until < now()))""",
+        campaign_id,
+    )
+    return int(status.rsplit(" ", 1)[1])
 
 
 async def campaign_phase(conn: Db, campaign_id: int) -> str | None:

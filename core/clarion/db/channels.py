@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
-#: `{namespace}.{name}`: a Kubernetes namespace (no dots) and a resource name.
-CHANNEL_KEY_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$")
-
-SUPPORTED_LANGUAGES = ("en", "ru")
-
-
-def split_channel_key(key: str) -> tuple[str, str] | None:
-    """(namespace, name) of a well-formed channel key, else None."""
-    if len(key) > 317 or not CHANNEL_KEY_RE.match(key):
-        return None
-    namespace, _, name = key.partition(".")
-    return namespace, name
+from clarion.keys import split_channel_key
+from clarion.models.channel import BOT_LANGUAGES
 
 
 @dataclass(frozen=True)
@@ -48,7 +37,7 @@ class ChannelRecord:
     @property
     def default_language(self) -> str:
         value = self.config.get("defaultLanguage")
-        return value if value in SUPPORTED_LANGUAGES else "en"
+        return value if value in BOT_LANGUAGES else "en"
 
 
 _SELECT = """

@@ -4,7 +4,16 @@ Parse a resource body with `BroadcastCampaignSpec.model_validate(body["spec"])`;
 `status.to_k8s()` (camelCase keys, unset fields left out).
 """
 
-from clarion.models.base import Condition, LocalObjectRef, SecretKeyRef, upsert_condition
+from clarion.models.base import (
+    CommonReason,
+    Condition,
+    ConditionType,
+    LocalObjectRef,
+    SecretKeyRef,
+    changed_conditions,
+    find_condition,
+    merge_conditions,
+)
 from clarion.models.campaign import (
     FINISHED_PHASES,
     STARTED_PHASES,
@@ -12,6 +21,7 @@ from clarion.models.campaign import (
     BroadcastCampaignSpec,
     BroadcastCampaignStatus,
     Button,
+    CampaignReason,
     Delivery,
     Message,
     MessageVariant,
@@ -20,6 +30,8 @@ from clarion.models.campaign import (
     Schedule,
 )
 from clarion.models.channel import (
+    PUBLIC_BOT_API,
+    ChannelReason,
     EmailSettings,
     NotificationChannelSpec,
     NotificationChannelStatus,
@@ -37,6 +49,15 @@ from clarion.models.group import (
     ManagedGroupStatus,
     ScheduledPost,
     WelcomeMessage,
+)
+from clarion.models.objects import (
+    BroadcastCampaign,
+    CustomObject,
+    InvalidSpec,
+    ManagedGroup,
+    NotificationChannel,
+    ObjectMeta,
+    ResourceKey,
 )
 from clarion.models.resources import (
     API_VERSION,
@@ -60,29 +81,41 @@ __all__ = [
     "MANAGED_GROUP",
     "NOTIFICATION_CHANNEL",
     "PLURALS",
+    "PUBLIC_BOT_API",
     "RESOURCES",
     "STARTED_PHASES",
     "VERSION",
     "Audience",
+    "BroadcastCampaign",
     "BroadcastCampaignSpec",
     "BroadcastCampaignStatus",
     "Button",
+    "CampaignReason",
+    "ChannelReason",
+    "CommonReason",
     "Condition",
+    "ConditionType",
+    "CustomObject",
     "Delivery",
     "EmailSettings",
     "Inactivity",
+    "InvalidSpec",
     "JoinRequests",
     "JoinRules",
     "Lifecycle",
     "LocalObjectRef",
+    "ManagedGroup",
     "ManagedGroupSpec",
     "ManagedGroupStatus",
     "Message",
     "MessageVariant",
+    "NotificationChannel",
     "NotificationChannelSpec",
     "NotificationChannelStatus",
+    "ObjectMeta",
     "Phase",
     "Resource",
+    "ResourceKey",
     "Retention",
     "Schedule",
     "ScheduledPost",
@@ -92,5 +125,7 @@ __all__ = [
     "TelegramWebhook",
     "WebPushSettings",
     "WelcomeMessage",
-    "upsert_condition",
+    "changed_conditions",
+    "find_condition",
+    "merge_conditions",
 ]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
+
+from clarion.models.timezones import TIME_ZONES
 
 # Kubernetes object names (DNS-1123 subdomain) and Secret data keys.
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -17,8 +21,19 @@ HTTP_URL = r"^https?://[^\s]+$"
 # Condition reasons are CamelCase words (metav1.Condition).
 CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
-# Timestamps in status: RFC 3339 strings on the wire, aware datetimes in Python.
-Timestamp = Annotated[datetime, Field(json_schema_extra={"maxLength": 64})]
+
+
+def rfc3339(moment: datetime) -> str:
+    """An aware timestamp the way Kubernetes writes them: UTC, seconds precision, `Z`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# Timestamps in status: RFC 3339 strings on the wire (seconds, `Z`), aware datetimes in Python.
+Timestamp = Annotated[
+    datetime,
+    Field(json_schema_extra={"maxLength": 64}),
+    PlainSerializer(rfc3339, return_type=str, when_used="json"),
+]
 # Telegram chat and user ids: 64-bit, negative for groups and channels.
 ChatId = Annotated[int, Field(ge=-(2**53), le=2**53, json_schema_extra={"format": "int64"})]
 Count = Annotated[int, Field(ge=0, le=2**53, json_schema_extra={"format": "int64"})]
@@ -28,16 +43,51 @@ def cel(
     rule: str,
     message: str,
     *,
+    message_expression: str | None = None,
     field_path: str | None = None,
     reason: str | None = None,
 ) -> dict[str, str]:
-    """One `x-kubernetes-validations` entry; reason: FieldValueInvalid, -Required or -Forbidden."""
+    """One `x-kubernetes-validations` entry; reason: FieldValueInvalid, -Required or -Forbidden.
+
+    `message_expression` is CEL evaluated to the message when the rule fails; the API server falls back
+    to `message` when it fails to evaluate or its result holds a line break.
+    """
     entry = {"rule": rule, "message": message}
+    if message_expression is not None:
+        entry["messageExpression"] = message_expression
     if field_path is not None:
         entry["fieldPath"] = field_path
     if reason is not None:
         entry["reason"] = reason
     return entry
+
+
+def cel_string(text: str) -> str:
+    """`text` as a CEL string literal (a JSON string is one)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+# How an unknown time zone is refused, by the models and by the API server (as CEL) alike.
+UNKNOWN_TIME_ZONE = "unknown time zone '{zone}': use an IANA name such as Europe/Berlin"
+
+
+def unknown_time_zone(zone: str) -> str:
+    """The one-line refusal of a time zone not in TIME_ZONES."""
+    return UNKNOWN_TIME_ZONE.format(zone=zone)
+
+
+def time_zone_rule() -> dict[str, str]:
+    """The CEL rule of a time zone field: one of TIME_ZONES, refused with `unknown_time_zone(self)`.
+
+    An `enum` would do the check too, but the API server answers it with every allowed value.
+    """
+    before, after = UNKNOWN_TIME_ZONE.split("{zone}")
+    return cel(
+        f"self in [{', '.join(cel_string(zone) for zone in TIME_ZONES)}]",
+        unknown_time_zone("..."),
+        message_expression=f"{cel_string(before)} + self + {cel_string(after)}",
+        reason="FieldValueInvalid",
+    )
 
 
 def rules(*entries: dict[str, str]) -> dict[str, Any]:
@@ -87,6 +137,29 @@ class SecretKeyRef(CamelModel):
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
+class ConditionType(StrEnum):
+    """Every condition type a Clarion resource reports."""
+
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    SPEC_DRIFT = "SpecDrift"
+    CREDENTIALS_VALID = "CredentialsValid"
+    WEBHOOK_REGISTERED = "WebhookRegistered"
+
+
+class CommonReason(StrEnum):
+    """Condition reasons every resource can report."""
+
+    INVALID_SPEC = "InvalidSpec"
+
+
+def condition_status(value: bool | None) -> ConditionStatus:
+    """True, False, or Unknown for None."""
+    return "Unknown" if value is None else ("True" if value else "False")
+
+
 class Condition(StatusModel):
     """One aspect of the resource's current state (Kubernetes API conventions)."""
 
@@ -115,29 +188,46 @@ class Condition(StatusModel):
         description="metadata.generation the condition was computed from.",
     )
 
+    @classmethod
+    def of(cls, type_: str, status: bool | ConditionStatus | None, reason: str, message: str = "") -> Self:
+        """A condition without its timestamps; a None status is Unknown."""
+        text = status if isinstance(status, str) else condition_status(status)
+        return cls(type=type_, status=text, reason=reason, message=message)
 
-def upsert_condition(
-    conditions: Sequence[Condition],
-    new: Condition,
+    @property
+    def is_true(self) -> bool:
+        return self.status == "True"
+
+
+def merge_conditions(
+    old: Sequence[Condition],
+    new: Iterable[Condition],
     *,
-    now: datetime | None = None,
+    generation: int | None,
+    now: datetime,
 ) -> list[Condition]:
-    """Conditions with `new` replacing its type; lastTransitionTime moves only when the status changes."""
-    stamp = now or datetime.now(UTC)
-    result: list[Condition] = []
-    replaced = False
-    for old in conditions:
-        if old.type != new.type:
-            result.append(old)
-            continue
-        replaced = True
-        moved = old.status != new.status or old.last_transition_time is None
-        result.append(
-            new.model_copy(update={"last_transition_time": stamp if moved else old.last_transition_time})
-        )
-    if not replaced:
-        result.append(new.model_copy(update={"last_transition_time": new.last_transition_time or stamp}))
-    return result
+    """`old` with each of `new` replacing the condition of its type, in `old`'s order.
+
+    lastTransitionTime moves only when a condition's status changes; conditions of types not in
+    `new` are kept as they are. Each new condition records `generation`.
+    """
+    merged: dict[str, Condition] = {c.type: c for c in old}
+    for cond in new:
+        previous = merged.get(cond.type)
+        kept = previous.last_transition_time if previous and previous.status == cond.status else None
+        merged[cond.type] = cond.model_copy(update={
+            "last_transition_time": kept or now.replace(microsecond=0), "observed_generation": generation})
+    return list(merged.values())
+
+
+def changed_conditions(old: Sequence[Condition], new: Iterable[Condition]) -> list[Condition]:
+    """The conditions of `new` whose status or reason differs from `old` (each worth an Event)."""
+    before = {c.type: (c.status, c.reason) for c in old}
+    return [c for c in new if before.get(c.type) != (c.status, c.reason)]
+
+
+def find_condition(conditions: Sequence[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
 
 
 def conditions_field() -> Any:
@@ -159,3 +249,10 @@ def observed_generation_field() -> Any:
         json_schema_extra={"format": "int64"},
         description="metadata.generation the operator last acted on.",
     )
+
+
+class ResourceStatus(StatusModel):
+    """What the status of every Clarion resource has: conditions, and the generation they answer."""
+
+    conditions: list[Condition] = conditions_field()
+    observed_generation: int | None = observed_generation_field()

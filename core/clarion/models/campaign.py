@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Literal, Self
 from zoneinfo import ZoneInfo
 
@@ -11,15 +14,14 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from clarion.models.base import (
     CamelModel,
     ChatId,
-    Condition,
     Count,
     LocalObjectRef,
-    StatusModel,
+    ResourceStatus,
     Timestamp,
     cel,
-    conditions_field,
-    observed_generation_field,
     rules,
+    time_zone_rule,
+    unknown_time_zone,
 )
 from clarion.models.timezones import TIME_ZONES
 
@@ -46,20 +48,51 @@ ContentLanguage = Literal[
     "ko",
     "zh",
 ]
-Phase = Literal[
-    "Draft", "Scheduled", "Sending", "Paused", "Completed", "PartiallyFailed", "Failed", "Cancelled"
-]
+
+
+class Phase(StrEnum):
+    """Where a campaign is in its life (status.phase; the campaigns row holds the same words)."""
+
+    DRAFT = "Draft"
+    SCHEDULED = "Scheduled"
+    SENDING = "Sending"
+    PAUSED = "Paused"
+    COMPLETED = "Completed"
+    PARTIALLY_FAILED = "PartiallyFailed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
 # Phases after which spec.message and spec.audience are frozen (the admission policy enforces it).
-STARTED_PHASES: tuple[Phase, ...] = (
-    "Sending",
-    "Paused",
-    "Completed",
-    "PartiallyFailed",
-    "Failed",
-    "Cancelled",
-)
+STARTED_PHASES = (Phase.SENDING, Phase.PAUSED, Phase.COMPLETED, Phase.PARTIALLY_FAILED, Phase.FAILED,
+                  Phase.CANCELLED)
 # Phases in which nothing more will be sent (until spec.retryFailed is bumped).
-FINISHED_PHASES: tuple[Phase, ...] = ("Completed", "PartiallyFailed", "Failed", "Cancelled")
+FINISHED_PHASES = (Phase.COMPLETED, Phase.PARTIALLY_FAILED, Phase.FAILED, Phase.CANCELLED)
+
+
+class CampaignReason(StrEnum):
+    """Reasons of a campaign's conditions and Events (CamelCase, as `kubectl describe` shows them)."""
+
+    SUSPENDED = "Suspended"
+    WAITING_FOR_START_TIME = "WaitingForStartTime"
+    WAITING_FOR_CHANNEL = "WaitingForChannel"
+    CHANNEL_NOT_READY = "ChannelNotReady"
+    STARTED = "Started"
+    SENDING = "Sending"
+    PAUSED = "Paused"
+    RESUMED = "Resumed"
+    CANCELLED = "Cancelled"
+    COMPLETED = "Completed"
+    PARTIALLY_FAILED = "PartiallyFailed"
+    FAILED = "Failed"
+    SENDER_JOB_FAILED = "SenderJobFailed"
+    SENDERS_RESTARTED = "SendersRestarted"
+    SENDERS_STOPPED = "SendersStopped"
+    SENDERS_STOPPING = "SendersStopping"
+    RETRYING_FAILED = "RetryingFailed"
+    NOTHING_TO_RETRY = "NothingToRetry"
+    EDITED_AFTER_START = "EditedAfterStart"
+
 
 TEXT_MAX = 4096
 CAPTION_MAX = 1024
@@ -253,14 +286,14 @@ class Schedule(CamelModel):
         default="UTC",
         max_length=64,
         description="IANA time zone for a local start time (for example Europe/Berlin).",
-        json_schema_extra={"enum": list(TIME_ZONES)},
+        json_schema_extra=rules(time_zone_rule()),
     )
 
     @field_validator("time_zone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
         if value not in TIME_ZONES:
-            raise ValueError(f"unknown time zone {value!r}: use an IANA name such as Europe/Berlin")
+            raise ValueError(unknown_time_zone(value))
         return value
 
     @model_validator(mode="after")
@@ -320,7 +353,7 @@ class BroadcastCampaignSpec(CamelModel):
     )
     cancel: bool = Field(
         default=False,
-        description="true: stop for good; unsent deliveries are dropped. Cannot be undone.",
+        description="true: stop for good; unsent deliveries are marked cancelled. Cannot be undone.",
         json_schema_extra=rules(
             cel("self || !oldSelf", "cancel cannot be undone", reason="FieldValueForbidden")
         ),
@@ -345,8 +378,19 @@ class BroadcastCampaignSpec(CamelModel):
         json_schema_extra={"default": {}},
     )
 
+    @property
+    def start_at(self) -> datetime | None:
+        """When sending starts, in UTC; None: at once."""
+        return self.schedule.start_time() if self.schedule is not None else None
 
-class BroadcastCampaignStatus(StatusModel):
+    def content_hash(self) -> str:
+        """sha256 of the message and audience, every default filled in: an edit after the start shows
+        as a different hash, spelling out a default does not."""
+        frozen = {"message": self.message.to_k8s(), "audience": self.audience.to_k8s()}
+        return hashlib.sha256(json.dumps(frozen, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class BroadcastCampaignStatus(ResourceStatus):
     """Progress of the campaign, counted from the delivery rows in Postgres."""
 
     phase: Phase | None = Field(
@@ -358,6 +402,9 @@ class BroadcastCampaignStatus(StatusModel):
     failed: Count | None = Field(default=None, description="Deliveries that failed for good.")
     blocked: Count | None = Field(
         default=None, description="Recipients who blocked the bot or were deactivated (not retried)."
+    )
+    cancelled: Count | None = Field(
+        default=None, description="Deliveries left unsent because the campaign was cancelled."
     )
     pending: Count | None = Field(default=None, description="Deliveries not settled yet.")
     progress: int | None = Field(default=None, ge=0, le=100, description="Settled deliveries, percent.")
@@ -376,5 +423,3 @@ class BroadcastCampaignStatus(StatusModel):
         default=None, ge=0, le=1000, description="spec.retryFailed the current run answers."
     )
     message: str | None = Field(default=None, max_length=4096, description="Human-readable summary.")
-    conditions: list[Condition] = conditions_field()
-    observed_generation: int | None = observed_generation_field()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from enum import StrEnum
+from typing import Literal, Self, get_args
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -10,18 +11,38 @@ from clarion.models.base import (
     HTTP_URL,
     CamelModel,
     ChatId,
-    Condition,
+    ResourceStatus,
     SecretKeyRef,
-    StatusModel,
     Timestamp,
     cel,
-    conditions_field,
-    observed_generation_field,
     rules,
 )
 
 ChannelType = Literal["telegram", "email", "webpush"]
+PUBLIC_BOT_API = "https://api.telegram.org"
+
+
+class ChannelReason(StrEnum):
+    """Reasons of a channel's conditions (CredentialsValid, WebhookRegistered, Ready) and Events."""
+
+    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+    NOT_CHECKED = "NotChecked"
+    INVALID_TOKEN = "InvalidToken"
+    TELEGRAM_ERROR = "TelegramError"
+    TELEGRAM_UNREACHABLE = "TelegramUnreachable"
+    TOKEN_ACCEPTED = "TokenAccepted"
+    WEBHOOK_NOT_CONFIGURED = "WebhookNotConfigured"
+    WEBHOOK_SET = "WebhookSet"
+    WEBHOOK_REJECTED = "WebhookRejected"
+    AUTHENTICATION_FAILED = "AuthenticationFailed"
+    SMTP_UNREACHABLE = "SmtpUnreachable"
+    HANDSHAKE_SUCCEEDED = "HandshakeSucceeded"
+    KEY_PRESENT = "KeyPresent"
+    CHANNEL_READY = "ChannelReady"
 BotLanguage = Literal["en", "ru"]
+#: Every language the bot speaks, in menu order: the one list (the bot's catalog, the channel rows).
+BOT_LANGUAGES: tuple[BotLanguage, ...] = get_args(BotLanguage)
 TelegramUpdateType = Literal[
     "message",
     "edited_message",
@@ -124,7 +145,7 @@ class TelegramSettings(CamelModel):
         description="Secret key holding the bot token from @BotFather."
     )
     api_base_url: str = Field(
-        default="https://api.telegram.org",
+        default=PUBLIC_BOT_API,
         max_length=2048,
         pattern=HTTP_URL,
         description="Bot API server: the public one, a local Bot API server, or the emulator in tests.",
@@ -255,6 +276,25 @@ class NotificationChannelSpec(CamelModel):
         description="Seconds between credential checks (getMe, SMTP handshake).",
     )
 
+    @property
+    def section(self) -> TelegramSettings | EmailSettings | WebPushSettings:
+        """The settings of the channel's type (the model guarantees that exactly that one is set)."""
+        found = {"telegram": self.telegram, "email": self.email, "webpush": self.webpush}[self.type]
+        assert found is not None
+        return found
+
+    def secret_refs(self) -> list[SecretKeyRef]:
+        """Every Secret key the channel reads (a change to one of those Secrets triggers a re-check)."""
+        refs: list[SecretKeyRef | None] = []
+        if self.telegram is not None:
+            webhook = self.telegram.webhook
+            refs += [self.telegram.bot_token_secret_ref, webhook.secret_token_secret_ref if webhook else None]
+        if self.email is not None:
+            refs += [self.email.username_secret_ref, self.email.password_secret_ref]
+        if self.webpush is not None:
+            refs.append(self.webpush.vapid_private_key_secret_ref)
+        return [ref for ref in refs if ref is not None]
+
     @model_validator(mode="after")
     def _section_matches_type(self) -> Self:
         for kind in ("telegram", "email", "webpush"):
@@ -266,11 +306,9 @@ class NotificationChannelSpec(CamelModel):
         return self
 
 
-class NotificationChannelStatus(StatusModel):
+class NotificationChannelStatus(ResourceStatus):
     """What the operator last observed about the channel."""
 
-    conditions: list[Condition] = conditions_field()
-    observed_generation: int | None = observed_generation_field()
     ready: bool | None = Field(default=None, description="True when credentials and webhook are in order.")
     bot_id: ChatId | None = Field(default=None, description="Telegram id of the bot (from getMe).")
     bot_username: str | None = Field(default=None, max_length=64, description="@username of the bot.")

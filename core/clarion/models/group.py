@@ -9,15 +9,14 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from clarion.models.base import (
     CamelModel,
     ChatId,
-    Condition,
     Count,
     LocalObjectRef,
-    StatusModel,
+    ResourceStatus,
     Timestamp,
     cel,
-    conditions_field,
-    observed_generation_field,
     rules,
+    time_zone_rule,
+    unknown_time_zone,
 )
 from clarion.models.campaign import SCHEDULE_AT, TEXT_MAX, LanguageCode, ParseMode, parse_schedule_time
 from clarion.models.timezones import TIME_ZONES
@@ -158,7 +157,7 @@ class ScheduledPost(CamelModel):
         default="UTC",
         max_length=64,
         description="IANA time zone for at and cron.",
-        json_schema_extra={"enum": list(TIME_ZONES)},
+        json_schema_extra=rules(time_zone_rule()),
     )
     text: str = Field(min_length=1, max_length=TEXT_MAX, description="Text of the post.")
     parse_mode: ParseMode = Field(default="None", description="HTML, MarkdownV2, or None for plain text.")
@@ -168,7 +167,7 @@ class ScheduledPost(CamelModel):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         if value not in TIME_ZONES:
-            raise ValueError(f"unknown time zone {value!r}: use an IANA name such as Europe/Berlin")
+            raise ValueError(unknown_time_zone(value))
         return value
 
     @model_validator(mode="after")
@@ -213,7 +212,7 @@ class ManagedGroupSpec(CamelModel):
         return posts
 
 
-class ManagedGroupStatus(StatusModel):
+class ManagedGroupStatus(ResourceStatus):
     """What the operator and the bot last observed about the group."""
 
     phase: GroupPhase | None = Field(default=None, description="Current lifecycle phase.")
@@ -231,5 +230,3 @@ class ManagedGroupStatus(StatusModel):
     last_activity_at: Timestamp | None = Field(
         default=None, description="Latest message or join in the group."
     )
-    conditions: list[Condition] = conditions_field()
-    observed_generation: int | None = observed_generation_field()

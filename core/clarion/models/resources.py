@@ -44,6 +44,11 @@ class Resource:
     def crd_name(self) -> str:
         return f"{self.plural}.{GROUP}"
 
+    @property
+    def selector(self) -> tuple[str, str, str]:
+        """(group, version, plural): how kopf handlers and the API client name the resource."""
+        return GROUP, VERSION, self.plural
+
 
 _AGE = PrinterColumn("Age", "date", ".metadata.creationTimestamp", "Time since the resource was created.")
 _READY = PrinterColumn(

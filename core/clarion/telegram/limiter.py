@@ -30,6 +30,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from clarion.models.channel import TelegramRateLimits
 from clarion.streams import bot_pause_key, rate_key
 
 _RESERVE = """
@@ -78,18 +79,22 @@ return redis.call('PTTL', KEYS[1])
 
 @dataclass(frozen=True)
 class RateLimits:
-    """A channel's Telegram limits (the channel spec's `rateLimits`)."""
+    """A channel's Telegram limits (the channel spec's `rateLimits`, defaults from its model)."""
 
-    global_per_second: float = 30.0
-    per_chat_per_second: float = 1.0
-    per_group_per_minute: float = 20.0
-    paid_broadcast_per_second: float = 1000.0
+    global_per_second: float
+    per_chat_per_second: float
+    per_group_per_minute: float
+    paid_broadcast_per_second: float
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None) -> RateLimits:
-        """Read `rateLimits` from a channel's config (camelCase keys, each optional)."""
+        """Read `rateLimits` from a channel's stored config (camelCase keys, each optional).
+
+        Values beyond Telegram's published limits are taken as they are: benchmarks run a channel
+        with its limits lifted.
+        """
         raw = dict((config or {}).get("rateLimits") or {})
-        default = cls()
+        default = TelegramRateLimits()
         limits = cls(
             global_per_second=float(raw.get("globalPerSecond", default.global_per_second)),
             per_chat_per_second=float(raw.get("perChatPerSecond", default.per_chat_per_second)),

@@ -15,7 +15,8 @@ from typing import Any
 
 from aiogram.utils.token import TokenValidationError
 from clarion.db import create_pool
-from clarion.db.channels import ChannelRecord, get_channel, split_channel_key
+from clarion.db.channels import ChannelRecord, get_channel
+from clarion.keys import split_channel_key
 from clarion.logging import configure_logging, get_logger
 from clarion.metrics import serve_metrics
 from clarion.redis import create_redis

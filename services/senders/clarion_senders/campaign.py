@@ -27,16 +27,15 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 import structlog
 from clarion.db import campaigns as q
 from clarion.metrics import counter, gauge, histogram
+from clarion.models import Delivery, Message
 from clarion.streams import CAMPAIGN_DELIVERIES_STREAM, dead_letter_stream
 from clarion.telegram.botapi import BotApi
 from clarion.telegram.errors import Outcome, backoff_seconds, classify
@@ -72,28 +71,28 @@ class FatalSendError(RuntimeError):
 class SenderOptions:
     """How one sender works: from the campaign's spec.delivery and the pod's settings."""
 
-    batch_size: int = 100
-    max_attempts: int = 5
-    retry_backoff_seconds: float = 5.0
-    paid_broadcast: bool = False
-    concurrency: int = 16
-    lease_seconds: float = 60.0
-    request_timeout: float = 30.0
-    late_slot_seconds: float = 0.1
+    batch_size: int
+    max_attempts: int
+    retry_backoff_seconds: float
+    paid_broadcast: bool
+    concurrency: int
+    lease_seconds: float
+    request_timeout: float
+    late_slot_seconds: float
 
     @classmethod
-    def from_spec(cls, delivery: Mapping[str, Any], *, rate: float, concurrency: int = 0,
-                  lease_seconds: float = 60.0, request_timeout: float = 30.0) -> SenderOptions:
+    def from_delivery(cls, delivery: Delivery, *, rate: float, concurrency: int = 0,
+                      lease_seconds: float = 60.0, request_timeout: float = 30.0) -> SenderOptions:
         """`concurrency` 0: rate x 0.5 s, at least 4 and at most 2000 (covers round trips up to ~0.5 s)."""
         window = concurrency or min(2000, max(4, math.ceil(rate * 0.5)))
         # A send may lag its slot by the time Telegram's burst allowance (about 5 messages) covers;
         # above 1000/s there is no Telegram limit to protect, and giving slots back would only churn.
         late = max(0.02, 5 / rate) if rate <= 1000 else math.inf
         return cls(
-            batch_size=int(delivery.get("batchSize", 100)),
-            max_attempts=int(delivery.get("maxAttempts", 5)),
-            retry_backoff_seconds=float(delivery.get("retryBackoffSeconds", 5)),
-            paid_broadcast=bool(delivery.get("paidBroadcast", False)),
+            batch_size=delivery.batch_size,
+            max_attempts=delivery.max_attempts,
+            retry_backoff_seconds=float(delivery.retry_backoff_seconds),
+            paid_broadcast=delivery.paid_broadcast,
             concurrency=window,
             lease_seconds=lease_seconds,
             request_timeout=request_timeout,
@@ -156,17 +155,18 @@ class CampaignSender:
     """Sends one shard of one campaign until it is settled, paused, cancelled or stopped."""
 
     def __init__(self, *, pool: asyncpg.Pool, redis: aioredis.Redis, api: BotApi, campaign: q.CampaignRow,
-                 shard: int, worker: str, limiter: RateLimiter, options: SenderOptions) -> None:
+                 channel: q.SendingChannel, message: Message, shard: int, worker: str, limiter: RateLimiter,
+                 options: SenderOptions) -> None:
         self.pool = pool
         self.redis = redis
         self.api = api
         self.campaign = campaign
+        self.channel = channel
         self.shard = shard
         self.worker = worker
         self.limiter = limiter
         self.options = options
-        self.renderer = MessageRenderer(campaign.spec.get("message") or {},
-                                        paid_broadcast=options.paid_broadcast)
+        self.renderer = MessageRenderer(message, paid_broadcast=options.paid_broadcast)
         self._queue: deque[_Item] = deque()
         self._room = _Window(options.concurrency)
         self._work = asyncio.Event()  # the queue got deliveries, or a stop was requested
@@ -181,11 +181,10 @@ class CampaignSender:
         self._flushed = asyncio.Event()
         self._fatal: BaseException | None = None
         self._stop_reason = ""
-        self._labels = {"channel": campaign.channel_name}
-        self._messages = {o: MESSAGES.labels(campaign.channel_name, o)
+        self._messages = {o: MESSAGES.labels(channel.name, o)
                           for o in ("sent", "blocked", "failed", "retry", "rate_limited", "migrated")}
-        self._latency = SEND_LATENCY.labels(campaign.channel_name)
-        self._wait = LIMITER_WAIT.labels(campaign.channel_name)
+        self._latency = SEND_LATENCY.labels(channel.name)
+        self._wait = LIMITER_WAIT.labels(channel.name)
         self._shard_state = _Shard()
 
     def stop(self, reason: str = "signal") -> None:
@@ -203,8 +202,7 @@ class CampaignSender:
         async with self.pool.acquire() as conn:
             leftover = await q.release_claims(conn, c.id, self.worker)
             counts = await q.shard_counts(conn, c.id, self.shard)
-        self._shard_state.by_status = {s: getattr(counts, s) for s in ("pending", "sending", "sent", "failed",
-                                                                        "blocked")}
+        self._shard_state.by_status = {s: counts.of(s) for s in q.DELIVERY_STATUSES}
         log.info("sender.start", total=counts.total, pending=counts.pending, released=leftover,
                  concurrency=self.options.concurrency, paid=self.options.paid_broadcast)
         started, cpu = time.monotonic(), time.process_time()

@@ -3,8 +3,9 @@
     clarion-sender campaign [--campaign-id N]    send one shard of a campaign (a pod of its Job)
 
 Exit status: 0 when the shard is settled or the campaign is paused or cancelled (or on SIGTERM,
-after releasing what it held); 1 on a fatal error (campaign not found, token refused, bad config);
-2 on bad usage.
+after releasing what it held); 1 on a fatal error (campaign not found, its stored spec does not
+parse with the campaign model, token refused, bad config), before anything is sent when it can be
+known up front; 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from clarion.db import campaigns as q
 from clarion.db import create_pool
 from clarion.logging import configure_logging, get_logger
 from clarion.metrics import serve_metrics
+from clarion.models import PUBLIC_BOT_API, BroadcastCampaignSpec
+from clarion.models.objects import describe
 from clarion.redis import create_redis
 from clarion.telegram.botapi import BotApi, InvalidTokenFormat
 from clarion.telegram.limiter import RateLimiter, RateLimits
@@ -28,8 +31,6 @@ from clarion_senders.campaign import CampaignSender, FatalSendError, SenderOptio
 from clarion_senders.settings import SenderSettings
 
 log = get_logger("clarion.sender")
-
-TELEGRAM_API = "https://api.telegram.org"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,32 +88,38 @@ async def run_campaign(settings: SenderSettings) -> int:
     redis = create_redis(settings.redis_url)
     try:
         async with pool.acquire() as conn:
-            campaign = await q.load_campaign(conn, settings.campaign_id)
-        if campaign is None:
+            loaded = await q.load_campaign(conn, settings.campaign_id)
+        if loaded is None:
             log.error("sender.config", error=f"campaign {settings.campaign_id} does not exist")
+            return 1
+        campaign, channel = loaded
+        try:
+            spec = BroadcastCampaignSpec.model_validate(campaign.spec)
+        except ValidationError as exc:
+            log.error("sender.config", error=f"the stored spec of campaign {campaign.key} is invalid: "
+                                             f"{describe(exc)}; nothing is sent")
             return 1
         if not 0 <= settings.shard < campaign.shards:
             log.error("sender.config", error=f"shard {settings.shard} is outside 0..{campaign.shards - 1}")
             return 1
         try:
-            limits = RateLimits.from_config(campaign.channel_config)
+            limits = RateLimits.from_config(channel.config)
         except ValueError as exc:
             log.error("sender.config", error=str(exc))
             return 1
-        delivery = campaign.spec.get("delivery") or {}
-        paid = bool(delivery.get("paidBroadcast", False))
-        bot_rate = limits.paid_broadcast_per_second if paid else limits.global_per_second
-        cap = delivery.get("ratePerSecond")
-        cap_rate = float(cap) if cap is not None and float(cap) < bot_rate else None
-        options = SenderOptions.from_spec(
+        delivery = spec.delivery
+        bot_rate = limits.paid_broadcast_per_second if delivery.paid_broadcast else limits.global_per_second
+        cap = delivery.rate_per_second
+        cap_rate = float(cap) if cap is not None and cap < bot_rate else None
+        options = SenderOptions.from_delivery(
             delivery, rate=cap_rate or bot_rate, concurrency=settings.sender_concurrency,
             lease_seconds=settings.claim_lease_seconds, request_timeout=settings.request_timeout_seconds,
         )
-        bot_id = campaign.bot_id or int(token.split(":", 1)[0])
+        bot_id = channel.bot_id or int(token.split(":", 1)[0])
         limiter = RateLimiter(redis, bot_id, limits, margin=settings.limiter_margin,
                               cap_scope=f"campaign:{campaign.id}" if cap_rate else None,
                               cap_per_second=cap_rate)
-        base = settings.telegram_api_base or campaign.api_base_url or TELEGRAM_API
+        base = settings.telegram_api_base or channel.api_base_url or PUBLIC_BOT_API
         try:
             api = BotApi(token, base, timeout_seconds=options.request_timeout,
                          connections=options.concurrency + 8)
@@ -121,8 +128,9 @@ async def run_campaign(settings: SenderSettings) -> int:
             return 1
         serve_metrics(settings.metrics_port)
         await limiter.start()
-        sender = CampaignSender(pool=pool, redis=redis, api=api, campaign=campaign, shard=settings.shard,
-                                worker=settings.pod_name, limiter=limiter, options=options)
+        sender = CampaignSender(pool=pool, redis=redis, api=api, campaign=campaign, channel=channel,
+                                message=spec.message, shard=settings.shard, worker=settings.pod_name,
+                                limiter=limiter, options=options)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, sender.stop, sig.name)

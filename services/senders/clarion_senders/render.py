@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from clarion.models import Button, Message
 
 
 @dataclass(frozen=True)
@@ -25,12 +27,12 @@ class Rendered:
         return json.dumps({"chat_id": chat_id, **self.fields}, ensure_ascii=False)
 
 
-def _keyboard(rows: Any) -> dict[str, Any] | None:
+def _keyboard(rows: Sequence[Sequence[Button]]) -> dict[str, Any] | None:
     if not rows:
         return None
     return {"inline_keyboard": [
-        [{"text": b["text"], **({"url": b["url"]} if b.get("url") else {}),
-          **({"callback_data": b["callbackData"]} if b.get("callbackData") else {})}
+        [{"text": b.text, **({"url": b.url} if b.url else {}),
+          **({"callback_data": b.callback_data} if b.callback_data else {})}
          for b in row]
         for row in rows
     ]}
@@ -40,34 +42,27 @@ class MessageRenderer:
     """Picks and builds the variant for a recipient's language (its primary subtag), else the main message;
     each language is built once."""
 
-    def __init__(self, message: Mapping[str, Any], *, paid_broadcast: bool = False) -> None:
-        if not isinstance(message.get("text"), str) or not message["text"]:
-            raise ValueError("spec.message.text is required")
-        parse_mode = message.get("parseMode") or "None"
-        self._parse_mode = None if parse_mode == "None" else str(parse_mode)
-        self._media_url = message.get("mediaUrl")
-        self._silent = bool(message.get("disableNotification", False))
+    def __init__(self, message: Message, *, paid_broadcast: bool = False) -> None:
+        self._message = message
         self._paid = paid_broadcast
-        self._default = self._build(message["text"], message.get("buttons"))
-        self._variants = {str(v["language"]).lower(): v for v in message.get("variants") or []}
-        self._main_buttons = message.get("buttons")
         self._cache: dict[str | None, Rendered] = {}
 
-    def _build(self, text: str, buttons: Any) -> Rendered:
+    def _build(self, text: str, buttons: Sequence[Sequence[Button]]) -> Rendered:
+        message = self._message
         fields: dict[str, Any] = {}
-        if self._media_url:
+        if message.media_url:
             method = "sendPhoto"
-            fields["photo"] = self._media_url
+            fields["photo"] = message.media_url
             fields["caption"] = text
         else:
             method = "sendMessage"
             fields["text"] = text
-        if self._parse_mode:
-            fields["parse_mode"] = self._parse_mode
+        if message.parse_mode != "None":
+            fields["parse_mode"] = message.parse_mode
         keyboard = _keyboard(buttons)
         if keyboard:
             fields["reply_markup"] = keyboard
-        if self._silent:
+        if message.disable_notification:
             fields["disable_notification"] = True
         if self._paid:
             fields["allow_paid_broadcast"] = True
@@ -75,14 +70,6 @@ class MessageRenderer:
 
     def for_language(self, language: str | None) -> Rendered:
         found = self._cache.get(language)
-        if found is not None:
-            return found
-        primary = language.split("-")[0].lower() if language else None
-        variant = self._variants.get(primary) if primary else None
-        if variant is None:
-            rendered = self._default
-        else:
-            buttons = variant.get("buttons")
-            rendered = self._build(variant["text"], buttons if buttons is not None else self._main_buttons)
-        self._cache[language] = rendered
-        return rendered
+        if found is None:
+            found = self._cache[language] = self._build(*self._message.for_language(language))
+        return found

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from clarion.db.channels import ChannelRecord, get_channel, split_channel_key
+from clarion.db.channels import ChannelRecord, get_channel
+from clarion.keys import split_channel_key
 from redis.exceptions import NoScriptError, RedisError
 
 #: KEYS: dedup key, stream. ARGV: ttl seconds, field, value. The stream entry is written before the

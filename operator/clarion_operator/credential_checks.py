@@ -1,4 +1,5 @@
-"""Talks to the outside services a channel names: the Telegram Bot API (`botapi`) and SMTP servers."""
+"""Checks a channel's credentials against the services it names: the Telegram Bot API (getMe,
+setWebhook through `botapi`) and SMTP servers (a handshake, with login when credentials are given)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import ssl
 from dataclasses import dataclass
 
 import aiosmtplib
+from clarion.models import ChannelReason, EmailSettings
 from clarion.telegram.botapi import UNREACHABLE, BotApi, BotApiError, InvalidTokenFormat
 
 from clarion_operator.channel_logic import ChannelCheck, Verdict
@@ -34,33 +36,37 @@ async def check_telegram(
     try:
         api = BotApi(token, api_base_url, timeout_seconds=timeout_seconds)
     except InvalidTokenFormat:
-        return ChannelCheck(Verdict(False, "InvalidToken", "the Secret's value is not a Telegram bot token"))
+        not_a_token = "the Secret's value is not a Telegram bot token"
+        return ChannelCheck(Verdict.failed(ChannelReason.INVALID_TOKEN, not_a_token))
     async with api:
         try:
             me = await api.get_me()
         except BotApiError as exc:
             if exc.unauthorized:
                 rejected = f"Telegram rejected the bot token (401 Unauthorized: {exc.message})"
-                return ChannelCheck(Verdict(False, "InvalidToken", rejected))
-            return ChannelCheck(Verdict(False, "TelegramError", f"getMe failed: {exc.message}"))
+                return ChannelCheck(Verdict.failed(ChannelReason.INVALID_TOKEN, rejected))
+            failed = f"getMe failed: {exc.message}"
+            return ChannelCheck(Verdict.failed(ChannelReason.TELEGRAM_ERROR, failed))
         except UNREACHABLE as exc:
-            return ChannelCheck(Verdict(None, "TelegramUnreachable", f"getMe failed: {exc!r}"))
-        credentials = Verdict(True, "TokenAccepted", f"getMe answered @{me.username}")
+            unreachable = f"getMe failed: {exc!r}"
+            return ChannelCheck(Verdict.undecided(ChannelReason.TELEGRAM_UNREACHABLE, unreachable))
+        credentials = Verdict.passed(ChannelReason.TOKEN_ACCEPTED, f"getMe answered @{me.username}")
         if webhook is None:
             return ChannelCheck(
                 credentials,
-                Verdict(False, "WebhookNotConfigured", "no spec.telegram.webhook: no updates are received"),
+                Verdict.failed(ChannelReason.WEBHOOK_NOT_CONFIGURED,
+                               "no spec.telegram.webhook: no updates are received"),
                 webhook_configured=False, bot_id=me.id, bot_username=me.username,
             )
         verdict = await _ensure_webhook(api, webhook, register=register)
         return ChannelCheck(credentials, verdict, bot_id=me.id, bot_username=me.username,
-                            webhook_url=webhook.url if verdict.ok else None)
+                            webhook_url=webhook.url if verdict.status == "True" else None)
 
 
 async def _ensure_webhook(api: BotApi, plan: WebhookPlan, *, register: bool) -> Verdict:
     try:
         if not register and await api.get_webhook_url() == plan.url:
-            return Verdict(True, "WebhookSet", f"Telegram posts updates to {plan.url}")
+            return Verdict.passed(ChannelReason.WEBHOOK_SET, f"Telegram posts updates to {plan.url}")
         await api.set_webhook(
             url=plan.url,
             secret_token=plan.secret_token,
@@ -69,10 +75,10 @@ async def _ensure_webhook(api: BotApi, plan: WebhookPlan, *, register: bool) -> 
             drop_pending_updates=plan.drop_pending_updates,
         )
     except BotApiError as exc:
-        return Verdict(False, "WebhookRejected", f"Telegram refused the webhook: {exc.message}")
+        return Verdict.failed(ChannelReason.WEBHOOK_REJECTED, f"Telegram refused the webhook: {exc.message}")
     except UNREACHABLE as exc:
-        return Verdict(None, "TelegramUnreachable", f"setWebhook failed: {exc!r}")
-    return Verdict(True, "WebhookSet", f"Telegram posts updates to {plan.url}")
+        return Verdict.undecided(ChannelReason.TELEGRAM_UNREACHABLE, f"setWebhook failed: {exc!r}")
+    return Verdict.passed(ChannelReason.WEBHOOK_SET, f"Telegram posts updates to {plan.url}")
 
 
 async def delete_webhook(token: str, api_base_url: str, *, timeout_seconds: float) -> None:
@@ -82,16 +88,15 @@ async def delete_webhook(token: str, api_base_url: str, *, timeout_seconds: floa
 
 
 async def check_smtp(
+    email: EmailSettings,
     *,
-    host: str,
-    port: int,
-    tls: str,
     username: str | None,
     password: str | None,
     timeout_seconds: float,
     ca_file: str | None,
 ) -> ChannelCheck:
     """Connect (implicit TLS or STARTTLS as configured), authenticate if credentials are given, quit."""
+    host, port, tls = email.host, email.port, email.tls
     context = ssl.create_default_context(cafile=ca_file) if tls != "none" else None
     client = aiosmtplib.SMTP(
         hostname=host, port=port, timeout=timeout_seconds,
@@ -104,12 +109,13 @@ async def check_smtp(
             await client.login(username, password)
         await client.quit()
     except aiosmtplib.SMTPAuthenticationError as exc:
-        return ChannelCheck(Verdict(False, "AuthenticationFailed",
-                                    f"{where} refused the credentials: {exc.code} {exc.message}"))
+        return ChannelCheck(Verdict.failed(ChannelReason.AUTHENTICATION_FAILED,
+                                           f"{where} refused the credentials: {exc.code} {exc.message}"))
     except (TimeoutError, aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
-        return ChannelCheck(Verdict(None, "SmtpUnreachable", f"SMTP handshake with {where} failed: {exc!r}"))
+        return ChannelCheck(Verdict.undecided(ChannelReason.SMTP_UNREACHABLE,
+                                              f"SMTP handshake with {where} failed: {exc!r}"))
     finally:
         if client.is_connected:
             client.close()
     action = "authenticated" if username is not None else "accepted the connection"
-    return ChannelCheck(Verdict(True, "HandshakeSucceeded", f"{where} {action} ({tls})"))
+    return ChannelCheck(Verdict.passed(ChannelReason.HANDSHAKE_SUCCEEDED, f"{where} {action} ({tls})"))
