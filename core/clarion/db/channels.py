@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from clarion.keys import split_channel_key
-from clarion.models.channel import BOT_LANGUAGES
+from clarion.models.channel import BOT_LANGUAGES, DEFAULT_BOT_LANGUAGE
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class ChannelRecord:
     @property
     def default_language(self) -> str:
         value = self.config.get("defaultLanguage")
-        return value if value in BOT_LANGUAGES else "en"
+        return value if value in BOT_LANGUAGES else DEFAULT_BOT_LANGUAGE
 
 
 _SELECT = """

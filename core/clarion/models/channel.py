@@ -40,9 +40,13 @@ class ChannelReason(StrEnum):
     HANDSHAKE_SUCCEEDED = "HandshakeSucceeded"
     KEY_PRESENT = "KeyPresent"
     CHANNEL_READY = "ChannelReady"
+
+
 BotLanguage = Literal["en", "ru"]
 #: Every language the bot speaks, in menu order: the one list (the bot's catalog, the channel rows).
 BOT_LANGUAGES: tuple[BotLanguage, ...] = get_args(BotLanguage)
+#: The language of a channel that names none, and of texts a language lacks.
+DEFAULT_BOT_LANGUAGE: BotLanguage = "en"
 TelegramUpdateType = Literal[
     "message",
     "edited_message",
@@ -167,7 +171,7 @@ class TelegramSettings(CamelModel):
         description="Chat where the support inbox posts users' direct messages; admins reply there.",
     )
     default_language: BotLanguage = Field(
-        default="en", description="Language of the bot's own texts for users who chose none."
+        default=DEFAULT_BOT_LANGUAGE, description="Language of the bot's own texts for users who chose none."
     )
     bot: BotDeployment = Field(
         default_factory=BotDeployment,

@@ -12,11 +12,10 @@ from aiogram.fsm.storage.base import DefaultKeyBuilder
 from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.methods import AnswerCallbackQuery, CopyMessage, EditMessageText, SendMessage
 from aiogram.methods.base import Response
+from clarion.models import PUBLIC_BOT_API
 
 from clarion_bot.context import ChannelHolder, install_context
 from clarion_bot.handlers import routers
-
-PUBLIC_API_BASE = "https://api.telegram.org"
 
 # aiogram asks pydantic for `Response[<result type>]` on every call, and pydantic caches parametrised
 # generics only weakly: after a garbage collection the next call rebuilds the class (milliseconds).
@@ -38,5 +37,5 @@ def build_dispatcher(*, db: Any, redis: aioredis.Redis, holder: ChannelHolder) -
 
 def build_bot(token: str, api_base: str | None) -> Bot:
     """A Bot talking to `api_base` (the public Bot API, a local Bot API server or the emulator)."""
-    server = TelegramAPIServer.from_base(api_base or PUBLIC_API_BASE)
+    server = TelegramAPIServer.from_base(api_base or PUBLIC_BOT_API)
     return Bot(token, session=AiohttpSession(api=server))

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from clarion.models.channel import BOT_LANGUAGES
-
-DEFAULT_LANGUAGE = "en"
+from clarion.models.channel import DEFAULT_BOT_LANGUAGE as DEFAULT_LANGUAGE
 
 CATALOG: dict[str, dict[str, str]] = {
     "start.welcome": {

@@ -73,7 +73,3 @@ class Leases:
 
     async def release(self, partition: int) -> None:
         await self._release(keys=[partition_lease_key(self.channel, partition)], args=[self.replica_id])
-
-    async def holder(self, partition: int) -> str | None:
-        value = await self.redis.get(partition_lease_key(self.channel, partition))
-        return value.decode() if isinstance(value, bytes) else value
