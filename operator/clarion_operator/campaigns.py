@@ -168,7 +168,7 @@ async def _act(run: _Pass, body: kopf.Body, decision: Decision, row: CampaignRow
     return after, await store.counts(db, row.id)
 
 
-async def _drifted(run: _Pass, row: CampaignRow) -> bool:
+def _drifted(run: _Pass, row: CampaignRow) -> bool:
     """Whether message or audience were edited after the start (the edit is ignored).
 
     Rows started by an earlier release hashed the spec as the API server held it, without the
@@ -202,7 +202,7 @@ async def reconcile_campaign(run: _Pass, body: kopf.Body, memo: Any, patch: kopf
         ACTIONS.labels(decision.action.value).inc()
     sample: RateSample = next_rate(memo.get("rate_sample"), counts.settled, run.now)
     memo["rate_sample"] = sample
-    drift = row is not None and await _drifted(run, row)
+    drift = row is not None and _drifted(run, row)
     status = campaign_status(
         campaign.status, run.spec, decision, row, counts, job_name=run.job_name(row) if row else None,
         drift=drift, rate=sample.rate, generation=campaign.generation, now=run.now)
