@@ -5,13 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help bootstrap services-up services-down test test-fast lint crds manifests bench up down kind-up
+.PHONY: help bootstrap services-up services-down test test-fast lint audit crds manifests bench up down kind-up
 
 help:
 	@echo "make up        run the whole system locally (control plane, Postgres, Redis, emulator, services)"
 	@echo "make down      stop what 'make up' started"
 	@echo "make test      install what is missing, then lint and run every test tier this machine can run"
 	@echo "make lint      ruff and mypy"
+	@echo "make audit     check the resolved dependencies against PyPI's published advisories"
 	@echo "make crds      render crds/*.yaml from the Python models (and the chart/manifests copies)"
 	@echo "make manifests render manifests/ from the Helm chart"
 	@echo "make bench     run the benchmarks in bench/"
@@ -28,6 +29,9 @@ services-down:
 lint: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+audit: bootstrap
+	$(PY) -m clarion_dev.audit
 
 test: bootstrap
 	$(VENV)/bin/ruff check .

@@ -15,7 +15,8 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 stamp=.venv/.clarion-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-  .venv/bin/python -m pip install -q --upgrade pip
+  # setuptools too: the copy a Python 3.11 venv is born with (65.5) has published advisories.
+  .venv/bin/python -m pip install -q --upgrade pip setuptools
   .venv/bin/python -m pip install -q -e '.[dev]'
   touch "$stamp"
 fi
