@@ -173,6 +173,9 @@ def sender_job(
             "completions": shards,
             "parallelism": shards,
             "backoffLimit": backoff_limit,
+            # A replacement pod only once its predecessor has terminated: never two senders of one
+            # index at a time, so a new sender may take over its predecessor's claims at once.
+            "podReplacementPolicy": "Failed",
             "suspend": False,
             "template": {
                 "metadata": {"labels": {**labels, **MANAGED_BY}},

@@ -45,6 +45,14 @@ def test_sender_job_is_indexed_with_one_completion_per_shard() -> None:
     assert container["securityContext"]["runAsNonRoot"] is True
 
 
+def test_sender_job_replaces_a_pod_only_after_it_has_terminated() -> None:
+    """A sender takes over what earlier senders of its index held; two at once would send twice."""
+    job = builders.sender_job(namespace="ns", campaign="sale", run=1, campaign_id=7, shards=2,
+                              token=SecretKeyRef(name="bot", key="token"), image="img:1", pull_policy="Never",
+                              runtime_secret_name="clarion-runtime", backoff_limit=6)
+    assert job["spec"]["podReplacementPolicy"] == "Failed"
+
+
 def test_bot_deployment_runs_the_channel_bot() -> None:
     dep = builders.bot_deployment(namespace="ns", channel="shop", token=SecretKeyRef(name="bot", key="tok"),
                                   replicas=3, image="img:1", pull_policy="IfNotPresent",
