@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 import pytest
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.exceptions import TelegramAPIError, TelegramNetworkError
+from aiogram.methods import SendMessage
 from clarion.telegram.botapi import BotApiError
-from clarion.telegram.errors import Outcome, backoff_seconds, classify
+from clarion.telegram.errors import Outcome, backoff_seconds, classify, classify_aiogram
 from clarion.telegram.limiter import RateLimiter, RateLimits
 
 pytestmark = pytest.mark.unit
@@ -61,6 +67,52 @@ def test_retry_after_and_migration_carry_their_parameters() -> None:
     moved = classify(refused(400, "Bad Request: group chat was upgraded to a supergroup chat",
                              migrate_to_chat_id=-100123))
     assert (moved.outcome, moved.migrate_to_chat_id) == (Outcome.MIGRATED, -100123)
+
+
+def raised_by_aiogram(status: int, description: str, **parameters: int) -> TelegramAPIError:
+    """The exception aiogram's own response check raises for Telegram's answer (status, description)."""
+    body: dict[str, object] = {"ok": False, "error_code": status, "description": description}
+    if parameters:
+        body["parameters"] = parameters
+    session = AiohttpSession()
+    bot = Bot("42:TEST", session=session)
+    try:
+        session.check_response(bot, SendMessage(chat_id=1, text="x"), status, json.dumps(body))
+    except TelegramAPIError as exc:
+        return exc
+    raise AssertionError("aiogram accepted an error answer")
+
+
+@pytest.mark.parametrize(("status", "description", "parameters"), [
+    (403, "Forbidden: bot was blocked by the user", {}),
+    (403, "Forbidden: user is deactivated", {}),
+    (403, "Forbidden: bot can't initiate conversation with a user", {}),
+    (403, "Forbidden: bot was kicked from the group chat", {}),
+    (403, "Forbidden: something new", {}),
+    (400, "Bad Request: chat not found", {}),
+    (404, "Not Found", {}),
+    (409, "Conflict", {}),
+    (413, "Request Entity Too Large", {}),
+    (418, "I'm a teapot", {}),
+    (500, "Internal Server Error", {}),
+    (502, "Bad Gateway", {}),
+    (500, "Internal Server Error: restart", {}),
+    (401, "Unauthorized", {}),
+    (429, "Too Many Requests: retry after 7", {"retry_after": 7}),
+    (400, "Bad Request: group chat was upgraded to a supergroup chat", {"migrate_to_chat_id": -100123}),
+])
+def test_aiogram_errors_get_the_outcome_the_sender_gives_the_same_answer(
+        status: int, description: str, parameters: dict[str, int]) -> None:
+    ours = classify(refused(status, description, **parameters))
+    theirs = classify_aiogram(raised_by_aiogram(status, description, **parameters))
+    assert (theirs.outcome, theirs.reason, theirs.retry_after, theirs.migrate_to_chat_id) == (
+        ours.outcome, ours.reason, ours.retry_after, ours.migrate_to_chat_id)
+    assert description.split(":")[0] in theirs.error
+
+
+def test_aiogram_network_errors_are_retried() -> None:
+    failed = TelegramNetworkError(SendMessage(chat_id=1, text="x"), "ServerDisconnectedError: closed")
+    assert classify_aiogram(failed).outcome is Outcome.RETRY
 
 
 def test_backoff_doubles_from_the_base_with_jitter_and_a_cap() -> None:

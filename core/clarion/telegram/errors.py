@@ -10,7 +10,9 @@
 - 401 Unauthorized → `FATAL`: the token is wrong; stop sending.
 
 Failures come as `clarion.telegram.botapi.BotApiError` (Telegram answered) or as aiohttp/OS errors and
-timeouts (it did not).
+timeouts (it did not). The bot talks through aiogram, whose `aiogram.exceptions` say the same things;
+`classify_aiogram` maps them to the same outcomes (a status aiogram has no class for is a 4xx: `FAILED`;
+a 413 is `FAILED` although aiogram files it under network errors; an undecodable answer is `RETRY`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,18 @@ import asyncio
 import enum
 import random
 from dataclasses import dataclass
+
+from aiogram.exceptions import (
+    ClientDecodeError,
+    TelegramAPIError,
+    TelegramEntityTooLarge,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
 
 from clarion.telegram.botapi import UNREACHABLE, BotApiError
 
@@ -76,6 +90,26 @@ def classify(exc: BaseException) -> Classified:
     if isinstance(exc, UNREACHABLE):
         return Classified(Outcome.RETRY, error)
     return Classified(Outcome.RETRY, error)
+
+
+def classify_aiogram(exc: TelegramAPIError | ClientDecodeError) -> Classified:
+    """The same outcomes for a failure of an aiogram `Bot` call (the bot's replies)."""
+    error = str(exc.message)[:MAX_ERROR_LENGTH]
+    if isinstance(exc, TelegramRetryAfter):
+        return Classified(Outcome.RATE_LIMITED, error, retry_after=float(exc.retry_after or 1))
+    if isinstance(exc, TelegramMigrateToChat):
+        return Classified(Outcome.MIGRATED, error, migrate_to_chat_id=exc.migrate_to_chat_id)
+    if isinstance(exc, TelegramForbiddenError):
+        text = exc.message.lower()
+        reason = next((r for needle, r in _BLOCKED_REASONS if needle in text), "forbidden")
+        return Classified(Outcome.BLOCKED, error, reason=reason)
+    if isinstance(exc, TelegramUnauthorizedError):
+        return Classified(Outcome.FATAL, error)
+    if isinstance(exc, TelegramEntityTooLarge):
+        return Classified(Outcome.FAILED, error)
+    if isinstance(exc, (TelegramServerError, TelegramNetworkError, ClientDecodeError)):
+        return Classified(Outcome.RETRY, error)
+    return Classified(Outcome.FAILED, error)
 
 
 def backoff_seconds(attempt: int, base: float, *, cap: float = 600.0) -> float:

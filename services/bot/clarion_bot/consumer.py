@@ -4,6 +4,12 @@ A replica runs one worker per partition it leases (see leases.py). A worker firs
 pending entry of the partition (its own from before a restart, or a dead replica's) with XAUTOCLAIM,
 handles them in id order, then reads new entries. Entries are acknowledged only after handling; a
 handler that keeps failing sends its entry to `<stream>:dead`, acknowledged in the same transaction.
+
+What a failure means is `failures.judge`'s table. An outage (Postgres unreachable, Telegram 5xx or
+unreachable) leaves the entry pending and holds it back in memory with every later entry of its chat;
+other chats' entries go on being handled (those whose handlers need no Postgres are answered). The
+held-back chats are tried again, head first, with backoff, until their entries go through; a worker
+holding `max_waiting` entries stops reading new ones until some went through.
 """
 
 from __future__ import annotations
@@ -11,18 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 from aiogram import Bot, Dispatcher
 from aiogram.dispatcher.event.bases import UNHANDLED
-from aiogram.exceptions import TelegramRetryAfter
 from clarion.logging import bind_trace, get_logger
 from clarion.metrics import counter, gauge, histogram
 from clarion.streams import BOT_GROUP, UpdateEnvelope, attempts_key, dead_letter_stream, updates_stream
+from clarion.telegram.errors import backoff_seconds
 from redis.exceptions import RedisError, ResponseError
 
+from clarion_bot.failures import Verdict, judge
 from clarion_bot.leases import Leases, fair_share, preferred_order
 
 UPDATES_HANDLED = counter("clarion_bot_updates_handled_total",
@@ -33,6 +42,14 @@ HANDLING_SECONDS = histogram("clarion_bot_update_handling_seconds",
 STREAM_LAG = gauge("clarion_bot_stream_lag",
                    "Entries of a partition not yet acknowledged (never delivered plus pending).",
                    ["channel", "partition"])
+DEAD_LETTERS = counter("clarion_bot_dead_letters_total",
+                       "Entries sent to the dead-letter stream, by reason (failures.judge; unreadable, "
+                       "too_many_deliveries).", ["reason"])
+DEFERRED = counter("clarion_bot_updates_deferred_total",
+                   "Handlings that ended in an outage and left their entry pending, by reason.", ["reason"])
+WAITING = gauge("clarion_bot_updates_waiting",
+                "Entries a replica holds back until an outage ends (theirs or an earlier one of their chat).",
+                ["channel"])
 PARTITIONS_HELD = gauge("clarion_bot_partitions_held", "Partitions this replica holds a lease on.",
                         ["channel"])
 
@@ -40,6 +57,22 @@ log = get_logger("clarion.bot")
 
 _IDLE_CONSUMER_MS = 10 * 60 * 1000
 _ATTEMPTS_TTL_MS = 7 * 24 * 3600 * 1000
+_RETRY_AFTER_CAP_S = 60.0
+
+
+@dataclass
+class Entry:
+    entry_id: bytes
+    fields: dict[bytes, bytes] | None
+    recovered: bool
+
+
+def _chat_of(fields: dict[bytes, bytes] | None) -> int | None:
+    """The ordering id of an entry (None for one without a chat, or one that cannot be read)."""
+    try:
+        return UpdateEnvelope.from_fields(fields).chat_id if fields else None
+    except ValueError:
+        return None
 
 
 class PartitionWorker:
@@ -50,16 +83,30 @@ class PartitionWorker:
         self.partition = partition
         self.stream = updates_stream(consumer.channel, partition)
         self.valid_until = valid_until
-        self.stopping = False
+        self.stop_requested = asyncio.Event()
+        self.waiting: dict[int | None, deque[Entry]] = {}  # chat → its entries held back, oldest first
+        self.waiting_count = 0
+        self.retry_round = 0
+        self.retry_at = 0.0
+        self._waiting_gauge = WAITING.labels(consumer.channel)
         self.task: asyncio.Task[None] = asyncio.create_task(self._run(), name=f"partition-{partition}")
+
+    def request_stop(self) -> None:
+        """Stop after the entry in hand (and promptly from a backoff wait)."""
+        self.stop_requested.set()
 
     async def stop(self) -> None:
         """Finish the entry in hand, then return (whatever way the worker ended)."""
-        self.stopping = True
+        self.request_stop()
         await asyncio.wait([self.task])
 
     def _may_continue(self) -> bool:
-        return not self.stopping and time.monotonic() < self.valid_until
+        return not self.stop_requested.is_set() and time.monotonic() < self.valid_until
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep up to `seconds` (at most 1 s, so the lease is checked), returning early when stopped."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop_requested.wait(), max(0.0, min(seconds, 1.0)))
 
     async def _run(self) -> None:
         c = self.consumer
@@ -69,6 +116,13 @@ class PartitionWorker:
             if "BUSYGROUP" not in str(exc):
                 raise
         await self._claim_pending()
+        try:
+            await self._consume()
+        finally:
+            self._waiting_gauge.dec(self.waiting_count)  # still pending: the next holder handles them
+
+    async def _consume(self) -> None:
+        c = self.consumer
         after: bytes | str = "0"
         while self._may_continue():  # own pending list, oldest first, before anything new
             reply = await c.redis.xreadgroup(BOT_GROUP, c.replica_id, {self.stream: after},
@@ -79,16 +133,74 @@ class PartitionWorker:
             for entry_id, fields in entries:
                 if not self._may_continue():
                     return
-                await c.handle_entry(self.stream, entry_id, fields, recovered=True)
+                await self._take(Entry(entry_id, fields, recovered=True))
                 after = entry_id
         while self._may_continue():
+            if self.waiting and time.monotonic() >= self.retry_at:
+                await self._retry_waiting()
+                continue
+            if self.waiting_count >= c.max_waiting:  # the partition pauses until some went through
+                await self._pause(self.retry_at - time.monotonic())
+                continue
+            block_ms = c.block_ms
+            if self.waiting:
+                block_ms = max(1, min(block_ms, int((self.retry_at - time.monotonic()) * 1000)))
             reply = await c.redis.xreadgroup(BOT_GROUP, c.replica_id, {self.stream: ">"},
-                                             count=c.read_count, block=c.block_ms)
+                                             count=c.read_count, block=block_ms)
             for _, entries in reply or ():
                 for entry_id, fields in entries:
                     if not self._may_continue():
                         return  # left pending: the next holder of the lease handles it
-                    await c.handle_entry(self.stream, entry_id, fields)
+                    await self._take(Entry(entry_id, fields, recovered=False))
+
+    async def _take(self, entry: Entry) -> None:
+        """Handle `entry`, or hold it back behind an earlier entry of its chat that is waiting."""
+        if self.waiting:
+            queue = self.waiting.get(_chat_of(entry.fields))
+            if queue is not None:
+                queue.append(entry)
+                self._count_waiting(1)
+                return
+        if not await self._handle(entry):
+            if not self.waiting:
+                self.retry_round = 0
+                self._schedule_retry()
+            self.waiting[_chat_of(entry.fields)] = deque([entry])
+            self._count_waiting(1)
+
+    async def _retry_waiting(self) -> None:
+        """Try each waiting chat's oldest entry again; a chat whose entry went through goes on in order."""
+        went_through = False
+        for chat in list(self.waiting):
+            queue = self.waiting[chat]
+            while queue and self._may_continue():
+                if not await self._handle(queue[0]):
+                    break
+                queue.popleft()
+                self._count_waiting(-1)
+                went_through = True
+            if not queue:
+                del self.waiting[chat]
+            if not self._may_continue():
+                return
+        if self.waiting:
+            self.retry_round = 1 if went_through else self.retry_round + 1
+            self._schedule_retry()
+            log.info("updates_waiting", partition=self.partition, entries=self.waiting_count,
+                     chats=len(self.waiting), retry_in=round(self.retry_at - time.monotonic(), 2))
+
+    def _schedule_retry(self) -> None:
+        c = self.consumer
+        delay = backoff_seconds(self.retry_round + 1, c.retry_base_s, cap=c.retry_max_s)
+        self.retry_at = time.monotonic() + delay
+
+    def _count_waiting(self, change: int) -> None:
+        self.waiting_count += change
+        self._waiting_gauge.inc(change)
+
+    async def _handle(self, entry: Entry) -> bool:
+        return await self.consumer.handle_entry(self.stream, entry.entry_id, entry.fields,
+                                                recovered=entry.recovered, stop=self.stop_requested)
 
     async def _claim_pending(self) -> None:
         """Take over every pending entry of the group: holding the lease, nobody else works here."""
@@ -111,7 +223,9 @@ class UpdateConsumer:
 
     def __init__(self, *, redis: aioredis.Redis, dispatcher: Dispatcher, bot: Bot, channel: str,
                  replica_id: str, partitions: int, lease_ttl_ms: int, read_count: int = 50,
-                 max_attempts: int = 3, max_deliveries: int = 5, lag_report_seconds: float = 5.0) -> None:
+                 max_attempts: int = 3, max_deliveries: int = 5, lag_report_seconds: float = 5.0,
+                 max_waiting: int = 1000, retry_base_seconds: float = 0.5,
+                 retry_max_seconds: float = 15.0) -> None:
         self.redis: Any = redis  # redis-py's stream reply types are too loose to be useful
         self.dispatcher = dispatcher
         self.bot = bot
@@ -122,6 +236,9 @@ class UpdateConsumer:
         self.max_attempts = max_attempts
         self.max_deliveries = max_deliveries
         self.lag_report_seconds = lag_report_seconds
+        self.max_waiting = max_waiting
+        self.retry_base_s = retry_base_seconds
+        self.retry_max_s = retry_max_seconds
         self.leases = Leases(redis, channel, replica_id, lease_ttl_ms)
         self.ttl_s = lease_ttl_ms / 1000
         self.tick_s = self.ttl_s / 3
@@ -147,7 +264,7 @@ class UpdateConsumer:
         finally:
             reporter.cancel()
             for worker in self.workers.values():
-                worker.stopping = True
+                worker.request_stop()
             await asyncio.gather(*(self._give_back(p) for p in list(self.workers)))
             with contextlib.suppress(RedisError, OSError):
                 await self.leases.leave()
@@ -170,7 +287,7 @@ class UpdateConsumer:
                 del self.workers[partition]
         extra = self.held[share:]
         for partition in extra:  # all at once: the wait must stay well inside the kept leases' TTL
-            self.workers[partition].stopping = True
+            self.workers[partition].request_stop()
         await asyncio.gather(*(self._give_back(partition) for partition in extra))
         for partition in preferred_order(self.replica_id, self.partitions):
             if len(self.workers) >= share:
@@ -188,57 +305,72 @@ class UpdateConsumer:
         log.info("partition_released", partition=partition)
 
     async def handle_entry(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None, *,
-                           recovered: bool = False) -> None:
-        """Handle one entry (retrying a failing handler), then acknowledge it or dead-letter it.
+                           recovered: bool = False, stop: asyncio.Event | None = None) -> bool:
+        """Handle one entry (retrying as `failures.judge` says), then acknowledge it or dead-letter it.
 
-        A `recovered` entry (taken from a pending list) counts its handling attempts in Redis, so an
-        update that crashes every replica that handles it ends in the dead-letter stream.
+        Returns False when the entry was left pending: an outage (Postgres or Telegram unreachable), or
+        `stop` set while waiting out a 429. A `recovered` entry (taken from a pending list) counts its
+        handling starts in Redis, so an update that crashes every replica that handles it ends in the
+        dead-letter stream; a handling that ends pending takes its count back (it did not crash).
         """
         started = time.perf_counter()
         structlog.contextvars.clear_contextvars()
         if not fields:  # trimmed away while pending: nothing left to handle
             await self._ack(stream, entry_id, recovered)
-            return
+            return True
         try:
             envelope = UpdateEnvelope.from_fields(fields)
         except ValueError as exc:
-            await self._dead_letter(stream, entry_id, fields, f"unreadable envelope: {exc}")
-            return
+            await self._dead_letter(stream, entry_id, fields, "unreadable", f"unreadable envelope: {exc}")
+            return True
         bind_trace(envelope.trace_id, channel=self.channel, update_id=envelope.update_id)
         if recovered:
-            tries = await self._count_attempt(stream, entry_id)
+            tries = await self._count_attempt(stream, entry_id, 1)
             if tries > self.max_deliveries:
-                await self._dead_letter(stream, entry_id, fields, f"handling started {tries} times")
-                return
+                await self._dead_letter(stream, entry_id, fields, "too_many_deliveries",
+                                        f"handling started {tries} times")
+                return True
         attempt = 0
         while True:
             attempt += 1
             try:
                 result = await self.dispatcher.feed_raw_update(self.bot, envelope.update)
-            except TelegramRetryAfter as exc:  # the whole bot is throttled: wait, do not count it
-                log.warning("telegram_retry_after", retry_after=exc.retry_after)
-                await asyncio.sleep(min(float(exc.retry_after), 60.0))
-                attempt -= 1
-                continue
             except Exception as exc:
-                if attempt < self.max_attempts:
-                    log.warning("handler_failed", attempt=attempt, error=repr(exc))
+                failure = judge(exc)
+                if failure.verdict is Verdict.WAIT:  # the whole bot is throttled: wait, do not count it
+                    log.warning("telegram_retry_after", retry_after=failure.retry_after)
+                    if await _stopped_within(stop, min(failure.retry_after, _RETRY_AFTER_CAP_S)):
+                        return await self._leave_pending(stream, entry_id, recovered)
+                    attempt -= 1
+                    continue
+                if failure.verdict is Verdict.OUTAGE:
+                    DEFERRED.labels(failure.reason).inc()
+                    log.warning("handling_deferred", reason=failure.reason, error=failure.error)
+                    return await self._leave_pending(stream, entry_id, recovered)
+                if failure.verdict is Verdict.ERROR and attempt < self.max_attempts:
+                    log.warning("handler_failed", attempt=attempt, error=failure.error)
                     await asyncio.sleep(0.1 * 2 ** attempt)
                     continue
-                log.error("handler_gave_up", attempts=attempt, error=repr(exc))
-                await self._dead_letter(stream, entry_id, fields, repr(exc)[:1000])
+                log.error("handler_gave_up", attempts=attempt, reason=failure.reason, error=failure.error)
+                await self._dead_letter(stream, entry_id, fields, failure.reason, failure.error)
                 HANDLING_SECONDS.observe(time.perf_counter() - started)
-                return
+                return True
             break
         await self._ack(stream, entry_id, recovered)
         outcome = "unhandled" if result is UNHANDLED else "handled"
         UPDATES_HANDLED.labels(outcome).inc()
         HANDLING_SECONDS.observe(time.perf_counter() - started)
         log.debug("update_handled", result=outcome, seconds=round(time.perf_counter() - started, 4))
+        return True
 
-    async def _count_attempt(self, stream: str, entry_id: bytes) -> int:
+    async def _leave_pending(self, stream: str, entry_id: bytes, recovered: bool) -> bool:
+        if recovered:
+            await self._count_attempt(stream, entry_id, -1)
+        return False
+
+    async def _count_attempt(self, stream: str, entry_id: bytes, change: int) -> int:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(attempts_key(stream), entry_id, 1)
+            pipe.hincrby(attempts_key(stream), entry_id, change)
             pipe.pexpire(attempts_key(stream), _ATTEMPTS_TTL_MS)
             tries, _ = await pipe.execute()
         return int(tries)
@@ -253,14 +385,18 @@ class UpdateConsumer:
             await pipe.execute()
 
     async def _dead_letter(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes],
-                           reason: str) -> None:
+                           reason: str, error: str) -> None:
+        """Move the entry to `<stream>:dead` with `id`, `reason` (a metric label) and `error` (the text)."""
+        dead = {**fields, b"id": entry_id, b"reason": reason.encode(), b"error": error.encode()}
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(dead_letter_stream(stream), {**fields, b"id": entry_id, b"error": reason.encode()})
+            pipe.xadd(dead_letter_stream(stream), dead)
             pipe.xack(stream, BOT_GROUP, entry_id)
             pipe.hdel(attempts_key(stream), entry_id)
             await pipe.execute()
         UPDATES_HANDLED.labels("dead_letter").inc()
-        log.error("update_dead_lettered", stream=stream, entry_id=entry_id.decode(), reason=reason)
+        DEAD_LETTERS.labels(reason).inc()
+        log.error("update_dead_lettered", stream=stream, entry_id=entry_id.decode(), reason=reason,
+                  error=error)
 
     async def _report_lag(self, stop: asyncio.Event, every: float) -> None:
         """Publish each held partition's lag and trim what every group has acknowledged."""
@@ -291,6 +427,16 @@ class UpdateConsumer:
                 keep_from = oldest
         if keep_from is not None and keep_from not in (b"0-0", "0-0"):
             await self.redis.xtrim(stream, minid=keep_from, approximate=False)
+
+
+async def _stopped_within(stop: asyncio.Event | None, seconds: float) -> bool:
+    """Sleep `seconds`, or less if `stop` is set meanwhile; True when it was."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return False
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
 
 
 def _id_key(entry_id: bytes | str) -> tuple[int, int]:

@@ -10,8 +10,12 @@ from aiogram import BaseMiddleware, Dispatcher
 from aiogram.types import TelegramObject, User
 from clarion.db import subscribers
 from clarion.db.channels import ChannelRecord
+from clarion.logging import get_logger
 
+from clarion_bot.failures import database_unavailable
 from clarion_bot.i18n import Translator, pick_language
+
+log = get_logger("clarion.bot")
 
 
 @dataclass
@@ -26,6 +30,8 @@ class ContextMiddleware(BaseMiddleware):
 
     An inner middleware (`install_context`): it runs once a handler's filters matched, so the stored
     language is read only for an update a handler takes. Filters therefore do not see these values.
+    With Postgres unreachable the stored language is skipped (Telegram's language_code, else the
+    channel's default): a handler that needs nothing else from Postgres still answers.
     """
 
     def __init__(self, holder: ChannelHolder) -> None:
@@ -37,7 +43,12 @@ class ContextMiddleware(BaseMiddleware):
         user: User | None = data.get("event_from_user")
         stored = None
         if user is not None:
-            stored = await subscribers.get_language(data["db"], channel.id, user.id)
+            try:
+                stored = await subscribers.get_language(data["db"], channel.id, user.id)
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                log.warning("language_not_read", error=repr(exc))
         language = pick_language(stored, user.language_code if user else None,
                                  default=channel.default_language)
         data["channel"] = channel

@@ -26,6 +26,7 @@ from clarion_bot.consumer import UpdateConsumer
 from clarion_bot.context import ChannelHolder
 from clarion_bot.dispatcher import build_bot, build_dispatcher
 from clarion_bot.limits import SharedRateLimit
+from clarion_bot.migrated import FollowMigratedChat
 from clarion_bot.settings import BotSettings
 
 log = get_logger("clarion.bot")
@@ -85,6 +86,7 @@ async def run(settings: BotSettings, stop: asyncio.Event | None = None, *,
             return 2
         limiter = RateLimiter(redis, bot.id, RateLimits.from_config(channel.config))
         await limiter.start()
+        bot.session.middleware(FollowMigratedChat())  # outermost: the call again at the new id is limited
         bot.session.middleware(SharedRateLimit(limiter))
         holder = ChannelHolder(channel)
         dp = build_dispatcher(db=db, redis=redis, holder=holder)
@@ -93,6 +95,8 @@ async def run(settings: BotSettings, stop: asyncio.Event | None = None, *,
             partitions=settings.update_partitions, lease_ttl_ms=settings.bot_lease_ttl_ms,
             read_count=settings.bot_read_count, max_attempts=settings.bot_max_attempts,
             max_deliveries=settings.bot_max_deliveries, lag_report_seconds=settings.bot_lag_report_seconds,
+            max_waiting=settings.bot_max_waiting, retry_base_seconds=settings.bot_retry_base_seconds,
+            retry_max_seconds=settings.bot_retry_max_seconds,
         )
         log.info("bot_starting", channel=channel.key, replica=replica_id,
                  partitions=settings.update_partitions)

@@ -26,6 +26,13 @@ class BotSettings(CommonSettings):
                                   description="Handler attempts before the update is dead-lettered.")
     bot_max_deliveries: int = Field(default=5, ge=1, le=100,
                                     description="Handlings of a taken-over entry before it is dead-lettered.")
+    bot_max_waiting: int = Field(default=1000, ge=1, le=100_000,
+                                 description="Entries a partition holds back during an outage before it "
+                                             "stops reading new ones.")
+    bot_retry_base_seconds: float = Field(default=0.5, gt=0, le=60,
+                                          description="First backoff after an outage (Postgres, Telegram).")
+    bot_retry_max_seconds: float = Field(default=15.0, gt=0, le=600,
+                                         description="Longest backoff between retries during an outage.")
     bot_lag_report_seconds: float = Field(default=5.0, gt=0, le=3600,
                                           description="How often stream lag is published (streams trimmed).")
     bot_channel_refresh_seconds: float = Field(default=30.0, ge=1, le=3600,
