@@ -307,7 +307,7 @@ async def test_update_left_pending_by_a_crashed_replica_is_handled_and_a_poison_
     assert stack.texts(502) == ["pong survivor"]
 
 
-async def test_failing_handler_is_retried_then_dead_lettered_and_the_partition_moves_on(
+async def test_support_post_to_a_missing_chat_is_dead_lettered_with_its_reason_and_the_partition_moves_on(
         stack: Stack, db: Any, redis: Any) -> None:
     emu = stack.emulator
     await db.execute(  # a support chat the bot cannot write to
@@ -321,6 +321,7 @@ async def test_failing_handler_is_retried_then_dead_lettered_and_the_partition_m
     for partition in range(DEFAULT_PARTITIONS):
         dead += await redis.xrange(dead_letter_stream(updates_stream(KEY, partition)))
     assert len(dead) == 1 and b"chat not found" in dead[0][1][b"error"].lower()
+    assert dead[0][1][b"reason"] == b"telegram_failed"
 
 
 @pytest.mark.emulator(limits="off")  # ordering under load, not Telegram's per-chat budget
