@@ -183,6 +183,68 @@ async def test_expired_claims_of_a_dead_sender_become_claimable(db: asyncpg.Pool
     assert sorted(c.chat_id for c in again) == [1, 2, 3]
 
 
+async def shards_of(db: asyncpg.Pool, campaign: int) -> dict[int, set[int]]:
+    rows = await db.fetch("SELECT chat_id, shard FROM deliveries WHERE campaign_id = $1", campaign)
+    by_shard: dict[int, set[int]] = {}
+    for r in rows:
+        by_shard.setdefault(r["shard"], set()).add(r["chat_id"])
+    return by_shard
+
+
+async def test_a_new_sender_of_an_index_takes_over_what_earlier_senders_of_it_held(db: asyncpg.Pool) -> None:
+    channel = await make_channel(db)
+    await add_subscribers(db, channel, [(i, "en", [], True, False) for i in range(1, 41)])
+    campaign = await make_campaign(db, channel, shards=2)
+    async with db.acquire() as conn:
+        await q.snapshot_audience(conn, campaign, channel, EVERYONE, shards=2)
+        shard = await shards_of(db, campaign)
+        # The first sender of index 0 held rows of its own shard and, helping, of shard 1; the sender
+        # of index 1 holds the rest of shard 1. Every lease has an hour to run.
+        own = await q.claim(conn, campaign, 0, 100, "sender-0-a", 3600)
+        helped = await q.claim(conn, campaign, 0, 3, "sender-0-a", 3600, other_shards=True)
+        other = await q.claim(conn, campaign, 1, 100, "sender-1-a", 3600)
+        assert {c.chat_id for c in own} == shard[0]
+        assert {c.shard for c in helped} == {1}
+        assert {c.chat_id for c in other} == shard[1] - {c.chat_id for c in helped}
+
+        # Its replacement (another pod name) gets them back at once, and only them.
+        assert await q.take_over(conn, campaign, 0, "sender-0-b") == len(shard[0]) + 3
+        assert await q.take_over(conn, campaign, 0, "sender-0-b") == 0
+        again = await q.claim(conn, campaign, 0, 100, "sender-0-b", 3600)
+        assert {c.chat_id for c in again} == shard[0]
+        helped_again = await q.claim(conn, campaign, 0, 100, "sender-0-b", 3600, other_shards=True)
+        assert {c.chat_id for c in helped_again} == {c.chat_id for c in helped}
+    holders = await db.fetch(
+        """SELECT claimed_by, claimed_by_shard, count(*) AS n, bool_and(claimed_until > now()) AS leased
+           FROM deliveries WHERE campaign_id = $1 GROUP BY 1, 2""", campaign)
+    assert {(r["claimed_by"], r["claimed_by_shard"], r["n"], r["leased"]) for r in holders} == {
+        ("sender-0-b", 0, len(shard[0]) + 3, True), ("sender-1-a", 1, len(shard[1]) - 3, True)}
+
+
+async def test_a_sender_whose_shard_is_drained_claims_the_other_shards_due_and_lapsed_rows(
+        db: asyncpg.Pool) -> None:
+    channel = await make_channel(db)
+    await add_subscribers(db, channel, [(i, "en", [], True, False) for i in range(1, 41)])
+    campaign = await make_campaign(db, channel, shards=3)
+    async with db.acquire() as conn:
+        await q.snapshot_audience(conn, campaign, channel, EVERYONE, shards=3)
+        shard = await shards_of(db, campaign)
+        await q.claim(conn, campaign, 0, 100, "sender-0", 60)
+        await q.record_results(conn, campaign, channel, "sender-0", q.Results(
+            sent=[(chat, 1, datetime.now(UTC), None) for chat in shard[0]]))
+        await q.claim(conn, campaign, 2, 100, "dead-sender-2", 60)
+        await db.execute("UPDATE deliveries SET claimed_until = now() - interval '1 second' WHERE shard = 2")
+        assert await q.claim(conn, campaign, 0, 100, "sender-0", 60) == []
+        assert await q.release_expired(conn, campaign) == len(shard[2])
+        helped = await q.claim(conn, campaign, 0, 100, "sender-0", 60, other_shards=True)
+        assert await q.claim(conn, campaign, 1, 100, "sender-1", 60) == []
+        assert await q.next_attempt_at(conn, campaign) is None
+    assert sorted(c.chat_id for c in helped) == sorted(shard[1] | shard[2])
+    assert await db.fetchval(
+        "SELECT count(*) FROM deliveries WHERE claimed_by = 'sender-0' AND claimed_by_shard = 0"
+    ) == len(shard[1]) + len(shard[2])
+
+
 async def test_retry_failed_resets_only_failed_rows(db: asyncpg.Pool) -> None:
     channel = await make_channel(db)
     await add_subscribers(db, channel, [(i, "en", [], True, False) for i in range(1, 5)])

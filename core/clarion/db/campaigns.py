@@ -2,8 +2,9 @@
 (claim, record results, release).
 
 A delivery moves `pending` → `sending` (claimed by one sender, with a lease) → `sent` | `failed` |
-`blocked`, or back to `pending` (retry later, pause, or a dead sender's lease ran out). Every claim
-goes through `FOR UPDATE SKIP LOCKED`, so no two senders ever hold the same row.
+`blocked`, or back to `pending` (retry later, pause, a dead sender's successor took over, or its
+lease ran out). Every claim goes through `FOR UPDATE SKIP LOCKED`, so no two senders ever hold the
+same row.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class Claimed:
     chat_id: int
     language: str | None
     attempts: int
+    shard: int  # the row's shard (the claimer's own, or another it helps with)
 
 
 @dataclass(frozen=True)
@@ -249,9 +251,16 @@ async def shard_settled(conn: Db, campaign_id: int, shard: int) -> bool:
     return not busy
 
 
-async def next_attempt_at(conn: Db, campaign_id: int, shard: int) -> datetime | None:
-    """When the shard's earliest pending delivery becomes due (None: nothing pending)."""
-    due: datetime | None = await conn.fetchval(
+async def next_attempt_at(conn: Db, campaign_id: int, shard: int | None = None) -> datetime | None:
+    """When the earliest pending delivery of the shard (None: of the campaign) becomes due (None:
+    nothing pending)."""
+    if shard is None:
+        due: datetime | None = await conn.fetchval(
+            "SELECT min(next_attempt_at) FROM deliveries WHERE campaign_id = $1 AND status = 'pending'",
+            campaign_id,
+        )
+        return due
+    due = await conn.fetchval(
         """SELECT min(next_attempt_at) FROM deliveries
            WHERE campaign_id = $1 AND shard = $2 AND status = 'pending'""", campaign_id, shard,
     )
@@ -262,49 +271,81 @@ async def reset_failed(conn: Db, campaign_id: int) -> int:
     """Put the campaign's failed deliveries back to pending with fresh attempts; return how many."""
     status: str = await conn.execute(
         """UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = '-infinity',
-                  claimed_by = NULL, claimed_until = NULL, updated_at = now()
+                  claimed_by = NULL, claimed_by_shard = NULL, claimed_until = NULL, updated_at = now()
            WHERE campaign_id = $1 AND status = 'failed'""", campaign_id,
     )
     return int(status.rsplit(" ", 1)[1])
 
 
+# The rows are picked and locked by an uncorrelated subquery (an InitPlan, run once) and updated by
+# their tuple ids, so the plan is a Tid Scan whatever the statistics say (the locks keep the ids valid
+# until the update, in the same statement). Joining them back on (campaign_id, chat_id) instead was
+# planned, while the statistics still predated the snapshot, as a loop over the campaign's every row
+# per picked row: 2.8 s per claim of 1,000 at 20,000 rows.
+_CLAIM = """UPDATE deliveries
+   SET status = 'sending', claimed_by = $4, claimed_by_shard = $2,
+       claimed_until = now() + make_interval(secs => $5), updated_at = now()
+   WHERE ctid = ANY(ARRAY(
+       SELECT ctid FROM deliveries
+       WHERE campaign_id = $1 AND {shards} AND status = 'pending' AND next_attempt_at <= now()
+       {order}
+       LIMIT $3
+       FOR UPDATE SKIP LOCKED))
+   RETURNING chat_id, shard, language, attempts"""
+_CLAIM_OWN = _CLAIM.format(shards="shard = $2", order="ORDER BY next_attempt_at")
+# No ORDER BY: over the campaign's other shards that would sort every due pending row.
+_CLAIM_OTHERS = _CLAIM.format(shards="shard <> $2", order="")
+
+
 async def claim(conn: Db, campaign_id: int, shard: int, limit: int, claimed_by: str,
-                lease_seconds: float) -> list[Claimed]:
-    """Claim up to `limit` due pending deliveries of a shard for `claimed_by`, oldest due first.
+                lease_seconds: float, *, other_shards: bool = False) -> list[Claimed]:
+    """Claim up to `limit` due pending deliveries for `claimed_by`, the sender of `shard`: of its own
+    shard, oldest due first, or (`other_shards`) of the campaign's other shards, in no set order.
 
-    Rows another sender holds are skipped, so concurrent claimers never share a row.
+    The claim records `shard` as the holder's (`claimed_by_shard`, see `take_over`). Rows another
+    sender holds are skipped, so concurrent claimers never share a row.
     """
-    # The rows are picked and locked by an uncorrelated subquery (an InitPlan, run once) and updated
-    # by their tuple ids, so the plan is a Tid Scan whatever the statistics say (the locks keep the
-    # ids valid until the update, in the same statement). Joining them back on
-    # (campaign_id, chat_id) instead was planned, while the statistics still predated the snapshot,
-    # as a loop over the campaign's every row per picked row: 2.8 s per claim of 1,000 at 20,000 rows.
-    rows = await conn.fetch(
-        """UPDATE deliveries
-           SET status = 'sending', claimed_by = $4, claimed_until = now() + make_interval(secs => $5),
-               updated_at = now()
-           WHERE ctid = ANY(ARRAY(
-               SELECT ctid FROM deliveries
-               WHERE campaign_id = $1 AND shard = $2 AND status = 'pending' AND next_attempt_at <= now()
-               ORDER BY next_attempt_at
-               LIMIT $3
-               FOR UPDATE SKIP LOCKED))
-           RETURNING chat_id, language, attempts""",
-        campaign_id, shard, limit, claimed_by, float(lease_seconds),
-    )
-    return [Claimed(r["chat_id"], r["language"], r["attempts"]) for r in rows]
+    rows = await conn.fetch(_CLAIM_OTHERS if other_shards else _CLAIM_OWN,
+                            campaign_id, shard, limit, claimed_by, float(lease_seconds))
+    return [Claimed(r["chat_id"], r["language"], r["attempts"], r["shard"]) for r in rows]
 
 
-async def release_expired(conn: Db, campaign_id: int, shard: int) -> int:
-    """Return to pending the shard's deliveries whose claim lease ran out (their sender died)."""
+# A separate statement for each form, so that a generic plan still uses the shard in the index.
+_RELEASE_EXPIRED = """UPDATE deliveries
+   SET status = 'pending', claimed_by = NULL, claimed_by_shard = NULL, claimed_until = NULL,
+       updated_at = now()
+   WHERE ctid = ANY(ARRAY(
+       SELECT ctid FROM deliveries
+       WHERE campaign_id = $1 AND {shards} status = 'sending' AND claimed_until < now()
+       FOR UPDATE SKIP LOCKED))"""
+_RELEASE_EXPIRED_SHARD = _RELEASE_EXPIRED.format(shards="shard = $2 AND")
+_RELEASE_EXPIRED_ALL = _RELEASE_EXPIRED.format(shards="")
+
+
+async def release_expired(conn: Db, campaign_id: int, shard: int | None = None) -> int:
+    """Return to pending the deliveries of the shard (None: of the campaign) whose claim lease ran
+    out (their sender died and no sender of its index took them over)."""
+    if shard is None:
+        status: str = await conn.execute(_RELEASE_EXPIRED_ALL, campaign_id)
+    else:
+        status = await conn.execute(_RELEASE_EXPIRED_SHARD, campaign_id, shard)
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def take_over(conn: Db, campaign_id: int, shard: int, claimed_by: str) -> int:
+    """Return to pending, whatever their lease, the deliveries held by earlier senders of index
+    `shard` (of any shard: a sender helps with others once its own is drained) or by `claimed_by`
+    (a restarted container of the same pod). Called by a sender as it starts; return how many.
+
+    Safe only because no two senders of one index run at the same time: the Job's
+    `podReplacementPolicy: Failed` creates a pod's replacement once the pod has terminated.
+    """
     status: str = await conn.execute(
         """UPDATE deliveries
-           SET status = 'pending', claimed_by = NULL, claimed_until = NULL, updated_at = now()
-           WHERE ctid = ANY(ARRAY(
-               SELECT ctid FROM deliveries
-               WHERE campaign_id = $1 AND shard = $2 AND status = 'sending' AND claimed_until < now()
-               FOR UPDATE SKIP LOCKED))""",
-        campaign_id, shard,
+           SET status = 'pending', claimed_by = NULL, claimed_by_shard = NULL, claimed_until = NULL,
+               updated_at = now()
+           WHERE campaign_id = $1 AND status = 'sending' AND (claimed_by_shard = $2 OR claimed_by = $3)""",
+        campaign_id, shard, claimed_by,
     )
     return int(status.rsplit(" ", 1)[1])
 
@@ -312,10 +353,11 @@ async def release_expired(conn: Db, campaign_id: int, shard: int) -> int:
 async def release_claims(conn: Db, campaign_id: int, claimed_by: str,
                          chat_ids: Sequence[int] | None = None) -> int:
     """Return to pending what `claimed_by` holds (all of it, or just `chat_ids`): unsent on pause or
-    stop, or left over by an earlier run of the same pod."""
+    stop."""
     status: str = await conn.execute(
         """UPDATE deliveries
-           SET status = 'pending', claimed_by = NULL, claimed_until = NULL, updated_at = now()
+           SET status = 'pending', claimed_by = NULL, claimed_by_shard = NULL, claimed_until = NULL,
+               updated_at = now()
            WHERE campaign_id = $1 AND status = 'sending' AND claimed_by = $2
              AND ($3::bigint[] IS NULL OR chat_id = ANY($3::bigint[]))""",
         campaign_id, claimed_by, list(chat_ids) if chat_ids is not None else None,
@@ -323,12 +365,12 @@ async def release_claims(conn: Db, campaign_id: int, claimed_by: str,
     return int(status.rsplit(" ", 1)[1])
 
 
-async def extend_claims(conn: Db, campaign_id: int, shard: int, claimed_by: str, lease_seconds: float) -> int:
-    """Renew the lease on everything `claimed_by` holds in a shard (the sender is alive)."""
+async def extend_claims(conn: Db, campaign_id: int, claimed_by: str, lease_seconds: float) -> int:
+    """Renew the lease on everything `claimed_by` holds, in any shard (the sender is alive)."""
     status: str = await conn.execute(
-        """UPDATE deliveries SET claimed_until = now() + make_interval(secs => $4)
-           WHERE campaign_id = $1 AND shard = $2 AND status = 'sending' AND claimed_by = $3""",
-        campaign_id, shard, claimed_by, float(lease_seconds),
+        """UPDATE deliveries SET claimed_until = now() + make_interval(secs => $3)
+           WHERE campaign_id = $1 AND status = 'sending' AND claimed_by = $2""",
+        campaign_id, claimed_by, float(lease_seconds),
     )
     return int(status.rsplit(" ", 1)[1])
 
@@ -348,7 +390,7 @@ async def record_results(conn: Db, campaign_id: int, channel_id: int, claimed_by
                 """UPDATE deliveries d
                    SET status = 'sent', message_id = u.message_id, sent_at = u.sent_at,
                        delivered_chat_id = u.delivered, attempts = d.attempts + 1,
-                       claimed_by = NULL, claimed_until = NULL, updated_at = now()
+                       claimed_by = NULL, claimed_by_shard = NULL, claimed_until = NULL, updated_at = now()
                    FROM unnest($2::bigint[], $3::bigint[], $4::timestamptz[], $5::bigint[])
                         AS u(chat_id, message_id, sent_at, delivered)
                    WHERE d.campaign_id = $1 AND d.chat_id = u.chat_id AND d.status <> 'sent'""",
@@ -359,7 +401,7 @@ async def record_results(conn: Db, campaign_id: int, channel_id: int, claimed_by
             await conn.execute(
                 """UPDATE deliveries d
                    SET status = 'blocked', last_error = u.error, attempts = d.attempts + 1,
-                       claimed_by = NULL, claimed_until = NULL, updated_at = now()
+                       claimed_by = NULL, claimed_by_shard = NULL, claimed_until = NULL, updated_at = now()
                    FROM unnest($2::bigint[], $3::text[]) AS u(chat_id, error)
                    WHERE d.campaign_id = $1 AND d.chat_id = u.chat_id AND d.status = 'sending'
                      AND d.claimed_by = $4""",
@@ -378,7 +420,7 @@ async def record_results(conn: Db, campaign_id: int, channel_id: int, claimed_by
             await conn.execute(
                 """UPDATE deliveries d
                    SET status = 'failed', last_error = u.error, attempts = d.attempts + 1,
-                       claimed_by = NULL, claimed_until = NULL, updated_at = now()
+                       claimed_by = NULL, claimed_by_shard = NULL, claimed_until = NULL, updated_at = now()
                    FROM unnest($2::bigint[], $3::text[]) AS u(chat_id, error)
                    WHERE d.campaign_id = $1 AND d.chat_id = u.chat_id AND d.status = 'sending'
                      AND d.claimed_by = $4""",
@@ -389,7 +431,8 @@ async def record_results(conn: Db, campaign_id: int, channel_id: int, claimed_by
             await conn.execute(
                 """UPDATE deliveries d
                    SET status = 'pending', last_error = u.error, attempts = d.attempts + 1,
-                       next_attempt_at = u.due, claimed_by = NULL, claimed_until = NULL, updated_at = now()
+                       next_attempt_at = u.due, claimed_by = NULL, claimed_by_shard = NULL,
+                       claimed_until = NULL, updated_at = now()
                    FROM unnest($2::bigint[], $3::text[], $4::timestamptz[]) AS u(chat_id, error, due)
                    WHERE d.campaign_id = $1 AND d.chat_id = u.chat_id AND d.status = 'sending'
                      AND d.claimed_by = $5""",
@@ -432,7 +475,8 @@ async def cancel_unsent(conn: Db, campaign_id: int) -> int:
     records them or gives them back, and the next call cancels what it gave back. Returns how many."""
     status: str = await conn.execute(
         """UPDATE deliveries
-           SET status = 'cancelled', claimed_by = NULL, claimed_until = NULL, updated_at = now()
+           SET status = 'cancelled', claimed_by = NULL, claimed_by_shard = NULL, claimed_until = NULL,
+               updated_at = now()
            WHERE campaign_id = $1
              AND (status = 'pending' OR (status = 'sending' AND claimed_until < now()))""",
         campaign_id,

@@ -2,9 +2,13 @@
 
 Pipeline (all in one event loop):
 
+- at start the sender takes back what earlier senders of its shard index held (a killed pod's
+  replacement does not wait out its predecessor's lease: the Job runs one pod per index at a time);
 - the claimer claims the shard's due pending deliveries `batchSize` at a time into a local queue,
-  releases rows whose lease ran out (a dead pod's), renews our own lease, and reads the campaign
-  phase between batches;
+  releases rows whose lease ran out, renews our own lease, and reads the campaign phase between
+  batches. When its own shard has nothing due it helps with the other shards (their pending rows
+  and lapsed leases), and it exits only when the whole campaign is settled. The limiter is shared
+  in Redis, so helping changes who sends, not how fast;
 - the dispatcher takes as many queued deliveries as the concurrency window has room for, reserves
   their send slots from the shared Redis limiter in one call, and starts one task per delivery that
   sleeps until its slot and sends. A task that wakes up more than `late_slot_seconds` after its slot
@@ -57,6 +61,7 @@ DELIVERIES = gauge("clarion_campaign_deliveries",
 
 FLUSH_INTERVAL = 0.1
 PHASE_CHECK_INTERVAL = 0.5
+GAUGE_REFRESH = 5.0  # an idle sender re-reads its shard's counts at most this often
 IDLE_POLL = 0.5
 DEAD_LETTER_MAXLEN = 100_000
 CHUNK_LINGER = 0.002
@@ -105,6 +110,7 @@ class _Item:
     chat_id: int
     language: str | None
     attempts: int
+    shard: int  # the row's shard: ours, or one we help with
     target: int = 0  # the chat the message goes to (differs after a group migration)
     forfeits: int = 0  # slots given back because this process woke up too late for them
 
@@ -115,13 +121,21 @@ class _Item:
 
 @dataclass
 class _Shard:
-    """What the sender knows about its shard's rows, for the progress gauge."""
+    """What the sender knows about its shard's rows, for the progress gauge: read from Postgres at
+    start, when idle (other shards' senders may have helped) and at stop; moved along as it works."""
 
+    shard: int
     by_status: dict[str, int] = field(default_factory=dict)
+    read_at: float = 0.0
 
-    def move(self, source: str, target: str, n: int = 1) -> None:
-        self.by_status[source] = self.by_status.get(source, 0) - n
-        self.by_status[target] = self.by_status.get(target, 0) + n
+    def read(self, counts: q.CampaignCounts) -> None:
+        self.by_status = {s: counts.of(s) for s in q.DELIVERY_STATUSES}
+        self.read_at = time.monotonic()
+
+    def move(self, item: _Item, source: str, target: str) -> None:
+        if item.shard == self.shard:
+            self.by_status[source] = self.by_status.get(source, 0) - 1
+            self.by_status[target] = self.by_status.get(target, 0) + 1
 
 
 class _Window:
@@ -152,7 +166,8 @@ class _Window:
 
 
 class CampaignSender:
-    """Sends one shard of one campaign until it is settled, paused, cancelled or stopped."""
+    """Sends one shard of one campaign, then helps with the others, until the campaign is settled,
+    paused, cancelled or the sender is stopped."""
 
     def __init__(self, *, pool: asyncpg.Pool, redis: aioredis.Redis, api: BotApi, campaign: q.CampaignRow,
                  channel: q.SendingChannel, message: Message, shard: int, worker: str, limiter: RateLimiter,
@@ -185,7 +200,7 @@ class CampaignSender:
                           for o in ("sent", "blocked", "failed", "retry", "rate_limited", "migrated")}
         self._latency = SEND_LATENCY.labels(channel.name)
         self._wait = LIMITER_WAIT.labels(channel.name)
-        self._shard_state = _Shard()
+        self._shard_state = _Shard(shard)
 
     def stop(self, reason: str = "signal") -> None:
         """Stop claiming; let requests in the air finish; release the rest (idempotent)."""
@@ -200,10 +215,10 @@ class CampaignSender:
         c = self.campaign
         structlog.contextvars.bind_contextvars(campaign=c.key, campaign_id=c.id, shard=self.shard)
         async with self.pool.acquire() as conn:
-            leftover = await q.release_claims(conn, c.id, self.worker)
+            taken_over = await q.take_over(conn, c.id, self.shard, self.worker)
             counts = await q.shard_counts(conn, c.id, self.shard)
-        self._shard_state.by_status = {s: counts.of(s) for s in q.DELIVERY_STATUSES}
-        log.info("sender.start", total=counts.total, pending=counts.pending, released=leftover,
+        self._shard_state.read(counts)
+        log.info("sender.start", total=counts.total, pending=counts.pending, taken_over=taken_over,
                  concurrency=self.options.concurrency, paid=self.options.paid_broadcast)
         started, cpu = time.monotonic(), time.process_time()
         dispatcher = asyncio.create_task(self._dispatch(), name="dispatcher")
@@ -222,7 +237,7 @@ class CampaignSender:
             await self._flush()
             async with self.pool.acquire() as conn:
                 released = await q.release_claims(conn, c.id, self.worker)
-            self._shard_state.move("sending", "pending", released)
+                self._shard_state.read(await q.shard_counts(conn, c.id, self.shard))
             self._publish_gauges()
             log.info("sender.stop", reason=self._stop_reason, released=released,
                      seconds=round(time.monotonic() - started, 3),
@@ -249,24 +264,25 @@ class CampaignSender:
             if now - last_lease >= opts.lease_seconds / 3:
                 last_lease = now
                 async with self.pool.acquire() as conn:
-                    await q.extend_claims(conn, c.id, self.shard, self.worker, opts.lease_seconds)
+                    await q.extend_claims(conn, c.id, self.worker, opts.lease_seconds)
             if len(self._queue) < opts.batch_size:
-                async with self.pool.acquire() as conn:
-                    await q.release_expired(conn, c.id, self.shard)
-                    claimed = await q.claim(conn, c.id, self.shard, opts.batch_size, self.worker,
-                                            opts.lease_seconds)
+                claimed = await self._claim()
                 if claimed:
                     self._held += len(claimed)
-                    self._shard_state.move("pending", "sending", len(claimed))
-                    self._queue.extend(_Item(d.chat_id, d.language, d.attempts) for d in claimed)
+                    for d in claimed:
+                        item = _Item(d.chat_id, d.language, d.attempts, d.shard)
+                        self._shard_state.move(item, "pending", "sending")
+                        self._queue.append(item)
                     self._work.set()
                     continue
                 if self._held == 0 and not self._queue:
                     async with self.pool.acquire() as conn:
-                        if await q.shard_settled(conn, c.id, self.shard):
+                        if await q.is_settled(conn, c.id):
                             self.stop("settled")
                             return "settled"
-                        due = await q.next_attempt_at(conn, c.id, self.shard)
+                        if time.monotonic() - self._shard_state.read_at >= GAUGE_REFRESH:
+                            self._shard_state.read(await q.shard_counts(conn, c.id, self.shard))
+                        due = await q.next_attempt_at(conn, c.id)
                     pause = IDLE_POLL
                     if due is not None:
                         pause = min(IDLE_POLL, max(0.0, (due - datetime.now(UTC)).total_seconds()))
@@ -279,6 +295,18 @@ class CampaignSender:
             else:
                 await self._sleep(IDLE_POLL / 10)
         return self._stop_reason
+
+    async def _claim(self) -> list[q.Claimed]:
+        """Due rows of our shard; when it has none, of the others (after returning lapsed claims)."""
+        c, opts = self.campaign, self.options
+        async with self.pool.acquire() as conn:
+            await q.release_expired(conn, c.id, self.shard)
+            claimed = await q.claim(conn, c.id, self.shard, opts.batch_size, self.worker, opts.lease_seconds)
+            if claimed:
+                return claimed
+            await q.release_expired(conn, c.id)
+            return await q.claim(conn, c.id, self.shard, opts.batch_size, self.worker, opts.lease_seconds,
+                                 other_shards=True)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early when a stop is requested."""
@@ -369,7 +397,7 @@ class CampaignSender:
         delivered = item.target if item.target != item.chat_id else None
         message_id = result.get("message_id") if isinstance(result, dict) else None
         self._results.sent.append((item.chat_id, message_id, datetime.now(UTC), delivered))
-        self._shard_state.move("sending", "sent")
+        self._shard_state.move(item, "sending", "sent")
         self._recorded()
 
     async def _failed(self, item: _Item, exc: BaseException) -> None:
@@ -396,17 +424,17 @@ class CampaignSender:
         if outcome is Outcome.BLOCKED:
             self._messages["blocked"].inc()
             self._results.blocked.append((item.chat_id, found.reason or "forbidden", found.error))
-            self._shard_state.move("sending", "blocked")
+            self._shard_state.move(item, "sending", "blocked")
         elif outcome is Outcome.RETRY and item.attempts + 1 < self.options.max_attempts:
             self._messages["retry"].inc()
             wait = backoff_seconds(item.attempts + 1, self.options.retry_backoff_seconds)
             due = datetime.now(UTC) + timedelta(seconds=wait)
             self._results.retry.append((item.chat_id, found.error, due))
-            self._shard_state.move("sending", "pending")
+            self._shard_state.move(item, "sending", "pending")
         else:
             self._messages["failed"].inc()
             self._results.failed.append((item.chat_id, found.error))
-            self._shard_state.move("sending", "failed")
+            self._shard_state.move(item, "sending", "failed")
             if outcome is Outcome.RETRY or outcome is Outcome.MIGRATED:
                 self._dead.append({"campaign_id": str(self.campaign.id), "campaign": self.campaign.key,
                                    "chat_id": str(item.chat_id), "attempts": str(item.attempts + 1),

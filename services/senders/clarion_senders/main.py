@@ -2,10 +2,10 @@
 
     clarion-sender campaign [--campaign-id N]    send one shard of a campaign (a pod of its Job)
 
-Exit status: 0 when the shard is settled or the campaign is paused or cancelled (or on SIGTERM,
-after releasing what it held); 1 on a fatal error (campaign not found, its stored spec does not
-parse with the campaign model, token refused, bad config), before anything is sent when it can be
-known up front; 2 on bad usage.
+Exit status: 0 when the campaign is settled (a sender whose shard is done helps with the others)
+or paused or cancelled (or on SIGTERM, after releasing what it held); 1 on a fatal error (campaign
+not found, its stored spec does not parse with the campaign model, token refused, bad config),
+before anything is sent when it can be known up front; 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         "campaign",
         help="send one shard of a BroadcastCampaign (run as a pod of the campaign's indexed Job)",
         description=(
-            "Send the shard JOB_COMPLETION_INDEX of campaign CLARION_CAMPAIGN_ID until it is settled, "
-            "paused or cancelled. Needs CLARION_BOT_TOKEN, CLARION_DATABASE_URL, CLARION_REDIS_URL; "
+            "Send the shard JOB_COMPLETION_INDEX of campaign CLARION_CAMPAIGN_ID, then help with the "
+            "other shards, until the campaign is settled, paused or cancelled. Needs CLARION_BOT_TOKEN, "
+            "CLARION_DATABASE_URL, CLARION_REDIS_URL; "
             "optional CLARION_TELEGRAM_API_BASE, CLARION_POD_NAME, CLARION_METRICS_PORT."
         ),
     )
