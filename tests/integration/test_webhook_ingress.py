@@ -213,3 +213,23 @@ async def test_health_readiness_and_metrics_endpoints(client: httpx.AsyncClient)
 
 async def test_get_on_the_webhook_path_is_405(client: httpx.AsyncClient) -> None:
     assert (await client.get(f"/tg/webhook/{CHANNEL}")).status_code == 405
+
+
+def metric_value(text: str, sample: str) -> float:
+    """The value of one sample line (`name{labels}`) of a /metrics page; 0 when it is absent."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_deeply_nested_body_gets_400_counted_as_malformed(
+        client: httpx.AsyncClient, redis: Any) -> None:
+    malformed = f'clarion_webhook_updates_received_total{{channel="{CHANNEL}",result="malformed"}}'
+    before = metric_value((await client.get("/metrics")).text, malformed)
+    body = b'{"update_id": 40, "message": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    response = await client.post(f"/tg/webhook/{CHANNEL}", content=body, headers=HEADERS)
+    assert response.status_code == 400
+    assert response.json()["detail"]
+    assert await redis.dbsize() == 0
+    assert metric_value((await client.get("/metrics")).text, malformed) == before + 1

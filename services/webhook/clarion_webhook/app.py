@@ -32,6 +32,7 @@ from clarion.streams import (
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic_core import from_json
 
 from clarion_webhook.ingest import ChannelCache, StreamWriter, update_chat_id
 from clarion_webhook.settings import WebhookSettings
@@ -55,26 +56,49 @@ INGEST_SECONDS = histogram("clarion_webhook_ingest_seconds",
 log = get_logger("clarion.webhook")
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 class _Malformed(ValueError):
     pass
 
 
+#: Telegram's update ids are positive 32-bit numbers; anything past a signed 64-bit one is not an update.
+MAX_UPDATE_ID = 2**63 - 1
+#: Deepest nesting of objects and arrays accepted (the update itself is level 1). Telegram's updates
+#: stay under ten levels; the bot's reader (pydantic-core) refuses past 200, counting the envelope.
+MAX_DEPTH = 64
+
+
 def parse_update(body: bytes) -> tuple[int, dict[str, Any]]:
-    """(update_id, update) of a body that is one strict-JSON object with an integer `update_id`."""
+    """(update_id, update) of a body that is one strict-JSON object with an integer `update_id`.
+
+    Whatever this accepts, the bot can read back (`UpdateEnvelope.from_fields`): it is parsed with the
+    same parser (pydantic-core's), which refuses, as a ValueError, what Python's `json` would crash on
+    or let through: deep nesting (`json` raises RecursionError), numbers past ~4,300 digits, lone
+    surrogates, invalid UTF-8, a byte order mark, NaN and Infinity. Nesting is bounded by MAX_DEPTH.
+    """
     try:
-        update = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _Malformed("body is not UTF-8 JSON") from exc
+        update = from_json(body, allow_inf_nan=False)
+    except ValueError as exc:
+        raise _Malformed(f"body is not UTF-8 JSON: {exc}") from exc
     if not isinstance(update, dict):
         raise _Malformed("body is not a JSON object")
     update_id = update.get("update_id")
-    if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
-        raise _Malformed("update_id is missing or not a non-negative integer")
+    if not isinstance(update_id, int) or isinstance(update_id, bool) or not 0 <= update_id <= MAX_UPDATE_ID:
+        raise _Malformed("update_id is missing or not a non-negative 64-bit integer")
+    if _nested_deeper_than(update, MAX_DEPTH):
+        raise _Malformed(f"body is nested deeper than {MAX_DEPTH} levels")
     return update_id, update
+
+
+def _nested_deeper_than(value: dict[str, Any], limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
 
 
 class TelegramIngress:
@@ -128,7 +152,11 @@ class TelegramIngress:
             if name == SECRET_HEADER:
                 token = value
             elif name == b"content-length":
-                content_length = int(value) if value.isdigit() else -2
+                # Past 18 digits it is too large anyway (and int() of 4,301 digits raises).
+                if not value.isdigit():
+                    content_length = -2
+                else:
+                    content_length = int(value) if len(value) <= 18 else self.max_body + 1
         expected = channel.webhook_secret_sha256
         if not token or not expected or not hmac.compare_digest(
                 hashlib.sha256(token).hexdigest().encode(), expected.lower().encode()):
