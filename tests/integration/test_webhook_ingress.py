@@ -199,7 +199,9 @@ async def test_updates_without_a_chat_are_partitioned_by_user_or_go_to_partition
 async def test_health_readiness_and_metrics_endpoints(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).status_code == 200
     ready = await client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "postgres": "ok"}
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"redis": "ok", "postgres": "ok", "channels": "ok"}
+    assert ready.json()["degraded"] is False
     await client.post(f"/tg/webhook/{CHANNEL}", json=message_update(30), headers=HEADERS)
     await client.post(f"/tg/webhook/{CHANNEL}", json=message_update(30), headers=HEADERS)
     await client.post(f"/tg/webhook/{CHANNEL}", json=message_update(31), headers={})

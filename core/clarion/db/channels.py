@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from clarion.keys import split_channel_key
+from clarion.keys import channel_key, split_channel_key
 from clarion.models.channel import BOT_LANGUAGES, DEFAULT_BOT_LANGUAGE
 
 
@@ -40,10 +40,27 @@ class ChannelRecord:
         return value if value in BOT_LANGUAGES else DEFAULT_BOT_LANGUAGE
 
 
+#: The notification channel on which Postgres announces each changed channel row (migration 0007).
+#: Payload: the channel key, or '' when every row may have changed (TRUNCATE).
+CHANNELS_NOTIFY = "clarion_channels"
+
 _SELECT = """
     SELECT id, namespace, name, type, bot_id, bot_username, api_base_url, webhook_secret_sha256, ready, config
     FROM channels WHERE namespace = $1 AND name = $2 AND deleted_at IS NULL
 """
+_SELECT_ALL = """
+    SELECT id, namespace, name, type, bot_id, bot_username, api_base_url, webhook_secret_sha256, ready, config
+    FROM channels WHERE deleted_at IS NULL
+"""
+
+
+def _record(row: asyncpg.Record) -> ChannelRecord:
+    return ChannelRecord(
+        id=row["id"], key=channel_key(row["namespace"], row["name"]), type=row["type"], bot_id=row["bot_id"],
+        bot_username=row["bot_username"], api_base_url=row["api_base_url"],
+        webhook_secret_sha256=row["webhook_secret_sha256"], ready=row["ready"],
+        config=dict(row["config"] or {}),
+    )
 
 
 async def get_channel(db: asyncpg.Pool | asyncpg.Connection, key: str) -> ChannelRecord | None:
@@ -52,10 +69,9 @@ async def get_channel(db: asyncpg.Pool | asyncpg.Connection, key: str) -> Channe
     if parts is None:
         return None
     row = await db.fetchrow(_SELECT, *parts)
-    if row is None:
-        return None
-    return ChannelRecord(
-        id=row["id"], key=key, type=row["type"], bot_id=row["bot_id"], bot_username=row["bot_username"],
-        api_base_url=row["api_base_url"], webhook_secret_sha256=row["webhook_secret_sha256"],
-        ready=row["ready"], config=dict(row["config"] or {}),
-    )
+    return None if row is None else _record(row)
+
+
+async def list_channels(db: asyncpg.Pool | asyncpg.Connection) -> list[ChannelRecord]:
+    """Every live (not deleted) channel."""
+    return [_record(row) for row in await db.fetch(_SELECT_ALL)]

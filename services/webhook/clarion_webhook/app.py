@@ -34,7 +34,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import from_json
 
-from clarion_webhook.ingest import ChannelCache, StreamWriter, update_chat_id
+from clarion_webhook.channels import ChannelCache
+from clarion_webhook.ingest import StreamWriter, update_chat_id
 from clarion_webhook.settings import WebhookSettings
 
 Scope = MutableMapping[str, Any]
@@ -139,7 +140,7 @@ class TelegramIngress:
         assert self.channels is not None and self.writer is not None
         try:
             channel = await self.channels.get(key)
-        except Exception as exc:  # Postgres unreachable: Telegram retries later
+        except Exception as exc:  # not in the copy and Postgres unreachable: Telegram retries later
             log.warning("channel_lookup_failed", error=type(exc).__name__)
             await self._finish(send, started, "", "unavailable", 503, b'{"detail":"channels unavailable"}')
             return
@@ -251,12 +252,18 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         db = await create_pool(settings.database_url, min_size=0, max_size=min(settings.db_pool_max, 4))
         redis = create_redis(settings.redis_url, socket_timeout=settings.redis_timeout_seconds,
                              socket_connect_timeout=settings.redis_timeout_seconds)
-        ingress.channels = ChannelCache(db, settings.channel_cache_seconds)
+        channels = ChannelCache(db, settings.database_url.get_secret_value(),
+                                miss_ttl=settings.channel_cache_seconds,
+                                check_seconds=settings.channel_check_seconds,
+                                reload_seconds=settings.channel_reload_seconds)
+        await channels.start()
+        ingress.channels = channels
         ingress.writer = StreamWriter(redis)
-        state.update(db=db, redis=redis)
+        state.update(db=db, redis=redis, channels=channels)
         try:
             yield
         finally:
+            await channels.stop()
             await redis.aclose()
             await db.close()
 
@@ -270,7 +277,12 @@ def create_app(settings: WebhookSettings) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        """Ready when Redis and Postgres both answer."""
+        """Ready when Redis answers and the channel copy is loaded; degraded while Postgres is not reached.
+
+        Postgres down does not make the pod unready: every replica would be, at once, and Kubernetes would
+        send Telegram's updates nowhere, while each replica can still take them for the channels it has.
+        """
+        channels: ChannelCache = state["channels"]
         checks: dict[str, str] = {}
         redis: aioredis.Redis = state["redis"]
         try:
@@ -283,8 +295,16 @@ def create_app(settings: WebhookSettings) -> FastAPI:
             checks["postgres"] = "ok"
         except Exception as exc:
             checks["postgres"] = type(exc).__name__
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        if channels.in_sync:
+            checks["channels"] = "ok"
+        elif channels.loaded:
+            checks["channels"] = f"stale {channels.stale_seconds():.0f}s"
+        else:
+            checks["channels"] = "not loaded"
+        ready = checks["redis"] == "ok" and channels.loaded
+        degraded = any(value != "ok" for value in checks.values())
+        body = {"ready": ready, "degraded": degraded, "channels": len(channels), "checks": checks}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

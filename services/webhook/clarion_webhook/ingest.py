@@ -8,13 +8,10 @@ out together in the next one. Each update still waits for its own result, so not
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from clarion.db.channels import ChannelRecord, get_channel
-from clarion.keys import split_channel_key
 from redis.exceptions import NoScriptError, RedisError
 
 #: KEYS: dedup key, stream. ARGV: ttl seconds, field, value. The stream entry is written before the
@@ -110,39 +107,3 @@ class StreamWriter:
             results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
 
-
-class ChannelCache:
-    """Channel rows by key, each (and each absence) kept for `ttl` seconds; one query per key at a time."""
-
-    def __init__(self, db: Any, ttl: float, *, max_entries: int = 10_000) -> None:
-        self._db = db
-        self._ttl = ttl
-        self._max_entries = max_entries
-        self._entries: dict[str, tuple[float, ChannelRecord | None]] = {}
-        self._loading: dict[str, asyncio.Future[ChannelRecord | None]] = {}
-
-    async def get(self, key: str) -> ChannelRecord | None:
-        now = time.monotonic()
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > now:
-            return entry[1]
-        if split_channel_key(key) is None:
-            return None
-        loading = self._loading.get(key)
-        if loading is not None:
-            return await asyncio.shield(loading)
-        future: asyncio.Future[ChannelRecord | None] = asyncio.get_running_loop().create_future()
-        self._loading[key] = future
-        try:
-            record = await get_channel(self._db, key)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else needs to
-            raise
-        finally:
-            del self._loading[key]
-        if len(self._entries) >= self._max_entries:
-            self._entries.clear()
-        self._entries[key] = (now + self._ttl, record)
-        future.set_result(record)
-        return record

@@ -17,6 +17,13 @@ class WebhookSettings(CommonSettings):
     update_partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=1024,
                                    description="Stream partitions per channel; the bot must use the same.")
     channel_cache_seconds: float = Field(default=5.0, ge=0, le=300,
-                                         description="How long a channel row (or its absence) is cached.")
+                                         description="How long the absence of a channel is remembered. "
+                                                     "Rows themselves follow Postgres by LISTEN/NOTIFY.")
+    channel_check_seconds: float = Field(default=5.0, gt=0, le=300,
+                                         description="Ping interval of the listening connection, and the "
+                                                     "longest wait between reconnect attempts.")
+    channel_reload_seconds: float = Field(default=300.0, gt=0, le=86400,
+                                          description="Full reload of the channel copy (a safety net for a "
+                                                      "lost notification).")
     redis_timeout_seconds: float = Field(default=2.0, gt=0, le=60,
                                          description="Socket timeout of Redis calls; past it: 503.")
