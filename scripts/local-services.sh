@@ -63,6 +63,29 @@ CONF
   log "postgres on 127.0.0.1:$PG_PORT (data $PG_DATA)"
 }
 
+# Tenant roles (members of `clarion_tenant`, created by the operator: docs/tenancy.md) must log in with
+# their password (scram-sha-256); every other role, `clarion` included, keeps trust. pg_hba takes the
+# first matching line, so the block goes at the top. Idempotent, also for a data directory made before it.
+HBA_MARKER="# clarion: tenant roles authenticate"
+ensure_hba() {
+  local hba="$PG_DATA/pg_hba.conf"
+  [[ -f "$hba" ]] || return 0
+  grep -qF "$HBA_MARKER" "$hba" && return 0
+  local block
+  block="$HBA_MARKER
+local   all             +clarion_tenant                         scram-sha-256
+host    all             +clarion_tenant 127.0.0.1/32            scram-sha-256
+host    all             +clarion_tenant ::1/128                 scram-sha-256
+"
+  # Rewritten in place (same inode, owner and mode).
+  local rest; rest="$(cat "$hba")"
+  printf '%s\n%s\n' "$block" "$rest" >"$hba"
+  if pg_running; then
+    as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" reload >/dev/null
+  fi
+  log "pg_hba: tenant roles need scram-sha-256 ($hba)"
+}
+
 start_redis() {
   if redis_running; then return; fi
   mkdir -p "$REDIS_DIR"
@@ -90,7 +113,7 @@ print_env() {
 }
 
 case "${1:-start}" in
-  start) ensure_packages; start_pg; start_redis; print_env ;;
+  start) ensure_packages; start_pg; ensure_hba; start_redis; print_env ;;
   stop) stop_all ;;
   status)
     pg_running && echo "postgres: up on $PG_PORT" || echo "postgres: down"

@@ -16,6 +16,8 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "clarion-operator"}
 RUNTIME_DATABASE_KEY = "database-url"
 RUNTIME_REDIS_KEY = "redis-url"
 WEBHOOK_SECRET_KEY = "token"
+#: Pod-template annotation of bot Deployments: the revision of the namespace's credentials.
+CREDENTIALS_REVISION = "clarion.io/credentials-revision"
 _NAME_LIMIT = 63
 
 
@@ -67,7 +69,8 @@ def _runtime_env(runtime_secret: str) -> list[dict[str, Any]]:
 
 
 def runtime_secret(namespace: str, name: str, database_url: str, redis_url: str) -> dict[str, Any]:
-    """The Secret that gives bot and sender pods their Postgres and Redis URLs."""
+    """The Secret that gives bot and sender pods their Postgres and Redis URLs (with the namespace's own
+    credentials, clarion_operator.tenancy)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -107,8 +110,13 @@ def bot_deployment(
     image: str,
     pull_policy: str,
     runtime_secret_name: str,
+    credentials_revision: str = "",
 ) -> dict[str, Any]:
-    """The Deployment running `clarion-bot` for one Telegram channel."""
+    """The Deployment running `clarion-bot` for one Telegram channel.
+
+    `credentials_revision` (in the pod template) changes when the namespace's credentials are rotated,
+    which rolls the bots onto pods that read the new runtime Secret.
+    """
     selector = bot_labels(channel)
     return {
         "apiVersion": "apps/v1",
@@ -119,7 +127,8 @@ def bot_deployment(
             "replicas": replicas,
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": {**selector, **MANAGED_BY}},
+                "metadata": {"labels": {**selector, **MANAGED_BY},
+                             "annotations": {CREDENTIALS_REVISION: credentials_revision}},
                 "spec": {
                     "securityContext": _pod_security(),
                     "containers": [{

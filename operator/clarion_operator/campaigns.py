@@ -29,7 +29,7 @@ from clarion.models import (
     changed_conditions,
 )
 
-from clarion_operator import builders, store
+from clarion_operator import builders, store, tenancy
 from clarion_operator.campaign_logic import (
     Action,
     Decision,
@@ -86,10 +86,7 @@ async def _create_job(run: _Pass, body: kopf.Body, row: CampaignRow) -> None:
     if run.token_ref is None:
         raise kopf.TemporaryError("the campaign's Telegram channel is gone; cannot start senders", delay=30)
     if campaign.namespace not in ctx.runtime_secret_namespaces:
-        database_url, redis_url = ctx.runtime_urls()
-        await ctx.kube.apply_secret(builders.runtime_secret(
-            campaign.namespace, ctx.settings.runtime_secret_name, database_url, redis_url))
-        ctx.runtime_secret_namespaces.add(campaign.namespace)
+        await tenancy.ensure_runtime_secret(ctx, campaign.namespace, run.db)
     job = builders.sender_job(
         namespace=campaign.namespace, campaign=campaign.name, run=row.run, campaign_id=row.id,
         shards=row.shards, token=run.token_ref, image=ctx.settings.image,
@@ -264,10 +261,12 @@ async def campaign_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
 
     A spec that no longer parses keeps the rows: deleting them is what retention has to ask for.
     """
+    ctx = context(memo)
     try:
         campaign = BroadcastCampaign.parse(body)
     except InvalidSpec as error:
-        await store.forget_campaign(context(memo).db, error.meta.uid, keep_deliveries=True)
+        await store.forget_campaign(ctx.db, error.meta.uid, keep_deliveries=True)
+        await tenancy.release_if_unused(ctx, error.meta.namespace)
         return
-    await store.forget_campaign(context(memo).db, campaign.uid,
-                                keep_deliveries=campaign.spec.retention.keep_deliveries)
+    await store.forget_campaign(ctx.db, campaign.uid, keep_deliveries=campaign.spec.retention.keep_deliveries)
+    await tenancy.release_if_unused(ctx, campaign.namespace)

@@ -31,7 +31,7 @@ from clarion.models import (
 )
 from clarion.telegram import botapi
 
-from clarion_operator import builders, credential_checks, store
+from clarion_operator import builders, credential_checks, store, tenancy
 from clarion_operator.channel_logic import (
     ChannelCheck,
     Verdict,
@@ -140,14 +140,12 @@ async def _check_webpush(ctx: Context, namespace: str, webpush: WebPushSettings)
 
 async def _ensure_bot(ctx: Context, channel: NotificationChannel, body: kopf.Body,
                       telegram: TelegramSettings) -> None:
-    database_url, redis_url = ctx.runtime_urls()
-    await ctx.kube.apply_secret(builders.runtime_secret(channel.namespace, ctx.settings.runtime_secret_name,
-                                                        database_url, redis_url))
-    ctx.runtime_secret_namespaces.add(channel.namespace)
+    credentials = await tenancy.ensure_runtime_secret(ctx, channel.namespace)
     deployment = builders.bot_deployment(
         namespace=channel.namespace, channel=channel.name, token=telegram.bot_token_secret_ref,
         replicas=telegram.bot.replicas, image=ctx.settings.image,
-        pull_policy=ctx.settings.image_pull_policy, runtime_secret_name=ctx.settings.runtime_secret_name)
+        pull_policy=ctx.settings.image_pull_policy, runtime_secret_name=ctx.settings.runtime_secret_name,
+        credentials_revision=credentials)
     kopf.append_owner_reference(deployment, owner=body)
     await ctx.kube.apply_deployment(deployment)
 
@@ -224,6 +222,7 @@ async def channel_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: 
         logger.warning("channel %s/%s deleted with an invalid spec; webhook left in place: %s",
                        error.meta.namespace, error.meta.name, error.message)
         await store.mark_channel_deleted(ctx.db, error.meta.namespace, error.meta.name, error.meta.uid)
+        await tenancy.release_if_unused(ctx, error.meta.namespace)
         return
     telegram = channel.spec.telegram
     if telegram is not None:
@@ -237,6 +236,7 @@ async def channel_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: 
             except (botapi.InvalidTokenFormat, botapi.BotApiError, *botapi.UNREACHABLE) as exc:
                 logger.warning("deleteWebhook for %s failed: %r", channel.key, exc)
     await store.mark_channel_deleted(ctx.db, channel.namespace, channel.name, channel.uid)
+    await tenancy.release_if_unused(ctx, channel.namespace)
 
 
 @kopf.on.event("", "v1", "secrets")  # type: ignore[arg-type]  # kopf's protocol has no index parameters

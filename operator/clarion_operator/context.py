@@ -32,7 +32,7 @@ class Context:
     checks apply it every time, so a deleted one comes back with the next check)."""
 
     def runtime_urls(self) -> tuple[str, str]:
-        """The database and Redis URLs written into the runtime Secret for pods."""
+        """Where pods reach Postgres and Redis; `tenancy` puts the namespace's credentials into them."""
         database = self.settings.runtime_database_url or self.settings.database_url.get_secret_value()
         redis_url = self.settings.runtime_redis_url or self.settings.redis_url.get_secret_value()
         return database, redis_url

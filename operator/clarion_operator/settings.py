@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from clarion.settings import CommonSettings
 from pydantic import Field
+
+TenantCredentials = Literal["per-namespace", "shared"]
 
 
 class OperatorSettings(CommonSettings):
@@ -22,11 +26,34 @@ class OperatorSettings(CommonSettings):
     )
     runtime_database_url: str | None = Field(
         default=None,
-        description="database-url written into the runtime Secret; default: the operator's own database_url.",
+        description="Where pods reach Postgres (its credentials are replaced by the namespace's unless "
+                    "tenant_database_credentials is shared); default: the operator's own database_url.",
     )
     runtime_redis_url: str | None = Field(
         default=None,
-        description="redis-url written into the runtime Secret; default: the operator's own redis_url.",
+        description="Where pods reach Redis (credentials replaced likewise); default: the operator's own.",
+    )
+    tenant_database_credentials: TenantCredentials = Field(
+        default="per-namespace",
+        description="per-namespace: a Postgres role per namespace, row-level security on its rows (needs "
+                    "CREATEROLE); shared: pods get runtime_database_url as it is (no isolation in Postgres).",
+    )
+    tenant_redis_credentials: TenantCredentials = Field(
+        default="per-namespace",
+        description="per-namespace: a Redis ACL user per namespace limited to its keys (needs ACL SETUSER); "
+                    "shared: pods get runtime_redis_url as it is.",
+    )
+    credential_rotation_hours: float = Field(
+        default=720.0, ge=0, le=87600,
+        description="Age at which a namespace's credentials are replaced; 0: only when the Secret is lost.",
+    )
+    credential_grace_minutes: float = Field(
+        default=1440.0, ge=0, le=43200,
+        description="How long the previous credentials keep working after a rotation (for older pods).",
+    )
+    tenancy_sweep_seconds: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="Seconds between passes that retire, rotate and delete namespace credentials.",
     )
     namespaces: str = Field(
         default="",

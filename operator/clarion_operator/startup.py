@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -12,6 +13,7 @@ from clarion.db import apply_migrations, create_pool
 from clarion.metrics import serve_metrics
 from clarion.redis import create_redis
 
+from clarion_operator import tenancy
 from clarion_operator.context import Context, context
 from clarion_operator.k8s import Kube, load_client
 from clarion_operator.settings import OperatorSettings
@@ -43,6 +45,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     serve_metrics(config.metrics_port)
     memo.ctx = Context(settings=config, db=db, redis=create_redis(config.redis_url), kube=Kube(load_client()),
                        reconciling=asyncio.Semaphore(config.max_concurrent_reconciles))
+    await tenancy.prepare_database(memo.ctx, logger)
+    memo.tenancy_sweeper = tenancy.start_sweeper(memo.ctx)
 
 
 @kopf.on.login()
@@ -81,6 +85,11 @@ async def close(memo: Any, **_: Any) -> None:
     ctx: Context | None = memo.get("ctx")
     if ctx is None:
         return
+    sweeper: asyncio.Task[None] | None = memo.get("tenancy_sweeper")
+    if sweeper is not None:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
     await ctx.db.close()
     await ctx.redis.aclose()
     ctx.kube.close()
