@@ -75,3 +75,21 @@ def test_runtime_and_webhook_secrets_carry_their_keys() -> None:
     hook = builders.webhook_secret("ns", "shop", "t0k")
     assert hook["metadata"]["name"] == "shop-webhook-secret"
     assert hook["stringData"] == {"token": "t0k"}
+
+
+def test_bot_pods_carry_the_credentials_revision_so_a_rotation_rolls_them_onto_the_new_secret() -> None:
+    def pod_annotations(revision: str) -> dict[str, str]:
+        dep = builders.bot_deployment(namespace="ns", channel="shop",
+                                      token=SecretKeyRef(name="bot", key="tok"), replicas=1, image="img:1",
+                                      pull_policy="IfNotPresent",
+                                      runtime_secret_name="clarion-runtime", credentials_revision=revision)
+        container = dep["spec"]["template"]["spec"]["containers"][0]
+        assert _env(container)["CLARION_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+            "name": "clarion-runtime", "key": "database-url"}
+        assert _env(container)["CLARION_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
+            "name": "clarion-runtime", "key": "redis-url"}
+        annotations: dict[str, str] = dep["spec"]["template"]["metadata"]["annotations"]
+        return annotations
+
+    assert pod_annotations("r1") == {builders.CREDENTIALS_REVISION: "r1"}
+    assert pod_annotations("r1") != pod_annotations("r2")
