@@ -21,20 +21,12 @@ import asyncio
 import enum
 import random
 from dataclasses import dataclass
-
-from aiogram.exceptions import (
-    ClientDecodeError,
-    TelegramAPIError,
-    TelegramEntityTooLarge,
-    TelegramForbiddenError,
-    TelegramMigrateToChat,
-    TelegramNetworkError,
-    TelegramRetryAfter,
-    TelegramServerError,
-    TelegramUnauthorizedError,
-)
+from typing import TYPE_CHECKING
 
 from clarion.telegram.botapi import UNREACHABLE, BotApiError
+
+if TYPE_CHECKING:  # the sender never imports aiogram: its import costs seconds of CPU per pod
+    from aiogram.exceptions import ClientDecodeError, TelegramAPIError
 
 MAX_ERROR_LENGTH = 500
 
@@ -94,6 +86,17 @@ def classify(exc: BaseException) -> Classified:
 
 def classify_aiogram(exc: TelegramAPIError | ClientDecodeError) -> Classified:
     """The same outcomes for a failure of an aiogram `Bot` call (the bot's replies)."""
+    from aiogram.exceptions import (
+        ClientDecodeError,
+        TelegramEntityTooLarge,
+        TelegramForbiddenError,
+        TelegramMigrateToChat,
+        TelegramNetworkError,
+        TelegramRetryAfter,
+        TelegramServerError,
+        TelegramUnauthorizedError,
+    )
+
     error = str(exc.message)[:MAX_ERROR_LENGTH]
     if isinstance(exc, TelegramRetryAfter):
         return Classified(Outcome.RATE_LIMITED, error, retry_after=float(exc.retry_after or 1))
