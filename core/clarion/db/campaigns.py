@@ -353,10 +353,13 @@ async def take_over(conn: Db, campaign_id: int, shard: int, claimed_by: str) -> 
 async def release_claims(conn: Db, campaign_id: int, claimed_by: str,
                          chat_ids: Sequence[int] | None = None) -> int:
     """Return to pending what `claimed_by` holds (all of it, or just `chat_ids`): unsent on pause or
-    stop."""
+    stop. When the campaign was cancelled, what is given back is cancelled instead: the sender may be
+    the last one to stop, and nothing would ever send or settle a pending row of a cancelled campaign."""
     status: str = await conn.execute(
         """UPDATE deliveries
-           SET status = 'pending', claimed_by = NULL, claimed_by_shard = NULL, claimed_until = NULL,
+           SET status = CASE WHEN (SELECT phase FROM campaigns WHERE id = $1) = 'Cancelled'
+                             THEN 'cancelled' ELSE 'pending' END,
+               claimed_by = NULL, claimed_by_shard = NULL, claimed_until = NULL,
                updated_at = now()
            WHERE campaign_id = $1 AND status = 'sending' AND claimed_by = $2
              AND ($3::bigint[] IS NULL OR chat_id = ANY($3::bigint[]))""",
