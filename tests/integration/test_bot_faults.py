@@ -159,7 +159,7 @@ async def test_telegram_5xx_is_retried_past_the_attempts_limit_and_answered_once
                     what="Bad Gateway answered more often than the attempts limit")
         assert emu.sent(info.token, USER) == []
         emu.faults.clear()
-        await until(lambda: len(emu.sent(info.token, USER)) == 2, what="both pongs")
+        await until(lambda: len(emu.sent(info.token, USER)) == 2, what="both pongs", timeout=90)
         await until(lambda: nothing_pending(redis, stream), what="both entries acknowledged")
     assert [m.text for m in emu.sent(info.token, USER)] == ["pong through", "pong after"]
     assert await redis.xlen(dead_letter_stream(stream)) == 0
