@@ -252,7 +252,9 @@ def up(argv: Sequence[str]) -> int:
               30, "telegram.log")
     _spawn("smtp", [_bin("clarion"), "dev", "smtp", "--port", str(SMTP_PORT)], common)
     _spawn("webhook", [_bin("clarion-webhook"), "--host", "127.0.0.1", "--port", str(WEBHOOK_PORT)], common)
-    _wait("the webhook", lambda: _http_ok(f"http://127.0.0.1:{WEBHOOK_PORT}/readyz"), 30, "webhook.log")
+    # /healthz, not /readyz: the webhook is ready once it has the channel table, which the operator
+    # (started next) creates with its migrations.
+    _wait("the webhook", lambda: _http_ok(f"http://127.0.0.1:{WEBHOOK_PORT}/healthz"), 30, "webhook.log")
     _spawn("operator", [_bin("clarion-operator")],
            {**common, "CLARION_IMAGE": "local", "CLARION_NAMESPACES": NAMESPACE,
             "CLARION_LIVENESS_ENDPOINT": f"http://127.0.0.1:{OPERATOR_HEALTH_PORT}/healthz"})
