@@ -1,8 +1,8 @@
 """What a SIGKILLed sender costs a broadcast: the same campaign (900 recipients at the real 30 msg/s
 limit, 2 shards, emulator with a 50 ms ±10 ms round trip) run twice, once undisturbed and once with
 the sender of shard 0 SIGKILLed `--kills` times `--interval` seconds apart, its replacement (a new
-pod name, as the Job controller would create) started at once. Claim leases keep their default
-(60 s), so a replacement that waited out its predecessor's lease would show.
+pod name, as the Job controller would create) started at once. Claim leases are 60 s (the default
+is 15 s), so a replacement that waited out its predecessor's lease would show.
 
 Broadcast time is the span from the first to the last message the emulator accepted plus one slot.
 The figure is (killed run - clean run) / kills, goal <= 3 s. "lost" counts recipients who got no
@@ -61,7 +61,8 @@ async def _sender(dsn: str, campaign_id: int, shard: int, pod: str) -> asyncio.s
         env={**os.environ, "CLARION_DATABASE_URL": dsn, "CLARION_REDIS_URL": REDIS_URL,
              "CLARION_BOT_TOKEN": TOKEN, "CLARION_CAMPAIGN_ID": str(campaign_id),
              "CLARION_LOG_LEVEL": "WARNING", "CLARION_LOG_FORMAT": "json",
-             "JOB_COMPLETION_INDEX": str(shard), "CLARION_POD_NAME": pod})
+             "JOB_COMPLETION_INDEX": str(shard), "CLARION_POD_NAME": pod,
+             "CLARION_CLAIM_LEASE_SECONDS": "60"})
 
 
 async def broadcast(label: str, emulator: EmulatorProcess, dsn: str, pool: asyncpg.Pool, messages: int,

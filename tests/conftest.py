@@ -21,6 +21,7 @@ pytest_plugins = [
     "clarion_dev.testing.smtp",
     "clarion_dev.testing.cluster",
     "clarion_dev.testing.operator",
+    "clarion_dev.testing.servers",
 ]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

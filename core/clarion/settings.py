@@ -29,3 +29,8 @@ class CommonSettings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1, le=500)
     metrics_port: int = Field(default=0, ge=0, le=65535,
                               description="Port of a standalone /metrics server; 0 disables it.")
+    outage_tolerance_seconds: float = Field(
+        default=300.0, gt=0, le=86400,
+        description="How long a process that holds work waits for Postgres or Redis to come back "
+                    "(retrying with backoff) before it gives up and exits non-zero.",
+    )

@@ -251,6 +251,10 @@ def campaign_conditions(decision: Decision, *, drift: bool, stopping: int = 0) -
     return conds
 
 
+#: A stalled campaign's rate decays towards 0; past this its ETA says nothing (and would overflow).
+MAX_ETA = timedelta(days=365)
+
+
 def campaign_status(old: BroadcastCampaignStatus, spec: BroadcastCampaignSpec, decision: Decision,
                     row: CampaignRow | None, counts: CampaignCounts, *, job_name: str | None, drift: bool,
                     rate: float, generation: int | None, now: datetime) -> BroadcastCampaignStatus:
@@ -265,7 +269,7 @@ def campaign_status(old: BroadcastCampaignStatus, spec: BroadcastCampaignSpec, d
         return status
     sending = decision.phase is Phase.SENDING
     eta = None
-    if sending and rate > 0 and counts.unsettled:
+    if sending and rate > 0 and counts.unsettled and counts.unsettled / rate <= MAX_ETA.total_seconds():
         eta = now + timedelta(seconds=counts.unsettled / rate)
     return status.model_copy(update={
         "total": counts.total, "sent": counts.sent, "failed": counts.failed, "blocked": counts.blocked,

@@ -55,6 +55,11 @@ class OperatorSettings(CommonSettings):
         default=60.0, gt=0, le=3600,
         description="Seconds between passes that retire, rotate and delete namespace credentials.",
     )
+    acl_check_seconds: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="Seconds between checks that Redis still has every namespace's ACL user (it loses "
+                    "them with its data); missing ones are defined again.",
+    )
     namespaces: str = Field(
         default="",
         max_length=4096,

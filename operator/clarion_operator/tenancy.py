@@ -12,6 +12,10 @@ No pod in a tenant namespace gets the operator's own credentials (docs/tenancy.m
 - `sweep` (every `tenancy_sweep_seconds`): retires previous credentials whose grace is over, rotates
   what is due, and deletes role, ACL user and mapping of namespaces without live Clarion resources
   (the delete handlers call `release_if_unused` at once, too).
+- `restore_lost_acl_users` (every `acl_check_seconds`): a Redis that lost its data (restarted without
+  persistence, failed over to an empty replica) lost the ACL users with it, and every tenant pod is
+  refused until they exist again; they are defined again from the `tenants` rows (which keep only
+  password hashes, all Redis needs), so running pods reconnect with the passwords they have.
 
 Every change of one namespace runs in a transaction holding its advisory lock (several operator
 processes, the sweep and the handlers serialise); the Secret is written inside it, so a Secret and a
@@ -132,13 +136,49 @@ async def sweep(ctx: Context) -> None:
                 await _converge(ctx, conn, tenant.namespace, current, refresh_acl=False)
 
 
+async def restore_lost_acl_users(ctx: Context) -> list[str]:
+    """Define again the ACL users Redis no longer has; return their namespaces."""
+    if not _per_namespace_redis(ctx):
+        return []
+    async with ctx.db.acquire() as conn:
+        tenants = await q.list_tenants(conn)
+    wanted = [t for t in tenants if t.redis_user is not None]
+    if not wanted:
+        return []
+    present = {u.decode() if isinstance(u, bytes) else u for u in await ctx.redis.acl_users()}
+    restored = []
+    for tenant in wanted:
+        if tenant.redis_user in present:
+            continue
+        async with ctx.db.acquire() as conn, conn.transaction():
+            await q.lock_namespace(conn, tenant.namespace)
+            current = await q.get_tenant(conn, tenant.namespace)
+            if current is not None:
+                await _apply_acl(ctx, conn, current)
+                restored.append(tenant.namespace)
+    if restored:
+        log.warning("tenant_acl_users_restored", namespaces=restored,
+                    reason="Redis no longer had them (it lost its data)")
+    return restored
+
+
 async def sweep_forever(ctx: Context) -> None:
-    """`sweep` every `tenancy_sweep_seconds`; a failed pass is logged and tried again next time."""
+    """`restore_lost_acl_users` every `acl_check_seconds` and `sweep` every `tenancy_sweep_seconds`;
+    a failed pass is logged and tried again next time."""
+    settings = ctx.settings
+    next_sweep = asyncio.get_running_loop().time() + settings.tenancy_sweep_seconds
     while True:
-        await asyncio.sleep(ctx.settings.tenancy_sweep_seconds)
+        await asyncio.sleep(min(settings.acl_check_seconds, settings.tenancy_sweep_seconds))
+        try:
+            await restore_lost_acl_users(ctx)
+        except Exception as exc:  # the loop must outlive any one failure (Redis or Postgres away)
+            log.warning("tenant_acl_check_failed", error=repr(exc))
+        if asyncio.get_running_loop().time() < next_sweep:
+            continue
+        next_sweep = asyncio.get_running_loop().time() + settings.tenancy_sweep_seconds
         try:
             await sweep(ctx)
-        except Exception as exc:  # the loop must outlive any one failure
+        except Exception as exc:
             log.warning("tenancy_sweep_failed", error=repr(exc))
 
 

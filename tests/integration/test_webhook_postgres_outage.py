@@ -33,7 +33,6 @@ from tests.integration.test_webhook_ingress import (
     metric_value,
 )
 
-pytest_plugins = ["clarion_dev.testing.servers"]
 pytestmark = pytest.mark.integration
 
 OUTAGE_SECONDS = 30

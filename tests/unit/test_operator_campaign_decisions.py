@@ -232,6 +232,12 @@ def test_rate_is_smoothed_and_eta_follows_it() -> None:
     assert (status.observed_generation, status.job_name, status.run) == (3, "c-r1", 1)
 
 
+def test_a_stalled_campaign_has_no_eta_rather_than_one_past_the_calendar() -> None:
+    sending = Decision(Phase.SENDING, Action.NONE, "Sending", "sending")  # type: ignore[arg-type]
+    status = _status(sending, Counts(total=3000, pending=2000, sent=1000), 1e-12)
+    assert status.eta is None and status.pending == 2000
+
+
 def test_rate_restarts_cleanly_after_a_retry_resets_counts() -> None:
     before = RateSample(NOW, 100, 10.0)
     after = next_rate(before, 80, NOW + timedelta(seconds=1))

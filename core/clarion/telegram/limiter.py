@@ -31,6 +31,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from clarion.models.channel import TelegramRateLimits
+from clarion.outages import redis_unavailable
 from clarion.streams import bot_pause_key, rate_key
 
 _RESERVE = """
@@ -66,6 +67,9 @@ if cap > 0 then
 end
 return out
 """
+
+_RESUBSCRIBE_FIRST = 0.2
+_RESUBSCRIBE_MAX = 5.0
 
 _PAUSE = """
 local ms = tonumber(ARGV[1])
@@ -151,9 +155,13 @@ class RateLimiter:
 
     async def start(self) -> None:
         """Listen for pauses other processes announce (call once, before sending)."""
+        await self._subscribe()
+        self._listener = asyncio.create_task(self._listen(), name="limiter-pause-listener")
+
+    async def _subscribe(self) -> None:
+        """Subscribe to the pause channel, then read the pause in force (announced before we listened)."""
         self._pubsub = self._redis.pubsub()
         await self._pubsub.subscribe(self._pause_key)
-        self._listener = asyncio.create_task(self._listen(), name="limiter-pause-listener")
         remaining = await self._redis.pttl(self._pause_key)
         if remaining > 0:
             self._note_pause(remaining / 1000.0)
@@ -169,10 +177,26 @@ class RateLimiter:
             self._pubsub = None
 
     async def _listen(self) -> None:
-        assert self._pubsub is not None
-        async for message in self._pubsub.listen():
-            if message.get("type") == "message":
-                self._note_pause(int(message["data"]) / 1000.0)
+        """Follow pause announcements; when Redis goes away, subscribe again once it is back."""
+        wait = _RESUBSCRIBE_FIRST
+        while True:
+            try:
+                if self._pubsub is None:
+                    await self._subscribe()
+                    wait = _RESUBSCRIBE_FIRST
+                assert self._pubsub is not None
+                async for message in self._pubsub.listen():
+                    if message.get("type") == "message":
+                        self._note_pause(int(message["data"]) / 1000.0)
+            except Exception as exc:
+                if not redis_unavailable(exc):
+                    raise
+                pubsub, self._pubsub = self._pubsub, None
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                await asyncio.sleep(wait)
+                wait = min(_RESUBSCRIBE_MAX, wait * 2)
 
     def _note_pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)

@@ -11,8 +11,8 @@ from aiogram.types import TelegramObject, User
 from clarion.db import subscribers
 from clarion.db.channels import ChannelRecord
 from clarion.logging import get_logger
+from clarion.outages import database_unavailable
 
-from clarion_bot.failures import database_unavailable
 from clarion_bot.i18n import Translator, pick_language
 
 log = get_logger("clarion.bot")

@@ -2,9 +2,7 @@
 
 - `WAIT` — 429 (`TelegramRetryAfter`; the session middleware already paused the bot in every pod):
   wait retry_after, run the handler again; not counted.
-- `OUTAGE` — Postgres unreachable: OS errors and timeouts (refused, reset, pool acquire or connect
-  timeout), asyncpg's connection errors (class 08: `ConnectionDoesNotExistError`, …),
-  `CannotConnectNowError`, `AdminShutdownError`, `CrashShutdownError`, `TooManyConnectionsError`;
+- `OUTAGE` — Postgres unreachable (`clarion.outages.database_unavailable`);
   Telegram 5xx, network errors, timeouts, undecodable answers; 401 (a revoked token: nothing can be
   answered until it is replaced). The entry stays pending and is tried again with backoff until it
   goes through; not counted toward any limit.
@@ -22,20 +20,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-import asyncpg
 from aiogram.exceptions import ClientDecodeError, TelegramAPIError
+from clarion.outages import database_unavailable
 from clarion.telegram.errors import Outcome, classify_aiogram
 
 MAX_ERROR_LENGTH = 1000
-
-_DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,  # ConnectionRefusedError, ConnectionResetError, TimeoutError (pool acquire, connect)
-    asyncpg.PostgresConnectionError,  # class 08: ConnectionDoesNotExistError, ConnectionFailureError, …
-    asyncpg.CannotConnectNowError,  # 57P03: starting up, shutting down, in recovery
-    asyncpg.AdminShutdownError,  # 57P01
-    asyncpg.CrashShutdownError,  # 57P02
-    asyncpg.TooManyConnectionsError,  # 53300
-)
 
 
 class Verdict(enum.Enum):
@@ -53,11 +42,6 @@ class Failure:
     reason: str
     error: str
     retry_after: float = 0.0
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """True when `exc` says Postgres could not be reached or dropped the connection."""
-    return isinstance(exc, _DATABASE_UNAVAILABLE)
 
 
 def judge(exc: BaseException) -> Failure:

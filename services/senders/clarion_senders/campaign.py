@@ -19,7 +19,12 @@ Pipeline (all in one event loop):
   100 ms. A delivery is `sent` only after Telegram answered ok.
 
 A 429 pauses the whole bot in Redis (every pod waits, reserved slots are dropped and asked for
-again), and the delivery goes back to the queue without counting an attempt. When the phase is no
+again), and the delivery goes back to the queue without counting an attempt.
+
+A Postgres or Redis outage (a restart, a failover, Redis losing its data and with it the namespace's
+ACL user until the operator restores it) stops no one: each database call and limiter call waits for
+its server (`clarion.outages.ride_out`, up to `outage_tolerance` seconds) and goes on. Requests in the
+air finish, and their results stay in memory until Postgres takes them. When the phase is no
 longer Sending, or on SIGTERM, the sender stops claiming, drops the slots it has not used yet,
 lets requests in the air finish, records them, and releases what it still holds back to pending.
 """
@@ -28,11 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -40,6 +48,7 @@ import structlog
 from clarion.db import campaigns as q
 from clarion.metrics import counter, gauge, histogram
 from clarion.models import Delivery, Message
+from clarion.outages import redis_unavailable, ride_out
 from clarion.streams import CAMPAIGN_DELIVERIES_STREAM, dead_letter_stream
 from clarion.telegram.botapi import BotApi
 from clarion.telegram.errors import Outcome, backoff_seconds, classify
@@ -67,6 +76,8 @@ DEAD_LETTER_MAXLEN = 100_000
 CHUNK_LINGER = 0.002
 MAX_FORFEITS = 3
 
+T = TypeVar("T")
+
 
 class FatalSendError(RuntimeError):
     """Sending cannot go on (the bot token is refused)."""
@@ -84,10 +95,12 @@ class SenderOptions:
     lease_seconds: float
     request_timeout: float
     late_slot_seconds: float
+    outage_tolerance: float = 300.0
 
     @classmethod
     def from_delivery(cls, delivery: Delivery, *, rate: float, concurrency: int = 0,
-                      lease_seconds: float = 60.0, request_timeout: float = 30.0) -> SenderOptions:
+                      lease_seconds: float = 15.0, request_timeout: float = 30.0,
+                      outage_tolerance: float = 300.0) -> SenderOptions:
         """`concurrency` 0: rate x 0.5 s, at least 4 and at most 2000 (covers round trips up to ~0.5 s)."""
         window = concurrency or min(2000, max(4, math.ceil(rate * 0.5)))
         # A send may lag its slot by the time Telegram's burst allowance (about 5 messages) covers;
@@ -102,6 +115,7 @@ class SenderOptions:
             lease_seconds=lease_seconds,
             request_timeout=request_timeout,
             late_slot_seconds=late,
+            outage_tolerance=outage_tolerance,
         )
 
 
@@ -214,30 +228,29 @@ class CampaignSender:
         """Send until done; return why it stopped: "settled", or the phase / signal that stopped it."""
         c = self.campaign
         structlog.contextvars.bind_contextvars(campaign=c.key, campaign_id=c.id, shard=self.shard)
-        async with self.pool.acquire() as conn:
-            taken_over = await q.take_over(conn, c.id, self.shard, self.worker)
-            counts = await q.shard_counts(conn, c.id, self.shard)
+        taken_over = await self._db("take_over",
+                                    lambda conn: q.take_over(conn, c.id, self.shard, self.worker))
+        counts = await self._db("shard_counts", lambda conn: q.shard_counts(conn, c.id, self.shard))
         self._shard_state.read(counts)
         log.info("sender.start", total=counts.total, pending=counts.pending, taken_over=taken_over,
                  concurrency=self.options.concurrency, paid=self.options.paid_broadcast)
         started, cpu = time.monotonic(), time.process_time()
         dispatcher = asyncio.create_task(self._dispatch(), name="dispatcher")
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
+        for task in (dispatcher, flusher):
+            task.add_done_callback(self._helper_ended)
         try:
             reason = await self._claim_loop()
         finally:
             self.stop(self._stop_reason or "error")
-            dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await dispatcher
+            await _finish(dispatcher)
             await self._drain()
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            await _finish(flusher)
             await self._flush()
-            async with self.pool.acquire() as conn:
-                released = await q.release_claims(conn, c.id, self.worker)
-                self._shard_state.read(await q.shard_counts(conn, c.id, self.shard))
+            released = await self._db("release_claims",
+                                      lambda conn: q.release_claims(conn, c.id, self.worker))
+            self._shard_state.read(await self._db("shard_counts",
+                                                  lambda conn: q.shard_counts(conn, c.id, self.shard)))
             self._publish_gauges()
             log.info("sender.stop", reason=self._stop_reason, released=released,
                      seconds=round(time.monotonic() - started, 3),
@@ -245,6 +258,24 @@ class CampaignSender:
         if self._fatal is not None:
             raise FatalSendError(str(self._fatal)) from self._fatal
         return reason
+
+    async def _db(self, what: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """`work` on a pooled connection, waiting out a Postgres outage (each call is idempotent)."""
+        async def once() -> T:
+            async with self.pool.acquire() as conn:
+                return await work(conn)
+
+        return await ride_out(what, once, tolerance=self.options.outage_tolerance)
+
+    def _helper_ended(self, task: asyncio.Task[None]) -> None:
+        """The dispatcher or the flusher must not die alone: the claim loop would wait for it forever."""
+        exc = None if task.cancelled() else task.exception()
+        if exc is None:
+            return
+        log.error("sender.task_failed", task=task.get_name(), error=repr(exc)[:500])
+        if self._fatal is None:
+            self._fatal = exc
+        self.stop("error")
 
     # --- claiming ---------------------------------------------------------------------------------
 
@@ -256,15 +287,14 @@ class CampaignSender:
             now = time.monotonic()
             if now - last_phase_check >= PHASE_CHECK_INTERVAL:
                 last_phase_check = now
-                async with self.pool.acquire() as conn:
-                    phase = await q.campaign_phase(conn, c.id)
+                phase = await self._db("campaign_phase", lambda conn: q.campaign_phase(conn, c.id))
                 if phase != "Sending":
                     self.stop(f"phase {phase}")
                     return self._stop_reason
             if now - last_lease >= opts.lease_seconds / 3:
                 last_lease = now
-                async with self.pool.acquire() as conn:
-                    await q.extend_claims(conn, c.id, self.worker, opts.lease_seconds)
+                await self._db("extend_claims",
+                               lambda conn: q.extend_claims(conn, c.id, self.worker, opts.lease_seconds))
             if len(self._queue) < opts.batch_size:
                 claimed = await self._claim()
                 if claimed:
@@ -276,13 +306,13 @@ class CampaignSender:
                     self._work.set()
                     continue
                 if self._held == 0 and not self._queue:
-                    async with self.pool.acquire() as conn:
-                        if await q.is_settled(conn, c.id):
-                            self.stop("settled")
-                            return "settled"
-                        if time.monotonic() - self._shard_state.read_at >= GAUGE_REFRESH:
-                            self._shard_state.read(await q.shard_counts(conn, c.id, self.shard))
-                        due = await q.next_attempt_at(conn, c.id)
+                    if await self._db("is_settled", lambda conn: q.is_settled(conn, c.id)):
+                        self.stop("settled")
+                        return "settled"
+                    if time.monotonic() - self._shard_state.read_at >= GAUGE_REFRESH:
+                        self._shard_state.read(await self._db(
+                            "shard_counts", lambda conn: q.shard_counts(conn, c.id, self.shard)))
+                    due = await self._db("next_attempt_at", lambda conn: q.next_attempt_at(conn, c.id))
                     pause = IDLE_POLL
                     if due is not None:
                         pause = min(IDLE_POLL, max(0.0, (due - datetime.now(UTC)).total_seconds()))
@@ -299,7 +329,8 @@ class CampaignSender:
     async def _claim(self) -> list[q.Claimed]:
         """Due rows of our shard; when it has none, of the others (after returning lapsed claims)."""
         c, opts = self.campaign, self.options
-        async with self.pool.acquire() as conn:
+
+        async def claim(conn: asyncpg.Connection) -> list[q.Claimed]:
             await q.release_expired(conn, c.id, self.shard)
             claimed = await q.claim(conn, c.id, self.shard, opts.batch_size, self.worker, opts.lease_seconds)
             if claimed:
@@ -307,6 +338,8 @@ class CampaignSender:
             await q.release_expired(conn, c.id)
             return await q.claim(conn, c.id, self.shard, opts.batch_size, self.worker, opts.lease_seconds,
                                  other_shards=True)
+
+        return await self._db("claim", claim)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early when a stop is requested."""
@@ -336,8 +369,9 @@ class CampaignSender:
             if len(self._queue) < self.options.batch_size:
                 self._need.set()
             try:
-                grants = await self.limiter.reserve([i.target for i in batch],
-                                                    paid=self.options.paid_broadcast)
+                grants = await ride_out("limiter.reserve", functools.partial(
+                    self.limiter.reserve, [i.target for i in batch], paid=self.options.paid_broadcast),
+                    tolerance=self.options.outage_tolerance)
             except BaseException:
                 self._queue.extendleft(reversed(batch))
                 self._room.release(len(batch))
@@ -406,7 +440,12 @@ class CampaignSender:
         if outcome is Outcome.RATE_LIMITED:
             self._messages["rate_limited"].inc()
             log.warning("sender.rate_limited", retry_after=found.retry_after)
-            await self.limiter.pause(found.retry_after)
+            try:
+                await self.limiter.pause(found.retry_after)
+            except Exception as pause_error:  # this process pauses anyway; the others see their own 429
+                if not redis_unavailable(pause_error):
+                    raise
+                log.warning("sender.pause_not_shared", error=repr(pause_error)[:300])
             self._requeue(item)
             return
         first_move = item.target == item.chat_id
@@ -465,25 +504,36 @@ class CampaignSender:
         results, self._results = self._results, q.Results()
         dead, self._dead = self._dead, []
         if len(results) or results.migrated:
+            c = self.campaign
             try:
-                async with self.pool.acquire() as conn:
-                    await q.record_results(conn, self.campaign.id, self.campaign.channel_id, self.worker,
-                                           results)
+                await self._db("record_results",
+                               lambda conn: q.record_results(conn, c.id, c.channel_id, self.worker, results))
             except BaseException:
                 self._results = _merge(results, self._results)
                 self._dead = dead + self._dead
                 raise
         if dead:
-            stream = dead_letter_stream(CAMPAIGN_DELIVERIES_STREAM)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for entry in dead:
-                    pipe.xadd(stream, entry, maxlen=DEAD_LETTER_MAXLEN, approximate=True)  # type: ignore[arg-type]
-                await pipe.execute()
+            await ride_out("dead_letters", functools.partial(self._dead_letter, dead),
+                           tolerance=self.options.outage_tolerance)
         self._publish_gauges()
+
+    async def _dead_letter(self, dead: list[dict[str, str]]) -> None:
+        stream = dead_letter_stream(CAMPAIGN_DELIVERIES_STREAM)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry in dead:
+                pipe.xadd(stream, entry, maxlen=DEAD_LETTER_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            await pipe.execute()
 
     def _publish_gauges(self) -> None:
         for status, n in self._shard_state.by_status.items():
             DELIVERIES.labels(self.campaign.key, status).set(n)
+
+
+async def _finish(task: asyncio.Task[None]) -> None:
+    """Cancel a helper task and wait for it; its failure was already taken by `_helper_ended`."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 def _merge(first: q.Results, second: q.Results) -> q.Results:

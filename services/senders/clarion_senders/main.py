@@ -22,6 +22,7 @@ from clarion.logging import configure_logging, get_logger
 from clarion.metrics import serve_metrics
 from clarion.models import PUBLIC_BOT_API, BroadcastCampaignSpec
 from clarion.models.objects import describe
+from clarion.outages import ride_out
 from clarion.redis import create_redis
 from clarion.telegram.botapi import BotApi, InvalidTokenFormat
 from clarion.telegram.limiter import RateLimiter, RateLimits
@@ -85,11 +86,20 @@ async def run_campaign(settings: SenderSettings) -> int:
         log.error("sender.config", error="CLARION_BOT_TOKEN is not set")
         return 1
     token = settings.bot_token.get_secret_value()
-    pool = await create_pool(settings.database_url, min_size=1, max_size=max(2, min(settings.db_pool_max, 4)))
+    tolerance = settings.outage_tolerance_seconds
+    campaign_id = settings.campaign_id
+    # A pod started during a Postgres or Redis outage (a replacement, or a Job created just before)
+    # waits for it instead of failing, which would spend the Job's backoffLimit.
+    pool_size = max(2, min(settings.db_pool_max, 4))
+    pool = await ride_out("connect", lambda: create_pool(settings.database_url, min_size=1,
+                                                         max_size=pool_size), tolerance=tolerance)
     redis = create_redis(settings.redis_url)
     try:
-        async with pool.acquire() as conn:
-            loaded = await q.load_campaign(conn, settings.campaign_id)
+        async def load() -> tuple[q.CampaignRow, q.SendingChannel] | None:
+            async with pool.acquire() as conn:
+                return await q.load_campaign(conn, campaign_id)
+
+        loaded = await ride_out("load_campaign", load, tolerance=tolerance)
         if loaded is None:
             log.error("sender.config", error=f"campaign {settings.campaign_id} does not exist")
             return 1
@@ -115,6 +125,7 @@ async def run_campaign(settings: SenderSettings) -> int:
         options = SenderOptions.from_delivery(
             delivery, rate=cap_rate or bot_rate, concurrency=settings.sender_concurrency,
             lease_seconds=settings.claim_lease_seconds, request_timeout=settings.request_timeout_seconds,
+            outage_tolerance=tolerance,
         )
         bot_id = channel.bot_id or int(token.split(":", 1)[0])
         limiter = RateLimiter(redis, bot_id, limits, margin=settings.limiter_margin,
@@ -128,7 +139,7 @@ async def run_campaign(settings: SenderSettings) -> int:
             log.error("sender.config", error=f"CLARION_BOT_TOKEN: {exc}")
             return 1
         serve_metrics(settings.metrics_port)
-        await limiter.start()
+        await ride_out("limiter.start", limiter.start, tolerance=tolerance)
         sender = CampaignSender(pool=pool, redis=redis, api=api, campaign=campaign, channel=channel,
                                 message=spec.message, shard=settings.shard, worker=settings.pod_name,
                                 limiter=limiter, options=options)

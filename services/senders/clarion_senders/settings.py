@@ -31,8 +31,9 @@ class SenderSettings(CommonSettings):
         description="Sends reserved or in flight at once; 0: sized from the rate (rate x 0.5 s, at least 4).",
     )
     claim_lease_seconds: float = Field(
-        default=60.0, gt=0, le=3600,
-        description="How long a claim lasts without renewal (a dead pod's deliveries come back after it).",
+        default=15.0, gt=0, le=3600,
+        description="How long a claim lasts without renewal (renewed every third of it): a dead pod's "
+                    "deliveries go to the other senders after it, if its replacement has not come first.",
     )
     limiter_margin: float = Field(
         default=0.01, ge=0, lt=0.5,

@@ -1,0 +1,59 @@
+"""`clarion.outages`: which errors are waited out, and for how long."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+import redis.exceptions as redis_errors
+from clarion.outages import database_unavailable, redis_unavailable, ride_out
+
+pytestmark = pytest.mark.unit
+
+
+def test_connection_level_errors_are_outages_and_query_errors_are_not() -> None:
+    assert database_unavailable(ConnectionRefusedError())
+    assert database_unavailable(asyncpg.CannotConnectNowError("the database system is starting up"))
+    assert database_unavailable(asyncpg.InterfaceError("connection is closed"))
+    assert not database_unavailable(asyncpg.InterfaceError("cannot perform operation: another operation"))
+    assert not database_unavailable(asyncpg.UniqueViolationError("duplicate key"))
+    assert redis_unavailable(redis_errors.AuthenticationError("WRONGPASS"))
+    assert redis_unavailable(redis_errors.BusyLoadingError("LOADING"))
+    assert not redis_unavailable(redis_errors.ResponseError("WRONGTYPE"))
+
+
+async def test_an_outage_is_waited_out_and_the_call_goes_on() -> None:
+    failures = [ConnectionResetError(), redis_errors.ConnectionError("refused")]
+
+    async def call() -> str:
+        if failures:
+            raise failures.pop()
+        return "done"
+
+    assert await ride_out("test", call, tolerance=10, first_wait=0.01, max_wait=0.02) == "done"
+    assert failures == []
+
+
+async def test_other_errors_are_raised_at_once() -> None:
+    calls = 0
+
+    async def call() -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        await ride_out("test", call, tolerance=10, first_wait=0.01)
+    assert calls == 1
+
+
+async def test_an_outage_longer_than_the_tolerance_raises_the_last_error() -> None:
+    calls = 0
+
+    async def call() -> None:
+        nonlocal calls
+        calls += 1
+        raise asyncpg.CannotConnectNowError("starting up")
+
+    with pytest.raises(asyncpg.CannotConnectNowError):
+        await ride_out("test", call, tolerance=0.2, first_wait=0.01, max_wait=0.02)
+    assert calls > 1
