@@ -2,7 +2,9 @@
 
 - `tg:updates:{channel}:{partition}`: Telegram updates of one channel, partitioned by chat id so one
   chat's updates stay in order; read by the bot through the consumer group `bot`.
-- `notify:{class}`: notification ids (the outbox rows live in Postgres); read by workers.
+- `notify:{channel}:{lane}`: notification ids of one channel's lane (`instant`, `bulk`; the outbox rows
+  live in Postgres); read by the channel's workers through the consumer group `workers`.
+- `notify:{channel}:status`: every final outcome of the channel's notifications (`NotificationEvent`).
 - `groups:maintenance`: ManagedGroup timer work.
 - `<stream>:dead`: dead letters of any stream (`campaign:deliveries:dead`: campaign deliveries that
   exhausted their attempts; the rows stay in Postgres as `failed`).
@@ -50,8 +52,17 @@ def bot_replicas_key(channel: str) -> str:
     return f"tg:replicas:{channel}"
 
 
-def notify_stream(klass: str) -> str:
-    return f"notify:{klass}"
+LANES = ("instant", "bulk")
+
+
+def notify_stream(channel: str, lane: str) -> str:
+    """Work queue of one lane of one channel (`channel` is the channel key `<namespace>.<name>`)."""
+    return f"notify:{channel}:{lane}"
+
+
+def notification_status_stream(channel: str) -> str:
+    """Final outcomes of one channel's notifications, for whoever follows them (the bot, the Mini App)."""
+    return f"notify:{channel}:status"
 
 
 def dead_letter_stream(stream: str) -> str:
@@ -70,6 +81,11 @@ def bot_pause_key(bot_id: int) -> str:
 
 def rate_key(bot_id: int, scope: str) -> str:
     return f"tg:rl:{bot_id}:{scope}"
+
+
+def api_key_rate_key(key_id: int) -> str:
+    """The shared rate limit (clarion.ratelimit) of one API key row, the same in every webhook replica."""
+    return f"api:rl:{key_id}"
 
 
 class UpdateEnvelope(BaseModel):
@@ -110,7 +126,7 @@ class NotificationTask(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    notification_id: int
+    notification_id: str = Field(max_length=36)
     trace_id: str = Field(max_length=64)
 
     def to_fields(self) -> dict[str, bytes]:
@@ -118,4 +134,26 @@ class NotificationTask(BaseModel):
 
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> NotificationTask:
+        return cls.model_validate_json(fields[b"e"])
+
+
+class NotificationEvent(BaseModel):
+    """A notification's final outcome (sent, failed, blocked), published after Postgres has it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    notification_id: str = Field(max_length=36)
+    status: str = Field(max_length=16)
+    channel: str = Field(max_length=320)
+    reference: str | None = Field(default=None, max_length=256)
+    error: str | None = Field(default=None, max_length=1000)
+    provider_message_id: str | None = Field(default=None, max_length=998)
+    attempts: int
+    trace_id: str = Field(max_length=64)
+
+    def to_fields(self) -> dict[str, bytes]:
+        return {"e": self.model_dump_json().encode()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> NotificationEvent:
         return cls.model_validate_json(fields[b"e"])

@@ -10,7 +10,9 @@ namespace and its bots' ids; a channel key is `<namespace>.<name>` and a namespa
 - `~fsm:<ns>.*`: aiogram's FSM storage, `DefaultKeyBuilder(prefix="fsm:<channel>")` (bot);
 - `~tg:rl:<bot>:*`, `~tg:pause:<bot>`, `&tg:pause:<bot>`: the shared rate limiter of each of the
   namespace's bots and its pause channel (bot, sender);
-- `%W~campaign:deliveries:dead`: campaign dead letters, write only: XADD, never read (sender).
+- `%W~campaign:deliveries:dead`: campaign dead letters, write only: XADD, never read (sender);
+- `~notify:<ns>.*`: the namespace's notification lane streams, their dead letters and status streams
+  (worker: XREADGROUP, XACK, XAUTOCLAIM, XADD of replayed entries, dead letters and status events).
 
 Commands are an explicit list (`TENANT_COMMANDS`), not categories: no SCAN/KEYS (key names of every
 tenant), no FLUSH*, CONFIG, ACL, CLIENT LIST/KILL, MONITOR, SCRIPT FLUSH/KILL, FUNCTION, DEBUG. Keys a
@@ -30,6 +32,7 @@ from clarion.streams import (
     bot_pause_key,
     bot_replicas_key,
     dead_letter_stream,
+    notify_stream,
     partition_lease_key,
     rate_key,
     updates_stream,
@@ -82,6 +85,7 @@ def key_patterns(namespace: str, bot_ids: Iterable[int]) -> list[str]:
         "~" + _prefix_pattern(updates_stream(channel, 0), marker),
         "~" + _prefix_pattern(partition_lease_key(channel, 0), marker),
         "~" + _prefix_pattern(bot_replicas_key(channel), marker),
+        "~" + _prefix_pattern(notify_stream(channel, "instant"), marker),
         f"~fsm:{namespace}.*",
         "%W~" + dead_letter_stream(CAMPAIGN_DELIVERIES_STREAM),
     ]

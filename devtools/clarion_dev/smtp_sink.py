@@ -1,7 +1,9 @@
 """SMTP sink on aiosmtpd: captures mail for assertions, speaks STARTTLS / implicit TLS and AUTH,
-and injects faults (451 temporary, 550 permanent, disconnect during DATA, slow replies).
+and injects faults (451 temporary, 550 permanent, disconnect during DATA, slow replies, chosen
+replies to chosen recipients, every open connection dropped at once). It counts the connections
+(sessions) clients opened.
 
-    clarion dev smtp --port 2525 [--starttls] [--implicit-tls] [--auth user:pass]...
+    clarion dev smtp --port 2525 [--starttls] [--implicit-tls] [--auth user:pass]... [--cert C --key K]
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ class _Handler:
                           rcpt_options: list[str]) -> str:
         if self.sink.faults.delay_s:
             await asyncio.sleep(self.sink.faults.delay_s)
+        reply = self.sink.recipient_replies.get(address.lower())
+        if reply is not None:
+            self.sink.rejected += 1
+            return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -118,17 +124,40 @@ class _Handler:
         return "250 Message accepted for delivery"
 
 
+class _Session(SMTP):
+    """aiosmtpd's protocol for one client connection, known to the sink while it is open."""
+
+    def __init__(self, sink: SmtpSink, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sink = sink
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self not in self.sink.open_sessions:  # STARTTLS calls this again for the same connection
+            self.sink.sessions_opened += 1
+            self.sink.open_sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.sink.open_sessions.discard(self)
+        super().connection_lost(error)
+
+
 class SmtpSink:
     """An SMTP server for tests and local runs. `port=0` picks a free port (see `.port`).
 
     starttls=True offers STARTTLS; implicit_tls=True wraps the whole connection in TLS. Without
     `tls_cert` (cert, key paths) a self-signed certificate for localhost is generated.
     require_auth=True refuses mail without AUTH PLAIN/LOGIN from `users` (535 on bad credentials).
+    `recipient_replies` maps a lower-case address to the reply its RCPT gets instead of 250
+    (`"550 5.1.1 Mailbox unavailable"`, `"452 4.2.2 Mailbox full"`); each such refusal counts in
+    `.rejected`. `.sessions_opened` counts the connections clients made, `.open_sessions` holds the
+    open ones, and `drop_connections()` aborts them all.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, tls_cert: tuple[Path, Path] | None = None,
                  require_auth: bool = False, users: dict[str, str] | None = None, *, starttls: bool = False,
-                 implicit_tls: bool = False, seed: int | None = None) -> None:
+                 implicit_tls: bool = False, seed: int | None = None,
+                 recipient_replies: dict[str, str] | None = None) -> None:
         if starttls and implicit_tls:
             raise ValueError("choose STARTTLS or implicit TLS, not both")
         self.host = host
@@ -142,6 +171,10 @@ class SmtpSink:
         self.rejected = 0
         self.on_message: Callable[[CapturedMessage], None] | None = None
         self.faults = SmtpFaults(seed=seed)
+        replies = recipient_replies or {}
+        self.recipient_replies = {address.lower(): reply for address, reply in replies.items()}
+        self.sessions_opened = 0
+        self.open_sessions: set[SMTP] = set()
         self._server: asyncio.Server | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -175,16 +208,26 @@ class SmtpSink:
         handler = _Handler(self)
 
         def factory() -> SMTP:
-            return SMTP(handler, hostname="localhost", loop=loop,
-                        tls_context=context if self.starttls else None,
-                        require_starttls=self.starttls and self.require_auth,
-                        auth_required=self.require_auth,
-                        auth_require_tls=self.starttls,
-                        authenticator=self._authenticate)
+            return _Session(self, handler, hostname="localhost", loop=loop,
+                            tls_context=context if self.starttls else None,
+                            require_starttls=self.starttls and self.require_auth,
+                            auth_required=self.require_auth,
+                            auth_require_tls=self.starttls,
+                            authenticator=self._authenticate)
 
         self._server = await loop.create_server(factory, self.host, self.port,
                                                 ssl=context if self.implicit_tls else None)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    def drop_connections(self) -> int:
+        """Abort every open connection (as a server that restarts or drops idle clients does); returns
+        how many. The sessions leave `.open_sessions` once the loop has processed the close."""
+        dropped = 0
+        for session in list(self.open_sessions):
+            if isinstance(session.transport, asyncio.WriteTransport):
+                session.transport.abort()
+                dropped += 1
+        return dropped
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -206,14 +249,17 @@ def _parser() -> argparse.ArgumentParser:
     tls.add_argument("--implicit-tls", action="store_true")
     parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
                         help="accept these credentials and require AUTH (repeatable)")
+    parser.add_argument("--cert", type=Path, help="TLS certificate (PEM) to serve instead of a generated one")
+    parser.add_argument("--key", type=Path, help="the certificate's private key (PEM), with --cert")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
 
 async def _run(args: argparse.Namespace, users: dict[str, str]) -> None:
     log = get_logger("clarion_dev.smtp")
-    sink = SmtpSink(args.host, args.port, require_auth=bool(users), users=users, starttls=args.starttls,
-                    implicit_tls=args.implicit_tls)
+    tls_cert = (args.cert, args.key) if args.cert is not None else None
+    sink = SmtpSink(args.host, args.port, tls_cert=tls_cert, require_auth=bool(users), users=users,
+                    starttls=args.starttls, implicit_tls=args.implicit_tls)
     sink.on_message = lambda captured: log.info(
         "mail captured", mail_from=captured.mail_from, rcpt=len(captured.rcpt_tos),
         subject=str(captured.message.get("Subject", ""))[:80], bytes=len(captured.raw))
@@ -234,6 +280,9 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    if (args.cert is None) != (args.key is None):
+        get_logger("clarion_dev.smtp").error("--cert and --key go together")
+        return 2
     users: dict[str, str] = {}
     for pair in args.auth:
         user, sep, password = pair.partition(":")

@@ -35,6 +35,10 @@ def bot_deployment_name(channel: str) -> str:
     return bounded_name(channel, "-bot")
 
 
+def worker_deployment_name(channel: str) -> str:
+    return bounded_name(channel, "-workers")
+
+
 def webhook_secret_name(channel: str) -> str:
     return bounded_name(channel, "-webhook-secret", limit=253)
 
@@ -142,6 +146,73 @@ def bot_deployment(
                             {"name": "CLARION_POD_NAME",
                              "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                         ],
+                        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
+                                      "limits": {"memory": "384Mi"}},
+                        "securityContext": _container_security(),
+                    }],
+                },
+            },
+        },
+    }
+
+
+def worker_labels(channel: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "clarion", "app.kubernetes.io/component": "worker",
+            "clarion.io/channel": channel}
+
+
+#: Container port of `/metrics` in the pods the operator creates, named `metrics` (the chart's PodMonitor).
+METRICS_PORT = 9090
+
+
+def worker_deployment(
+    *,
+    namespace: str,
+    channel: str,
+    secrets: dict[str, SecretKeyRef],
+    replicas: int,
+    concurrency: int,
+    image: str,
+    pull_policy: str,
+    runtime_secret_name: str,
+    credentials_revision: str = "",
+) -> dict[str, Any]:
+    """The Deployment running `clarion-worker` for one channel: both lanes of its notifications.
+
+    `secrets` maps environment variables to the channel's Secret keys (CLARION_BOT_TOKEN for Telegram,
+    CLARION_SMTP_USERNAME and CLARION_SMTP_PASSWORD for email with AUTH). Pods run under the
+    namespace's own credentials (the runtime Secret) and roll with them like the bots.
+    """
+    selector = worker_labels(channel)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": worker_deployment_name(channel), "namespace": namespace,
+                     "labels": {**selector, **MANAGED_BY}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": {**selector, **MANAGED_BY},
+                             "annotations": {CREDENTIALS_REVISION: credentials_revision}},
+                "spec": {
+                    "securityContext": _pod_security(),
+                    # A worker finishes and records the sends in flight before it exits.
+                    "terminationGracePeriodSeconds": 60,
+                    "containers": [{
+                        "name": "worker",
+                        "image": image,
+                        "imagePullPolicy": pull_policy,
+                        "command": ["clarion-worker", "--channel", channel_key(namespace, channel)],
+                        "env": [
+                            *(_secret_env(var, ref.name, ref.key) for var, ref in sorted(secrets.items())),
+                            *_runtime_env(runtime_secret_name),
+                            {"name": "CLARION_POD_NAME",
+                             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "CLARION_WORKER_CONCURRENCY", "value": str(concurrency)},
+                            {"name": "CLARION_METRICS_PORT", "value": str(METRICS_PORT)},
+                        ],
+                        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
                         "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
                                       "limits": {"memory": "384Mi"}},
                         "securityContext": _container_security(),

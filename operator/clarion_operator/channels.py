@@ -150,6 +150,25 @@ async def _ensure_bot(ctx: Context, channel: NotificationChannel, body: kopf.Bod
     await ctx.kube.apply_deployment(deployment)
 
 
+async def _ensure_workers(ctx: Context, channel: NotificationChannel, body: kopf.Body) -> None:
+    """The channel's notification worker Deployment (docs/notifications.md, ADR 0006)."""
+    spec = channel.spec
+    secrets: dict[str, SecretKeyRef] = {}
+    if spec.telegram is not None:
+        secrets["CLARION_BOT_TOKEN"] = spec.telegram.bot_token_secret_ref
+    if spec.email is not None and spec.email.username_secret_ref and spec.email.password_secret_ref:
+        secrets["CLARION_SMTP_USERNAME"] = spec.email.username_secret_ref
+        secrets["CLARION_SMTP_PASSWORD"] = spec.email.password_secret_ref
+    credentials = await tenancy.ensure_runtime_secret(ctx, channel.namespace)
+    deployment = builders.worker_deployment(
+        namespace=channel.namespace, channel=channel.name, secrets=secrets, replicas=spec.workers.replicas,
+        concurrency=spec.workers.concurrency, image=ctx.settings.image,
+        pull_policy=ctx.settings.image_pull_policy, runtime_secret_name=ctx.settings.runtime_secret_name,
+        credentials_revision=credentials)
+    kopf.append_owner_reference(deployment, owner=body)
+    await ctx.kube.apply_deployment(deployment)
+
+
 async def reconcile_channel(channel: NotificationChannel, body: kopf.Body, memo: Any, patch: kopf.Patch,
                             logger: kopf.Logger, *, register: bool) -> None:
     """Check the channel, store the result in Postgres and status, run its bot when it can."""
@@ -169,6 +188,8 @@ async def reconcile_channel(channel: NotificationChannel, body: kopf.Body, memo:
         webhook_secret_sha256=checked.webhook_secret_sha256, config=stored_config(section), ready=check.ready)
     if spec.telegram is not None and check.credentials.status == "True":
         await _ensure_bot(ctx, channel, body, spec.telegram)
+    if spec.type in ("telegram", "email") and check.credentials.status == "True":
+        await _ensure_workers(ctx, channel, body)
     fresh = channel_conditions(check)
     status = channel_status(channel.status, check, fresh, telegram=spec.telegram is not None,
                             webhook_secret_name=checked.webhook_secret_name, generation=channel.generation,

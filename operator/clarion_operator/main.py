@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import clarion_operator.channels
     import clarion_operator.indexes
     import clarion_operator.startup  # noqa: F401  (handlers register on import)
-    from clarion_operator import campaigns
+    from clarion_operator import api_keys, campaigns  # noqa: F401  (api_keys after startup: it uses its pools)
 
     campaigns.register(settings)
 

@@ -93,8 +93,9 @@ def campaigns(k8s: KubeApis, kube_namespace: str, operator: Operator, tmp_path: 
 
 async def make_channel(k8s: KubeApis, namespace: str, emulator: Emulator, operator: Operator,
                        db: asyncpg.Pool, *, name: str = "news", global_per_second: int = 30,
-                       paid_per_second: int = 1000) -> Channel:
-    """A Secret with a fresh emulator bot's token and a Telegram channel (no bot pods); waits for Ready."""
+                       paid_per_second: int = 1000, workers: int = 0) -> Channel:
+    """A Secret with a fresh emulator bot's token and a Telegram channel (no bot pods, and `workers`
+    notification worker pods); waits for Ready."""
     bot = emulator.add_bot(username=f"{name}_bot")
     core: Any = k8s.core
     core.create_namespaced_secret(namespace, {
@@ -107,7 +108,7 @@ async def make_channel(k8s: KubeApis, namespace: str, emulator: Emulator, operat
             "apiBaseUrl": emulator.base_url,
             "rateLimits": {"globalPerSecond": global_per_second, "paidBroadcastPerSecond": paid_per_second},
             "bot": {"replicas": 0},
-        }},
+        }, "workers": {"replicas": workers}},
     })
 
     async def ready() -> Any:

@@ -7,10 +7,11 @@ import os
 import signal
 import sys
 from email.message import EmailMessage
+from pathlib import Path
 
 import aiosmtplib
 import pytest
-from clarion_dev.smtp_sink import SmtpSink
+from clarion_dev.smtp_sink import SmtpSink, self_signed_cert
 
 pytestmark = pytest.mark.integration
 
@@ -121,6 +122,65 @@ async def test_clarion_dev_smtp_runs_until_sigterm(unused_tcp_port: int) -> None
         line = await asyncio.wait_for(proc.stderr.readline(), 20)
         assert b"smtp sink listening" in line
         await aiosmtplib.send(_mail(), hostname="127.0.0.1", port=unused_tcp_port, start_tls=False)
+        captured = await asyncio.wait_for(proc.stderr.readline(), 20)
+        assert b"mail captured" in captured, captured
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.smtp_sink(recipient_replies={"Gone@Example.org": "550 5.1.1 Mailbox unavailable",
+                                          "full@example.org": "452 4.2.2 Mailbox full"})
+async def test_chosen_recipients_get_the_chosen_reply(smtp_sink: SmtpSink) -> None:
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as gone:
+        await aiosmtplib.send(_mail(to="gone@example.org"), hostname="127.0.0.1", port=smtp_sink.port,
+                              start_tls=False)
+    assert [(r.code, r.message) for r in gone.value.recipients] == [(550, "5.1.1 Mailbox unavailable")]
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as full:
+        await aiosmtplib.send(_mail(to="full@example.org"), hostname="127.0.0.1", port=smtp_sink.port,
+                              start_tls=False)
+    assert [r.code for r in full.value.recipients] == [452]
+    await aiosmtplib.send(_mail(), hostname="127.0.0.1", port=smtp_sink.port, start_tls=False)
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [["reader@example.org"]]
+    assert smtp_sink.rejected == 2
+
+
+@pytest.mark.smtp_sink(starttls=True)
+async def test_sessions_are_counted_once_each_and_can_all_be_dropped(smtp_sink: SmtpSink) -> None:
+    clients = [aiosmtplib.SMTP(hostname="localhost", port=smtp_sink.port, start_tls=True,
+                               cert_bundle=str(smtp_sink.cert_path), timeout=5) for _ in range(2)]
+    for client in clients:
+        await client.connect()
+    assert smtp_sink.sessions_opened == 2 and len(smtp_sink.open_sessions) == 2  # STARTTLS counts once
+    await clients[0].quit()
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(smtp_sink.open_sessions) != 1:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    assert smtp_sink.drop_connections() == 1
+    with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+        await clients[1].noop()
+    while smtp_sink.open_sessions:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    assert smtp_sink.sessions_opened == 2
+
+
+async def test_clarion_dev_smtp_serves_a_given_certificate(unused_tcp_port: int, tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; from clarion_dev.cli import main; sys.exit(main(sys.argv[1:]))",
+        "dev", "smtp", "--port", str(unused_tcp_port), "--starttls", "--cert", str(cert), "--key", str(key),
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stderr is not None
+    try:
+        line = await asyncio.wait_for(proc.stderr.readline(), 20)
+        assert b"smtp sink listening" in line
+        await aiosmtplib.send(_mail(), hostname="localhost", port=unused_tcp_port, start_tls=True,
+                              cert_bundle=str(cert))
         captured = await asyncio.wait_for(proc.stderr.readline(), 20)
         assert b"mail captured" in captured, captured
         proc.send_signal(signal.SIGTERM)

@@ -24,8 +24,11 @@ from clarion.redis import create_redis
 from clarion.streams import (
     BOT_GROUP,
     CAMPAIGN_DELIVERIES_STREAM,
+    WORKER_GROUP,
     bot_pause_key,
     dead_letter_stream,
+    notification_status_stream,
+    notify_stream,
     partition_lease_key,
     rate_key,
     updates_stream,
@@ -42,7 +45,7 @@ pytestmark = pytest.mark.integration
 SECRET = "clarion-runtime"
 BOT_A, BOT_B = 7001, 7002
 TABLES = ("channels", "subscribers", "campaigns", "deliveries", "notifications", "managed_groups",
-          "group_members", "support_threads", "audit_log")
+          "group_members", "support_threads", "audit_log", "api_keys", "idempotency_keys")
 
 
 class SecretStore:
@@ -120,8 +123,13 @@ async def seed(db: asyncpg.Pool, namespace: str, bot_id: int) -> dict[str, int]:
         namespace, channel)
     await db.execute("INSERT INTO deliveries (campaign_id, chat_id, shard) VALUES ($1, 11, 0), ($1, 12, 0)",
                      campaign)
-    await db.execute("INSERT INTO notifications (channel_id, recipient, payload) VALUES ($1, '11', '{}')",
-                     channel)
+    key = await db.fetchval(
+        """INSERT INTO api_keys (namespace, name, secret_uid, key_sha256, channels)
+           VALUES ($1, 'backend', $1 || '-uid', md5($1) || md5($1), '{shop}') RETURNING id""", namespace)
+    await db.execute("INSERT INTO idempotency_keys (api_key_id, key, request_sha256) VALUES ($1, 'k', 'h')", key)
+    await db.execute(
+        """INSERT INTO notifications (id, channel_id, lane, recipient, content, trace_id, api_key_id)
+           VALUES (gen_random_uuid(), $1, 'instant', '11', '{}', 't', $2)""", channel, key)
     group = await db.fetchval(
         """INSERT INTO managed_groups (namespace, name, channel_id, chat_id) VALUES ($1, 'g', $2, -100)
            RETURNING id""", namespace, channel)
@@ -191,6 +199,8 @@ async def test_a_namespace_role_reads_and_writes_only_its_own_rows_in_every_tabl
         assert await conn.execute("UPDATE deliveries SET status = 'sent' WHERE campaign_id = $1",
                                   b["campaign"]) == "UPDATE 0"
         assert await conn.execute("UPDATE subscribers SET subscribed = false WHERE channel_id = $1",
+                                  b["channel"]) == "UPDATE 0"
+        assert await conn.execute("UPDATE notifications SET status = 'sent' WHERE channel_id = $1",
                                   b["channel"]) == "UPDATE 0"
         with pytest.raises(asyncpg.InsufficientPrivilegeError):  # RLS: new row violates policy
             await conn.execute("INSERT INTO subscribers (channel_id, chat_id) VALUES ($1, 99)", b["channel"])
@@ -363,9 +373,20 @@ async def test_a_namespace_redis_user_reaches_only_its_keys_streams_and_bots(ctx
         # the sender's dead letters: write, never read
         await tenant.xadd(dead_letter_stream(CAMPAIGN_DELIVERIES_STREAM), {"chat_id": b"2"}, maxlen=1000,
                           approximate=True)
+        # what the notification worker does on its channel's lanes, dead letters and status stream
+        lane = notify_stream("team-a.shop", "instant")
+        await tenant.xgroup_create(lane, WORKER_GROUP, id="0", mkstream=True)
+        await tenant.xadd(lane, {"e": b"{}"})
+        await tenant.xreadgroup(WORKER_GROUP, "w1", {lane: ">"}, count=10)
+        await tenant.xautoclaim(lane, WORKER_GROUP, "w1", min_idle_time=0)
+        await tenant.xadd(dead_letter_stream(lane), {"id": b"1"})
+        await tenant.xadd(notification_status_stream("team-a.shop"), {"e": b"{}"})
+        await tenant.xinfo_groups(lane)
 
         refused = [
             tenant.xrange(other), tenant.xadd(other, {"e": b"{}"}),
+            tenant.xadd(notify_stream("team-b.shop", "instant"), {"e": b"{}"}),
+            tenant.xrange(notification_status_stream("team-b.shop")),
             tenant.xgroup_create(other, BOT_GROUP, id="0"),
             tenant.get(partition_lease_key("team-b.shop", 0)),
             tenant.delete(partition_lease_key("team-b.shop", 0)),

@@ -93,3 +93,23 @@ def test_bot_pods_carry_the_credentials_revision_so_a_rotation_rolls_them_onto_t
 
     assert pod_annotations("r1") == {builders.CREDENTIALS_REVISION: "r1"}
     assert pod_annotations("r1") != pod_annotations("r2")
+
+
+def test_worker_deployment_runs_one_channel_with_its_secrets_tenant_credentials_and_a_metrics_port() -> None:
+    deployment = builders.worker_deployment(
+        namespace="shop", channel="mail", replicas=2, concurrency=64, image="img:1", pull_policy="Never",
+        secrets={"CLARION_SMTP_USERNAME": SecretKeyRef(name="smtp", key="user"),
+                 "CLARION_SMTP_PASSWORD": SecretKeyRef(name="smtp", key="password")},
+        runtime_secret_name="clarion-runtime", credentials_revision="r7")
+    spec = deployment["spec"]
+    assert deployment["metadata"]["name"] == "mail-workers" and spec["replicas"] == 2
+    assert spec["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    assert spec["template"]["metadata"]["annotations"]["clarion.io/credentials-revision"] == "r7"
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["command"] == ["clarion-worker", "--channel", "shop.mail"]
+    env = _env(container)
+    assert env["CLARION_SMTP_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "smtp", "key": "password"}
+    assert env["CLARION_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "clarion-runtime"
+    assert env["CLARION_WORKER_CONCURRENCY"]["value"] == "64"
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+    assert env["CLARION_METRICS_PORT"]["value"] == "9090"

@@ -163,7 +163,9 @@ topologySpreadConstraints:
   resources: ["events"]
   verbs: ["create"]
 # Bot token and SMTP credential refs (read), the channel's generated webhook secret and the
-# per-namespace runtime Secret (written). Never delete: owned Secrets go with their owner.
+# per-namespace runtime Secret (written). API key Secrets (label clarion.io/api-key): list/watch to
+# sync their hashes into Postgres, get to find deleted ones (docs/api-keys.md); never patched.
+# Never delete: owned Secrets go with their owner.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "update", "patch"]

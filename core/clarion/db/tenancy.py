@@ -15,7 +15,9 @@ What the tenant pods run, and so what `TENANT_PRIVILEGES` grants (nothing else);
   blocked recipients, migrated groups' chat id);
 - support_threads: SELECT, INSERT, and its id sequence (bot `reserve_thread_id`);
 - tenants: the role's own mapping row (`clarion_tenant_namespace()` runs as the caller);
-- nothing on notifications, managed_groups, group_members, audit_log, schema_migrations.
+- notifications: SELECT, UPDATE of the send columns (worker `claim`, `settle`, `retry_later`, the
+  replayer's `due_for_enqueue` and `mark_enqueued`); no INSERT (the API accepts as the system role);
+- nothing on api_keys, idempotency_keys, managed_groups, group_members, audit_log, schema_migrations.
 
 Passwords never reach the server in clear: roles get a SCRAM-SHA-256 verifier computed here, so a
 statement log shows no password and the role authenticates with scram whatever `password_encryption` is.
@@ -56,6 +58,11 @@ TENANT_PRIVILEGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("INSERT", "support_threads", ("id", "channel_id", "user_chat_id", "admin_chat_id", "admin_message_id",
                                    "user_message_id", "user_name", "user_language")),
     ("SELECT", "tenants", ("namespace", "role_a", "role_b")),
+    # the notification worker: claim, settle, retry, replay (clarion.db.notifications)
+    ("SELECT", "notifications", None),
+    ("UPDATE", "notifications", ("status", "attempts", "last_error", "provider_message_id", "sent_at",
+                                 "next_attempt_at", "enqueued_at", "claimed_by", "claimed_until",
+                                 "updated_at")),
 )
 #: Sequences a tenant calls nextval on.
 TENANT_SEQUENCES = ("support_threads_id_seq",)

@@ -4,6 +4,11 @@ Parse a resource body with `BroadcastCampaignSpec.model_validate(body["spec"])`;
 `status.to_k8s()` (camelCase keys, unset fields left out).
 """
 
+from clarion.models.api_key import (
+    API_KEY_LABEL,
+    ApiKeySecret,
+    InvalidApiKey,
+)
 from clarion.models.base import (
     CommonReason,
     Condition,
@@ -39,6 +44,7 @@ from clarion.models.channel import (
     TelegramSettings,
     TelegramWebhook,
     WebPushSettings,
+    WorkerDeployment,
 )
 from clarion.models.group import (
     Inactivity,
@@ -73,6 +79,7 @@ from clarion.models.resources import (
 )
 
 __all__ = [
+    "API_KEY_LABEL",
     "API_VERSION",
     "BROADCAST_CAMPAIGN",
     "CATEGORY",
@@ -85,6 +92,7 @@ __all__ = [
     "RESOURCES",
     "STARTED_PHASES",
     "VERSION",
+    "ApiKeySecret",
     "Audience",
     "BroadcastCampaign",
     "BroadcastCampaignSpec",
@@ -99,6 +107,7 @@ __all__ = [
     "Delivery",
     "EmailSettings",
     "Inactivity",
+    "InvalidApiKey",
     "InvalidSpec",
     "JoinRequests",
     "JoinRules",
@@ -125,6 +134,7 @@ __all__ = [
     "TelegramWebhook",
     "WebPushSettings",
     "WelcomeMessage",
+    "WorkerDeployment",
     "changed_conditions",
     "find_condition",
     "merge_conditions",

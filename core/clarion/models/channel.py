@@ -142,6 +142,16 @@ class BotDeployment(CamelModel):
     )
 
 
+class WorkerDeployment(CamelModel):
+    """The notification worker Deployment the operator runs for this channel (`clarion-worker`)."""
+
+    replicas: int = Field(
+        default=1, ge=0, le=50,
+        description="Worker pods sending the channel's notifications (both lanes); 0: none are sent.",
+    )
+    concurrency: int = Field(default=32, ge=1, le=2000, description="Sends in flight per worker pod.")
+
+
 class TelegramSettings(CamelModel):
     """A Telegram bot."""
 
@@ -278,6 +288,10 @@ class NotificationChannelSpec(CamelModel):
         ge=30,
         le=86400,
         description="Seconds between credential checks (getMe, SMTP handshake).",
+    )
+    workers: WorkerDeployment = Field(
+        default_factory=WorkerDeployment,
+        description="Notification workers of the channel (telegram and email channels).",
     )
 
     @property

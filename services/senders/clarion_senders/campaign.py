@@ -24,7 +24,15 @@ again), and the delivery goes back to the queue without counting an attempt.
 A Postgres or Redis outage (a restart, a failover, Redis losing its data and with it the namespace's
 ACL user until the operator restores it) stops no one: each database call and limiter call waits for
 its server (`clarion.outages.ride_out`, up to `outage_tolerance` seconds) and goes on. Requests in the
-air finish, and their results stay in memory until Postgres takes them. When the phase is no
+air finish, and their results stay in memory until Postgres takes them. An outage longer than the
+claim lease must not turn into duplicates, so:
+- the sender sends only while its lease is surely its own (renewed less than half a lease ago); during
+  a longer outage it holds back what it has queued;
+- once Postgres answers again, a sender whose lease may have run out drops what it has queued and
+  gives its claims back (after recording what it sent), instead of sending rows another sender may
+  have claimed meanwhile;
+- for `RELEASE_AFTER_OUTAGE` seconds after it got through an outage, a sender returns no one else's
+  lapsed rows: their holder came back at the same moment and first records what it sent. When the phase is no
 longer Sending, or on SIGTERM, the sender stops claiming, drops the slots it has not used yet,
 lets requests in the air finish, records them, and releases what it still holds back to pending.
 """
@@ -75,6 +83,7 @@ IDLE_POLL = 0.5
 DEAD_LETTER_MAXLEN = 100_000
 CHUNK_LINGER = 0.002
 MAX_FORFEITS = 3
+RELEASE_AFTER_OUTAGE = 15.0  # seconds: longer than ride_out's largest wait (5 s) plus a flush
 
 T = TypeVar("T")
 
@@ -127,6 +136,7 @@ class _Item:
     shard: int  # the row's shard: ours, or one we help with
     target: int = 0  # the chat the message goes to (differs after a group migration)
     forfeits: int = 0  # slots given back because this process woke up too late for them
+    generation: int = 0  # the claims it came with; items of an older generation were given back
 
     def __post_init__(self) -> None:
         if not self.target:
@@ -215,6 +225,9 @@ class CampaignSender:
         self._latency = SEND_LATENCY.labels(channel.name)
         self._wait = LIMITER_WAIT.labels(channel.name)
         self._shard_state = _Shard(shard)
+        self._renewed_at = time.monotonic()  # when the lease on everything we hold was last renewed
+        self._generation = 0  # bumped when everything held was given back after a lapsed lease
+        self._recovered_at = -math.inf  # when a database call last got through after an outage
 
     def stop(self, reason: str = "signal") -> None:
         """Stop claiming; let requests in the air finish; release the rest (idempotent)."""
@@ -261,11 +274,43 @@ class CampaignSender:
 
     async def _db(self, what: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """`work` on a pooled connection, waiting out a Postgres outage (each call is idempotent)."""
+        tries = 0
+
         async def once() -> T:
+            nonlocal tries
+            tries += 1
             async with self.pool.acquire() as conn:
                 return await work(conn)
 
-        return await ride_out(what, once, tolerance=self.options.outage_tolerance)
+        result = await ride_out(what, once, tolerance=self.options.outage_tolerance)
+        if tries > 1:
+            self._recovered_at = time.monotonic()
+        return result
+
+    def _lease_sure(self) -> bool:
+        """Our claims cannot have lapsed yet: the lease was renewed less than half a lease ago."""
+        return time.monotonic() - self._renewed_at < self.options.lease_seconds / 2
+
+    async def _renew(self) -> None:
+        """Renew the lease on what we hold; if it may have lapsed meanwhile (an outage), give it all back."""
+        c, opts = self.campaign, self.options
+        asked = time.monotonic()
+        lapsed = asked - self._renewed_at >= opts.lease_seconds
+        if not lapsed:
+            await self._db("extend_claims", lambda conn: q.extend_claims(conn, c.id, self.worker,
+                                                                          opts.lease_seconds))
+            self._renewed_at = asked
+            return
+        # Another sender may have returned and claimed our rows: send none of what is queued.
+        await self._drain()
+        await self._flush()
+        dropped = len(self._queue)
+        self._queue.clear()
+        self._generation += 1  # slots still waiting for a requeue are dropped when they fire
+        self._held = 0
+        released = await self._db("release_claims", lambda conn: q.release_claims(conn, c.id, self.worker))
+        self._renewed_at = time.monotonic()
+        log.warning("sender.lease_lapsed", dropped=dropped, released=released)
 
     def _helper_ended(self, task: asyncio.Task[None]) -> None:
         """The dispatcher or the flusher must not die alone: the claim loop would wait for it forever."""
@@ -291,16 +336,15 @@ class CampaignSender:
                 if phase != "Sending":
                     self.stop(f"phase {phase}")
                     return self._stop_reason
-            if now - last_lease >= opts.lease_seconds / 3:
+            if now - last_lease >= opts.lease_seconds / 3 or not self._lease_sure():
                 last_lease = now
-                await self._db("extend_claims",
-                               lambda conn: q.extend_claims(conn, c.id, self.worker, opts.lease_seconds))
+                await self._renew()
             if len(self._queue) < opts.batch_size:
                 claimed = await self._claim()
                 if claimed:
                     self._held += len(claimed)
                     for d in claimed:
-                        item = _Item(d.chat_id, d.language, d.attempts, d.shard)
+                        item = _Item(d.chat_id, d.language, d.attempts, d.shard, generation=self._generation)
                         self._shard_state.move(item, "pending", "sending")
                         self._queue.append(item)
                     self._work.set()
@@ -330,12 +374,20 @@ class CampaignSender:
         """Due rows of our shard; when it has none, of the others (after returning lapsed claims)."""
         c, opts = self.campaign, self.options
 
+        tries = 0
+
         async def claim(conn: asyncpg.Connection) -> list[q.Claimed]:
-            await q.release_expired(conn, c.id, self.shard)
+            nonlocal tries
+            tries += 1
+            # Right after an outage the holders of lapsed rows are back too, recording what they sent.
+            release = tries == 1 and time.monotonic() - self._recovered_at >= RELEASE_AFTER_OUTAGE
+            if release:
+                await q.release_expired(conn, c.id, self.shard)
             claimed = await q.claim(conn, c.id, self.shard, opts.batch_size, self.worker, opts.lease_seconds)
             if claimed:
                 return claimed
-            await q.release_expired(conn, c.id)
+            if release:
+                await q.release_expired(conn, c.id)
             return await q.claim(conn, c.id, self.shard, opts.batch_size, self.worker, opts.lease_seconds,
                                  other_shards=True)
 
@@ -357,6 +409,9 @@ class CampaignSender:
             paused = self.limiter.paused_for()
             if paused > 0:
                 await self._sleep(paused)
+                continue
+            if not self._lease_sure():  # Postgres has not renewed our claims: send none of them
+                await self._sleep(0.05)
                 continue
             # One limiter call per chunk of free window, not per message: wait a moment for a few
             # permits when only one is free (at high rates only; at 30/s the chunk is one).
@@ -387,6 +442,8 @@ class CampaignSender:
                     asyncio.get_running_loop().call_later(grant.delay, self._requeue, item)
 
     def _requeue(self, item: _Item) -> None:
+        if item.generation != self._generation:
+            return  # given back with everything we held (a lapsed lease): another sender has it
         self._queue.appendleft(item)
         self._work.set()
 
@@ -395,8 +452,8 @@ class CampaignSender:
             delay = at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if self.limiter.paused_for() > 0 or self._stopping.is_set():
-                self._requeue(item)  # the slot was reserved before a pause or a stop: ask again
+            if self.limiter.paused_for() > 0 or self._stopping.is_set() or not self._lease_sure():
+                self._requeue(item)  # reserved before a pause, a stop or an outage: ask again
                 return
             if time.monotonic() - at > self.options.late_slot_seconds and item.forfeits < MAX_FORFEITS:
                 item.forfeits += 1  # sending now would bunch up with the sends after this slot

@@ -41,3 +41,33 @@ class SenderSettings(CommonSettings):
     )
     request_timeout_seconds: float = Field(default=30.0, gt=0, le=600,
                                            description="Timeout of one Bot API call.")
+
+
+class WorkerSettings(CommonSettings):
+    """`CLARION_*` variables of `clarion-worker` (one channel's notification worker)."""
+
+    worker_channel: str = Field(default="", max_length=320, description="Channel key <namespace>.<name>.")
+    worker_lanes: str = Field(default="instant,bulk", max_length=64, description="Lanes to read.")
+    bot_token: SecretStr | None = Field(default=None, description="Bot API token (telegram channels).")
+    smtp_username: SecretStr | None = Field(default=None, description="SMTP user (email channels with AUTH).")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password.")
+    smtp_pool_size: int = Field(default=4, ge=1, le=64, description="SMTP connections per worker.")
+    smtp_ca_file: str | None = Field(default=None, description="CA bundle trusted for SMTP TLS besides "
+                                                               "the system's (self-signed relays).")
+    telegram_api_base: str | None = Field(default=None, max_length=2048,
+                                          description="Bot API base URL; overrides the channel's.")
+    pod_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=253,
+                          description="Consumer name in the streams' group, and claimed_by of rows it sends.")
+    worker_concurrency: int = Field(default=32, ge=1, le=2000, description="Sends in flight at once.")
+    claim_lease_seconds: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="How long a row being sent stays ours, and how long an unacknowledged entry waits "
+                    "before another worker reclaims it.")
+    replay_after_seconds: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="A queued row not sent after this long is put on its stream again (Redis may have "
+                    "lost the entry).")
+    retry_backoff_seconds: float = Field(default=2.0, gt=0, le=3600,
+                                         description="First retry delay; doubles with each attempt (jitter).")
+    limiter_margin: float = Field(default=0.01, ge=0, lt=0.5, description="See the campaign sender's.")
+    request_timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="One send call.")

@@ -1,4 +1,5 @@
-"""The webhook's ASGI application: `/tg/webhook/{channel}`, `/healthz`, `/readyz`, `/metrics`.
+"""The webhook's ASGI application: `/tg/webhook/{channel}`, the public API under `/api/v1`
+(`clarion_webhook.api`), `/healthz`, `/readyz`, `/metrics`.
 
 The Telegram route is a plain ASGI callable that the app calls before its middleware stack and router
 (the hot path); it parses only what it needs (`update_id` and the chat) and leaves the rest of the
@@ -21,6 +22,7 @@ import redis.asyncio as aioredis
 from clarion.db import create_pool
 from clarion.logging import get_logger
 from clarion.metrics import counter, histogram
+from clarion.ratelimit import SharedRateLimit
 from clarion.redis import create_redis
 from clarion.streams import (
     DEDUP_TTL_SECONDS,
@@ -34,6 +36,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import from_json
 
+from clarion_webhook.api import API_PREFIX, ApiState, BodyGuard, create_api
+from clarion_webhook.api_keys import ApiKeyGuard, ApiKeyStore
 from clarion_webhook.channels import ChannelCache
 from clarion_webhook.ingest import StreamWriter, update_chat_id
 from clarion_webhook.settings import WebhookSettings
@@ -245,6 +249,7 @@ def create_app(settings: WebhookSettings) -> FastAPI:
     """The webhook application; Postgres and Redis clients live for the app's lifespan."""
     ingress = TelegramIngress(settings)
     state: dict[str, Any] = {}
+    api = create_api()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -257,18 +262,27 @@ def create_app(settings: WebhookSettings) -> FastAPI:
                                 check_seconds=settings.channel_check_seconds,
                                 reload_seconds=settings.channel_reload_seconds)
         await channels.start()
+        api_keys = ApiKeyStore(db, settings.database_url.get_secret_value(),
+                               check_seconds=settings.channel_check_seconds,
+                               reload_seconds=settings.channel_reload_seconds)
+        await api_keys.start()
         ingress.channels = channels
         ingress.writer = StreamWriter(redis)
-        state.update(db=db, redis=redis, channels=channels)
+        api.state.clarion = ApiState(db=db, redis=redis, channels=channels,
+                                     guard=ApiKeyGuard(api_keys, SharedRateLimit(redis)))
+        state.update(db=db, redis=redis, channels=channels, api_keys=api_keys)
         try:
             yield
         finally:
+            await api_keys.stop()
             await channels.stop()
             await redis.aclose()
             await db.close()
 
     app = WebhookApp(ingress, title="Clarion webhook", lifespan=lifespan, docs_url=None, redoc_url=None,
                      telemetry={"tracing": False, "metrics": False, "logs": False})
+
+    app.mount(API_PREFIX, BodyGuard(api))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -301,6 +315,9 @@ def create_app(settings: WebhookSettings) -> FastAPI:
             checks["channels"] = f"stale {channels.stale_seconds():.0f}s"
         else:
             checks["channels"] = "not loaded"
+        api_keys: ApiKeyStore = state["api_keys"]
+        checks["api_keys"] = "ok" if api_keys.in_sync else (
+            f"stale {api_keys.stale_seconds():.0f}s" if api_keys.loaded else "not loaded")
         ready = checks["redis"] == "ok" and channels.loaded
         degraded = any(value != "ok" for value in checks.values())
         body = {"ready": ready, "degraded": degraded, "channels": len(channels), "checks": checks}

@@ -1,0 +1,241 @@
+"""The notification outbox: what the API accepts, workers claim and settle, and the replayer re-enqueues.
+
+Postgres is the source of truth; a stream entry only points at a row. Each write says how it stays
+idempotent, because every one of them can be retried after a lost connection or run twice by two
+processes:
+
+- `accept` inserts the row and, with an Idempotency-Key, the key's record in one transaction; the
+  record's primary key makes a second accept with the same key a read of the first answer.
+- `claim` moves a row to `sending` only from `queued` (or from `sending` whose lease ran out): a
+  duplicate stream entry, or one for a row already settled, claims nothing.
+- `settle` and `retry_later` change only rows the caller still holds (`claimed_by`).
+- `due_for_enqueue` locks the rows it returns (`FOR UPDATE SKIP LOCKED`), so two replayers never
+  enqueue the same row in one pass; enqueuing a row twice costs one skipped claim.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+#: An asyncpg connection or pool (asyncpg ships no type information).
+Db = Any
+
+FINAL = ("sent", "failed", "blocked", "cancelled")
+
+
+@dataclass(frozen=True)
+class NewNotification:
+    id: uuid.UUID
+    channel_id: int
+    lane: str
+    recipient: str
+    content: dict[str, Any]
+    reference: str | None
+    api_key_id: int | None
+    trace_id: str
+    scheduled_for: datetime | None
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An Idempotency-Key record: `status_code` None while its first request is still being accepted."""
+
+    key: str
+    request_sha256: str
+    status_code: int | None = None
+    response: dict[str, Any] | None = None
+    location: str | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    id: uuid.UUID
+    channel_id: int
+    channel_key: str
+    lane: str
+    recipient: str
+    content: dict[str, Any]
+    reference: str | None
+    status: str
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    provider_message_id: str | None
+    trace_id: str
+    scheduled_for: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+
+
+_COLUMNS = """n.id, n.channel_id, ch.namespace || '.' || ch.name AS channel_key, n.lane, n.recipient,
+              n.content, n.reference, n.status, n.attempts, n.max_attempts, n.last_error,
+              n.provider_message_id, n.trace_id, n.scheduled_for, n.created_at, n.updated_at, n.sent_at"""
+
+
+def _row(record: asyncpg.Record) -> Row:
+    return Row(**{k: record[k] for k in Row.__dataclass_fields__})
+
+
+Answer = Callable[[Row], tuple[int, dict[str, Any], str | None]]
+
+
+async def accept(conn: Db, new: NewNotification, idempotency: Idempotency | None = None,
+                 answer: Answer | None = None) -> tuple[Row | None, Idempotency | None]:
+    """Store an accepted notification; with `idempotency`, first take its key (of `new.api_key_id`)
+    and keep `answer(row)` (status code, body, Location) as its first answer, in the same transaction.
+
+    The row is stored as on its stream already (`enqueued_at` now) unless it is scheduled: the caller
+    puts the entry there right after the commit, and if that fails the replayer does it
+    `replay_after` seconds later. Returns (row, None) when stored, or (None, the existing record) when
+    the key was taken before; a concurrent accept with the same key waits for the first to commit.
+    """
+    async with conn.transaction():
+        if idempotency is not None:
+            taken = await conn.fetchval(
+                """INSERT INTO idempotency_keys (api_key_id, key, request_sha256) VALUES ($1, $2, $3)
+                   ON CONFLICT (api_key_id, key) DO NOTHING RETURNING true""",
+                new.api_key_id, idempotency.key, idempotency.request_sha256)
+            if not taken:
+                return None, await find_idempotency(conn, new.api_key_id, idempotency.key)
+        status = "created" if new.scheduled_for is not None else "queued"
+        record = await conn.fetchrow(
+            f"""WITH n AS (
+                    INSERT INTO notifications (id, channel_id, lane, recipient, content, reference,
+                                               api_key_id, status, max_attempts, trace_id, scheduled_for,
+                                               next_attempt_at, enqueued_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($11, now()),
+                            CASE WHEN $11::timestamptz IS NULL THEN now() END)
+                    ON CONFLICT (id) DO NOTHING
+                    RETURNING *)
+                SELECT {_COLUMNS} FROM n JOIN channels ch ON ch.id = n.channel_id""",  # noqa: S608 - a constant column list
+            new.id, new.channel_id, new.lane, new.recipient, new.content, new.reference, new.api_key_id,
+            status, new.max_attempts, new.trace_id, new.scheduled_for)
+        if record is None:  # accepted before (a retried accept of the same id): read it back
+            record = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM notifications n JOIN channels ch ON ch.id = n.channel_id "  # noqa: S608
+                "WHERE n.id = $1", new.id)
+        row = _row(record)
+        if idempotency is not None and answer is not None:
+            status_code, body, location = answer(row)
+            await remember_answer(conn, new.api_key_id, idempotency.key, status_code, body, location)
+        return row, None
+
+
+async def find_idempotency(conn: Db, api_key_id: int | None, key: str) -> Idempotency | None:
+    record = await conn.fetchrow(
+        """SELECT key, request_sha256, status_code, response, location FROM idempotency_keys
+           WHERE api_key_id = $1 AND key = $2""", api_key_id, key)
+    return None if record is None else Idempotency(**dict(record))
+
+
+async def remember_answer(conn: Db, api_key_id: int | None, key: str, status_code: int,
+                          response: dict[str, Any], location: str | None) -> None:
+    """Keep the first answer of an Idempotency-Key (a second write is the same answer)."""
+    await conn.execute(
+        """UPDATE idempotency_keys SET status_code = $3, response = $4, location = $5
+           WHERE api_key_id = $1 AND key = $2""", api_key_id, key, status_code, response, location)
+
+
+async def forget_old_idempotency_keys(conn: Db, older_than_hours: float = 24.0) -> int:
+    result: str = await conn.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+        older_than_hours * 3600)
+    return int(result.split()[-1])
+
+
+async def mark_enqueued(conn: Db, ids: list[uuid.UUID]) -> None:
+    """The rows' entries are on their streams now (the replayer waits `replay_after` from here)."""
+    await conn.execute(
+        """UPDATE notifications SET enqueued_at = now(), status = CASE WHEN status = 'created' THEN 'queued'
+                                                                    ELSE status END
+           WHERE id = ANY($1::uuid[])""", ids)
+
+
+async def get(conn: Db, notification_id: uuid.UUID, namespace: str | None = None) -> Row | None:
+    """One notification (of `namespace`'s channels only, when given)."""
+    record = await conn.fetchrow(
+        f"""SELECT {_COLUMNS} FROM notifications n JOIN channels ch ON ch.id = n.channel_id
+            WHERE n.id = $1 AND ($2::text IS NULL OR ch.namespace = $2)""", notification_id, namespace)  # noqa: S608 - a constant column list
+    return None if record is None else _row(record)
+
+
+async def list_by_reference(conn: Db, namespace: str, reference: str, limit: int,
+                            before: tuple[datetime, uuid.UUID] | None) -> list[Row]:
+    """Notifications of `namespace` with this reference, newest first, after the cursor `before`."""
+    created, last_id = before if before is not None else (None, None)
+    records = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM notifications n JOIN channels ch ON ch.id = n.channel_id
+            WHERE ch.namespace = $1 AND n.reference = $2
+              AND ($3::timestamptz IS NULL OR (n.created_at, n.id) < ($3, $4::uuid))
+            ORDER BY n.created_at DESC, n.id DESC LIMIT $5""",  # noqa: S608 - a constant column list
+        namespace, reference, created, last_id, limit)
+    return [_row(r) for r in records]
+
+
+async def claim(conn: Db, notification_id: uuid.UUID, worker: str, lease_seconds: float) -> Row | None:
+    """Take a notification to send it, or None (settled, held by a live worker, or not due yet)."""
+    record = await conn.fetchrow(
+        f"""WITH n AS (
+                UPDATE notifications SET status = 'sending', claimed_by = $2,
+                       claimed_until = now() + make_interval(secs => $3), updated_at = now()
+                WHERE id = $1 AND next_attempt_at <= now() + interval '1 second'
+                  AND (status = 'queued' OR (status = 'sending' AND claimed_until < now()))
+                RETURNING *)
+            SELECT {_COLUMNS} FROM n JOIN channels ch ON ch.id = n.channel_id""",  # noqa: S608 - a constant column list
+        notification_id, worker, float(lease_seconds))
+    return None if record is None else _row(record)
+
+
+async def settle(conn: Db, notification_id: uuid.UUID, worker: str, status: str, *,
+                 error: str | None = None, provider_message_id: str | None = None) -> bool:
+    """A final outcome (sent, failed, blocked) of a row `worker` holds; False if it no longer does."""
+    assert status in FINAL
+    result: str = await conn.execute(
+        """UPDATE notifications SET status = $3, attempts = attempts + 1, last_error = $4,
+                  provider_message_id = coalesce($5, provider_message_id),
+                  sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
+                  claimed_by = NULL, claimed_until = NULL, updated_at = now()
+           WHERE id = $1 AND claimed_by = $2 AND status = 'sending'""",
+        notification_id, worker, status, error, provider_message_id)
+    return result.endswith(" 1")
+
+
+async def retry_later(conn: Db, notification_id: uuid.UUID, worker: str, error: str, delay_seconds: float, *,
+                      count_attempt: bool = True) -> bool:
+    """Back to `queued`, off the stream, due in `delay_seconds` (the replayer enqueues it then)."""
+    result: str = await conn.execute(
+        """UPDATE notifications SET status = 'queued', attempts = attempts + $5::int, last_error = $3,
+                  next_attempt_at = now() + make_interval(secs => $4), enqueued_at = NULL,
+                  claimed_by = NULL, claimed_until = NULL, updated_at = now()
+           WHERE id = $1 AND claimed_by = $2 AND status = 'sending'""",
+        notification_id, worker, error, float(delay_seconds), 1 if count_attempt else 0)
+    return result.endswith(" 1")
+
+
+async def due_for_enqueue(conn: Db, channel_id: int, replay_after_seconds: float, limit: int) -> list[Row]:
+    """Rows of the channel that should be on a stream and may not be: due scheduled or retried rows not
+    on one, rows on one for longer than `replay_after_seconds` (Redis may have lost the entry), and rows
+    whose sender's lease ran out. Locked until the caller's transaction ends."""
+    records = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM notifications n JOIN channels ch ON ch.id = n.channel_id
+            WHERE n.channel_id = $1 AND n.next_attempt_at <= now()
+              AND ((n.status IN ('created', 'queued')
+                    AND (n.enqueued_at IS NULL OR n.enqueued_at < now() - make_interval(secs => $2)))
+                   OR (n.status = 'sending' AND n.claimed_until < now()))
+            ORDER BY n.next_attempt_at LIMIT $3
+            FOR UPDATE OF n SKIP LOCKED""",  # noqa: S608 - a constant column list
+        channel_id, float(replay_after_seconds), limit)
+    return [_row(r) for r in records]
+
+
+async def audit(conn: Db, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
+    await conn.execute("INSERT INTO audit_log (actor, action, subject, details) VALUES ($1, $2, $3, $4)",
+                       actor, action, subject, details)

@@ -1,0 +1,147 @@
+"""The public API's notification request and answer: one model each, the OpenAPI schema and the outbox
+row's `content` come from them (docs/notifications.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, Self
+
+from pydantic import Field, model_validator
+
+from clarion.models.base import CamelModel
+from clarion.models.campaign import ButtonRow, ParseMode
+
+Lane = Literal["instant", "bulk"]
+NotificationState = Literal["created", "queued", "sending", "sent", "failed", "blocked", "cancelled"]
+
+#: `namespace/name` of a NotificationChannel.
+CHANNEL_REF = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$"
+#: An address as SMTP takes it: no spaces, no angle brackets, one @, a dotted domain.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL_ADDRESS = rf"^[^@\s<>\"(),;:\[\]\\]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$"
+TELEGRAM_TEXT_MAX = 4096
+EMAIL_TEXT_MAX = 100_000
+
+
+class Recipient(CamelModel):
+    """Who receives it: a Telegram chat (telegram channels) or an email address (email channels)."""
+
+    chat_id: int | None = Field(default=None, ge=-(2**52), le=2**52, description="Telegram chat id.")
+    email: str | None = Field(default=None, max_length=254, pattern=EMAIL_ADDRESS,
+                              description="Email address.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.chat_id is None) == (self.email is None):
+            raise ValueError("exactly one of chatId or email must be set")
+        return self
+
+    @property
+    def kind(self) -> Literal["telegram", "email"]:
+        return "telegram" if self.chat_id is not None else "email"
+
+    @property
+    def address(self) -> str:
+        """The recipient as the outbox row stores it."""
+        return str(self.chat_id) if self.chat_id is not None else str(self.email)
+
+
+class Content(CamelModel):
+    """What is sent. Telegram: text (parseMode, inline buttons). Email: subject, text, optional html."""
+
+    text: str = Field(min_length=1, max_length=EMAIL_TEXT_MAX,
+                      description="Message text (Telegram: at most 4096 characters, in parseMode).")
+    parse_mode: ParseMode = Field(default="None", description="Telegram: HTML, MarkdownV2 or None.")
+    buttons: list[ButtonRow] = Field(default_factory=list, max_length=10,
+                                     description="Telegram: inline keyboard, up to 10 rows of 8 buttons.")
+    disable_notification: bool = Field(default=False, description="Telegram: deliver silently.")
+    subject: str | None = Field(default=None, min_length=1, max_length=998,
+                                pattern=r"^[^\r\n]*$", description="Email: subject line (required).")
+    html: str | None = Field(default=None, min_length=1, max_length=EMAIL_TEXT_MAX,
+                             description="Email: HTML alternative of the text.")
+
+
+class NotificationRequest(CamelModel):
+    """`POST /api/v1/notifications`: one message to one recipient through one channel."""
+
+    channel: str = Field(max_length=317, pattern=CHANNEL_REF,
+                         description="The NotificationChannel, as namespace/name.")
+    recipient: Recipient
+    content: Content
+    lane: Lane = Field(default="instant", description="instant (the default) or bulk (throttled, never "
+                                                       "ahead of instant work).")
+    scheduled_for: datetime | None = Field(default=None, description="Send at or after this time "
+                                                                     "(RFC 3339 with an offset).")
+    reference: str | None = Field(default=None, min_length=1, max_length=256,
+                                  description="Your own reference; list by it with ?reference=.")
+
+    @model_validator(mode="after")
+    def _aware_time(self) -> Self:
+        if self.scheduled_for is not None and self.scheduled_for.tzinfo is None:
+            raise ValueError("scheduledFor needs a UTC offset (e.g. 2026-12-05T09:00:00Z)")
+        return self
+
+    @property
+    def namespace(self) -> str:
+        return self.channel.partition("/")[0]
+
+    @property
+    def channel_name(self) -> str:
+        return self.channel.partition("/")[2]
+
+    def check_for(self, channel_type: str) -> tuple[str, str] | None:
+        """(field, why) this request cannot go through a channel of `channel_type`; None when it can."""
+        if channel_type not in ("telegram", "email"):
+            return "channel", f"{self.channel} is a {channel_type} channel, which this API cannot send"
+        if self.recipient.kind != channel_type:
+            wanted = "recipient.chatId" if channel_type == "telegram" else "recipient.email"
+            return "recipient", f"channel {self.channel} is a {channel_type} channel: set {wanted}"
+        if channel_type == "telegram" and len(self.content.text) > TELEGRAM_TEXT_MAX:
+            return "content.text", f"Telegram messages hold at most {TELEGRAM_TEXT_MAX} characters"
+        if channel_type == "email" and self.content.subject is None:
+            return "content.subject", "a subject is required for an email channel"
+        return None
+
+
+class NotificationView(CamelModel):
+    """A notification as the API shows it."""
+
+    id: str
+    channel: str
+    lane: Lane
+    status: NotificationState
+    recipient: str
+    reference: str | None = None
+    attempts: int
+    last_error: str | None = None
+    provider_message_id: str | None = None
+    trace_id: str
+    scheduled_for: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None = None
+
+
+class NotificationPage(CamelModel):
+    """One page of `GET /api/v1/notifications?reference=…`, newest first."""
+
+    items: list[NotificationView]
+    next_cursor: str | None = Field(default=None, description="Pass as ?cursor= for the next page.")
+
+
+class ErrorBody(CamelModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorAnswer(CamelModel):
+    """Every refusal: a code, a message, and the field at fault when there is one."""
+
+    error: ErrorBody
+
+
+def outbox_content(request: NotificationRequest) -> dict[str, Any]:
+    """The `notifications.content` stored for a request: the content as the worker sends it."""
+    return request.content.to_k8s()
+

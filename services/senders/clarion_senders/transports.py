@@ -1,0 +1,89 @@
+"""How a notification worker sends through each kind of channel: one `Transport` per channel type.
+
+A transport never raises for a send that failed: it says what the failure means (`SendResult`), with
+the same tables the campaign sender uses (`clarion.telegram.errors.classify` for the Bot API,
+`clarion.mail` for SMTP).
+"""
+
+from __future__ import annotations
+
+from clarion.db import notifications as q
+from clarion.mail import MailOutcome, MailSender, MailSendError, OutgoingEmail
+from clarion.models import Message
+from clarion.outages import ride_out
+from clarion.telegram.botapi import BotApi
+from clarion.telegram.errors import Outcome as TelegramOutcome
+from clarion.telegram.errors import classify
+from clarion.telegram.limiter import RateLimiter
+
+from clarion_senders.render import MessageRenderer
+from clarion_senders.worker import Outcome, SendResult
+
+_TELEGRAM_OUTCOMES = {
+    TelegramOutcome.BLOCKED: Outcome.BLOCKED,
+    TelegramOutcome.FAILED: Outcome.FAILED,
+    TelegramOutcome.MIGRATED: Outcome.FAILED,  # the recipient is a group that moved: the caller must resend
+    TelegramOutcome.RETRY: Outcome.RETRY,
+    TelegramOutcome.FATAL: Outcome.FATAL,
+}
+
+
+class TelegramTransport:
+    """`sendMessage` through the bot's limiter, which every campaign sender and worker of the bot shares."""
+
+    def __init__(self, api: BotApi, limiter: RateLimiter, *, outage_tolerance: float = 300.0) -> None:
+        self.api, self.limiter, self.outage_tolerance = api, limiter, outage_tolerance
+
+    async def send(self, row: q.Row) -> SendResult:
+        chat_id = int(row.recipient)
+        message = Message.model_validate(
+            {k: row.content[k] for k in ("text", "parseMode", "buttons", "disableNotification")
+             if k in row.content})
+        rendered = MessageRenderer(message).for_language(None)
+        await ride_out("limiter.acquire", lambda: self.limiter.acquire(chat_id),
+                       tolerance=self.outage_tolerance)
+        try:
+            result = await self.api.call_json(rendered.method, rendered.body(chat_id))
+        except Exception as exc:  # every failure is classified
+            found = classify(exc)
+            if found.outcome is TelegramOutcome.RATE_LIMITED:
+                await self.limiter.pause(found.retry_after)
+                return SendResult(Outcome.RATE_LIMITED, found.error, retry_after=found.retry_after)
+            return SendResult(_TELEGRAM_OUTCOMES[found.outcome], found.error)
+        message_id = result.get("message_id") if isinstance(result, dict) else None
+        return SendResult(Outcome.SENT, provider_message_id=None if message_id is None else str(message_id))
+
+    async def close(self) -> None:
+        await self.api.close()
+        await self.limiter.close()
+
+
+_MAIL_OUTCOMES = {MailOutcome.RETRY: Outcome.RETRY, MailOutcome.PERMANENT: Outcome.FAILED,
+                  MailOutcome.FATAL: Outcome.FATAL}
+
+
+class EmailTransport:
+    """SMTP through the channel's pooled `MailSender` (docs/email.md). The Message-ID is derived from the
+    notification id, so a retried email keeps it and a mail client can tell a duplicate."""
+
+    def __init__(self, mail: MailSender) -> None:
+        self.mail = mail
+        self._domain = mail.sender.domain
+
+    async def send(self, row: q.Row) -> SendResult:
+        content = row.content
+        try:
+            outgoing = OutgoingEmail(
+                to=row.recipient, subject=str(content.get("subject") or ""), text=str(content["text"]),
+                html=content.get("html"), message_id=f"<{row.id}@{self._domain}>",
+                headers={"X-Clarion-Notification-Id": str(row.id), "X-Clarion-Trace-Id": row.trace_id})
+        except ValueError as exc:  # the API checks what it accepts; a row that still fails is permanent
+            return SendResult(Outcome.FAILED, f"invalid email: {exc}")
+        try:
+            sent = await self.mail.send(outgoing)
+        except MailSendError as exc:
+            return SendResult(_MAIL_OUTCOMES[exc.outcome], exc.classified.error)
+        return SendResult(Outcome.SENT, provider_message_id=sent.message_id)
+
+    async def close(self) -> None:
+        await self.mail.close()

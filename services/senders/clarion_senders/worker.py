@@ -1,0 +1,347 @@
+"""`clarion-worker`: sends one channel's transactional notifications (docs/notifications.md).
+
+It reads the channel's lane streams (`notify:<channel>:instant`, `notify:<channel>:bulk`) through the
+consumer group `workers`; instant entries are always read before bulk ones. For each entry:
+
+1. claim the row in Postgres (`queued` → `sending`, with a lease). A duplicate entry, or one for a row
+   that is settled or not due, claims nothing and is acknowledged;
+2. send it through the channel's transport (Telegram through the bot's shared limiter, or SMTP);
+3. write the outcome to Postgres, then XACK, then publish the outcome on the channel's status stream.
+
+Failure paths (GC Notify's three, and ours):
+- a temporary failure (Telegram 5xx or network, SMTP 4xx or a lost connection) goes back to `queued`
+  off the stream, due after exponential backoff with jitter; the replayer enqueues it when due. After
+  `max_attempts` it is `failed` and dead-lettered (`<stream>:dead`) with the reason;
+- a worker that dies mid-send leaves its entries pending: another worker reclaims them (XAUTOCLAIM)
+  once idle for the lease, and its claim of the row succeeds once the row's lease has run out;
+- Redis losing an entry (or everything): the replayer finds rows that should be on a stream
+  (`created`/`queued` and due, not enqueued for `replay_after` seconds, or `sending` with a lapsed
+  lease) and enqueues them again;
+- Postgres or Redis away: every call waits it out (`clarion.outages.ride_out`).
+Duplicates are limited to the sends in flight when a worker dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+import redis.asyncio as aioredis
+import structlog
+from clarion.db import notifications as q
+from clarion.metrics import counter, gauge, histogram
+from clarion.outages import ride_out
+from clarion.streams import (
+    WORKER_GROUP,
+    NotificationEvent,
+    NotificationTask,
+    dead_letter_stream,
+    notification_status_stream,
+    notify_stream,
+)
+from clarion.telegram.errors import backoff_seconds
+
+log = structlog.get_logger("clarion.worker")
+
+SENT = counter("clarion_notifications_sent_total", "Notification send outcomes of workers.",
+               ["channel", "lane", "result"])
+SEND_SECONDS = histogram("clarion_notification_send_seconds", "Round trip of one notification send.",
+                         ["channel"])
+DEAD_LETTERS = counter("clarion_notification_dead_letters_total",
+                       "Notifications that ended failed and were dead-lettered, by reason.",
+                       ["channel", "reason"])
+STREAM_LAG = gauge("clarion_stream_lag", "Entries of a stream its consumer group has not read yet.",
+                   ["stream", "group"])
+STREAM_PENDING = gauge("clarion_stream_pending", "Entries read by a consumer group and not acknowledged.",
+                       ["stream", "group"])
+REPLAYED = counter("clarion_notifications_replayed_total",
+                   "Notifications put on a stream by the replayer (scheduled, retried, or lost by Redis).",
+                   ["channel"])
+
+T = TypeVar("T")
+STATUS_MAXLEN = 100_000
+DEAD_MAXLEN = 100_000
+
+
+class Outcome:
+    SENT = "sent"
+    BLOCKED = "blocked"
+    FAILED = "failed"
+    RETRY = "retry"
+    RATE_LIMITED = "rate_limited"
+    FATAL = "fatal"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What one send did: an `Outcome`, the error text, the provider's message id, a wait (429)."""
+
+    outcome: str
+    error: str | None = None
+    provider_message_id: str | None = None
+    retry_after: float = 0.0
+
+
+class Transport(Protocol):
+    """Sends one notification; never raises for a send that failed (it returns the outcome)."""
+
+    async def send(self, row: q.Row) -> SendResult: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    lanes: tuple[str, ...] = ("instant", "bulk")
+    concurrency: int = 32
+    lease_seconds: float = 30.0
+    replay_after_seconds: float = 30.0
+    replay_interval_seconds: float = 1.0
+    retry_backoff_seconds: float = 2.0
+    outage_tolerance: float = 300.0
+    block_ms: int = 1000
+
+
+class FatalWorkerError(RuntimeError):
+    """Nothing can be sent until the channel's credentials are fixed."""
+
+
+class NotificationWorker:
+    """One channel's worker; see the module doc."""
+
+    def __init__(self, *, pool: asyncpg.Pool, redis: aioredis.Redis, channel_id: int, channel_key: str,
+                 transport: Transport, consumer: str, options: WorkerOptions) -> None:
+        self.pool, self.redis, self.transport = pool, redis, transport
+        self.channel_id, self.channel_key = channel_id, channel_key
+        self.consumer, self.options = consumer, options
+        self.streams = {lane: notify_stream(channel_key, lane) for lane in options.lanes}
+        self._slots = asyncio.Semaphore(options.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._fatal: str | None = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Work until stopped; in-flight sends finish and are recorded before it returns."""
+        for stream in self.streams.values():
+            await self._redis("xgroup_create", functools.partial(self._create_group, stream))
+        log.info("worker.start", channel=self.channel_key, lanes=list(self.streams), consumer=self.consumer)
+        helpers = [asyncio.create_task(self._replay_loop(), name="replayer"),
+                   asyncio.create_task(self._reclaim_loop(), name="reclaimer"),
+                   asyncio.create_task(self._stats_loop(), name="stats")]
+        try:
+            await self._own_pending()
+            await self._read_loop()
+        finally:
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            log.info("worker.stop", channel=self.channel_key, fatal=self._fatal)
+        if self._fatal is not None:
+            raise FatalWorkerError(self._fatal)
+
+    # --- Postgres and Redis, waiting out outages -------------------------------------------------------
+
+    async def _db(self, what: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async def once() -> T:
+            async with self.pool.acquire() as conn:
+                return await work(conn)
+
+        return await ride_out(what, once, tolerance=self.options.outage_tolerance)
+
+    async def _redis(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        return await ride_out(what, call, tolerance=self.options.outage_tolerance)
+
+    async def _create_group(self, stream: str) -> None:
+        try:
+            await self.redis.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+        except aioredis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # --- reading --------------------------------------------------------------------------------------
+
+    async def _own_pending(self) -> None:
+        """Entries this consumer read before a restart and never acknowledged: handle them first."""
+        for stream in self.streams.values():
+            reply = await self._redis("xreadgroup", functools.partial(
+                self.redis.xreadgroup, WORKER_GROUP, self.consumer, {stream: "0"}, count=1000))
+            await self._dispatch(reply)
+
+    async def _read_loop(self) -> None:
+        instant = {lane: s for lane, s in self.streams.items() if lane == "instant"}
+        while not self._stopping.is_set():
+            await self._slots.acquire()  # at least one slot free before reading
+            self._slots.release()
+            free = self._slots._value
+            reply: Any = []
+            if instant:  # instant first, without waiting
+                reply = await self._read(dict.fromkeys(instant.values(), ">"), free, block=None)
+            if not reply:
+                reply = await self._read(dict.fromkeys(self.streams.values(), ">"), free,
+                                         block=self.options.block_ms)
+            await self._dispatch(reply)
+
+    async def _read(self, streams: dict[str, str], count: int, block: int | None) -> Any:
+        try:
+            return await self._redis("xreadgroup", lambda: self.redis.xreadgroup(
+                WORKER_GROUP, self.consumer, streams, count=max(1, count), block=block))  # type: ignore[arg-type]
+        except aioredis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):  # Redis lost its data: the groups are gone
+                raise
+            for stream in self.streams.values():
+                await self._create_group(stream)
+            return []
+
+    async def _dispatch(self, reply: Any) -> None:
+        for stream, entries in reply or []:
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            for entry_id, fields in entries:
+                if not fields:  # trimmed away while pending
+                    await self._ack(name, entry_id)
+                    continue
+                await self._slots.acquire()
+                task = asyncio.create_task(self._handle(name, entry_id, fields))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("worker.entry_failed", error=repr(task.exception())[:500])
+
+    # --- one entry ------------------------------------------------------------------------------------
+
+    async def _handle(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        task = NotificationTask.from_fields(fields)
+        ident = uuid.UUID(task.notification_id)
+        structlog.contextvars.bind_contextvars(notification_id=task.notification_id, trace_id=task.trace_id)
+        lease = self.options.lease_seconds
+        row = await self._db("claim", lambda conn: q.claim(conn, ident, self.consumer, lease))
+        if row is None:  # settled, held by a live worker, or not due: this entry has nothing to do
+            await self._ack(stream, entry_id)
+            return
+        started = time.monotonic()
+        result = await self.transport.send(row)
+        SEND_SECONDS.labels(self.channel_key).observe(time.monotonic() - started)
+        SENT.labels(self.channel_key, row.lane, result.outcome).inc()
+        await self._record(row, stream, result)
+        await self._ack(stream, entry_id)
+
+    async def _record(self, row: q.Row, stream: str, result: SendResult) -> None:
+        opts, ident, worker = self.options, row.id, self.consumer
+        error = result.error
+        if result.outcome == Outcome.RATE_LIMITED:
+            await self._db("retry_later", lambda conn: q.retry_later(
+                conn, ident, worker, error or "429", result.retry_after, count_attempt=False))
+            return
+        if result.outcome == Outcome.FATAL:
+            await self._db("retry_later", lambda conn: q.retry_later(
+                conn, ident, worker, error or "credentials refused", 30.0, count_attempt=False))
+            self._fatal = error or "credentials refused"
+            self.stop()
+            return
+        if result.outcome == Outcome.RETRY and row.attempts + 1 < row.max_attempts:
+            wait = backoff_seconds(row.attempts + 1, opts.retry_backoff_seconds)
+            await self._db("retry_later", lambda conn: q.retry_later(conn, ident, worker, error or "", wait))
+            log.info("notification.retry", attempts=row.attempts + 1, wait=round(wait, 3), error=error)
+            return
+        status = {Outcome.SENT: "sent", Outcome.BLOCKED: "blocked"}.get(result.outcome, "failed")
+        held = await self._db("settle", lambda conn: q.settle(
+            conn, ident, worker, status, error=error, provider_message_id=result.provider_message_id))
+        if not held:  # another worker took it over after our lease ran out; it records its own outcome
+            log.warning("notification.lease_lost", status=status)
+            return
+        if status == "failed":
+            reason = "attempts_exhausted" if result.outcome == Outcome.RETRY else "permanent"
+            DEAD_LETTERS.labels(self.channel_key, reason).inc()
+            entry = {"notification_id": str(ident), "channel": self.channel_key, "reason": reason,
+                     "error": (error or "")[:1000], "attempts": str(row.attempts + 1),
+                     "trace_id": row.trace_id}
+            await self._redis("dead_letter", lambda: self.redis.xadd(
+                dead_letter_stream(stream), entry, maxlen=DEAD_MAXLEN, approximate=True))  # type: ignore[arg-type]
+        event = NotificationEvent(notification_id=str(ident), status=status, channel=self.channel_key,
+                                  reference=row.reference, error=error, attempts=row.attempts + 1,
+                                  provider_message_id=result.provider_message_id, trace_id=row.trace_id)
+        await self._redis("status_event", lambda: self.redis.xadd(
+            notification_status_stream(self.channel_key), event.to_fields(),  # type: ignore[arg-type]
+            maxlen=STATUS_MAXLEN, approximate=True))
+        log.info("notification.settled", status=status, attempts=row.attempts + 1, error=error)
+
+    async def _ack(self, stream: str, entry_id: bytes) -> None:
+        await self._redis("xack", lambda: self.redis.xack(stream, WORKER_GROUP, entry_id))
+
+    # --- background loops -----------------------------------------------------------------------------
+
+    async def _replay_loop(self) -> None:
+        """Enqueue what should be on a stream and is not: due scheduled and retried rows, rows whose
+        entry Redis lost, rows whose sender died (see `q.due_for_enqueue`)."""
+        while not self._stopping.is_set():
+            try:
+                count = await self._db("replay", self._replay_once)
+                if count:
+                    REPLAYED.labels(self.channel_key).inc(count)
+                    log.info("worker.replayed", count=count)
+            except Exception as exc:  # the loop outlives any one failure
+                log.warning("worker.replay_failed", error=repr(exc)[:300])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.options.replay_interval_seconds)
+
+    async def _replay_once(self, conn: asyncpg.Connection) -> int:
+        async with conn.transaction():
+            rows = await q.due_for_enqueue(conn, self.channel_id, self.options.replay_after_seconds, 500)
+            if not rows:
+                return 0
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for row in rows:
+                    task = NotificationTask(notification_id=str(row.id), trace_id=row.trace_id)
+                    pipe.xadd(notify_stream(self.channel_key, row.lane), task.to_fields())  # type: ignore[arg-type]
+                await pipe.execute()
+            await q.mark_enqueued(conn, [row.id for row in rows])
+        return len(rows)
+
+    async def _reclaim_loop(self) -> None:
+        """Take over entries a dead worker read and never acknowledged, once idle for the lease."""
+        idle_ms = int(self.options.lease_seconds * 1000)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.options.lease_seconds / 3)
+            if self._stopping.is_set():
+                return
+            for stream in self.streams.values():
+                try:
+                    reply = await self.redis.xautoclaim(stream, WORKER_GROUP, self.consumer, idle_ms,
+                                                        start_id="0-0", count=500)
+                except Exception as exc:
+                    log.warning("worker.reclaim_failed", stream=stream, error=repr(exc)[:300])
+                    continue
+                claimed = reply[1] if len(reply) > 1 else []
+                if claimed:
+                    log.info("worker.reclaimed", stream=stream, count=len(claimed))
+                    await self._dispatch([(stream, claimed)])
+
+    async def _stats_loop(self) -> None:
+        """Lag and pending of each lane's consumer group, as gauges."""
+        while not self._stopping.is_set():
+            for stream in self.streams.values():
+                with contextlib.suppress(Exception):
+                    for group in await self.redis.xinfo_groups(stream):
+                        if group.get("name") in (WORKER_GROUP, WORKER_GROUP.encode()):
+                            STREAM_PENDING.labels(stream, WORKER_GROUP).set(group.get("pending") or 0)
+                            STREAM_LAG.labels(stream, WORKER_GROUP).set(group.get("lag") or 0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 5.0)

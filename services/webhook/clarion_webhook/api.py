@@ -1,0 +1,333 @@
+"""The public API, `/api/v1` of the webhook service: notifications in, status out (docs/notifications.md).
+
+A FastAPI application mounted at `/api/v1`, so its OpenAPI 3.1 document is `/api/v1/openapi.json` and
+its docs `/api/v1/docs`. Every refusal has one body shape (`ErrorAnswer`): a code, a message and the
+field at fault. The accept path:
+
+1. the key (`Authorization: Bearer`, 401), its rate limit (429 + Retry-After, shared by all replicas),
+   the channel in the key's scope (403), the body against the channel (422 naming the field);
+2. with an `Idempotency-Key`: a Redis marker while the first request is being accepted (a second one
+   meanwhile gets 409 + Retry-After), then the key's record in Postgres, in the same transaction as
+   the row: the same key with the same body returns the first answer (`Idempotent-Replay: true`), with
+   another body 422;
+3. the row is committed (the durable record), then its id is put on its lane's stream; if that fails
+   the replayer puts it there later. 202 with the id, the status and a Location header.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from clarion.db import notifications as q
+from clarion.db.api_keys import ApiKeyRow
+from clarion.keys import channel_key
+from clarion.logging import get_logger
+from clarion.metrics import counter, histogram
+from clarion.models.notification import (
+    ErrorAnswer,
+    NotificationPage,
+    NotificationRequest,
+    NotificationView,
+    outbox_content,
+)
+from clarion.streams import NotificationTask, notify_stream
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from clarion_webhook.api_keys import ApiKeyGuard, authorize
+from clarion_webhook.channels import ChannelCache
+from clarion_webhook.errors import Refused, refused_handler
+
+log = get_logger("clarion.webhook.api")
+
+ACCEPTED = counter("clarion_api_notifications_total",
+                   "Notification requests answered by the public API, by channel, lane and result.",
+                   ["channel", "lane", "result"])
+ACCEPT_SECONDS = histogram("clarion_api_accept_seconds", "Time to answer POST /api/v1/notifications.",
+                           ["result"])
+
+API_PREFIX = "/api/v1"
+MAX_BODY_BYTES = 256 * 1024
+IDEMPOTENCY_LOCK_SECONDS = 10
+DEFAULT_MAX_ATTEMPTS = 3
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class ApiState:
+    """What the API's handlers use; the webhook app's lifespan puts it in `api.state.clarion`."""
+
+    db: asyncpg.Pool
+    redis: aioredis.Redis
+    channels: ChannelCache
+    guard: ApiKeyGuard
+
+
+def _state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.clarion
+    return state
+
+
+async def _caller(request: Request) -> ApiKeyRow:
+    """The API key's row (401), within its rate limit (429)."""
+    return await _state(request).guard.caller(request)
+
+
+Caller = Annotated[ApiKeyRow, Depends(_caller)]
+
+
+def _view(row: q.Row) -> NotificationView:
+    namespace, _, name = row.channel_key.partition(".")
+    return NotificationView(
+        id=str(row.id), channel=f"{namespace}/{name}", lane=row.lane, status=row.status,
+        recipient=row.recipient, reference=row.reference, attempts=row.attempts, last_error=row.last_error,
+        provider_message_id=row.provider_message_id, trace_id=row.trace_id, scheduled_for=row.scheduled_for,
+        created_at=row.created_at, updated_at=row.updated_at, sent_at=row.sent_at)
+
+
+def _trace_id(traceparent: str | None) -> str:
+    """The W3C trace id of `traceparent` when it is well formed, else a new one."""
+    if traceparent:
+        parts = traceparent.strip().split("-")
+        if (len(parts) >= 4 and len(parts[0]) == 2 and len(parts[1]) == 32
+                and all(c in "0123456789abcdef" for c in parts[1]) and parts[1] != "0" * 32):
+            return parts[1]
+    return os.urandom(16).hex()
+
+
+def _request_digest(path: str, body: bytes) -> str:
+    """What an Idempotency-Key is bound to: the route and the body's JSON value (not its spacing)."""
+    try:
+        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"))
+    except ValueError:
+        canonical = body.decode(errors="replace")
+    return hashlib.sha256(f"{path}\n{canonical}".encode()).hexdigest()
+
+
+def _location(notification_id: uuid.UUID) -> str:
+    return f"{API_PREFIX}/notifications/{notification_id}"
+
+
+def _cursor(row: q.Row) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, ident = raw.partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(ident)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Refused(422, "invalid_cursor", "cursor is not one this API gave out", field="cursor") from exc
+
+
+class BodyGuard:
+    """ASGI middleware of the API: POST bodies must be JSON (415) and at most `limit` bytes (413)."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media != b"application/json":
+            await Refused(415, "unsupported_media_type", "send the body as application/json").response()(
+                scope, receive, send)
+            return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or len(length) > 12 or int(length) > self.limit):
+            await Refused(413, "too_large", f"the body is larger than {self.limit} bytes").response()(
+                scope, receive, send)
+            return
+        # The body is read here, bounded, and handed on whole: a refusal raised while the app reads
+        # would reach its error middleware as a 500.
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                await Refused(413, "too_large", f"the body is larger than {self.limit} bytes").response()(
+                    scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> MutableMapping[str, Any]:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def create_api() -> FastAPI:
+    """The `/api/v1` application; its `state.clarion` (an `ApiState`) is set by the webhook's lifespan."""
+    api = FastAPI(
+        title="Clarion API", version="1.0.0", openapi_url="/openapi.json", docs_url="/docs", redoc_url=None,
+        description="Send notifications through Clarion's channels. Authenticate with "
+                    "`Authorization: Bearer <API key>` (docs/api-keys.md).",
+        responses={401: {"model": ErrorAnswer, "description": "Missing, unknown or revoked API key."},
+                   429: {"model": ErrorAnswer, "description": "Over the key's rate limit (Retry-After)."}},
+    )
+
+    api.add_exception_handler(Refused, refused_handler)
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header", "path")]
+        field = ".".join(loc) or None
+        message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+        return Refused(422, "invalid_request", message, field=field).response()
+
+    @api.post("/notifications", status_code=202, response_model=NotificationView,
+              responses={202: {"description": "Accepted: stored, and queued unless scheduled.",
+                               "headers": {"Location": {"schema": {"type": "string"}},
+                                           "Idempotent-Replay": {"schema": {"type": "string"}}}},
+                         403: {"model": ErrorAnswer}, 409: {"model": ErrorAnswer},
+                         413: {"model": ErrorAnswer}, 415: {"model": ErrorAnswer},
+                         422: {"model": ErrorAnswer}, 503: {"model": ErrorAnswer}})
+    async def create_notification(
+        request: Request, body: NotificationRequest, caller: Caller,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1,
+                                                      max_length=255)] = None,
+        traceparent: Annotated[str | None, Header(max_length=256)] = None,
+    ) -> JSONResponse:
+        """Accept one notification. 202 once it is stored in Postgres; see Location for its status."""
+        state = _state(request)
+        key = channel_key(body.namespace, body.channel_name)
+        authorize(caller, body.namespace, body.channel_name)
+        try:
+            channel = await state.channels.get(key)
+        except Exception as exc:
+            raise Refused(503, "unavailable", "channels cannot be read right now; try again") from exc
+        if channel is None:
+            raise Refused(422, "unknown_channel", f"channel {body.channel} does not exist", field="channel")
+        problem = body.check_for(channel.type)
+        if problem is not None:
+            field, why = problem
+            raise Refused(422, "invalid_request", f"{field}: {why}", field=field)
+        raw = await request.body()
+        idempotency = None
+        lock = None
+        if idempotency_key is not None:
+            idempotency = q.Idempotency(idempotency_key, _request_digest(request.url.path, raw))
+            lock = f"api:idempotency:{caller.key_id}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+            if not await state.redis.set(lock, "1", nx=True, ex=IDEMPOTENCY_LOCK_SECONDS):
+                return await _replay_or_conflict(state, caller, idempotency)
+        new = q.NewNotification(
+            id=uuid.uuid4(), channel_id=channel.id, lane=body.lane, recipient=body.recipient.address,
+            content=outbox_content(body), reference=body.reference, api_key_id=caller.key_id,
+            trace_id=_trace_id(traceparent), scheduled_for=body.scheduled_for,
+            max_attempts=DEFAULT_MAX_ATTEMPTS)
+
+        def answer(row: q.Row) -> tuple[int, dict[str, Any], str | None]:
+            return 202, _view(row).model_dump(mode="json", by_alias=True), _location(row.id)
+
+        try:
+            async with state.db.acquire() as conn:
+                row, existing = await q.accept(conn, new, idempotency, answer)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            ACCEPTED.labels(key, body.lane, "unavailable").inc()
+            raise Refused(503, "unavailable", "notifications cannot be stored right now; try again",
+                          headers={"Retry-After": "1"}) from exc
+        finally:
+            if lock is not None:
+                await state.redis.delete(lock)
+        if existing is not None:
+            assert idempotency is not None
+            return _replayed(existing, idempotency)
+        assert row is not None
+        if row.status == "queued":
+            await _enqueue(state.redis, row)
+        ACCEPTED.labels(key, body.lane, "accepted").inc()
+        log.info("notification_accepted", notification_id=str(row.id), channel=key, lane=row.lane,
+                 trace_id=row.trace_id, api_key=caller.key_id)
+        status_code, view, location = answer(row)
+        return JSONResponse(view, status_code=status_code, headers={"Location": location or ""})
+
+    @api.get("/notifications/{notification_id}", response_model=NotificationView,
+             responses={404: {"model": ErrorAnswer}})
+    async def get_notification(request: Request, notification_id: uuid.UUID,
+                               caller: Caller) -> NotificationView:
+        """A notification's status, attempts, times, last error and the provider's message id."""
+        async with _state(request).db.acquire() as conn:
+            row = await q.get(conn, notification_id, caller.namespace)
+        if row is None:
+            raise Refused(404, "not_found", f"no notification {notification_id}", field="notification_id")
+        return _view(row)
+
+    @api.get("/notifications", response_model=NotificationPage)
+    async def list_notifications(
+        request: Request,
+        caller: Caller,
+        reference: Annotated[str, Query(min_length=1, max_length=256)],
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> NotificationPage:
+        """Notifications of your namespace with this reference, newest first."""
+        before = _parse_cursor(cursor) if cursor else None
+        async with _state(request).db.acquire() as conn:
+            rows = await q.list_by_reference(conn, caller.namespace, reference, limit + 1, before)
+        page = rows[:limit]
+        more = len(rows) > limit
+        return NotificationPage(items=[_view(r) for r in page],
+                                next_cursor=_cursor(page[-1]) if more else None)
+
+    return api
+
+
+async def _enqueue(redis: aioredis.Redis, row: q.Row) -> None:
+    """Put the row's id on its lane's stream; on failure the replayer does it later."""
+    task = NotificationTask(notification_id=str(row.id), trace_id=row.trace_id)
+    try:
+        await redis.xadd(notify_stream(row.channel_key, row.lane), task.to_fields())  # type: ignore[arg-type]
+    except Exception as exc:  # the row is stored: a 2xx is still the truth
+        log.warning("notification_enqueue_failed", notification_id=str(row.id), error=type(exc).__name__)
+
+
+def _replayed(existing: q.Idempotency, wanted: q.Idempotency) -> JSONResponse:
+    if existing.request_sha256 != wanted.request_sha256:
+        raise Refused(422, "idempotency_key_reused", "this Idempotency-Key was used with another request",
+                      field="Idempotency-Key")
+    if existing.status_code is None or existing.response is None:
+        raise Refused(409, "in_progress", "a request with this Idempotency-Key is still being accepted",
+                      headers={"Retry-After": "1"})
+    headers = {"Idempotent-Replay": "true"}
+    if existing.location:
+        headers["Location"] = existing.location
+    return JSONResponse(existing.response, status_code=existing.status_code, headers=headers)
+
+
+async def _replay_or_conflict(state: ApiState, caller: ApiKeyRow, wanted: q.Idempotency) -> JSONResponse:
+    """Another request holds the key's marker: its stored answer if it has one, else 409."""
+    async with state.db.acquire() as conn:
+        existing = await q.find_idempotency(conn, caller.key_id, wanted.key)
+    return _replayed(existing or q.Idempotency(wanted.key, wanted.request_sha256), wanted)
