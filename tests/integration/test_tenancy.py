@@ -126,7 +126,8 @@ async def seed(db: asyncpg.Pool, namespace: str, bot_id: int) -> dict[str, int]:
     key = await db.fetchval(
         """INSERT INTO api_keys (namespace, name, secret_uid, key_sha256, channels)
            VALUES ($1, 'backend', $1 || '-uid', md5($1) || md5($1), '{shop}') RETURNING id""", namespace)
-    await db.execute("INSERT INTO idempotency_keys (api_key_id, key, request_sha256) VALUES ($1, 'k', 'h')", key)
+    await db.execute("INSERT INTO idempotency_keys (api_key_id, key, request_sha256) VALUES ($1, 'k', 'h')",
+                     key)
     await db.execute(
         """INSERT INTO notifications (id, channel_id, lane, recipient, content, trace_id, api_key_id)
            VALUES (gen_random_uuid(), $1, 'instant', '11', '{}', 't', $2)""", channel, key)
