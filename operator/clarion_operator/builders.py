@@ -105,6 +105,48 @@ def bot_labels(channel: str) -> dict[str, str]:
             "clarion.io/channel": channel}
 
 
+def _channel_deployment(*, name: str, namespace: str, selector: dict[str, str], replicas: int,
+                        credentials_revision: str, container: dict[str, Any],
+                        pod: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Deployment of one channel's pods (bot or workers): restricted pod security, and the
+    credentials revision in the pod template, so a rotation rolls the pods onto the new runtime Secret."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": {**selector, **MANAGED_BY}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": {**selector, **MANAGED_BY},
+                             "annotations": {CREDENTIALS_REVISION: credentials_revision}},
+                "spec": {"securityContext": _pod_security(), **(pod or {}), "containers": [container]},
+            },
+        },
+    }
+
+
+def _channel_container(*, name: str, image: str, pull_policy: str, command: list[str],
+                       secrets: dict[str, SecretKeyRef], runtime_secret_name: str,
+                       env: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+    """The container of a channel's pod: its Secrets and the namespace's runtime URLs as environment."""
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": command,
+        "env": [
+            *(_secret_env(var, ref.name, ref.key) for var, ref in sorted(secrets.items())),
+            *_runtime_env(runtime_secret_name),
+            {"name": "CLARION_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            *(env or []),
+        ],
+        **extra,
+        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}},
+        "securityContext": _container_security(),
+    }
+
+
 def bot_deployment(
     *,
     namespace: str,
@@ -121,39 +163,14 @@ def bot_deployment(
     `credentials_revision` (in the pod template) changes when the namespace's credentials are rotated,
     which rolls the bots onto pods that read the new runtime Secret.
     """
-    selector = bot_labels(channel)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": bot_deployment_name(channel), "namespace": namespace,
-                     "labels": {**selector, **MANAGED_BY}},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": {**selector, **MANAGED_BY},
-                             "annotations": {CREDENTIALS_REVISION: credentials_revision}},
-                "spec": {
-                    "securityContext": _pod_security(),
-                    "containers": [{
-                        "name": "bot",
-                        "image": image,
-                        "imagePullPolicy": pull_policy,
-                        "command": ["clarion-bot", "--channel", channel_key(namespace, channel)],
-                        "env": [
-                            _secret_env("CLARION_BOT_TOKEN", token.name, token.key),
-                            *_runtime_env(runtime_secret_name),
-                            {"name": "CLARION_POD_NAME",
-                             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                        ],
-                        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
-                                      "limits": {"memory": "384Mi"}},
-                        "securityContext": _container_security(),
-                    }],
-                },
-            },
-        },
-    }
+    return _channel_deployment(
+        name=bot_deployment_name(channel), namespace=namespace, selector=bot_labels(channel),
+        replicas=replicas,
+        credentials_revision=credentials_revision,
+        container=_channel_container(
+            name="bot", image=image, pull_policy=pull_policy,
+            command=["clarion-bot", "--channel", channel_key(namespace, channel)],
+            secrets={"CLARION_BOT_TOKEN": token}, runtime_secret_name=runtime_secret_name))
 
 
 def worker_labels(channel: str) -> dict[str, str]:
@@ -183,44 +200,18 @@ def worker_deployment(
     CLARION_SMTP_USERNAME and CLARION_SMTP_PASSWORD for email with AUTH). Pods run under the
     namespace's own credentials (the runtime Secret) and roll with them like the bots.
     """
-    selector = worker_labels(channel)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": worker_deployment_name(channel), "namespace": namespace,
-                     "labels": {**selector, **MANAGED_BY}},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": {**selector, **MANAGED_BY},
-                             "annotations": {CREDENTIALS_REVISION: credentials_revision}},
-                "spec": {
-                    "securityContext": _pod_security(),
-                    # A worker finishes and records the sends in flight before it exits.
-                    "terminationGracePeriodSeconds": 60,
-                    "containers": [{
-                        "name": "worker",
-                        "image": image,
-                        "imagePullPolicy": pull_policy,
-                        "command": ["clarion-worker", "--channel", channel_key(namespace, channel)],
-                        "env": [
-                            *(_secret_env(var, ref.name, ref.key) for var, ref in sorted(secrets.items())),
-                            *_runtime_env(runtime_secret_name),
-                            {"name": "CLARION_POD_NAME",
-                             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                            {"name": "CLARION_WORKER_CONCURRENCY", "value": str(concurrency)},
-                            {"name": "CLARION_METRICS_PORT", "value": str(METRICS_PORT)},
-                        ],
-                        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-                        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
-                                      "limits": {"memory": "384Mi"}},
-                        "securityContext": _container_security(),
-                    }],
-                },
-            },
-        },
-    }
+    return _channel_deployment(
+        name=worker_deployment_name(channel), namespace=namespace, selector=worker_labels(channel),
+        replicas=replicas, credentials_revision=credentials_revision,
+        # A worker finishes and records the sends in flight before it exits.
+        pod={"terminationGracePeriodSeconds": 60},
+        container=_channel_container(
+            name="worker", image=image, pull_policy=pull_policy,
+            command=["clarion-worker", "--channel", channel_key(namespace, channel)],
+            secrets=secrets, runtime_secret_name=runtime_secret_name,
+            env=[{"name": "CLARION_WORKER_CONCURRENCY", "value": str(concurrency)},
+                 {"name": "CLARION_METRICS_PORT", "value": str(METRICS_PORT)}],
+            ports=[{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]))
 
 
 def sender_labels(campaign: str, run: int) -> dict[str, str]:
