@@ -4,7 +4,7 @@
 #   1. create the kind cluster $KIND_CLUSTER (default clarion) unless it exists;
 #   2. docker build the one Clarion image as $IMAGE (default clarion:dev) and kind-load it;
 #   3. helm upgrade --install the chart into $NAMESPACE (default clarion-system) with the bundled
-#      single-pod Postgres and Redis, the notification workers on, and the image just loaded;
+#      single-pod Postgres and Redis, and the image just loaded;
 #   4. wait for the rollout and run `helm test`.
 #
 # Needs docker, kind, helm and kubectl on PATH (helm and kubectl are also in the cache that
@@ -50,7 +50,7 @@ helm upgrade --install "$RELEASE" charts/clarion \
   --namespace "$NAMESPACE" --create-namespace \
   --set image.repository="$repository" --set image.tag="$tag" --set image.pullPolicy=Never \
   --set postgresql.bundled=true --set redis.bundled=true \
-  --set workers.enabled=true --set webhook.replicas=1 \
+  --set webhook.replicas=1 \
   --set webhook.podDisruptionBudget.enabled=false \
   --wait --timeout 5m "$@"
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.cluster
 
 CHART = chart.CHART_DIR
 EVERYTHING_ON = [
-    "--set", "postgresql.bundled=true,redis.bundled=true,workers.enabled=true,networkPolicy.enabled=true",
+    "--set", "postgresql.bundled=true,redis.bundled=true,networkPolicy.enabled=true",
     "--set", "webhook.ingress.enabled=true,metrics.grafanaDashboard.enabled=true",
     "--set", "webhook.ingress.hosts={clarion.example.com}",
 ]
@@ -131,7 +131,7 @@ def test_helm_install_creates_the_release_and_uninstall_removes_it(
     helm("install", release, str(CHART), "-n", ns, *NO_CLUSTER_SCOPED_API, *EVERYTHING_ON)
 
     deployments = _by_name(k8s, k8s.apps.list_namespaced_deployment(ns))
-    assert set(deployments) == {f"{release}-operator", f"{release}-webhook", f"{release}-workers"}
+    assert set(deployments) == {f"{release}-operator", f"{release}-webhook"}
     operator = deployments[f"{release}-operator"]["spec"]
     assert operator["replicas"] == 1 and operator["strategy"] == {"type": "Recreate"}
     assert operator["template"]["spec"]["serviceAccountName"] == f"{release}-operator"
@@ -143,7 +143,7 @@ def test_helm_install_creates_the_release_and_uninstall_removes_it(
     assert set(statefulsets) == {f"{release}-postgresql", f"{release}-redis"}
     services = _by_name(k8s, k8s.core.list_namespaced_service(ns))
     assert set(services) == {f"{release}-{suffix}" for suffix in (
-        "webhook", "operator-metrics", "workers-metrics", "postgresql", "redis")}
+        "webhook", "operator-metrics", "postgresql", "redis")}
     accounts = _by_name(k8s, k8s.core.list_namespaced_service_account(ns))
     assert accounts[f"{release}-workload"]["automountServiceAccountToken"] is False
     assert accounts[f"{release}-operator"]["automountServiceAccountToken"] is True

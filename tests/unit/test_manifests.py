@@ -26,7 +26,7 @@ VALUES = yaml.safe_load(VALUES_TEXT)
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 # Every optional part switched on, so each template renders at least once.
 EVERYTHING_ON = [
-    "--set", "postgresql.bundled=true,redis.bundled=true,workers.enabled=true,networkPolicy.enabled=true",
+    "--set", "postgresql.bundled=true,redis.bundled=true,networkPolicy.enabled=true",
     "--set", "webhook.ingress.enabled=true,metrics.grafanaDashboard.enabled=true",
     "--set", "webhook.ingress.hosts={clarion.example.com}",
     "--api-versions", "monitoring.coreos.com/v1",
@@ -222,7 +222,7 @@ def _pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
 def test_every_pod_is_locked_down(helm: Path) -> None:
     docs = _documents(rm.helm_template(helm, CHART, *EVERYTHING_ON))
     specs = _pod_specs(docs)
-    assert len(specs) == 6  # operator, webhook, workers, postgresql, redis, helm test
+    assert len(specs) == 5  # operator, webhook, postgresql, redis, helm test
     for name, spec in specs:
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0, name
