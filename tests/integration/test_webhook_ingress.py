@@ -200,7 +200,7 @@ async def test_health_readiness_and_metrics_endpoints(client: httpx.AsyncClient)
     assert (await client.get("/healthz")).status_code == 200
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"redis": "ok", "postgres": "ok", "channels": "ok"}
+    assert ready.json()["checks"] == {"redis": "ok", "postgres": "ok", "channels": "ok", "api_keys": "ok"}
     assert ready.json()["degraded"] is False
     await client.post(f"/tg/webhook/{CHANNEL}", json=message_update(30), headers=HEADERS)
     await client.post(f"/tg/webhook/{CHANNEL}", json=message_update(30), headers=HEADERS)

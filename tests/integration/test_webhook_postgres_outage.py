@@ -132,11 +132,12 @@ async def test_updates_for_a_known_channel_are_taken_while_postgres_is_down(
     assert during.ready_status == 200 and during.ready["ready"] is True and during.ready["degraded"] is True
     assert during.ready["checks"]["postgres"] != "ok"
     assert during.ready["checks"]["channels"].startswith("stale")
+    assert during.ready["checks"]["api_keys"].startswith("stale")  # the API keys are served from the copy
     assert during.database_up == 0
     assert all(o.ready_status == 200 and o.database_up == 0 for o in traffic.observations)
     stale = [o.stale_seconds for o in traffic.observations]
     assert stale == sorted(stale) and stale[-1] > stale[0] > 0  # the copy's age grew through the outage
-    assert after.ready["checks"] == {"redis": "ok", "postgres": "ok", "channels": "ok"}
+    assert after.ready["checks"] == {"redis": "ok", "postgres": "ok", "channels": "ok", "api_keys": "ok"}
     assert after.database_up == 1 and after.stale_seconds == 0
 
 

@@ -1,0 +1,87 @@
+"""A channel's notification workers end to end: the operator runs `<channel>-workers`, the pod runner runs
+its pod as a `clarion-worker` process under the namespace's own Postgres role and Redis ACL user, and
+what is accepted into the outbox reaches Telegram."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from clarion.db import notifications as q
+from clarion.streams import NotificationTask, notify_stream
+from clarion_dev.podrunner import PodRunner
+from clarion_dev.telegram import Emulator
+from clarion_dev.testing.cluster import KubeApis
+from clarion_dev.testing.operator import Operator
+from clarion_dev.testing.waiting import async_wait_for
+
+from .conftest import make_channel
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_the_operator_runs_a_channel_s_workers_and_they_send_its_notifications_as_the_tenant(
+    telegram_emulator: Emulator, operator: Operator, pod_runner: PodRunner, k8s: KubeApis,
+    kube_namespace: str, db: asyncpg.Pool, redis: aioredis.Redis,
+) -> None:
+    channel = await make_channel(k8s, kube_namespace, telegram_emulator, operator, db, workers=1)
+    telegram_emulator.add_users(30, 100_000)
+
+    def worker_deployment() -> Any:
+        found: Any = k8s.apps.list_namespaced_deployment(
+            kube_namespace, label_selector="app.kubernetes.io/component=worker")
+        return found.items or None
+
+    try:
+        [deployment] = await async_wait_for(worker_deployment, timeout=60, interval=0.3,
+                                            what="the channel's worker Deployment")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- operator log ---\n{operator.log()}") from None
+    assert deployment.metadata.name == "news-workers"
+    container = deployment.spec.template.spec.containers[0]
+    assert container.command == ["clarion-worker", "--channel", f"{kube_namespace}.news"]
+    assert {p.name for p in container.ports} == {"metrics"}
+    assert deployment.metadata.owner_references[0].kind == "NotificationChannel"
+
+    key = f"{kube_namespace}.news"
+    ids = []
+    for chat in range(100_000, 100_030):
+        new = q.NewNotification(id=uuid.uuid4(), channel_id=channel.id, lane="instant", recipient=str(chat),
+                                content={"text": f"Your code is {chat}"}, reference=None, api_key_id=None,
+                                trace_id=os.urandom(16).hex(), scheduled_for=None, max_attempts=3)
+        async with db.acquire() as conn:
+            row, _ = await q.accept(conn, new)
+        assert row is not None
+        ids.append(row.id)
+        task = NotificationTask(notification_id=str(row.id), trace_id=row.trace_id)
+        await redis.xadd(notify_stream(key, "instant"), task.to_fields())  # type: ignore[arg-type]
+
+    async def all_sent() -> int | None:
+        sent: int = await db.fetchval(
+            "SELECT count(*) FROM notifications WHERE id = ANY($1::uuid[]) AND status = 'sent'", ids)
+        return sent if sent == len(ids) else None
+
+    try:
+        done: int = await async_wait_for(all_sent, timeout=120, interval=0.3, what="30 notifications sent")
+        assert done == 30
+    except AssertionError as exc:
+        logs = "\n".join(pod_runner.logs(name.partition("/")[2])[-3000:]
+                         for name in pod_runner.running_pods())
+        raise AssertionError(f"{exc}\n--- worker pods ---\n{logs}\n--- operator ---\n{operator.log()}") \
+            from None
+
+    received = sorted(m.chat_id for m in telegram_emulator.sent(channel.token))
+    assert received == list(range(100_000, 100_030))
+    [pod] = [p.partition("/")[2] for p in pod_runner.running_pods() if "/news-workers" in p]
+    assert "sender.fatal" not in pod_runner.logs(pod)
+    # the pod logged in as the namespace's own role, not as the operator's
+    roles = await db.fetchrow("SELECT role_a, role_b FROM tenants WHERE namespace = $1", kube_namespace)
+    sessions = await db.fetchval(
+        """SELECT count(*) FROM pg_stat_activity
+           WHERE datname = current_database() AND usename = ANY($1::name[])""",
+        [r for r in (roles["role_a"], roles["role_b"]) if r is not None])
+    assert sessions >= 1
