@@ -37,7 +37,7 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 from clarion.db import api_keys as keys
-from clarion.db import apply_migrations
+from clarion.db import apply_migrations, create_pool
 from clarion.db import notifications as q
 from clarion.models import ApiKeySecret
 from clarion.streams import NotificationTask
@@ -69,16 +69,20 @@ async def prepare(emulator_url: str) -> int:
     conn = await asyncpg.connect(bench_dsn())
     try:
         await apply_migrations(conn)
-        channel_id: int = await conn.fetchval(
+    finally:
+        await conn.close()
+    pool = await create_pool(bench_dsn(), min_size=1, max_size=2)
+    try:
+        channel_id: int = await pool.fetchval(
             """INSERT INTO channels (namespace, name, type, bot_id, api_base_url, config, ready)
                VALUES ('bench', 'alerts', 'telegram', $1, $2, $3, true) RETURNING id""",
             int(TOKEN.split(":")[0]), emulator_url,
-            json.dumps({"rateLimits": {"globalPerSecond": 100_000, "perChatPerSecond": 1000}}))
-        await keys.sync_api_key(conn, ApiKeySecret(
+            {"rateLimits": {"globalPerSecond": 100_000, "perChatPerSecond": 1000}})
+        await keys.sync_api_key(pool, ApiKeySecret(
             namespace="bench", name="load", uid="bench-uid", channels=("*",),
             key_sha256=hashlib.sha256(API_KEY.encode()).hexdigest()))
     finally:
-        await conn.close()
+        await pool.close()
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
         await client.flushdb()
@@ -170,7 +174,9 @@ async def durable_floor(channel_id: int, count: int, concurrency: int) -> float:
     try:
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return count / (time.perf_counter() - started)
+        rate = count / (time.perf_counter() - started)
+        await pool.execute("DELETE FROM notifications WHERE recipient = '1'")  # not for the worker
+        return rate
     finally:
         await pool.close()
         await redis.aclose()
@@ -201,8 +207,13 @@ async def main(args: argparse.Namespace) -> None:
                 **env, "CLARION_BOT_TOKEN": TOKEN, "CLARION_WORKER_CONCURRENCY": "64"})
             conn = await asyncpg.connect(bench_dsn())
             try:
-                while await conn.fetchval("SELECT count(*) FROM notifications WHERE status <> 'sent'"):
-                    await asyncio.sleep(0.2)
+                backlog = await conn.fetchval("SELECT count(*) FROM notifications")
+                drain_started = time.monotonic()
+                unsettled = ("SELECT count(*) FROM notifications "
+                             "WHERE status IN ('created', 'queued', 'sending')")
+                while await conn.fetchval(unsettled):
+                    await asyncio.sleep(0.1)
+                drain_rate = backlog / (time.monotonic() - drain_started)
             finally:
                 await conn.close()
             before = len(await emulator.sent())
@@ -218,12 +229,14 @@ async def main(args: argparse.Namespace) -> None:
     conn = await asyncpg.connect(bench_dsn())
     try:
         rows = await conn.fetch(
-            "SELECT id::text, provider_message_id FROM notifications WHERE id = ANY($1::uuid[])", list(due))
+            "SELECT id::text, recipient, provider_message_id FROM notifications WHERE id = ANY($1::uuid[])",
+            list(due))
     finally:
         await conn.close()
-    at_by_message = {str(m["message_id"]): float(m["at"]) for m in sent}
-    e2e = [at_by_message[r["provider_message_id"]] - due[r["id"]] for r in rows
-           if r["provider_message_id"] in at_by_message]
+    # Telegram's message ids count per chat: a message is (chat, id)
+    at_by_message = {(str(m["chat_id"]), str(m["message_id"])): float(m["at"]) for m in sent}
+    e2e = [at_by_message[(r["recipient"], r["provider_message_id"])] - due[r["id"]] for r in rows
+           if (r["recipient"], r["provider_message_id"]) in at_by_message]
     print(table(f"Notification API, one clarion-webhook process, {args.concurrency} in flight, loopback",
                 ["measure", "value", "goal"], [
                     ["accepted/s, durable (closed loop)", round(closed["rate"]), ">= 2,000"],
@@ -239,6 +252,7 @@ async def main(args: argparse.Namespace) -> None:
                     [f"accept -> emulator at {args.e2e_rate:g}/s: p50 / p99 ms",
                      f"{percentile(e2e, 0.5) * 1000:.1f} / {percentile(e2e, 0.99) * 1000:.1f}", "p99 <= 250"],
                     ["  delivered / accepted", f"{len(e2e)} / {len(due)} (errors {e2e_errors})", "all"],
+                    ["worker: backlog drained, notifications/s (one process)", round(drain_rate), "-"],
                 ]))
 
 
