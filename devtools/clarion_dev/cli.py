@@ -7,6 +7,7 @@
     clarion dev smtp ...           the SMTP sink (clarion_dev.smtp_sink)
     clarion crds ...               render crds/ from the models (clarion_dev.crdgen)
     clarion campaign ...           campaign tasks such as retry-failed (clarion_dev.campaign_cli)
+    clarion dlq list|replay ...    notification dead letters (clarion_dev.dlq_cli)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _COMMANDS: dict[tuple[str, ...], str] = {
     ("dev", "smtp"): "clarion_dev.smtp_sink:main",
     ("crds",): "clarion_dev.crdgen:main",
     ("campaign",): "clarion_dev.campaign_cli:main",
+    ("dlq",): "clarion_dev.dlq_cli:main",
 }
 
 

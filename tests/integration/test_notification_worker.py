@@ -7,6 +7,7 @@ entry on the lane's stream); what the emulator received and the rows' status are
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from clarion.db import notifications as q
+from clarion.settings import CommonSettings
 from clarion.streams import (
     NotificationEvent,
     NotificationTask,
@@ -29,6 +31,7 @@ from clarion.streams import (
     notification_status_stream,
     notify_stream,
 )
+from clarion_dev import dlq_cli
 from clarion_dev.smtp_sink import SmtpSink
 from clarion_dev.telegram import Emulator
 from clarion_dev.testing.waiting import async_wait_for
@@ -325,3 +328,34 @@ async def test_an_email_channel_s_worker_sends_over_starttls_with_auth_and_fails
     assert (stored["status"], stored["provider_message_id"]) == ("sent", f"<{first.id}@example.org>")
     refused = await db.fetchrow("SELECT * FROM notifications WHERE recipient = 'gone@example.org'")
     assert refused["attempts"] == 1 and "550" in refused["last_error"]
+
+
+async def test_a_dead_letter_is_listed_and_replayed_once_its_cause_is_fixed(
+    world: World, workers: Workers, database_url: str, redis_url: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    stranger = await world.notify(9_999_999, "before the user existed")
+    await workers.start("w1")
+    await _settled(world, workers, 1)
+    settings = CommonSettings(database_url=database_url, redis_url=redis_url)
+    capsys.readouterr()
+
+    await dlq_cli.list_dead(settings, CHANNEL, None, 100)
+    [line] = capsys.readouterr().out.splitlines()
+    listed = json.loads(line)
+    assert (listed["notification_id"], listed["reason"]) == (str(stranger), "permanent")
+    assert "chat not found" in listed["error"]
+
+    world.emu.add_user(9_999_999)  # the cause is fixed: the chat exists now
+    assert await dlq_cli.replay(settings, [], True, CHANNEL) == 0
+    assert await dlq_cli.replay(settings, [stranger], False, None) == 1  # no longer failed: left alone
+
+    async def sent() -> str | None:
+        status: str = await world.db.fetchval("SELECT status FROM notifications WHERE id = $1", stranger)
+        return status if status == "sent" else None
+
+    status: str = await async_wait_for(sent, timeout=30, interval=0.2, what="the replayed notification sent")
+    assert status == "sent"
+    assert world.received()[9_999_999] == 1
+    assert await _entries(world.redis, dead_letter_stream(notify_stream(CHANNEL, "instant"))) == []
+    audit = await world.db.fetchrow("SELECT actor, action FROM audit_log WHERE subject = $1", str(stranger))
+    assert audit["action"] == "notification.retried" and audit["actor"].startswith("cli:")

@@ -8,6 +8,7 @@ import hashlib
 import os
 import signal
 import sys
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -254,3 +255,29 @@ async def test_a_notification_posted_to_the_api_reaches_telegram_and_its_status_
     assert all(v["providerMessageId"] == str(received[100_000 + i].message_id) for i, v in enumerate(views))
     trace = answers[0].json()["traceId"]
     assert trace in (tmp_path / "worker.log").read_text()  # the API's trace id reaches the worker's log
+
+
+async def test_a_failed_notification_is_retried_through_the_api_once_and_audited(
+    api: httpx.AsyncClient, db: asyncpg.Pool, redis: aioredis.Redis,
+) -> None:
+    created = (await api.post("/api/v1/notifications", json=_request(), headers=_bearer())).json()
+    await db.execute(
+        "UPDATE notifications SET status = 'failed', attempts = 3, last_error = '502' WHERE id = $1",
+        uuid.UUID(created["id"]))
+    url = f"/api/v1/notifications/{created['id']}/retry"
+
+    retried = await api.post(url, headers=_bearer())
+    again = await api.post(url, headers=_bearer())
+    foreign = await api.post(url, headers=_bearer(OTHER_KEY))
+
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["status"] == "queued" and retried.headers["location"].endswith(created["id"])
+    assert again.status_code == 409 and again.json()["error"]["code"] == "not_failed"
+    assert foreign.status_code == 404
+    row = await db.fetchrow("SELECT max_attempts, attempts FROM notifications WHERE id = $1",
+                            uuid.UUID(created["id"]))
+    assert (row["attempts"], row["max_attempts"]) == (3, 6)
+    entries: Any = await redis.xrange(notify_stream("shop.alerts", "instant"))
+    assert [NotificationTask.from_fields(f).notification_id for _, f in entries] == [created["id"]] * 2
+    audit = await db.fetchrow("SELECT actor, action FROM audit_log WHERE subject = $1", created["id"])
+    assert dict(audit) == {"actor": "api-key:1", "action": "notification.retried"}

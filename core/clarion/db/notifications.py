@@ -239,3 +239,28 @@ async def due_for_enqueue(conn: Db, channel_id: int, replay_after_seconds: float
 async def audit(conn: Db, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
     await conn.execute("INSERT INTO audit_log (actor, action, subject, details) VALUES ($1, $2, $3, $4)",
                        actor, action, subject, details)
+
+
+async def requeue_failed(conn: Db, ids: list[uuid.UUID], *, actor: str, namespace: str | None = None,
+                         extra_attempts: int = 3) -> list[Row]:
+    """Give failed notifications (of `namespace`'s channels, when given) `extra_attempts` more: back to
+    `queued`, due now, as on their streams (the caller puts them there next, as `accept`'s caller does;
+    if that fails the replayer does it `replay_after` later). Audited as
+    `notification.retried` by `actor`. Returns the rows requeued; a row not failed is left alone, so
+    a second call does nothing."""
+    async with conn.transaction():
+        records = await conn.fetch(
+            f"""WITH n AS (
+                    UPDATE notifications n SET status = 'queued', max_attempts = n.attempts + $3,
+                           next_attempt_at = now(), enqueued_at = now(), updated_at = now()
+                    FROM channels ch
+                    WHERE n.id = ANY($1::uuid[]) AND n.status = 'failed' AND ch.id = n.channel_id
+                      AND ($2::text IS NULL OR ch.namespace = $2)
+                    RETURNING n.*)
+                SELECT {_COLUMNS} FROM n JOIN channels ch ON ch.id = n.channel_id""",  # noqa: S608 - constant columns
+            ids, namespace, extra_attempts)
+        rows = [_row(r) for r in records]
+        for row in rows:
+            await audit(conn, actor, "notification.retried", str(row.id),
+                        {"channel": row.channel_key, "attempts": row.attempts, "last_error": row.last_error})
+    return rows

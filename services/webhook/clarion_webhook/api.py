@@ -137,7 +137,8 @@ def _parse_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 class BodyGuard:
-    """ASGI middleware of the API: POST bodies must be JSON (415) and at most `limit` bytes (413)."""
+    """ASGI middleware of the API: POST bodies must be JSON (415) and at most `limit` bytes (413); a
+    POST without a body (`…/retry`) needs no content type."""
 
     def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
         self.app, self.limit = app, limit
@@ -148,11 +149,12 @@ class BodyGuard:
             return
         headers = dict(scope["headers"])
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if media != b"application/json":
+        length = headers.get(b"content-length")
+        has_body = b"transfer-encoding" in headers or (length is not None and length != b"0")
+        if has_body and media != b"application/json":
             await Refused(415, "unsupported_media_type", "send the body as application/json").response()(
                 scope, receive, send)
             return
-        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or len(length) > 12 or int(length) > self.limit):
             await Refused(413, "too_large", f"the body is larger than {self.limit} bytes").response()(
                 scope, receive, send)
@@ -283,6 +285,26 @@ def create_api() -> FastAPI:
         if row is None:
             raise Refused(404, "not_found", f"no notification {notification_id}", field="notification_id")
         return _view(row)
+
+    @api.post("/notifications/{notification_id}/retry", status_code=202, response_model=NotificationView,
+              responses={404: {"model": ErrorAnswer}, 409: {"model": ErrorAnswer}})
+    async def retry_notification(request: Request, notification_id: uuid.UUID,
+                                 caller: Caller) -> JSONResponse:
+        """Send a failed notification again, with up to 3 more attempts (audited)."""
+        state = _state(request)
+        async with state.db.acquire() as conn:
+            requeued = await q.requeue_failed(conn, [notification_id], actor=f"api-key:{caller.key_id}",
+                                              namespace=caller.namespace)
+            row = requeued[0] if requeued else await q.get(conn, notification_id, caller.namespace)
+        if row is None:
+            raise Refused(404, "not_found", f"no notification {notification_id}", field="notification_id")
+        if not requeued:
+            raise Refused(409, "not_failed", f"notification {notification_id} is {row.status}: only a failed "
+                                             "one can be retried")
+        await _enqueue(state.redis, row)
+        log.info("notification_retried", notification_id=str(row.id), api_key=caller.key_id)
+        return JSONResponse(_view(row).model_dump(mode="json", by_alias=True), status_code=202,
+                            headers={"Location": _location(row.id)})
 
     @api.get("/notifications", response_model=NotificationPage)
     async def list_notifications(
