@@ -186,7 +186,7 @@ class NotificationWorker:
         while not self._stopping.is_set():
             await self._slots.acquire()  # at least one slot free before reading
             self._slots.release()
-            free = self._slots._value
+            free = self.options.concurrency - len(self._tasks)  # sends that may start now
             reply: Any = []
             if instant:  # instant first, without waiting
                 reply = await self._read(dict.fromkeys(instant.values(), ">"), free, block=None)
