@@ -228,6 +228,13 @@ async def _respond(send: Send, status: int, body: bytes, *, allow: bool = False)
     await send({"type": "http.response.body", "body": body})
 
 
+def _copy_check(copy: ChannelCache | ApiKeyStore) -> str:
+    """A table copy as readiness shows it: ok (in sync), stale <seconds>s (served), not loaded."""
+    if copy.in_sync:
+        return "ok"
+    return f"stale {copy.stale_seconds():.0f}s" if copy.loaded else "not loaded"
+
+
 class WebhookApp(FastAPI):
     """A FastAPI app that hands `/tg/webhook/*` straight to the Telegram ingress.
 
@@ -309,15 +316,8 @@ def create_app(settings: WebhookSettings) -> FastAPI:
             checks["postgres"] = "ok"
         except Exception as exc:
             checks["postgres"] = type(exc).__name__
-        if channels.in_sync:
-            checks["channels"] = "ok"
-        elif channels.loaded:
-            checks["channels"] = f"stale {channels.stale_seconds():.0f}s"
-        else:
-            checks["channels"] = "not loaded"
-        api_keys: ApiKeyStore = state["api_keys"]
-        checks["api_keys"] = "ok" if api_keys.in_sync else (
-            f"stale {api_keys.stale_seconds():.0f}s" if api_keys.loaded else "not loaded")
+        checks["channels"] = _copy_check(channels)
+        checks["api_keys"] = _copy_check(state["api_keys"])
         ready = checks["redis"] == "ok" and channels.loaded
         degraded = any(value != "ok" for value in checks.values())
         body = {"ready": ready, "degraded": degraded, "channels": len(channels), "checks": checks}
