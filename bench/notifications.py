@@ -12,7 +12,7 @@ process is the load generator (aiohttp, loopback). Side by side in one run:
    the message (both stamp CLOCK_MONOTONIC, one clock for every process here) → p50/p99.
 
 Goals (docs/notifications.md): ≥ 2,000 accepted/s per API process, p99 ≤ 25 ms at 1,000/s, end to end
-p99 ≤ 250 ms at 200/s. Uses the database `clarion_bench_notifications` and Redis db 12.
+p99 ≤ 250 ms at 200/s. Uses a scratch database and Redis db 13 (`bench.sender_common`).
 
     .venv/bin/python bench/notifications.py [--count 5000] [--concurrency 64] [--rate 1000] [--seconds 5]
 """
@@ -37,57 +37,30 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 from clarion.db import api_keys as keys
-from clarion.db import apply_migrations, create_pool
 from clarion.db import notifications as q
 from clarion.models import ApiKeySecret
 from clarion.streams import NotificationTask
 from clarion_dev.net import free_port
 
-from bench.sender_common import TOKEN, EmulatorProcess, table
+from bench.sender_common import REDIS_URL, TOKEN, EmulatorProcess, scratch_database, table
 from bench.webhook_ingest import _cpu_seconds, percentile, wait_listening
 
-BASE_DSN = os.environ.get("CLARION_DATABASE_URL", "postgresql://clarion@127.0.0.1:55432/postgres")
-BENCH_DB = "clarion_bench_notifications"
-REDIS_URL = os.environ.get("CLARION_BENCH_REDIS_URL", "redis://127.0.0.1:56379/12")
 API_KEY = "bench-" + "k" * 40
 BIN = Path(sys.executable).parent
 FIRST_CHAT = 100_000
 CHATS = 1000
 
 
-def bench_dsn() -> str:
-    return BASE_DSN.rpartition("/")[0] + "/" + BENCH_DB
-
-
-async def prepare(emulator_url: str) -> int:
-    admin = await asyncpg.connect(BASE_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(bench_dsn())
-    try:
-        await apply_migrations(conn)
-    finally:
-        await conn.close()
-    pool = await create_pool(bench_dsn(), min_size=1, max_size=2)
-    try:
-        channel_id: int = await pool.fetchval(
-            """INSERT INTO channels (namespace, name, type, bot_id, api_base_url, config, ready)
-               VALUES ('bench', 'alerts', 'telegram', $1, $2, $3, true) RETURNING id""",
-            int(TOKEN.split(":")[0]), emulator_url,
-            {"rateLimits": {"globalPerSecond": 100_000, "perChatPerSecond": 1000}})
-        await keys.sync_api_key(pool, ApiKeySecret(
-            namespace="bench", name="load", uid="bench-uid", channels=("*",),
-            key_sha256=hashlib.sha256(API_KEY.encode()).hexdigest()))
-    finally:
-        await pool.close()
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await client.flushdb()
-    finally:
-        await client.aclose()
+async def prepare(pool: asyncpg.Pool, emulator_url: str) -> int:
+    """The channel on the emulator's bot, with limits lifted, and the API key; the channel's id."""
+    channel_id: int = await pool.fetchval(
+        """INSERT INTO channels (namespace, name, type, bot_id, api_base_url, config, ready)
+           VALUES ('bench', 'alerts', 'telegram', $1, $2, $3, true) RETURNING id""",
+        int(TOKEN.split(":")[0]), emulator_url,
+        {"rateLimits": {"globalPerSecond": 100_000, "perChatPerSecond": 1000}})
+    await keys.sync_api_key(pool, ApiKeySecret(
+        namespace="bench", name="load", uid="bench-uid", channels=("*",),
+        key_sha256=hashlib.sha256(API_KEY.encode()).hexdigest()))
     return channel_id
 
 
@@ -149,9 +122,9 @@ async def open_loop(url: str, rate: float, seconds: float,
     return latencies, accepted, errors
 
 
-async def durable_floor(channel_id: int, count: int, concurrency: int) -> float:
+async def durable_floor(dsn: str, channel_id: int, count: int, concurrency: int) -> float:
     """The same row INSERTed and its id XADDed, with no HTTP and no checks: rows/s."""
-    pool = await asyncpg.create_pool(bench_dsn(), min_size=concurrency, max_size=concurrency)
+    pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
     redis = aioredis.Redis.from_url(REDIS_URL, max_connections=concurrency)
     next_index = 0
 
@@ -183,11 +156,11 @@ async def durable_floor(channel_id: int, count: int, concurrency: int) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
-    async with EmulatorProcess("off") as emulator:
+    async with scratch_database("notifications") as (dsn, pool), EmulatorProcess("off") as emulator:
         await emulator.add_users(CHATS, FIRST_CHAT)
-        channel_id = await prepare(emulator.base_url)
+        channel_id = await prepare(pool, emulator.base_url)
         port = free_port()
-        env = {**os.environ, "CLARION_DATABASE_URL": bench_dsn(), "CLARION_REDIS_URL": REDIS_URL,
+        env = {**os.environ, "CLARION_DATABASE_URL": dsn, "CLARION_REDIS_URL": REDIS_URL,
                "CLARION_LOG_LEVEL": "WARNING"}
         server = subprocess.Popen([sys.executable, "-m", "clarion_webhook.main", "--host", "127.0.0.1",
                                    "--port", str(port)], env=env)
@@ -199,23 +172,18 @@ async def main(args: argparse.Namespace) -> None:
             cpu = _cpu_seconds(server.pid)
             closed = await closed_loop(url, args.count, args.concurrency)
             closed["cpu"] = _cpu_seconds(server.pid) - cpu
-            floor = await durable_floor(channel_id, args.count, args.concurrency)
+            floor = await durable_floor(dsn, channel_id, args.count, args.concurrency)
             open_latencies, _, open_errors = await open_loop(url, args.rate, args.seconds, 10_000_000)
 
             # end to end: the worker drains what the runs above queued, then takes the timed traffic
             worker = subprocess.Popen([str(BIN / "clarion-worker"), "--channel", "bench.alerts"], env={
                 **env, "CLARION_BOT_TOKEN": TOKEN, "CLARION_WORKER_CONCURRENCY": "64"})
-            conn = await asyncpg.connect(bench_dsn())
-            try:
-                backlog = await conn.fetchval("SELECT count(*) FROM notifications")
-                drain_started = time.monotonic()
-                unsettled = ("SELECT count(*) FROM notifications "
-                             "WHERE status IN ('created', 'queued', 'sending')")
-                while await conn.fetchval(unsettled):
-                    await asyncio.sleep(0.1)
-                drain_rate = backlog / (time.monotonic() - drain_started)
-            finally:
-                await conn.close()
+            backlog = await pool.fetchval("SELECT count(*) FROM notifications")
+            drain_started = time.monotonic()
+            unsettled = "SELECT count(*) FROM notifications WHERE status IN ('created', 'queued', 'sending')"
+            while await pool.fetchval(unsettled):
+                await asyncio.sleep(0.1)
+            drain_rate = backlog / (time.monotonic() - drain_started)
             before = len(await emulator.sent())
             _, accepted, e2e_errors = await open_loop(url, args.e2e_rate, args.seconds, 20_000_000)
             due = {line.split()[0]: float(line.split()[1]) for line in accepted}
@@ -226,13 +194,9 @@ async def main(args: argparse.Namespace) -> None:
                 if proc is not None:
                     proc.terminate()
                     proc.wait(30)
-    conn = await asyncpg.connect(bench_dsn())
-    try:
-        rows = await conn.fetch(
+        rows = await pool.fetch(
             "SELECT id::text, recipient, provider_message_id FROM notifications WHERE id = ANY($1::uuid[])",
             list(due))
-    finally:
-        await conn.close()
     # Telegram's message ids count per chat: a message is (chat, id)
     at_by_message = {(str(m["chat_id"]), str(m["message_id"])): float(m["at"]) for m in sent}
     e2e = [at_by_message[(r["recipient"], r["provider_message_id"])] - due[r["id"]] for r in rows
