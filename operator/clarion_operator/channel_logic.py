@@ -3,22 +3,26 @@ when to check again."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from clarion.db.channels import StoredTemplate
 from clarion.keys import channel_key
 from clarion.models import (
     ChannelReason,
     Condition,
     ConditionType,
     EmailSettings,
+    NotificationChannelSpec,
     NotificationChannelStatus,
     TelegramSettings,
     WebPushSettings,
     merge_conditions,
 )
 from clarion.models.base import ConditionStatus
+from clarion.templates import template_problem
 
 Section = TelegramSettings | EmailSettings | WebPushSettings
 
@@ -38,6 +42,23 @@ def stored_config(section: Section) -> dict[str, Any]:
 
     config: dict[str, Any] = strip(section.to_k8s())
     return config
+
+
+def stored_templates(spec: NotificationChannelSpec) -> list[StoredTemplate]:
+    """The channel's templates as its row stores them, each compiled once to learn whether it can be
+    used: a broken one is stored with its error, and the API refuses it by name."""
+    return [StoredTemplate.of(t, template_problem(t)) for t in spec.templates]
+
+
+def templates_condition(templates: Sequence[StoredTemplate]) -> Condition:
+    """TemplatesValid: True when every template compiles; False naming each one that does not."""
+    broken = [f"template {t.name}: {t.error}" for t in templates if t.error is not None]
+    if broken:
+        return Condition.of(ConditionType.TEMPLATES_VALID, False, ChannelReason.TEMPLATE_INVALID,
+                            "; ".join(broken)[:4000])
+    count = len(templates)
+    return Condition.of(ConditionType.TEMPLATES_VALID, True, ChannelReason.TEMPLATES_COMPILED,
+                        f"{count} template{'' if count == 1 else 's'} compiled")
 
 
 @dataclass(frozen=True)
@@ -85,11 +106,15 @@ class ChannelCheck:
         return self.webhook is None or not self.webhook_configured or self.webhook.status != "False"
 
 
-def channel_conditions(check: ChannelCheck) -> list[Condition]:
-    """CredentialsValid, WebhookRegistered (telegram) and the Ready summary."""
+def channel_conditions(check: ChannelCheck, templates: Sequence[StoredTemplate] = ()) -> list[Condition]:
+    """CredentialsValid, WebhookRegistered (telegram), TemplatesValid and the Ready summary (last).
+
+    A broken template does not make the channel unready: it can still send everything else.
+    """
     conds = [check.credentials.condition(ConditionType.CREDENTIALS_VALID)]
     if check.webhook is not None:
         conds.append(check.webhook.condition(ConditionType.WEBHOOK_REGISTERED))
+    conds.append(templates_condition(templates))
     if check.ready:
         note = "" if check.webhook is None or check.webhook.status == "True" else f"; {check.webhook.message}"
         conds.append(Condition.of(ConditionType.READY, True, ChannelReason.CHANNEL_READY,

@@ -39,6 +39,7 @@ from clarion_operator.channel_logic import (
     channel_status,
     check_due,
     stored_config,
+    stored_templates,
     webhook_endpoint,
 )
 from clarion_operator.context import Context, context, object_lock
@@ -181,16 +182,18 @@ async def reconcile_channel(channel: NotificationChannel, body: kopf.Body, memo:
     else:
         checked = _Checked(await _check_webpush(ctx, channel.namespace, section))
     check = checked.check
+    templates = stored_templates(spec)
     await store.upsert_channel(
         ctx.db, namespace=channel.namespace, name=channel.name, type_=spec.type, uid=channel.uid,
         bot_id=check.bot_id, bot_username=check.bot_username,
         api_base_url=spec.telegram.api_base_url if spec.telegram else None,
-        webhook_secret_sha256=checked.webhook_secret_sha256, config=stored_config(section), ready=check.ready)
+        webhook_secret_sha256=checked.webhook_secret_sha256, config=stored_config(section),
+        templates=[t.to_json() for t in templates], ready=check.ready)
     if spec.telegram is not None and check.credentials.status == "True":
         await _ensure_bot(ctx, channel, body, spec.telegram)
     if spec.type in ("telegram", "email") and check.credentials.status == "True":
         await _ensure_workers(ctx, channel, body)
-    fresh = channel_conditions(check)
+    fresh = channel_conditions(check, templates)
     status = channel_status(channel.status, check, fresh, telegram=spec.telegram is not None,
                             webhook_secret_name=checked.webhook_secret_name, generation=channel.generation,
                             now=datetime.now(UTC))

@@ -46,13 +46,17 @@ async def upsert_channel(
     api_base_url: str | None,
     webhook_secret_sha256: str | None,
     config: dict[str, Any],
+    templates: list[dict[str, Any]],
     ready: bool,
 ) -> int:
-    """Insert or refresh the channel's row (reviving a deleted one); bot facts are kept when unknown."""
+    """Insert or refresh the channel's row (reviving a deleted one); bot facts are kept when unknown.
+
+    `templates` are `StoredTemplate.to_json()` entries (migration 0010).
+    """
     channel_id: int = await db.fetchval(
         """INSERT INTO channels (namespace, name, type, uid, bot_id, bot_username, api_base_url,
-                                 webhook_secret_sha256, config, ready)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                 webhook_secret_sha256, config, ready, templates)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
            ON CONFLICT (namespace, name) DO UPDATE SET
                type = EXCLUDED.type, uid = EXCLUDED.uid,
                bot_id = COALESCE(EXCLUDED.bot_id, channels.bot_id),
@@ -60,10 +64,11 @@ async def upsert_channel(
                api_base_url = EXCLUDED.api_base_url,
                webhook_secret_sha256 = COALESCE(EXCLUDED.webhook_secret_sha256,
                                                 channels.webhook_secret_sha256),
-               config = EXCLUDED.config, ready = EXCLUDED.ready,
+               config = EXCLUDED.config, ready = EXCLUDED.ready, templates = EXCLUDED.templates,
                deleted_at = NULL, updated_at = now()
            RETURNING id""",
         namespace, name, type_, uid, bot_id, bot_username, api_base_url, webhook_secret_sha256, config, ready,
+        templates,
     )
     return channel_id
 

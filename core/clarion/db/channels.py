@@ -2,18 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 
 from clarion.keys import channel_key, split_channel_key
-from clarion.models.channel import BOT_LANGUAGES, DEFAULT_BOT_LANGUAGE
+from clarion.models.channel import BOT_LANGUAGES, DEFAULT_BOT_LANGUAGE, ChannelTemplate
+
+
+@dataclass(frozen=True)
+class StoredTemplate:
+    """A channel template as its row holds it (`channels.templates`, migration 0010): the template,
+    its revision, and why it does not compile when the operator found that it does not."""
+
+    name: str
+    revision: str
+    template: ChannelTemplate | None
+    error: str | None = None
+
+    @classmethod
+    def of(cls, template: ChannelTemplate, error: str | None) -> StoredTemplate:
+        return cls(template.name, template.revision, template, error)
+
+    def to_json(self) -> dict[str, Any]:
+        body = {} if self.template is None else self.template.to_k8s()
+        return {"name": self.name, "revision": self.revision, "error": self.error, "template": body}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> StoredTemplate:
+        """The stored entry; one this version cannot read is kept, as broken, so the API names it."""
+        try:
+            template = ChannelTemplate.model_validate(value["template"])
+        except (ValidationError, KeyError, TypeError) as exc:
+            return cls(str(value.get("name")), str(value.get("revision")), None,
+                       f"the stored template cannot be read: {exc}")
+        revision = str(value.get("revision") or template.revision)
+        return cls(template.name, revision, template, value.get("error"))
 
 
 @dataclass(frozen=True)
 class ChannelRecord:
-    """One live channel row; `config` is the NotificationChannel's `spec.telegram` minus secrets."""
+    """One live channel row; `config` is the NotificationChannel's `spec.telegram` minus secrets,
+    `templates` its `spec.templates` by name."""
 
     id: int
     key: str
@@ -24,6 +57,7 @@ class ChannelRecord:
     webhook_secret_sha256: str | None
     ready: bool
     config: dict[str, Any] = field(default_factory=dict)
+    templates: Mapping[str, StoredTemplate] = field(default_factory=dict)
 
     @property
     def admin_chat_ids(self) -> frozenset[int]:
@@ -45,11 +79,13 @@ class ChannelRecord:
 CHANNELS_NOTIFY = "clarion_channels"
 
 _SELECT = """
-    SELECT id, namespace, name, type, bot_id, bot_username, api_base_url, webhook_secret_sha256, ready, config
+    SELECT id, namespace, name, type, bot_id, bot_username, api_base_url, webhook_secret_sha256, ready,
+           config, templates
     FROM channels WHERE namespace = $1 AND name = $2 AND deleted_at IS NULL
 """
 _SELECT_ALL = """
-    SELECT id, namespace, name, type, bot_id, bot_username, api_base_url, webhook_secret_sha256, ready, config
+    SELECT id, namespace, name, type, bot_id, bot_username, api_base_url, webhook_secret_sha256, ready,
+           config, templates
     FROM channels WHERE deleted_at IS NULL
 """
 
@@ -60,6 +96,7 @@ def _record(row: asyncpg.Record) -> ChannelRecord:
         bot_username=row["bot_username"], api_base_url=row["api_base_url"],
         webhook_secret_sha256=row["webhook_secret_sha256"], ready=row["ready"],
         config=dict(row["config"] or {}),
+        templates={t.name: t for t in map(StoredTemplate.from_json, row["templates"] or ())},
     )
 
 

@@ -147,6 +147,7 @@ class ConditionType(StrEnum):
     SPEC_DRIFT = "SpecDrift"
     CREDENTIALS_VALID = "CredentialsValid"
     WEBHOOK_REGISTERED = "WebhookRegistered"
+    TEMPLATES_VALID = "TemplatesValid"
 
 
 class CommonReason(StrEnum):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from enum import StrEnum
-from typing import Literal, Self, get_args
+from typing import Annotated, Literal, Self, get_args
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -17,6 +19,7 @@ from clarion.models.base import (
     cel,
     rules,
 )
+from clarion.models.campaign import ContentLanguage, ParseMode
 
 ChannelType = Literal["telegram", "email", "webpush"]
 PUBLIC_BOT_API = "https://api.telegram.org"
@@ -40,6 +43,8 @@ class ChannelReason(StrEnum):
     HANDSHAKE_SUCCEEDED = "HandshakeSucceeded"
     KEY_PRESENT = "KeyPresent"
     CHANNEL_READY = "ChannelReady"
+    TEMPLATES_COMPILED = "TemplatesCompiled"
+    TEMPLATE_INVALID = "TemplateInvalid"
 
 
 BotLanguage = Literal["en", "ru"]
@@ -253,6 +258,135 @@ class WebPushSettings(CamelModel):
     )
 
 
+#: A template's name: a DNS label, as the API's `content.template.name` gives it.
+TEMPLATE_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+#: A template variable's name: what `{{ name }}` refers to, and the key in `content.template.variables`.
+VARIABLE_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+TEMPLATE_TEXT_MAX = 4096
+TEMPLATE_HTML_MAX = 16384
+MAX_TEMPLATES = 32
+
+
+class TemplateVariable(CamelModel):
+    """A variable a template uses: required unless it has a default."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=VARIABLE_NAME,
+                      description="Name the template reads (a Jinja variable) and the API's variables key.")
+    description: str | None = Field(default=None, max_length=256, description="What the caller passes.")
+    default: str | None = Field(
+        default=None, max_length=1024,
+        description="Value when the caller passes none. Absent: the variable is required.")
+
+
+class TemplateButton(CamelModel):
+    """An inline keyboard button of a Telegram template; text, url and callbackData may use variables."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.url) != has(self.callbackData)",
+                "exactly one of url or callbackData must be set",
+                reason="FieldValueInvalid",
+            )
+        )
+    )
+
+    text: str = Field(min_length=1, max_length=256, description="Label shown on the button (a template).")
+    url: str | None = Field(default=None, max_length=2048, pattern=r"^(https?|tg)://",
+                            description="URL opened by the button (a template; http, https or tg).")
+    callback_data: str | None = Field(default=None, min_length=1, max_length=256,
+                                      description="Data sent to the bot when pressed (a template; renders to "
+                                                  "at most 64 bytes).")
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Self:
+        if (self.url is None) == (self.callback_data is None):
+            raise ValueError("exactly one of url or callbackData must be set")
+        return self
+
+
+class TemplateVariant(CamelModel):
+    """The template in one language: the content fields of the channel's type, as Jinja templates.
+
+    Telegram channels: text, parseMode, buttons. Email channels: subject, text, html.
+    """
+
+    language: ContentLanguage = Field(description="Language of this variant (ISO 639-1).")
+    text: str = Field(min_length=1, max_length=TEMPLATE_TEXT_MAX,
+                      description="Message text (Telegram: in parseMode) or the email's plain text.")
+    parse_mode: ParseMode | None = Field(default=None,
+                                         description="Telegram: HTML, MarkdownV2 or None (the default).")
+    buttons: list[Annotated[list[TemplateButton], Field(min_length=1, max_length=8)]] | None = Field(
+        default=None, max_length=10, description="Telegram: inline keyboard, up to 10 rows of 8 buttons.")
+    subject: str | None = Field(default=None, min_length=1, max_length=998, pattern=r"^[^\r\n]*$",
+                                description="Email: subject line (required for email channels).")
+    html: str | None = Field(default=None, min_length=1, max_length=TEMPLATE_HTML_MAX,
+                             description="Email: HTML alternative of the text.")
+
+    def problem_for(self, channel_type: ChannelType) -> str | None:
+        """Why this variant cannot be content of a `channel_type` channel; None when it can."""
+        if channel_type == "telegram" and (self.subject is not None or self.html is not None):
+            return "subject and html are for email channels"
+        if channel_type == "email" and self.subject is None:
+            return "an email template needs a subject"
+        if channel_type == "email" and (self.parse_mode is not None or self.buttons is not None):
+            return "parseMode and buttons are for telegram channels"
+        if channel_type == "webpush":
+            return "web push channels have no templates"
+        return None
+
+
+class ChannelTemplate(CamelModel):
+    """A message template of the channel: `POST /api/v1/notifications` names it with variables and a
+    language, and the API renders it (Jinja, sandboxed) at accept time (docs/notifications.md, ADR 0007)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.variants.exists(v, v.language == self.defaultLanguage)",
+                "defaultLanguage must be the language of one of the variants",
+                field_path=".defaultLanguage",
+                reason="FieldValueInvalid",
+            )
+        )
+    )
+
+    name: str = Field(min_length=1, max_length=63, pattern=TEMPLATE_NAME,
+                      description="Name the API's content.template.name refers to.")
+    description: str | None = Field(default=None, max_length=256, description="What the template is for.")
+    variables: list[TemplateVariable] = Field(
+        default_factory=list, max_length=32,
+        description="Variables the template uses; a reference to an undeclared one makes it invalid.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    default_language: ContentLanguage = Field(
+        default=DEFAULT_BOT_LANGUAGE,
+        description="Variant used when the request names no language or one without a variant.",
+    )
+    variants: list[TemplateVariant] = Field(
+        min_length=1, max_length=8, description="The template per language.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["language"]},
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        languages = [v.language for v in self.variants]
+        if len(set(languages)) != len(languages):
+            raise ValueError("each variant needs its own language")
+        if self.default_language not in languages:
+            raise ValueError("defaultLanguage must be the language of one of the variants")
+        names = [v.name for v in self.variables]
+        if len(set(names)) != len(names):
+            raise ValueError("each variable needs its own name")
+        return self
+
+    @property
+    def revision(self) -> str:
+        """A digest of the template: compiled templates are cached by it, so an edit is a new one."""
+        canonical = json.dumps(self.to_k8s(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
 _TYPE_RULES = [
     cel(
         f"self.type != '{kind}' || has(self.{kind})",
@@ -269,6 +403,27 @@ _TYPE_RULES = [
         reason="FieldValueForbidden",
     )
     for kind in ("telegram", "email", "webpush")
+] + [
+    cel(
+        "self.type != 'telegram' || !has(self.templates) || "
+        "self.templates.all(t, t.variants.all(v, !has(v.subject) && !has(v.html)))",
+        "templates of a telegram channel have no subject or html",
+        field_path=".templates",
+        reason="FieldValueForbidden",
+    ),
+    cel(
+        "self.type != 'email' || !has(self.templates) || "
+        "self.templates.all(t, t.variants.all(v, has(v.subject) && !has(v.parseMode) && !has(v.buttons)))",
+        "templates of an email channel need a subject and have no parseMode or buttons",
+        field_path=".templates",
+        reason="FieldValueInvalid",
+    ),
+    cel(
+        "self.type != 'webpush' || !has(self.templates) || size(self.templates) == 0",
+        "web push channels have no templates",
+        field_path=".templates",
+        reason="FieldValueForbidden",
+    ),
 ]
 
 
@@ -292,6 +447,11 @@ class NotificationChannelSpec(CamelModel):
     workers: WorkerDeployment = Field(
         default_factory=WorkerDeployment,
         description="Notification workers of the channel (telegram and email channels).",
+    )
+    templates: list[ChannelTemplate] = Field(
+        default_factory=list, max_length=MAX_TEMPLATES,
+        description="Message templates the API renders (telegram and email channels; ADR 0007).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
     @property
@@ -321,6 +481,14 @@ class NotificationChannelSpec(CamelModel):
                 raise ValueError(f"{kind} is required when type is {kind}")
             if kind != self.type and present:
                 raise ValueError(f"{kind} may only be set when type is {kind}")
+        names = [t.name for t in self.templates]
+        if len(set(names)) != len(names):
+            raise ValueError("each template needs its own name")
+        for template in self.templates:
+            for variant in template.variants:
+                problem = variant.problem_for(self.type)
+                if problem is not None:
+                    raise ValueError(f"template {template.name}, language {variant.language}: {problem}")
         return self
 
 

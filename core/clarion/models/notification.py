@@ -4,12 +4,13 @@ row's `content` come from them (docs/notifications.md)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, model_validator
 
 from clarion.models.base import CamelModel
-from clarion.models.campaign import ButtonRow, ParseMode
+from clarion.models.campaign import LANGUAGE_CODE, ButtonRow, ParseMode
+from clarion.models.channel import TEMPLATE_NAME
 
 Lane = Literal["instant", "bulk"]
 NotificationState = Literal["created", "queued", "sending", "sent", "failed", "blocked", "cancelled"]
@@ -46,11 +47,33 @@ class Recipient(CamelModel):
         return str(self.chat_id) if self.chat_id is not None else str(self.email)
 
 
-class Content(CamelModel):
-    """What is sent. Telegram: text (parseMode, inline buttons). Email: subject, text, optional html."""
+#: A template variable's value as the API takes it.
+VariableValue = (Annotated[str, Field(max_length=EMAIL_TEXT_MAX)]
+                 | Annotated[int, Field(ge=-(2**53), le=2**53)] | float | bool)
+#: The literal content fields a template gives instead.
+_TEMPLATE_GIVES = ("text", "parse_mode", "buttons", "subject", "html")
 
-    text: str = Field(min_length=1, max_length=EMAIL_TEXT_MAX,
-                      description="Message text (Telegram: at most 4096 characters, in parseMode).")
+
+class TemplateRef(CamelModel):
+    """A template of the channel (`spec.templates`), rendered at accept time (ADR 0007)."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=TEMPLATE_NAME, description="The template's name.")
+    language: str | None = Field(
+        default=None, min_length=2, max_length=35, pattern=LANGUAGE_CODE,
+        description="Language wanted (e.g. de, pt-BR); one the template lacks gets its defaultLanguage.")
+    variables: dict[Annotated[str, Field(min_length=1, max_length=64)], VariableValue] = Field(
+        default_factory=dict, max_length=64,
+        description="Values of the template's variables: every variable without a default is required; "
+                    "names the template does not declare are ignored.")
+
+
+class Content(CamelModel):
+    """What is sent: literal content or a template, exactly one. Telegram: text (parseMode, inline
+    buttons). Email: subject, text, optional html. A template gives all of those itself;
+    disableNotification may be set with either."""
+
+    text: str | None = Field(default=None, min_length=1, max_length=EMAIL_TEXT_MAX,
+                             description="Message text (Telegram: at most 4096 characters, in parseMode).")
     parse_mode: ParseMode = Field(default="None", description="Telegram: HTML, MarkdownV2 or None.")
     buttons: list[ButtonRow] = Field(default_factory=list, max_length=10,
                                      description="Telegram: inline keyboard, up to 10 rows of 8 buttons.")
@@ -59,6 +82,28 @@ class Content(CamelModel):
                                 pattern=r"^[^\r\n]*$", description="Email: subject line (required).")
     html: str | None = Field(default=None, min_length=1, max_length=EMAIL_TEXT_MAX,
                              description="Email: HTML alternative of the text.")
+    template: TemplateRef | None = Field(default=None, description="A template of the channel instead of "
+                                                                   "text: name, variables, language.")
+
+    @model_validator(mode="after")
+    def _literal_or_template(self) -> Self:
+        if self.template is None:
+            if self.text is None:
+                raise ValueError("set text, or a template")
+            return self
+        given = [f for f in _TEMPLATE_GIVES if f in self.model_fields_set]
+        if given:
+            names = ", ".join(self.model_fields[f].alias or f for f in given)
+            raise ValueError(f"a template gives the content itself: leave out {names}")
+        return self
+
+    def problem_for(self, channel_type: str) -> tuple[str, str] | None:
+        """(field, why) this literal content cannot go through a `channel_type` channel; None when it can."""
+        if channel_type == "telegram" and self.text is not None and len(self.text) > TELEGRAM_TEXT_MAX:
+            return "text", f"Telegram messages hold at most {TELEGRAM_TEXT_MAX} characters"
+        if channel_type == "email" and self.subject is None:
+            return "subject", "a subject is required for an email channel"
+        return None
 
 
 class NotificationRequest(CamelModel):
@@ -96,10 +141,9 @@ class NotificationRequest(CamelModel):
         if self.recipient.kind != channel_type:
             wanted = "recipient.chatId" if channel_type == "telegram" else "recipient.email"
             return "recipient", f"channel {self.channel} is a {channel_type} channel: set {wanted}"
-        if channel_type == "telegram" and len(self.content.text) > TELEGRAM_TEXT_MAX:
-            return "content.text", f"Telegram messages hold at most {TELEGRAM_TEXT_MAX} characters"
-        if channel_type == "email" and self.content.subject is None:
-            return "content.subject", "a subject is required for an email channel"
+        problem = None if self.content.template is not None else self.content.problem_for(channel_type)
+        if problem is not None:
+            return f"content.{problem[0]}", problem[1]
         return None
 
 
@@ -142,6 +186,7 @@ class ErrorAnswer(CamelModel):
 
 
 def outbox_content(request: NotificationRequest) -> dict[str, Any]:
-    """The `notifications.content` stored for a request: the content as the worker sends it."""
+    """The `notifications.content` stored for a request with literal content: the content as the worker
+    sends it. Template content is rendered by `clarion.templates.render_template` instead."""
     return request.content.to_k8s()
 

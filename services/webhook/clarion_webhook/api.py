@@ -38,9 +38,9 @@ from clarion.models.notification import (
     NotificationPage,
     NotificationRequest,
     NotificationView,
-    outbox_content,
 )
 from clarion.streams import NotificationTask, notify_stream
+from clarion.templates import TemplateProblem, request_content
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -236,6 +236,11 @@ def create_api() -> FastAPI:
         if problem is not None:
             field, why = problem
             raise Refused(422, "invalid_request", f"{field}: {why}", field=field)
+        try:
+            content = request_content(channel, body)
+        except TemplateProblem as refusal:
+            field = f"content.template.{refusal.field}"
+            raise Refused(422, "invalid_template", f"{field}: {refusal.message}", field=field) from refusal
         raw = await request.body()
         idempotency = None
         lock = None
@@ -246,7 +251,7 @@ def create_api() -> FastAPI:
                 return await _replay_or_conflict(state, caller, idempotency)
         new = q.NewNotification(
             id=uuid.uuid4(), channel_id=channel.id, lane=body.lane, recipient=body.recipient.address,
-            content=outbox_content(body), reference=body.reference, api_key_id=caller.key_id,
+            content=content, reference=body.reference, api_key_id=caller.key_id,
             trace_id=_trace_id(traceparent), scheduled_for=body.scheduled_for,
             max_attempts=DEFAULT_MAX_ATTEMPTS)
 
