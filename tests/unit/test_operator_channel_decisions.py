@@ -13,6 +13,7 @@ from clarion_operator.channel_logic import (
     channel_status,
     check_due,
     stored_config,
+    stored_templates,
     webhook_endpoint,
 )
 
@@ -98,3 +99,35 @@ def test_checks_run_on_the_interval_when_ready_and_sooner_when_not() -> None:
     assert not check_due(last, ready=True, interval_seconds=300, retry_seconds=30, now=NOW)
     assert check_due(last, ready=False, interval_seconds=300, retry_seconds=30, now=NOW)
     assert check_due(None, ready=True, interval_seconds=300, retry_seconds=30, now=NOW)
+
+
+def _spec_with_templates(*texts: str) -> NotificationChannelSpec:
+    return NotificationChannelSpec.model_validate({
+        "type": "telegram", "telegram": {"botTokenSecretRef": {"name": "bot"}},
+        "templates": [{"name": f"t{i}", "variables": [{"name": "orderId"}],
+                       "variants": [{"language": "en", "text": text}]} for i, text in enumerate(texts)]})
+
+
+def test_a_broken_template_is_stored_with_its_error_and_reported_without_making_the_channel_unready() -> None:
+    templates = stored_templates(_spec_with_templates("Order {{ orderId }}", "Order {{ orderId",
+                                                      "{{ ''.__class__ }}"))
+
+    assert [(t.name, t.error is None) for t in templates] == [("t0", True), ("t1", False), ("t2", False)]
+    conds = {c.type: c for c in channel_conditions(ChannelCheck(OK), templates)}
+    valid = conds["TemplatesValid"]
+    assert (valid.status, valid.reason) == ("False", "TemplateInvalid")
+    assert "template t1: language en text:" in valid.message and "template t2:" in valid.message
+    assert "t0" not in valid.message
+    assert conds["Ready"].status == "True"
+    assert list(conds)[-1] == "Ready"
+
+
+def test_templates_that_compile_are_reported_valid_and_stored_with_their_revision() -> None:
+    spec = _spec_with_templates("Order {{ orderId }}")
+    templates = stored_templates(spec)
+
+    valid = {c.type: c for c in channel_conditions(ChannelCheck(OK), templates)}["TemplatesValid"]
+
+    assert (valid.status, valid.message) == ("True", "1 template compiled")
+    assert templates[0].to_json() == {"name": "t0", "revision": spec.templates[0].revision, "error": None,
+                                      "template": spec.templates[0].to_k8s()}

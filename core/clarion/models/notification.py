@@ -93,7 +93,7 @@ class Content(CamelModel):
             return self
         given = [f for f in _TEMPLATE_GIVES if f in self.model_fields_set]
         if given:
-            names = ", ".join(self.model_fields[f].alias or f for f in given)
+            names = ", ".join(type(self).model_fields[f].alias or f for f in given)
             raise ValueError(f"a template gives the content itself: leave out {names}")
         return self
 
