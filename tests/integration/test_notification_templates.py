@@ -167,7 +167,8 @@ async def test_an_edited_template_reaches_the_api_within_seconds_and_leaves_acce
         text = str((await _content(db, answer))["text"])
         return text if text.startswith("Shipped") else None
 
-    assert await async_wait_for(rendered_anew, timeout=10, interval=0.1, what="the edit") == "Shipped: 2"
+    text: str = await async_wait_for(rendered_anew, timeout=10, interval=0.1, what="the edit")
+    assert text == "Shipped: 2"
     assert (await _content(db, before))["text"] == "*Hi* there, order 1 shipped"
 
 
@@ -193,13 +194,13 @@ async def test_workers_deliver_the_rendered_text_to_telegram_and_the_mailbox(
                                  CLARION_BOT_TOKEN=world.token),
                await _run_worker("shop.mail", database_url, redis_url, tmp_path / "mail.log")]
     try:
-        async def both_sent() -> bool:
+        async def both_sent() -> list[str] | None:
             statuses = [(await world.api.get(a.headers["location"], headers=BEARER)).json()["status"]
                         for a in (telegram, email)]
-            return statuses == ["sent", "sent"]
+            return statuses if statuses == ["sent", "sent"] else None
 
         try:
-            await async_wait_for(both_sent, timeout=60, interval=0.2, what="both sent")
+            statuses: list[str] = await async_wait_for(both_sent, timeout=60, interval=0.2, what="both sent")
         except AssertionError as exc:
             logs = "\n".join(p.read_text()[-2000:] for p in tmp_path.glob("*.log"))
             raise AssertionError(f"{exc}\n{logs}") from None
@@ -208,6 +209,7 @@ async def test_workers_deliver_the_rendered_text_to_telegram_and_the_mailbox(
             worker.send_signal(signal.SIGTERM)
             await worker.wait()
 
+    assert statuses == ["sent", "sent"]
     [message] = telegram_emulator.sent(world.token, chat_id=100_000)
     assert message.parse_mode == "MarkdownV2"
     assert message.text == f"Hi Ann_B, order {order} shipped"  # as Telegram shows it: the value intact
