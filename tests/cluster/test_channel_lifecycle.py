@@ -280,3 +280,36 @@ async def test_email_channel_is_checked_with_an_smtp_handshake(
     assert [(r["name"], r["type"], r["ready"]) for r in rows] == [
         ("mail", "email", True), ("mail-bad", "email", False), ("mail-down", "email", False)]
     assert rows[0]["config"]["host"] == "localhost" and "passwordSecretRef" not in rows[0]["config"]
+
+
+async def test_a_broken_template_is_reported_on_the_channel_and_stored_as_broken_until_it_is_fixed(
+    telegram_emulator: Emulator, operator: Operator, kubectl: Kubectl, kube_namespace: str, db: asyncpg.Pool,
+) -> None:
+    bot = telegram_emulator.add_bot(username="templated_bot")
+    kubectl.apply(_secret("bot-token", token=bot.token))
+    channel = _channel("shop", telegram_emulator)
+    good = {"name": "shipped", "variables": [{"name": "orderId"}],
+            "variants": [{"language": "en", "text": "Order {{ orderId }} shipped"}]}
+    broken = {"name": "broken", "variables": [{"name": "orderId"}],
+              "variants": [{"language": "en", "text": "Order\n{{ orderId.__class__ }}"}]}
+    channel["spec"]["templates"] = [good, broken]
+    kubectl.apply(channel)
+
+    obj = await _wait_condition(kubectl, operator, "shop", "TemplatesValid", "False", "TemplateInvalid")
+
+    assert _condition(obj, "TemplatesValid")["message"] == (
+        "template broken: language en text, line 2: Getattr is not allowed in a template")
+    assert _condition(obj, "Ready")["status"] == "True"  # everything else still goes
+    stored = await db.fetchval("SELECT templates FROM channels WHERE namespace = $1 AND name = 'shop'",
+                               kube_namespace)
+    assert [(t["name"], t["error"] is None) for t in stored] == [("shipped", True), ("broken", False)]
+    events = kubectl.run("get", "events", "--field-selector", "involvedObject.name=shop", "-o", "json")
+    assert "TemplateInvalid" in {e["reason"] for e in json.loads(events)["items"]}
+
+    broken["variants"] = [{"language": "en", "text": "Order {{ orderId }} is late"}]
+    kubectl.apply(channel)
+    await _wait_condition(kubectl, operator, "shop", "TemplatesValid", "True", "TemplatesCompiled")
+    stored = await db.fetchval("SELECT templates FROM channels WHERE namespace = $1 AND name = 'shop'",
+                               kube_namespace)
+    assert [t["error"] for t in stored] == [None, None]
+    assert stored[1]["template"]["variants"][0]["text"] == "Order {{ orderId }} is late"

@@ -185,6 +185,20 @@ REJECTED = [
         "winter-release",
         "spec.message.variants: Invalid value: each language may have only one variant",
     ),
+    (
+        "email template without a subject",
+        "NotificationChannel",
+        "clarion-mail",
+        "spec.templates: Invalid value: templates of an email channel need a subject and have no parseMode "
+        "or buttons",
+    ),
+    (
+        "template default language without a variant",
+        "NotificationChannel",
+        "clarion-bot",
+        "spec.templates[0].defaultLanguage: Invalid value: defaultLanguage must be the language of one of "
+        "the variants",
+    ),
 ]
 MUTATIONS: dict[str, Callable[[dict[str, Any]], object]] = {
     "missing channelRef": lambda s: s.pop("channelRef"),
@@ -199,6 +213,8 @@ MUTATIONS: dict[str, Callable[[dict[str, Any]], object]] = {
     "two variants in one language": lambda s: s["message"]["variants"].append(
         {"language": "ru", "text": "y"}
     ),
+    "email template without a subject": lambda s: s["templates"][0]["variants"][0].pop("subject"),
+    "template default language without a variant": lambda s: s["templates"][0].update(defaultLanguage="fr"),
 }
 
 
