@@ -215,7 +215,8 @@ async def test_10000_notifications_survive_redis_loss_worker_kills_and_a_postgre
                 except httpx.TransportError:
                     return None
 
-            await async_wait_for(listening, timeout=60, interval=0.1, what="the API listening")
+            ready: bool = await async_wait_for(listening, timeout=60, interval=0.1, what="the API listening")
+            assert ready
 
             async def producer(lane: int) -> None:
                 for i in range(lane, TOTAL, 16):
