@@ -41,6 +41,12 @@ def test_limiter_refuses_a_cap_without_a_rate() -> None:
         RateLimiter(None, 1, RateLimits.from_config(None), cap_scope="campaign:1")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("bad", [0, -0.5, float("inf"), float("nan")])
+def test_limiter_refuses_a_horizon_that_is_not_a_positive_number_of_seconds(bad: float) -> None:
+    with pytest.raises(ValueError, match="horizon"):
+        RateLimiter(None, 1, RateLimits.from_config(None), horizon=bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("exc", "outcome", "reason"), [
     (refused(403, "Forbidden: bot was blocked by the user"), Outcome.BLOCKED, "blocked"),
     (refused(403, "Forbidden: user is deactivated"), Outcome.BLOCKED, "deactivated"),

@@ -10,7 +10,15 @@ One call reserves send slots for a batch of chats atomically:
 - each private chat (positive id) gets `perChatPerSecond`, each group (negative id)
   `perGroupPerMinute`, also as GCRAs; a chat whose own budget is not yet free is not given a slot
   (and takes nothing from the overall budget): the caller asks again after the returned delay;
-- while the bot's pause key exists (set for `retry_after` seconds after a 429) nothing is granted.
+- while the bot's pause key exists (set for `retry_after` seconds after a 429) nothing is granted;
+- two priority classes share the overall budget: `INSTANT` (the notification instant lane) and
+  `NORMAL` (campaign senders, the bulk lane, bot replies). A normal reservation is refused ("busy")
+  once its slot would lie more than `horizon` seconds ahead of now, so normal callers never hold the
+  bot's slots further ahead than that; an instant one is never refused for that reason and takes the
+  next slot after them. However many senders keep the bot busy, an instant send waits at most
+  `horizon` plus one slot (plus the instant sends ahead of it, and its own chat's budget), and normal
+  callers yield: each instant slot pushes their next one back. Paid broadcasts have their own
+  budget, which instant sends do not use: no horizon there.
 
 The caller sleeps the returned delay and then sends: there is no retry storm, and a busy limiter
 costs one script call per batch, not per message. `pause()` also publishes on the pause key's
@@ -23,9 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,15 +51,20 @@ local pttl = redis.call('PTTL', KEYS[1])
 if pttl > 0 then return {1, pttl} end
 local interval = tonumber(ARGV[1])
 local cap = tonumber(ARGV[4])
+local horizon = tonumber(ARGV[5])
 local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tat < now then tat = now end
 local ctat = 0
 if cap > 0 then ctat = tonumber(redis.call('GET', KEYS[3]) or '0') end
-local out = {0, now}
+local out = {0, now, 0}
 for i = 4, #KEYS do
   local slot = math.max(tat, ctat)
+  if horizon >= 0 and slot - now > horizon then
+    out[3] = slot - now - horizon
+    break
+  end
   local ci = tonumber(ARGV[2])
-  if ARGV[i + 1] == 'g' then ci = tonumber(ARGV[3]) end
+  if ARGV[i + 2] == 'g' then ci = tonumber(ARGV[3]) end
   local chat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if chat > slot then
     out[#out + 1] = now - chat
@@ -112,25 +127,44 @@ class RateLimits:
         return limits
 
 
+class Priority(StrEnum):
+    """Who gets the bot's slots first when it is busy (see the module doc)."""
+
+    INSTANT = "instant"
+    NORMAL = "normal"
+
+
+DEFAULT_HORIZON = 0.5  # seconds: how far ahead normal callers may hold the bot's slots
+
+
 @dataclass(frozen=True)
 class Grant:
     """The limiter's answer for one chat: sleep `delay` seconds, then send if `granted`, else ask again.
 
     `at` is the moment the answer refers to on Redis's clock (seconds), the same for every process.
+    `busy`: refused because normal callers already hold the bot's slots up to the horizon (not because
+    of this chat); every later chat of the same call is refused alike, with the same delay.
     """
 
     delay: float
     granted: bool
     at: float = 0.0
+    busy: bool = False
 
 
 class RateLimiter:
     """Reserves send slots for one bot in Redis; safe to share by every task of a process."""
 
     def __init__(self, redis: aioredis.Redis, bot_id: int, limits: RateLimits, *, margin: float = 0.01,
-                 cap_scope: str | None = None, cap_per_second: float | None = None) -> None:
+                 cap_scope: str | None = None, cap_per_second: float | None = None,
+                 horizon: float | None = DEFAULT_HORIZON) -> None:
+        """`horizon`: how far ahead (seconds) this limiter's normal reservations may hold the bot's
+        slots; None takes the instant lane's priority away (normal callers reserve as far ahead as
+        they like, and an instant send queues behind them)."""
         if not 0 <= margin < 1:
             raise ValueError(f"margin must be in [0, 1), got {margin!r}")
+        if horizon is not None and not 0 < horizon < math.inf:
+            raise ValueError(f"horizon must be a positive number of seconds or None, got {horizon!r}")
         bad_cap = cap_per_second is not None and not cap_per_second > 0
         if (cap_scope is None) != (cap_per_second is None) or bad_cap:
             raise ValueError("cap_scope and a positive cap_per_second go together")
@@ -147,6 +181,8 @@ class RateLimiter:
         self._private_us = _us(stretch / limits.per_chat_per_second)
         self._group_us = _us(stretch * 60.0 / limits.per_group_per_minute)
         self._cap_us = _us(stretch / cap_per_second) if cap_per_second else 0
+        self.horizon = horizon
+        self._horizon_us = -1 if horizon is None else _us(horizon)
         self._reserve = redis.register_script(_RESERVE)
         self._pause = redis.register_script(_PAUSE)
         self._paused_until = 0.0
@@ -213,30 +249,44 @@ class RateLimiter:
         if remaining > 0:
             self._note_pause(remaining / 1000.0)
 
-    async def reserve(self, chat_ids: Sequence[int], *, paid: bool = False) -> list[Grant]:
+    async def reserve(self, chat_ids: Sequence[int], *, paid: bool = False,
+                      priority: Priority = Priority.NORMAL) -> list[Grant]:
         """Reserve one send slot per chat, in order; one Redis round trip for the whole batch."""
         if not chat_ids:
             return []
         keys = [self._pause_key, self._paid_key if paid else self._global_key, self._cap_key]
         keys.extend(f"{self._chat_prefix}{chat_id}" for chat_id in chat_ids)
+        horizon = -1 if paid or priority is Priority.INSTANT else self._horizon_us
         args: list[str | int] = [self._paid_us if paid else self._global_us, self._private_us, self._group_us,
-                                 self._cap_us]
+                                 self._cap_us, horizon]
         args.extend("g" if chat_id < 0 else "p" for chat_id in chat_ids)
         reply = await self._reserve(keys=keys, args=args)
         if int(reply[0]) == 1:
             wait = int(reply[1]) / 1000.0
             self._note_pause(wait)
             return [Grant(wait, False)] * len(chat_ids)
-        now = int(reply[1])
-        return [Grant(abs(int(v)) / 1e6, int(v) >= 0, (now + abs(int(v))) / 1e6) for v in reply[2:]]
+        now, busy = int(reply[1]), int(reply[2])
+        grants = [Grant(abs(int(v)) / 1e6, int(v) >= 0, (now + abs(int(v))) / 1e6) for v in reply[3:]]
+        refused = len(chat_ids) - len(grants)
+        grants.extend([Grant(busy / 1e6, False, (now + busy) / 1e6, busy=True)] * refused)
+        return grants
 
-    async def acquire(self, chat_id: int, *, paid: bool = False) -> float:
-        """Wait until a message to `chat_id` may be sent; return the seconds waited."""
+    async def acquire(self, chat_id: int, *, paid: bool = False,
+                      priority: Priority = Priority.NORMAL) -> float:
+        """Wait until a message to `chat_id` may be sent; return the seconds waited.
+
+        Refused as busy, it asks again after the delay plus up to half the horizon (jitter), so that
+        many waiting callers do not all ask at the same moment; the bot's slots stay reserved up to
+        at least half the horizon ahead meanwhile, so none is left unused.
+        """
         started = time.monotonic()
         while True:
-            grant = (await self.reserve([chat_id], paid=paid))[0]
-            if grant.delay > 0:
-                await asyncio.sleep(grant.delay)
+            grant = (await self.reserve([chat_id], paid=paid, priority=priority))[0]
+            delay = grant.delay
+            if grant.busy and self.horizon is not None:
+                delay += random.uniform(0, self.horizon / 2)
+            if delay > 0:
+                await asyncio.sleep(delay)
             if grant.granted and self.paused_for() == 0:
                 return time.monotonic() - started
             if grant.granted:

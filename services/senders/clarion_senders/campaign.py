@@ -13,8 +13,11 @@ Pipeline (all in one event loop):
   their send slots from the shared Redis limiter in one call, and starts one task per delivery that
   sleeps until its slot and sends. A task that wakes up more than `late_slot_seconds` after its slot
   (the process stalled; 5 slots' worth, at least 20 ms) gives the slot back and asks again (at most
-  3 times), so a stall does not turn into a burst. The window (sends reserved or in flight) is sized so that
-  rate x round trip is covered: at 1000 msg/s and 50 ms, 50 requests are in the air at any moment;
+  3 times), so a stall does not turn into a burst. When the limiter answers "busy" (the bot's slots
+  are held up to the priority horizon, docs/sender.md), the rest of the chunk goes back to the front
+  of the queue and the dispatcher asks again when the next slot enters the horizon. The window
+  (sends reserved or in flight) is sized so that rate x round trip is covered: at 1000 msg/s and
+  50 ms, 50 requests are in the air at any moment;
 - results go to a buffer that the flusher writes in one transaction every `batchSize` results or
   100 ms. A delivery is `sent` only after Telegram answered ok.
 
@@ -432,14 +435,21 @@ class CampaignSender:
                 self._room.release(len(batch))
                 raise
             asked = time.monotonic()
+            busy: list[_Item] = []
             for item, grant in zip(batch, grants, strict=True):
                 if grant.granted:
                     task = asyncio.create_task(self._send_at(item, asked + grant.delay, asked))
                     self._waiting.add(task)
                     task.add_done_callback(self._waiting.discard)
+                elif grant.busy:
+                    busy.append(item)
                 else:
                     self._room.release()
                     asyncio.get_running_loop().call_later(grant.delay, self._requeue, item)
+            if busy:  # the bot's slots are held up to the horizon: ask again once the next one is in it
+                self._queue.extendleft(reversed(busy))
+                self._room.release(len(busy))
+                await self._sleep(grants[-1].delay)
 
     def _requeue(self, item: _Item) -> None:
         if item.generation != self._generation:

@@ -130,7 +130,7 @@ async def run_campaign(settings: SenderSettings) -> int:
         bot_id = channel.bot_id or int(token.split(":", 1)[0])
         limiter = RateLimiter(redis, bot_id, limits, margin=settings.limiter_margin,
                               cap_scope=f"campaign:{campaign.id}" if cap_rate else None,
-                              cap_per_second=cap_rate)
+                              cap_per_second=cap_rate, horizon=settings.limiter_horizon_seconds or None)
         base = settings.telegram_api_base or channel.api_base_url or PUBLIC_BOT_API
         try:
             api = BotApi(token, base, timeout_seconds=options.request_timeout,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 from clarion.settings import CommonSettings
+from clarion.telegram.limiter import DEFAULT_HORIZON
 from pydantic import AliasChoices, Field, SecretStr
 
 
@@ -39,6 +40,12 @@ class SenderSettings(CommonSettings):
         default=0.01, ge=0, lt=0.5,
         description="Slots are (1 + margin) / rate apart, absorbing that much jitter in arrival times.",
     )
+    limiter_horizon_seconds: float = Field(
+        default=DEFAULT_HORIZON, ge=0, le=60,
+        description="Normal sends (campaigns, the bulk lane) hold the bot's slots at most this far ahead, "
+                    "so an instant notification waits at most about this long; 0 turns the instant "
+                    "priority off (normal sends reserve as far ahead as their window).",
+    )
     request_timeout_seconds: float = Field(default=30.0, gt=0, le=600,
                                            description="Timeout of one Bot API call.")
 
@@ -70,4 +77,6 @@ class WorkerSettings(CommonSettings):
     retry_backoff_seconds: float = Field(default=2.0, gt=0, le=3600,
                                          description="First retry delay; doubles with each attempt (jitter).")
     limiter_margin: float = Field(default=0.01, ge=0, lt=0.5, description="See the campaign sender's.")
+    limiter_horizon_seconds: float = Field(default=DEFAULT_HORIZON, ge=0, le=60,
+                                           description="See the campaign sender's.")
     request_timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="One send call.")

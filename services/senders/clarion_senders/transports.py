@@ -14,7 +14,7 @@ from clarion.outages import ride_out
 from clarion.telegram.botapi import BotApi
 from clarion.telegram.errors import Outcome as TelegramOutcome
 from clarion.telegram.errors import classify
-from clarion.telegram.limiter import RateLimiter
+from clarion.telegram.limiter import Priority, RateLimiter
 
 from clarion_senders.render import MessageRenderer
 from clarion_senders.worker import Outcome, SendResult
@@ -29,7 +29,8 @@ _TELEGRAM_OUTCOMES = {
 
 
 class TelegramTransport:
-    """`sendMessage` through the bot's limiter, which every campaign sender and worker of the bot shares."""
+    """`sendMessage` through the bot's limiter, which every campaign sender and worker of the bot shares;
+    the instant lane's sends go first (`Priority.INSTANT`), the bulk lane's queue with the campaigns'."""
 
     def __init__(self, api: BotApi, limiter: RateLimiter, *, outage_tolerance: float = 300.0) -> None:
         self.api, self.limiter, self.outage_tolerance = api, limiter, outage_tolerance
@@ -40,7 +41,8 @@ class TelegramTransport:
             {k: row.content[k] for k in ("text", "parseMode", "buttons", "disableNotification")
              if k in row.content})
         rendered = MessageRenderer(message).for_language(None)
-        await ride_out("limiter.acquire", lambda: self.limiter.acquire(chat_id),
+        priority = Priority.INSTANT if row.lane == "instant" else Priority.NORMAL
+        await ride_out("limiter.acquire", lambda: self.limiter.acquire(chat_id, priority=priority),
                        tolerance=self.outage_tolerance)
         try:
             result = await self.api.call_json(rendered.method, rendered.body(chat_id))

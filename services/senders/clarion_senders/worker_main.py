@@ -96,7 +96,8 @@ async def run_worker(settings: WorkerSettings, lanes: tuple[str, ...]) -> int:
                 log.error("worker.config", error=f"CLARION_BOT_TOKEN: {exc}")
                 return 1
             limiter = RateLimiter(redis, channel.bot_id or int(token.split(":", 1)[0]),
-                                  RateLimits.from_config(channel.config), margin=settings.limiter_margin)
+                                  RateLimits.from_config(channel.config), margin=settings.limiter_margin,
+                                  horizon=settings.limiter_horizon_seconds or None)
             await ride_out("limiter.start", limiter.start, tolerance=tolerance)
             transport = TelegramTransport(api, limiter, outage_tolerance=tolerance)
         elif channel.type == "email":
