@@ -4,9 +4,9 @@ row's `content` come from them (docs/notifications.md)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from clarion.models.base import CamelModel
 from clarion.models.campaign import ButtonRow, ParseMode
@@ -145,3 +145,84 @@ def outbox_content(request: NotificationRequest) -> dict[str, Any]:
     """The `notifications.content` stored for a request: the content as the worker sends it."""
     return request.content.to_k8s()
 
+
+
+# --- Bulk: POST /api/v1/bulk and GET /api/v1/bulk/{id} ---
+
+MAX_BULK_ROWS = 100_000
+MAX_VARIABLES = 100
+BulkJobState = Literal["accepted", "expanding", "done", "failed"]
+VariableName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\s]+$")]
+VariableValue = Annotated[str, StringConstraints(max_length=10_000)] | int | float | bool
+
+
+class TemplateRef(CamelModel):
+    """A template of the channel, by name, in a language (else the template's default one)."""
+
+    name: str = Field(min_length=1, max_length=253, description="The template's name.")
+    language: str | None = Field(default=None, min_length=2, max_length=35, pattern=r"^[A-Za-z0-9-]+$",
+                                 description="A language tag such as en or pt-BR.")
+
+
+class BulkRow(CamelModel):
+    """One recipient of a bulk job and the variables its message is rendered with."""
+
+    recipient: Recipient
+    variables: dict[VariableName, VariableValue] = Field(default_factory=dict, max_length=MAX_VARIABLES)
+    reference: str | None = Field(default=None, min_length=1, max_length=256,
+                                  description="This row's own reference (else the job's).")
+
+
+class BulkRequest(CamelModel):
+    """`POST /api/v1/bulk` as JSON: one template, up to 100,000 rows (the CSV form carries the same)."""
+
+    channel: str = Field(max_length=317, pattern=CHANNEL_REF,
+                         description="The NotificationChannel, as namespace/name.")
+    template: TemplateRef
+    # TEMPORARY (until templates merge): the content every row gets, `$variable`s substituted.
+    content: Content | None = Field(default=None, description="Temporary: every row's content, with "
+                                                              "$variable placeholders, not a template.")
+    rows: list[BulkRow] = Field(min_length=1, max_length=MAX_BULK_ROWS)
+    scheduled_for: datetime | None = Field(default=None, description="Send at or after this time "
+                                                                     "(RFC 3339 with an offset).")
+    reference: str | None = Field(default=None, min_length=1, max_length=256,
+                                  description="Your own reference, given to every notification.")
+
+    @model_validator(mode="after")
+    def _aware_time(self) -> Self:
+        if self.scheduled_for is not None and self.scheduled_for.tzinfo is None:
+            raise ValueError("scheduledFor needs a UTC offset (e.g. 2026-12-05T09:00:00Z)")
+        return self
+
+    @property
+    def namespace(self) -> str:
+        return self.channel.partition("/")[0]
+
+    @property
+    def channel_name(self) -> str:
+        return self.channel.partition("/")[2]
+
+
+class BulkJobView(CamelModel):
+    """A bulk job and its progress: rows expanded into notifications, and those by status."""
+
+    id: str
+    channel: str
+    status: BulkJobState = Field(description="accepted, expanding (notifications being created), done "
+                                             "(all created) or failed (see lastError).")
+    template: TemplateRef
+    reference: str | None = None
+    scheduled_for: datetime | None = None
+    trace_id: str
+    total: int = Field(description="Rows accepted.")
+    expanded: int = Field(description="Rows turned into notifications so far.")
+    queued: int = Field(description="Notifications waiting to be sent (created or queued).")
+    sending: int
+    sent: int
+    failed: int
+    blocked: int
+    cancelled: int
+    last_error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = Field(default=None, description="When the last notification was created.")
