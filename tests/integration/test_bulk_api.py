@@ -244,6 +244,8 @@ async def test_keys_media_types_and_sizes_are_checked_as_for_single_notification
     huge = await api.post("/api/v1/bulk", content=b"x" * (32 * 1024 * 1024 + 1), headers=_csv_headers())
     query_with_json = await api.post("/api/v1/bulk", json=job, params={"channel": "shop/alerts"},
                                      headers=_bearer())
+    no_template = await api.post("/api/v1/bulk", params={"channel": "shop/alerts"}, content=b"chat_id\n1\n",
+                                 headers=_csv_headers())
     large = await api.post("/api/v1/bulk", json=big, headers=_bearer())
 
     assert unknown.status_code == 401
@@ -252,6 +254,8 @@ async def test_keys_media_types_and_sizes_are_checked_as_for_single_notification
     assert plain.json()["error"]["message"] == "send the body as application/json or text/csv"
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "too_large"
     assert query_with_json.status_code == 422 and query_with_json.json()["error"]["field"] == "channel"
+    assert no_template.json()["error"] == {"code": "invalid_request", "message": "template: Field required",
+                                           "field": "template"}
     assert large.status_code == 202, large.text
     counts = await _counts(db)
     assert counts["bulk_jobs"] == 1 and counts["idempotency_keys"] == 0
@@ -331,7 +335,7 @@ async def test_a_job_whose_replica_lost_its_lease_is_finished_by_another_and_no_
     new = qb.NewJob(id=uuid.uuid4(), channel_id=channel_id, api_key_id=None, template={"name": "t"},
                     reference=None, scheduled_for=None, trace_id="t" * 32)
     async with db.acquire() as conn:
-        rows = [qb.NewRow(str(n), {"text": str(n)}, None) for n in range(1, 1001)]
+        rows = [qb.NewRow(str(n), json.dumps({"text": str(n)}), None) for n in range(1, 1001)]
         job, _ = await qb.store(conn, new, rows)
         assert job is not None
         first = await qb.claim(conn, "replica-a", lease_seconds=30)

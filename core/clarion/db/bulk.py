@@ -15,7 +15,6 @@ Each write says how it stays idempotent (docs/notifications.md "Bulk"):
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ class NewJob:
 @dataclass(frozen=True)
 class NewRow:
     recipient: str
-    content: dict[str, Any]
+    content: str  # JSON: the notification's content
     reference: str | None
 
 
@@ -95,8 +94,8 @@ async def store(conn: Db, job: NewJob, rows: Sequence[NewRow], idempotency: Idem
             job.trace_id, len(rows))
         await conn.copy_records_to_table(
             "bulk_job_rows",
-            records=[(job.id, n, notification_id(job.id, n), row.recipient, json.dumps(row.content),
-                      row.reference) for n, row in enumerate(rows, start=1)],
+            records=((job.id, n, notification_id(job.id, n), row.recipient, row.content, row.reference)
+                     for n, row in enumerate(rows, start=1)),
             columns=["job_id", "row_no", "notification_id", "recipient", "content", "reference"])
         stored = await get(conn, job.id)
         assert stored is not None

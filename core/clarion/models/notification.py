@@ -173,8 +173,8 @@ class BulkRow(CamelModel):
                                   description="This row's own reference (else the job's).")
 
 
-class BulkRequest(CamelModel):
-    """`POST /api/v1/bulk` as JSON: one template, up to 100,000 rows (the CSV form carries the same)."""
+class BulkOptions(CamelModel):
+    """What applies to every row of a bulk job: in the JSON body, or the query of the CSV form."""
 
     channel: str = Field(max_length=317, pattern=CHANNEL_REF,
                          description="The NotificationChannel, as namespace/name.")
@@ -182,7 +182,6 @@ class BulkRequest(CamelModel):
     # TEMPORARY (until templates merge): the content every row gets, `$variable`s substituted.
     content: Content | None = Field(default=None, description="Temporary: every row's content, with "
                                                               "$variable placeholders, not a template.")
-    rows: list[BulkRow] = Field(min_length=1, max_length=MAX_BULK_ROWS)
     scheduled_for: datetime | None = Field(default=None, description="Send at or after this time "
                                                                      "(RFC 3339 with an offset).")
     reference: str | None = Field(default=None, min_length=1, max_length=256,
@@ -201,6 +200,13 @@ class BulkRequest(CamelModel):
     @property
     def channel_name(self) -> str:
         return self.channel.partition("/")[2]
+
+
+class BulkRequest(BulkOptions):
+    """`POST /api/v1/bulk` as JSON: the options and up to 100,000 rows. (The API reads it as its parts,
+    `BulkOptions` and each `BulkRow`, so that 100,000 rows are never all held as models at once.)"""
+
+    rows: list[BulkRow] = Field(min_length=1, max_length=MAX_BULK_ROWS)
 
 
 class BulkJobView(CamelModel):

@@ -19,14 +19,13 @@ import asyncio
 import contextlib
 import csv
 import importlib
-import io
 import json
 import os
+import re
 import socket
 import string
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
 import asyncpg
@@ -40,7 +39,9 @@ from clarion.metrics import counter
 from clarion.models.notification import (
     MAX_BULK_ROWS,
     BulkJobView,
+    BulkOptions,
     BulkRequest,
+    BulkRow,
     Content,
     ErrorAnswer,
     TemplateRef,
@@ -49,6 +50,7 @@ from clarion.streams import NotificationTask, notify_stream
 from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from clarion_webhook.api import (
     API_PREFIX,
@@ -122,7 +124,7 @@ def _row_content(channel: ChannelRecord, template: TemplateRef, variables: Mappi
         except _TEMPLATES.TemplateProblem as exc:
             raise RowProblem(exc.field, exc.message) from exc
         return rendered
-    # TEMPORARY (until the templates branch merges; goes with BulkRequest.content): every row gets the
+    # TEMPORARY (until the templates branch merges; goes with BulkOptions.content): every row gets the
     # job's `content`, its $variables substituted.
     if content is None:
         raise RowProblem("name", f"template {template.name} cannot be rendered by this build")
@@ -134,135 +136,155 @@ def _row_content(channel: ChannelRecord, template: TemplateRef, variables: Mappi
         raise RowProblem(f"variables.{exc.args[0]}", f"variable {exc.args[0]} is missing") from exc
 
 
-@dataclass
-class _Parsed:
-    request: BulkRequest
-    lines: list[int] | None  # CSV: the line each row starts on
-    recipient_column: str | None  # CSV: chat_id or email
+#: One line of a text, its line end kept: CRLF, LF or CR (csv needs them to read quoted line breaks).
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+#: Rows with where each came from: its index (JSON) or the line it starts on (CSV).
+Rows = Iterator[tuple[int, Any]]
 
 
-def _read_csv(raw: bytes) -> tuple[str, list[dict[str, Any]], list[int]]:
-    """(recipient column, rows as `BulkRow` input, the line each row starts on) of a CSV file."""
+def _csv_rows(raw: bytes) -> tuple[str, Rows]:
+    """The recipient column of a CSV file (its header is checked here) and its rows as `BulkRow` input,
+    read as they are iterated (a row that cannot be read raises `_CsvProblem`)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise _CsvProblem(raw.count(b"\n", 0, exc.start) + 1, "the file is not UTF-8 text") from None
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader((m.group() for m in _LINE.finditer(text)), strict=True)
     try:
         header = [name.strip() for name in next(reader)]
-        recipients = [name for name in header if name in CSV_RECIPIENTS]
-        if len(recipients) != 1:
-            raise _CsvProblem(1, "the header must name one recipient column, chat_id or email")
-        for number, name in enumerate(header, start=1):
-            if not name:
-                raise _CsvProblem(1, f"column {number} has no name")
-            if header.count(name) > 1:
-                raise _CsvProblem(1, f"column {name} appears twice", field=name)
-        [column] = recipients
-        at = header.index(column)
-        wanted = CSV_RECIPIENTS[column]
-        rows: list[dict[str, Any]] = []
-        lines: list[int] = []
-        start = reader.line_num + 1
-        for record in reader:
-            line, start = start, reader.line_num + 1
-            if not record:
-                continue  # a blank line
-            if len(record) != len(header):
-                raise _CsvProblem(line, f"{len(record)} fields, the header has {len(header)}")
-            if len(rows) == MAX_BULK_ROWS:
-                raise _CsvProblem(line, f"more than {MAX_BULK_ROWS:,} rows")
-            rows.append({"recipient": {wanted: record[at].strip()},
-                         "variables": {name: value for name, value in zip(header, record, strict=True)
-                                       if name != column}})
-            lines.append(line)
     except StopIteration:
         raise _CsvProblem(1, "the file is empty") from None
     except csv.Error as exc:
         raise _CsvProblem(reader.line_num, f"not valid CSV: {exc}") from None
-    if not rows:
-        raise _CsvProblem(reader.line_num + 1, "the file has a header but no rows")
-    return column, rows, lines
+    recipients = [name for name in header if name in CSV_RECIPIENTS]
+    if len(recipients) != 1:
+        raise _CsvProblem(1, "the header must name one recipient column, chat_id or email")
+    for number, name in enumerate(header, start=1):
+        if not name:
+            raise _CsvProblem(1, f"column {number} has no name")
+        if header.count(name) > 1:
+            raise _CsvProblem(1, f"column {name} appears twice", field=name)
+    [column] = recipients
+    at, wanted = header.index(column), CSV_RECIPIENTS[column]
+
+    def rows() -> Rows:
+        count = 0
+        start = reader.line_num + 1
+        try:
+            for record in reader:
+                line, start = start, reader.line_num + 1
+                if not record:
+                    continue  # a blank line
+                if len(record) != len(header):
+                    raise _CsvProblem(line, f"{len(record)} fields, the header has {len(header)}")
+                count += 1
+                if count > MAX_BULK_ROWS:
+                    raise _CsvProblem(line, f"more than {MAX_BULK_ROWS:,} rows")
+                yield line, {"recipient": {wanted: record[at].strip()},
+                             "variables": {name: value for name, value in zip(header, record, strict=True)
+                                           if name != column}}
+        except csv.Error as exc:
+            raise _CsvProblem(reader.line_num, f"not valid CSV: {exc}") from None
+        if not count:
+            raise _CsvProblem(reader.line_num + 1, "the file has a header but no rows")
+
+    return column, rows()
 
 
-def _validation_refusal(exc: ValidationError, parsed_lines: list[int] | None,
-                        recipient_column: str | None) -> Refused:
-    """422 naming the field of the first error; for a row, its index (JSON) or line and column (CSV)."""
+def _options_refusal(exc: ValidationError) -> Refused:
+    """422 naming the field of the first error of the job's options."""
     first = exc.errors()[0]
-    loc = [str(p) for p in first["loc"]]
+    field = ".".join(str(p) for p in first["loc"]) or None
     why = first["msg"]
-    if len(loc) >= 2 and loc[0] == "rows" and loc[1].isdigit():
-        return _row_refusal(int(loc[1]), loc[2:], why, parsed_lines, recipient_column)
-    field = ".".join(loc) or None
     return Refused(422, "invalid_request", f"{field}: {why}" if field else why, field=field)
 
 
-def _row_refusal(index: int, path: list[str], why: str, lines: list[int] | None,
-                 recipient_column: str | None) -> Refused:
-    if lines is None:
-        field = ".".join(["rows", str(index), *path])
+def _row_refusal(where: int, path: list[str], why: str, csv_column: str | None) -> Refused:
+    """422 for a row: JSON names it `rows.<index>.<field>`; CSV by its line and column."""
+    if csv_column is None:
+        field = ".".join(["rows", str(where), *path])
         return Refused(422, "invalid_row", f"{field}: {why}", field=field)
     if path and path[0] == "recipient":
-        column = recipient_column
+        column: str | None = csv_column
     elif len(path) >= 2 and path[0] == "variables":
         column = path[1]
     else:
         column = ".".join(path) or None
-    return Refused(422, "invalid_row", f"line {lines[index]}: {column}: {why}" if column else
-                   f"line {lines[index]}: {why}", field=column)
+    return Refused(422, "invalid_row", f"line {where}: {column}: {why}" if column else f"line {where}: {why}",
+                   field=column)
 
 
-def _parse(raw: bytes, media: str, query: dict[str, Any]) -> _Parsed:
-    """The request, from a JSON body, or from a CSV body and the query; raises `Refused` (422)."""
-    given = {name: value for name, value in query.items() if value is not None}
-    if media != "text/csv":
-        if given:
-            name = next(iter(given))
-            raise Refused(422, "invalid_request", f"{name}: goes in the JSON body (the query is for CSV)",
-                          field=name)
-        try:
-            return _Parsed(BulkRequest.model_validate_json(raw), None, None)
-        except ValidationError as exc:
-            raise _validation_refusal(exc, None, None) from None
+def _json_request(raw: bytes) -> tuple[BulkOptions, list[Any]]:
+    """The options and the rows (unchecked yet) of a JSON body (`BulkRequest`); raises `Refused`."""
     try:
-        column, rows, lines = _read_csv(raw)
-    except _CsvProblem as exc:
-        raise exc.refusal() from None
-    template = {"name": given.pop("template", None), "language": given.pop("language", None)}
-    if "content" in given:  # TEMPORARY, with BulkRequest.content
+        document = from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        raise Refused(422, "invalid_request", f"the body is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise Refused(422, "invalid_request", "the body must be a JSON object (BulkRequest)")
+    rows = document.pop("rows", None)
+    try:
+        options = BulkOptions.model_validate(document)
+    except ValidationError as exc:
+        raise _options_refusal(exc) from None
+    if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_BULK_ROWS:
+        raise Refused(422, "invalid_request", f"rows: a list of 1 to {MAX_BULK_ROWS:,} rows", field="rows")
+    return options, rows
+
+
+def _csv_options(query: dict[str, str]) -> BulkOptions:
+    """The options of a CSV request, from its query; raises `Refused`."""
+    given: dict[str, Any] = dict(query)
+    template = {field: given.pop(param) for param, field in (("template", "name"), ("language", "language"))
+                if param in given}
+    if template:
+        given["template"] = template
+    if "content" in given:  # TEMPORARY, with BulkOptions.content
         try:
             given["content"] = json.loads(given["content"])
         except ValueError:
             raise Refused(422, "invalid_request", "content: not JSON", field="content") from None
-    body = {**given, "template": {k: v for k, v in template.items() if v is not None}, "rows": rows}
     try:
-        return _Parsed(BulkRequest.model_validate(body), lines, column)
+        return BulkOptions.model_validate(given)
     except ValidationError as exc:
-        raise _validation_refusal(exc, lines, column) from None
+        refusal = _options_refusal(exc)
+        param = {"template.name": "template", "template.language": "language"}.get(refusal.field or "")
+        if param is None:
+            raise refusal from None
+        raise Refused(422, refusal.code, refusal.message.replace(str(refusal.field), param, 1),
+                      field=param) from None
 
 
-def _render(parsed: _Parsed, channel: ChannelRecord) -> list[qb.NewRow]:
-    """Every row checked against the channel and rendered; the first bad one refuses the job (422)."""
-    request = parsed.request
-    rows: list[qb.NewRow] = []
-    for index, row in enumerate(request.rows):
-        if row.recipient.kind != channel.type:
-            wanted = "chatId" if channel.type == "telegram" else "email"
-            kind = "an email" if channel.type == "email" else "a Telegram"
-            why = f"channel {request.channel} is {kind} channel: give recipients as {wanted}"
-            raise _row_refusal(index, ["recipient"], why, parsed.lines, parsed.recipient_column)
-        try:
-            content = _row_content(channel, request.template, row.variables, request.content)
-        except RowProblem as exc:
-            if exc.field.startswith("variables."):
-                raise _row_refusal(index, exc.field.split(".", 1), exc.message, parsed.lines,
-                                   parsed.recipient_column) from None
-            where = f"line {parsed.lines[index]}" if parsed.lines is not None else f"rows.{index}"
-            raise Refused(422, "invalid_template", f"{where}: {exc.message}",
-                          field=f"template.{exc.field}") from None
-        rows.append(qb.NewRow(recipient=row.recipient.address, content=content,
-                              reference=row.reference or request.reference))
-    return rows
+def _prepare(options: BulkOptions, rows: Rows, csv_column: str | None,
+             channel: ChannelRecord) -> list[qb.NewRow]:
+    """Every row checked, against the channel too, and rendered; the first bad one refuses the job."""
+    prepared: list[qb.NewRow] = []
+    try:
+        for where, raw_row in rows:
+            try:
+                row = BulkRow.model_validate(raw_row)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise _row_refusal(where, [str(p) for p in first["loc"]], first["msg"], csv_column) from None
+            if row.recipient.kind != channel.type:
+                wanted = "chatId" if channel.type == "telegram" else "email"
+                kind = "an email" if channel.type == "email" else "a Telegram"
+                why = f"channel {options.channel} is {kind} channel: give recipients as {wanted}"
+                raise _row_refusal(where, ["recipient"], why, csv_column)
+            try:
+                content = _row_content(channel, options.template, row.variables, options.content)
+            except RowProblem as exc:
+                if exc.field.startswith("variables."):
+                    raise _row_refusal(where, exc.field.split(".", 1), exc.message, csv_column) from None
+                position = f"rows.{where}" if csv_column is None else f"line {where}"
+                raise Refused(422, "invalid_template", f"{position}: {exc.message}",
+                              field=f"template.{exc.field}") from None
+            prepared.append(qb.NewRow(recipient=row.recipient.address, content=json.dumps(content),
+                                      reference=row.reference or options.reference))
+    except _CsvProblem as exc:
+        raise exc.refusal() from None
+    return prepared
 
 
 def _view(job: qb.Job, counts: Mapping[str, int]) -> BulkJobView:
@@ -315,27 +337,39 @@ async def create_bulk_job(
     state = _state(request)
     raw = await request.body()
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    query = {"channel": channel, "template": template, "language": language, "reference": reference,
-             "scheduledFor": scheduled_for, "content": content}
+    query = {name: value for name, value in (
+        ("channel", channel), ("template", template), ("language", language), ("reference", reference),
+        ("scheduledFor", scheduled_for), ("content", content)) if value is not None}
     try:
-        parsed = await asyncio.to_thread(_parse, raw, media, query)
+        if media == "text/csv":
+            options = _csv_options(query)
+            csv_column, rows = await asyncio.to_thread(_csv_rows, raw)
+        else:
+            if query:
+                name = next(iter(query))
+                raise Refused(422, "invalid_request", f"{name}: goes in the JSON body (the query is for CSV)",
+                              field=name)
+            options, items = await asyncio.to_thread(_json_request, raw)
+            csv_column, rows = None, iter(enumerate(items))
+    except _CsvProblem as exc:
+        BULK_JOBS.labels("invalid").inc()
+        raise exc.refusal() from None
     except Refused:
         BULK_JOBS.labels("invalid").inc()
         raise
-    body = parsed.request
-    authorize(caller, body.namespace, body.channel_name)
-    key = channel_key(body.namespace, body.channel_name)
+    authorize(caller, options.namespace, options.channel_name)
+    key = channel_key(options.namespace, options.channel_name)
     try:
         record = await state.channels.get(key)
     except Exception as exc:
         raise Refused(503, "unavailable", "channels cannot be read right now; try again") from exc
     if record is None:
-        raise Refused(422, "unknown_channel", f"channel {body.channel} does not exist", field="channel")
+        raise Refused(422, "unknown_channel", f"channel {options.channel} does not exist", field="channel")
     if record.type not in ("telegram", "email"):
-        raise Refused(422, "invalid_request", f"{body.channel} is a {record.type} channel, which this API "
+        raise Refused(422, "invalid_request", f"{options.channel} is a {record.type} channel, which this API "
                                               "cannot send", field="channel")
     try:
-        rows = await asyncio.to_thread(_render, parsed, record)
+        new_rows = await asyncio.to_thread(_prepare, options, rows, csv_column, record)
     except Refused:
         BULK_JOBS.labels("invalid").inc()
         raise
@@ -348,15 +382,15 @@ async def create_bulk_job(
         if not await state.redis.set(lock, "1", nx=True, ex=IDEMPOTENCY_LOCK_SECONDS):
             return await _replay_or_conflict(state, caller, idempotency)
     new = qb.NewJob(id=uuid.uuid4(), channel_id=record.id, api_key_id=caller.key_id,
-                    template=body.template.to_k8s(), reference=body.reference,
-                    scheduled_for=body.scheduled_for, trace_id=_trace_id(traceparent))
+                    template=options.template.to_k8s(), reference=options.reference,
+                    scheduled_for=options.scheduled_for, trace_id=_trace_id(traceparent))
 
     def answer(job: qb.Job) -> tuple[int, dict[str, Any], str | None]:
         return 202, _view(job, {}).model_dump(mode="json", by_alias=True), _location(job.id)
 
     try:
         async with state.db.acquire() as conn:
-            job, existing = await qb.store(conn, new, rows, idempotency, answer)
+            job, existing = await qb.store(conn, new, new_rows, idempotency, answer)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         BULK_JOBS.labels("unavailable").inc()
         raise Refused(503, "unavailable", "the job cannot be stored right now; try again",
