@@ -212,13 +212,15 @@ async def test_a_json_job_is_accepted_and_a_bad_row_is_named_by_its_index(
     bad_recipient = [*good, {"recipient": {"email": "a@example.org"}, "variables": {"name": "X", "order": 1}}]
     missing = [*good[:2], {"recipient": {"chatId": 1}, "variables": {"name": "X"}}]
     unknown_field = [*good[:1], {"recipient": {"chatId": 1}, "vars": {}}]
+    nul = [*good[:1], {"recipient": {"chatId": 1}, "variables": {"name": "A\u0000", "order": 1}}]
 
     refusals = [await api.post("/api/v1/bulk", json=_json_job(rows), headers=_bearer())
-                for rows in (bad_recipient, missing, unknown_field)]
+                for rows in (bad_recipient, missing, unknown_field, nul)]
     accepted = await api.post("/api/v1/bulk", json=_json_job(good, reference="batch-1"), headers=_bearer())
 
     assert [(r.status_code, r.json()["error"]["field"]) for r in refusals] == [
-        (422, "rows.3.recipient"), (422, "rows.2.variables.order"), (422, "rows.1.vars")]
+        (422, "rows.3.recipient"), (422, "rows.2.variables.order"), (422, "rows.1.vars"),
+        (422, "rows.1.variables.name")]
     assert refusals[1].json()["error"]["message"] == "rows.2.variables.order: variable order is missing"
     assert accepted.status_code == 202, accepted.text
     view = await _finished(api, accepted.headers["location"])

@@ -152,14 +152,16 @@ def outbox_content(request: NotificationRequest) -> dict[str, Any]:
 MAX_BULK_ROWS = 100_000
 MAX_VARIABLES = 100
 BulkJobState = Literal["accepted", "expanding", "done", "failed"]
-VariableName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\s]+$")]
-VariableValue = Annotated[str, StringConstraints(max_length=10_000)] | int | float | bool
+#: Text Postgres can store (no NUL character).
+_NO_NUL = r"^[^\x00]*$"
+VariableName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\s\x00]+$")]
+VariableValue = Annotated[str, StringConstraints(max_length=10_000, pattern=_NO_NUL)] | int | float | bool
 
 
 class TemplateRef(CamelModel):
     """A template of the channel, by name, in a language (else the template's default one)."""
 
-    name: str = Field(min_length=1, max_length=253, description="The template's name.")
+    name: str = Field(min_length=1, max_length=253, pattern=_NO_NUL, description="The template's name.")
     language: str | None = Field(default=None, min_length=2, max_length=35, pattern=r"^[A-Za-z0-9-]+$",
                                  description="A language tag such as en or pt-BR.")
 
@@ -169,7 +171,7 @@ class BulkRow(CamelModel):
 
     recipient: Recipient
     variables: dict[VariableName, VariableValue] = Field(default_factory=dict, max_length=MAX_VARIABLES)
-    reference: str | None = Field(default=None, min_length=1, max_length=256,
+    reference: str | None = Field(default=None, min_length=1, max_length=256, pattern=_NO_NUL,
                                   description="This row's own reference (else the job's).")
 
 
@@ -184,7 +186,7 @@ class BulkOptions(CamelModel):
                                                               "$variable placeholders, not a template.")
     scheduled_for: datetime | None = Field(default=None, description="Send at or after this time "
                                                                      "(RFC 3339 with an offset).")
-    reference: str | None = Field(default=None, min_length=1, max_length=256,
+    reference: str | None = Field(default=None, min_length=1, max_length=256, pattern=_NO_NUL,
                                   description="Your own reference, given to every notification.")
 
     @model_validator(mode="after")

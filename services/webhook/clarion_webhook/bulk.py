@@ -266,7 +266,10 @@ def _prepare(options: BulkOptions, rows: Rows, csv_column: str | None,
                 row = BulkRow.model_validate(raw_row)
             except ValidationError as exc:
                 first = exc.errors()[0]
-                raise _row_refusal(where, [str(p) for p in first["loc"]], first["msg"], csv_column) from None
+                path = [str(p) for p in first["loc"]]
+                if path[:1] == ["variables"]:
+                    path = path[:2]  # the variable, not the member of its type's union that failed last
+                raise _row_refusal(where, path, first["msg"], csv_column) from None
             if row.recipient.kind != channel.type:
                 wanted = "chatId" if channel.type == "telegram" else "email"
                 kind = "an email" if channel.type == "email" else "a Telegram"
