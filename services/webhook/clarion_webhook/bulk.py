@@ -379,8 +379,8 @@ async def create_bulk_job(
     idempotency = None
     lock = None
     if idempotency_key is not None:
-        idempotency = Idempotency(idempotency_key, _request_digest(f"{request.url.path}?{request.url.query}",
-                                                                   raw))
+        digest = await asyncio.to_thread(_request_digest, f"{request.url.path}?{request.url.query}", raw)
+        idempotency = Idempotency(idempotency_key, digest)
         lock = _idempotency_lock(caller.key_id, idempotency_key)
         if not await state.redis.set(lock, "1", nx=True, ex=IDEMPOTENCY_LOCK_SECONDS):
             return await _replay_or_conflict(state, caller, idempotency)
@@ -459,12 +459,18 @@ class BulkExpander:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="bulk-expander")
 
-    async def stop(self) -> None:
-        """Finish the chunk under way and give the job back (another replica may take it at once)."""
+    async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a grace period, then cancel
+        """Finish the chunk under way and give the job back (another replica may take it at once); past
+        `timeout` (Postgres away) cancel: an unfinished chunk rolls back, and the lease runs out."""
         self._stopping.set()
         self._wake.set()
-        if self._task is not None:
-            await self._task
+        if self._task is None:
+            return
+        done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        if not done:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     def wake(self) -> None:
         """A job was stored here: look now rather than at the next poll."""
