@@ -99,12 +99,9 @@ async def accept(conn: Db, new: NewNotification, idempotency: Idempotency | None
     """
     async with conn.transaction():
         if idempotency is not None:
-            taken = await conn.fetchval(
-                """INSERT INTO idempotency_keys (api_key_id, key, request_sha256) VALUES ($1, $2, $3)
-                   ON CONFLICT (api_key_id, key) DO NOTHING RETURNING true""",
-                new.api_key_id, idempotency.key, idempotency.request_sha256)
-            if not taken:
-                return None, await find_idempotency(conn, new.api_key_id, idempotency.key)
+            existing = await take_idempotency_key(conn, new.api_key_id, idempotency)
+            if existing is not None:
+                return None, existing
         status = "created" if new.scheduled_for is not None else "queued"
         record = await conn.fetchrow(
             f"""WITH n AS (
@@ -127,6 +124,20 @@ async def accept(conn: Db, new: NewNotification, idempotency: Idempotency | None
             status_code, body, location = answer(row)
             await remember_answer(conn, new.api_key_id, idempotency.key, status_code, body, location)
         return row, None
+
+
+async def take_idempotency_key(conn: Db, api_key_id: int | None,
+                               idempotency: Idempotency) -> Idempotency | None:
+    """Take an Idempotency-Key for a request being accepted (inside the caller's transaction): None when
+    taken, else the key's existing record (a concurrent taker waits for the first to commit)."""
+    taken = await conn.fetchval(
+        """INSERT INTO idempotency_keys (api_key_id, key, request_sha256) VALUES ($1, $2, $3)
+           ON CONFLICT (api_key_id, key) DO NOTHING RETURNING true""",
+        api_key_id, idempotency.key, idempotency.request_sha256)
+    if taken:
+        return None
+    return await find_idempotency(conn, api_key_id, idempotency.key) or Idempotency(
+        idempotency.key, idempotency.request_sha256)
 
 
 async def find_idempotency(conn: Db, api_key_id: int | None, key: str) -> Idempotency | None:

@@ -47,22 +47,31 @@ class Recipient(CamelModel):
         return str(self.chat_id) if self.chat_id is not None else str(self.email)
 
 
-#: A template variable's value as the API takes it.
-VariableValue = (Annotated[str, Field(max_length=EMAIL_TEXT_MAX)]
+#: Text Postgres can store (jsonb and text hold no NUL character).
+_NO_NUL = r"^[^\x00]*$"
+#: A template variable's name and value as the API takes them.
+VariableName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\s\x00]+$")]
+VariableValue = (Annotated[str, Field(max_length=EMAIL_TEXT_MAX, pattern=_NO_NUL)]
                  | Annotated[int, Field(ge=-(2**53), le=2**53)] | float | bool)
+MAX_VARIABLES = 64
 #: The literal content fields a template gives instead.
 _TEMPLATE_GIVES = ("text", "parse_mode", "buttons", "subject", "html")
 
 
 class TemplateRef(CamelModel):
-    """A template of the channel (`spec.templates`), rendered at accept time (ADR 0007)."""
+    """A template of the channel (`spec.templates`) by name, in a language (ADR 0007)."""
 
     name: str = Field(min_length=1, max_length=63, pattern=TEMPLATE_NAME, description="The template's name.")
     language: str | None = Field(
         default=None, min_length=2, max_length=35, pattern=LANGUAGE_CODE,
         description="Language wanted (e.g. de, pt-BR); one the template lacks gets its defaultLanguage.")
-    variables: dict[Annotated[str, Field(min_length=1, max_length=64)], VariableValue] = Field(
-        default_factory=dict, max_length=64,
+
+
+class TemplateUse(TemplateRef):
+    """A template and the values of its variables, rendered at accept time (ADR 0007)."""
+
+    variables: dict[VariableName, VariableValue] = Field(
+        default_factory=dict, max_length=MAX_VARIABLES,
         description="Values of the template's variables: every variable without a default is required; "
                     "names the template does not declare are ignored.")
 
@@ -82,7 +91,7 @@ class Content(CamelModel):
                                 pattern=r"^[^\r\n]*$", description="Email: subject line (required).")
     html: str | None = Field(default=None, min_length=1, max_length=EMAIL_TEXT_MAX,
                              description="Email: HTML alternative of the text.")
-    template: TemplateRef | None = Field(default=None, description="A template of the channel instead of "
+    template: TemplateUse | None = Field(default=None, description="A template of the channel instead of "
                                                                    "text: name, variables, language.")
 
     @model_validator(mode="after")
@@ -190,3 +199,76 @@ def outbox_content(request: NotificationRequest) -> dict[str, Any]:
     sends it. Template content is rendered by `clarion.templates.render_template` instead."""
     return request.content.to_k8s()
 
+
+
+# --- Bulk: POST /api/v1/bulk and GET /api/v1/bulk/{id} ---
+
+MAX_BULK_ROWS = 100_000
+BulkJobState = Literal["accepted", "expanding", "done", "failed"]
+
+
+class BulkRow(CamelModel):
+    """One recipient of a bulk job and the variables its message is rendered with."""
+
+    recipient: Recipient
+    variables: dict[VariableName, VariableValue] = Field(default_factory=dict, max_length=MAX_VARIABLES)
+    reference: str | None = Field(default=None, min_length=1, max_length=256, pattern=_NO_NUL,
+                                  description="This row's own reference (else the job's).")
+
+
+class BulkOptions(CamelModel):
+    """What applies to every row of a bulk job: in the JSON body, or the query of the CSV form."""
+
+    channel: str = Field(max_length=317, pattern=CHANNEL_REF,
+                         description="The NotificationChannel, as namespace/name.")
+    template: TemplateRef
+    scheduled_for: datetime | None = Field(default=None, description="Send at or after this time "
+                                                                     "(RFC 3339 with an offset).")
+    reference: str | None = Field(default=None, min_length=1, max_length=256, pattern=_NO_NUL,
+                                  description="Your own reference, given to every notification.")
+
+    @model_validator(mode="after")
+    def _aware_time(self) -> Self:
+        if self.scheduled_for is not None and self.scheduled_for.tzinfo is None:
+            raise ValueError("scheduledFor needs a UTC offset (e.g. 2026-12-05T09:00:00Z)")
+        return self
+
+    @property
+    def namespace(self) -> str:
+        return self.channel.partition("/")[0]
+
+    @property
+    def channel_name(self) -> str:
+        return self.channel.partition("/")[2]
+
+
+class BulkRequest(BulkOptions):
+    """`POST /api/v1/bulk` as JSON: the options and up to 100,000 rows. (The API reads it as its parts,
+    `BulkOptions` and each `BulkRow`, so that 100,000 rows are never all held as models at once.)"""
+
+    rows: list[BulkRow] = Field(min_length=1, max_length=MAX_BULK_ROWS)
+
+
+class BulkJobView(CamelModel):
+    """A bulk job and its progress: rows expanded into notifications, and those by status."""
+
+    id: str
+    channel: str
+    status: BulkJobState = Field(description="accepted, expanding (notifications being created), done "
+                                             "(all created) or failed (see lastError).")
+    template: TemplateRef
+    reference: str | None = None
+    scheduled_for: datetime | None = None
+    trace_id: str
+    total: int = Field(description="Rows accepted.")
+    expanded: int = Field(description="Rows turned into notifications so far.")
+    queued: int = Field(description="Notifications waiting to be sent (created or queued).")
+    sending: int
+    sent: int
+    failed: int
+    blocked: int
+    cancelled: int
+    last_error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = Field(default=None, description="When the last notification was created.")

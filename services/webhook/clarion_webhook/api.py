@@ -118,6 +118,11 @@ def _request_digest(path: str, body: bytes) -> str:
     return hashlib.sha256(f"{path}\n{canonical}".encode()).hexdigest()
 
 
+def _idempotency_lock(key_id: int, idempotency_key: str) -> str:
+    """The Redis marker held while a request with this Idempotency-Key (of this API key) is accepted."""
+    return f"api:idempotency:{key_id}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+
+
 def _location(notification_id: uuid.UUID) -> str:
     return f"{API_PREFIX}/notifications/{notification_id}"
 
@@ -136,27 +141,44 @@ def _parse_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise Refused(422, "invalid_cursor", "cursor is not one this API gave out", field="cursor") from exc
 
 
-class BodyGuard:
-    """ASGI middleware of the API: POST bodies must be JSON (415) and at most `limit` bytes (413); a
-    POST without a body (`…/retry`) needs no content type."""
+@dataclass(frozen=True)
+class BodyRule:
+    """What POST bodies of a route may be: their media types and their largest size in bytes."""
 
-    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
-        self.app, self.limit = app, limit
+    media_types: tuple[bytes, ...] = (b"application/json",)
+    limit: int = MAX_BODY_BYTES
+
+
+JSON_BODY = BodyRule()
+
+
+class BodyGuard:
+    """ASGI middleware of the API: a POST body must be of its route's media types (415; JSON unless
+    `routes` says otherwise for the route's path) and at most its limit (413); a POST without a body
+    (`…/retry`) needs no content type."""
+
+    def __init__(self, app: Any, default: BodyRule = JSON_BODY, routes: dict[str, BodyRule] | None = None,
+                 ) -> None:
+        self.app, self.default, self.routes = app, default, routes or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        path: str = scope["path"]
+        rule = self.routes.get(path.removeprefix(scope.get("root_path", "")), self.default)
         headers = dict(scope["headers"])
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         length = headers.get(b"content-length")
         has_body = b"transfer-encoding" in headers or (length is not None and length != b"0")
-        if has_body and media != b"application/json":
-            await Refused(415, "unsupported_media_type", "send the body as application/json").response()(
+        if has_body and media not in rule.media_types:
+            wanted = " or ".join(m.decode() for m in rule.media_types)
+            await Refused(415, "unsupported_media_type", f"send the body as {wanted}").response()(
                 scope, receive, send)
             return
-        if length is not None and (not length.isdigit() or len(length) > 12 or int(length) > self.limit):
-            await Refused(413, "too_large", f"the body is larger than {self.limit} bytes").response()(
+        limit = rule.limit
+        if length is not None and (not length.isdigit() or len(length) > 12 or int(length) > limit):
+            await Refused(413, "too_large", f"the body is larger than {limit} bytes").response()(
                 scope, receive, send)
             return
         # The body is read here, bounded, and handed on whole: a refusal raised while the app reads
@@ -169,8 +191,8 @@ class BodyGuard:
                 return
             chunk = message.get("body", b"")
             seen += len(chunk)
-            if seen > self.limit:
-                await Refused(413, "too_large", f"the body is larger than {self.limit} bytes").response()(
+            if seen > limit:
+                await Refused(413, "too_large", f"the body is larger than {limit} bytes").response()(
                     scope, receive, send)
                 return
             chunks.append(chunk)
@@ -328,6 +350,9 @@ def create_api() -> FastAPI:
         return NotificationPage(items=[_view(r) for r in page],
                                 next_cursor=_cursor(page[-1]) if more else None)
 
+    from clarion_webhook.bulk import add_bulk_api  # the bulk routes build on this module's helpers
+
+    add_bulk_api(api)
     return api
 
 

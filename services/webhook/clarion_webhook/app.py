@@ -38,6 +38,7 @@ from pydantic_core import from_json
 
 from clarion_webhook.api import API_PREFIX, ApiState, BodyGuard, create_api
 from clarion_webhook.api_keys import ApiKeyGuard, ApiKeyStore
+from clarion_webhook.bulk import BODY_RULES, BulkExpander
 from clarion_webhook.channels import ChannelCache
 from clarion_webhook.ingest import StreamWriter, update_chat_id
 from clarion_webhook.settings import WebhookSettings
@@ -277,10 +278,15 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         ingress.writer = StreamWriter(redis)
         api.state.clarion = ApiState(db=db, redis=redis, channels=channels,
                                      guard=ApiKeyGuard(api_keys, SharedRateLimit(redis)))
+        expander = BulkExpander(db, redis, lease_seconds=settings.bulk_lease_seconds,
+                                chunk_rows=settings.bulk_chunk_rows, poll_seconds=settings.bulk_poll_seconds)
+        api.state.bulk_expander = expander
+        expander.start()
         state.update(db=db, redis=redis, channels=channels, api_keys=api_keys)
         try:
             yield
         finally:
+            await expander.stop()
             await api_keys.stop()
             await channels.stop()
             await redis.aclose()
@@ -289,7 +295,7 @@ def create_app(settings: WebhookSettings) -> FastAPI:
     app = WebhookApp(ingress, title="Clarion webhook", lifespan=lifespan, docs_url=None, redoc_url=None,
                      telemetry={"tracing": False, "metrics": False, "logs": False})
 
-    app.mount(API_PREFIX, BodyGuard(api))
+    app.mount(API_PREFIX, BodyGuard(api, routes=BODY_RULES))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

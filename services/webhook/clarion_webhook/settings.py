@@ -27,3 +27,11 @@ class WebhookSettings(CommonSettings):
                                                       "lost notification).")
     redis_timeout_seconds: float = Field(default=2.0, gt=0, le=60,
                                          description="Socket timeout of Redis calls; past it: 503.")
+    bulk_lease_seconds: float = Field(default=30.0, gt=0, le=3600,
+                                      description="How long a replica holds a bulk job it expands without "
+                                                  "progress; past it, another replica takes the job over.")
+    bulk_chunk_rows: int = Field(default=1000, ge=1, le=10_000,
+                                 description="Notifications a bulk expansion creates per transaction.")
+    bulk_poll_seconds: float = Field(default=1.0, gt=0, le=60,
+                                     description="How often a replica looks for bulk jobs to expand (one it "
+                                                 "accepted itself is taken at once).")
