@@ -35,8 +35,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import from_json
+from starlette.exceptions import HTTPException
 
-from clarion_webhook.api import API_PREFIX, ApiState, BodyGuard, create_api
+from clarion_webhook.api import API_PREFIX, ApiState, BodyGuard, create_api, http_error
 from clarion_webhook.api_keys import ApiKeyGuard, ApiKeyStore
 from clarion_webhook.channels import ChannelCache
 from clarion_webhook.ingest import StreamWriter, update_chat_id
@@ -290,6 +291,7 @@ def create_app(settings: WebhookSettings) -> FastAPI:
                      telemetry={"tracing": False, "metrics": False, "logs": False})
 
     app.mount(API_PREFIX, BodyGuard(api))
+    app.add_exception_handler(HTTPException, http_error)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
