@@ -38,7 +38,7 @@ from pydantic_core import from_json
 from starlette.exceptions import HTTPException
 
 from clarion_webhook.api import API_PREFIX, ApiState, BodyGuard, create_api, http_error
-from clarion_webhook.api_keys import ApiKeyGuard, ApiKeyStore
+from clarion_webhook.api_keys import ApiKeyGuard, ApiKeyStore, ApiKeyUsage, KeyUseCounter
 from clarion_webhook.channels import ChannelCache
 from clarion_webhook.ingest import StreamWriter, update_chat_id
 from clarion_webhook.settings import WebhookSettings
@@ -258,6 +258,7 @@ def create_app(settings: WebhookSettings) -> FastAPI:
     ingress = TelegramIngress(settings)
     state: dict[str, Any] = {}
     api = create_api()
+    usage = ApiKeyUsage(replica=settings.pod_name, flush_seconds=settings.api_key_usage_seconds)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -279,9 +280,11 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         api.state.clarion = ApiState(db=db, redis=redis, channels=channels,
                                      guard=ApiKeyGuard(api_keys, SharedRateLimit(redis)))
         state.update(db=db, redis=redis, channels=channels, api_keys=api_keys)
+        await usage.start(db)
         try:
             yield
         finally:
+            await usage.stop()
             await api_keys.stop()
             await channels.stop()
             await redis.aclose()
@@ -290,7 +293,7 @@ def create_app(settings: WebhookSettings) -> FastAPI:
     app = WebhookApp(ingress, title="Clarion webhook", lifespan=lifespan, docs_url=None, redoc_url=None,
                      telemetry={"tracing": False, "metrics": False, "logs": False})
 
-    app.mount(API_PREFIX, BodyGuard(api))
+    app.mount(API_PREFIX, BodyGuard(KeyUseCounter(api, usage)))
     app.add_exception_handler(HTTPException, http_error)
 
     @app.get("/healthz")
