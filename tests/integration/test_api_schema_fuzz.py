@@ -83,11 +83,13 @@ async def webhook(db: asyncpg.Pool, database_url: str, redis_url: str, tmp_path:
 
 async def _schemathesis(base: str, config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     argv = [str(BIN / "schemathesis"), "--config-file", str(config), "run", f"{base}/api/v1/openapi.json",
-            "--checks", CHECKS, "--seed", "13",
+            "--checks", CHECKS, "--seed", "13", "--generation-database", "none",
             # one worker: hypothesis describes filters with ast.parse, which CPython 3.11 does not
             # allow from two threads at once (SystemError: AST constructor recursion depth mismatch)
             "--workers", "1", "--no-color", "--output-truncate", "false", *extra]
+    # run in the test's directory: schemathesis keeps a cache of what failed (.schemathesis/) in its cwd
     return await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=300,
+                                   cwd=config.parent,
                                    env=dict(os.environ) | {"SCHEMATHESIS_TELEMETRY": "false"})
 
 
