@@ -357,5 +357,7 @@ async def test_a_dead_letter_is_listed_and_replayed_once_its_cause_is_fixed(
     assert status == "sent"
     assert world.received()[9_999_999] == 1
     assert await _entries(world.redis, dead_letter_stream(notify_stream(CHANNEL, "instant"))) == []
-    audit = await world.db.fetchrow("SELECT actor, action FROM audit_log WHERE subject = $1", str(stranger))
-    assert audit["action"] == "notification.retried" and audit["actor"].startswith("cli:")
+    audit = await world.db.fetch("SELECT actor, action FROM audit_log WHERE subject = $1 ORDER BY id",
+                                 str(stranger))
+    assert [(a["action"], a["actor"].partition(":")[0]) for a in audit] == [
+        ("notification.dead_lettered", "worker"), ("notification.retried", "cli")]

@@ -8,7 +8,9 @@ processes:
   record's primary key makes a second accept with the same key a read of the first answer.
 - `claim` moves a row to `sending` only from `queued` (or from `sending` whose lease ran out): a
   duplicate stream entry, or one for a row already settled, claims nothing.
-- `settle` and `retry_later` change only rows the caller still holds (`claimed_by`).
+- `settle` and `retry_later` change only rows the caller still holds (`claimed_by`); `dead_letter` and
+  `schedule_retry` are the same changes with their audit row in one statement, so neither is written
+  without the other.
 - `due_for_enqueue` locks the rows it returns (`FOR UPDATE SKIP LOCKED`), so two replayers never
   enqueue the same row in one pass; enqueuing a row twice costs one skipped claim.
 """
@@ -205,30 +207,62 @@ async def claim(conn: Db, notification_id: uuid.UUID, worker: str, lease_seconds
     return None if record is None else _row(record)
 
 
+_SETTLE = """UPDATE notifications SET status = $3, attempts = attempts + 1, last_error = $4,
+                     provider_message_id = coalesce($5, provider_message_id),
+                     sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
+                     claimed_by = NULL, claimed_until = NULL, updated_at = now()
+              WHERE id = $1 AND claimed_by = $2 AND status = 'sending'"""
+
+_RETRY_LATER = """UPDATE notifications SET status = 'queued', attempts = attempts + $5::int, last_error = $3,
+                         next_attempt_at = now() + make_interval(secs => $4), enqueued_at = NULL,
+                         claimed_by = NULL, claimed_until = NULL, updated_at = now()
+                  WHERE id = $1 AND claimed_by = $2 AND status = 'sending'"""
+
+
 async def settle(conn: Db, notification_id: uuid.UUID, worker: str, status: str, *,
                  error: str | None = None, provider_message_id: str | None = None) -> bool:
     """A final outcome (sent, failed, blocked) of a row `worker` holds; False if it no longer does."""
     assert status in FINAL
-    result: str = await conn.execute(
-        """UPDATE notifications SET status = $3, attempts = attempts + 1, last_error = $4,
-                  provider_message_id = coalesce($5, provider_message_id),
-                  sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
-                  claimed_by = NULL, claimed_until = NULL, updated_at = now()
-           WHERE id = $1 AND claimed_by = $2 AND status = 'sending'""",
-        notification_id, worker, status, error, provider_message_id)
+    result: str = await conn.execute(_SETTLE, notification_id, worker, status, error, provider_message_id)
     return result.endswith(" 1")
+
+
+async def dead_letter(conn: Db, notification_id: uuid.UUID, worker: str, *, error: str | None,
+                      reason: str, attempts: int) -> bool:
+    """`settle` as `failed`, and its `notification.dead_lettered` audit row (actor `worker:<name>`) in
+    the same statement; False (and no row) if `worker` no longer holds it."""
+    done = await conn.fetchval(
+        f"""WITH n AS ({_SETTLE} RETURNING id)
+            INSERT INTO audit_log (actor, action, subject, details)
+            SELECT 'worker:' || $2, 'notification.dead_lettered', n.id::text, $6::jsonb FROM n
+            RETURNING true""",  # noqa: S608 - a constant statement
+        notification_id, worker, "failed", error, None,
+        {"reason": reason, "error": (error or "")[:1000], "attempts": attempts})
+    return bool(done)
 
 
 async def retry_later(conn: Db, notification_id: uuid.UUID, worker: str, error: str, delay_seconds: float, *,
                       count_attempt: bool = True) -> bool:
     """Back to `queued`, off the stream, due in `delay_seconds` (the replayer enqueues it then)."""
-    result: str = await conn.execute(
-        """UPDATE notifications SET status = 'queued', attempts = attempts + $5::int, last_error = $3,
-                  next_attempt_at = now() + make_interval(secs => $4), enqueued_at = NULL,
-                  claimed_by = NULL, claimed_until = NULL, updated_at = now()
-           WHERE id = $1 AND claimed_by = $2 AND status = 'sending'""",
-        notification_id, worker, error, float(delay_seconds), 1 if count_attempt else 0)
+    result: str = await conn.execute(_RETRY_LATER, notification_id, worker, error, float(delay_seconds),
+                                     1 if count_attempt else 0)
     return result.endswith(" 1")
+
+
+async def schedule_retry(conn: Db, notification_id: uuid.UUID, worker: str, error: str, delay_seconds: float,
+                         *, attempt: int) -> bool:
+    """`retry_later` after failed attempt number `attempt`, and its `notification.retry_scheduled` audit
+    row (actor `worker:<name>`: attempt, reason, next attempt time) in the same statement; False (and no
+    row) if `worker` no longer holds it."""
+    done = await conn.fetchval(
+        f"""WITH n AS ({_RETRY_LATER} RETURNING id, next_attempt_at)
+            INSERT INTO audit_log (actor, action, subject, details)
+            SELECT 'worker:' || $2, 'notification.retry_scheduled', n.id::text,
+                   $6::jsonb || jsonb_build_object('next_attempt_at', n.next_attempt_at) FROM n
+            RETURNING true""",  # noqa: S608 - a constant statement
+        notification_id, worker, error, float(delay_seconds), 1,
+        {"attempt": attempt, "reason": error[:1000]})
+    return bool(done)
 
 
 async def due_for_enqueue(conn: Db, channel_id: int, replay_after_seconds: float, limit: int) -> list[Row]:
@@ -250,6 +284,12 @@ async def due_for_enqueue(conn: Db, channel_id: int, replay_after_seconds: float
 async def audit(conn: Db, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
     await conn.execute("INSERT INTO audit_log (actor, action, subject, details) VALUES ($1, $2, $3, $4)",
                        actor, action, subject, details)
+
+
+async def audit_many(conn: Db, rows: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+    """Several `audit_log` rows (actor, action, subject, details) in one round trip."""
+    await conn.executemany("INSERT INTO audit_log (actor, action, subject, details) VALUES ($1, $2, $3, $4)",
+                           rows)
 
 
 async def requeue_failed(conn: Db, ids: list[uuid.UUID], *, actor: str, namespace: str | None = None,

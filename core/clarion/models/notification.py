@@ -145,6 +145,9 @@ class NotificationRequest(CamelModel):
 
     def check_for(self, channel_type: str) -> tuple[str, str] | None:
         """(field, why) this request cannot go through a channel of `channel_type`; None when it can."""
+        nul = _nul_field(self.model_dump(by_alias=True, exclude_none=True))
+        if nul is not None:
+            return nul, "text cannot contain the NUL character (U+0000)"
         if channel_type not in ("telegram", "email"):
             return "channel", f"{self.channel} is a {channel_type} channel, which this API cannot send"
         if self.recipient.kind != channel_type:
@@ -154,6 +157,20 @@ class NotificationRequest(CamelModel):
         if problem is not None:
             return f"content.{problem[0]}", problem[1]
         return None
+
+
+def _nul_field(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string in `value` holding U+0000, which Postgres text and jsonb
+    cannot store; None when there is none."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    children = (value.items() if isinstance(value, dict)
+                else enumerate(value) if isinstance(value, list) else ())
+    for key, child in children:
+        found = _nul_field(child, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 class NotificationView(CamelModel):

@@ -54,6 +54,13 @@ SENT = counter("clarion_notifications_sent_total", "Notification send outcomes o
                ["channel", "lane", "result"])
 SEND_SECONDS = histogram("clarion_notification_send_seconds", "Round trip of one notification send.",
                          ["channel"])
+DELIVERY_SECONDS = histogram("clarion_notification_delivery_seconds",
+                             "From accept (or the scheduled time) to the provider's acceptance of a sent "
+                             "notification, retries included.", ["channel", "lane"],
+                             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900))
+RETRIES = counter("clarion_notification_retries_total",
+                  "Failed attempts scheduled to be tried again (temporary failures, before max attempts).",
+                  ["channel", "lane"])
 DEAD_LETTERS = counter("clarion_notification_dead_letters_total",
                        "Notifications that ended failed and were dead-lettered, by reason.",
                        ["channel", "reason"])
@@ -255,32 +262,42 @@ class NotificationWorker:
             self._fatal = error or "credentials refused"
             self.stop()
             return
-        if result.outcome == Outcome.RETRY and row.attempts + 1 < row.max_attempts:
-            wait = backoff_seconds(row.attempts + 1, opts.retry_backoff_seconds)
-            await self._db("retry_later", lambda conn: q.retry_later(conn, ident, worker, error or "", wait))
-            log.info("notification.retry", attempts=row.attempts + 1, wait=round(wait, 3), error=error)
+        attempt = row.attempts + 1
+        if result.outcome == Outcome.RETRY and attempt < row.max_attempts:
+            wait = backoff_seconds(attempt, opts.retry_backoff_seconds)
+            if await self._db("schedule_retry", lambda conn: q.schedule_retry(
+                    conn, ident, worker, error or "", wait, attempt=attempt)):
+                RETRIES.labels(self.channel_key, row.lane).inc()
+            log.info("notification.retry", attempts=attempt, wait=round(wait, 3), error=error)
             return
         status = {Outcome.SENT: "sent", Outcome.BLOCKED: "blocked"}.get(result.outcome, "failed")
-        held = await self._db("settle", lambda conn: q.settle(
-            conn, ident, worker, status, error=error, provider_message_id=result.provider_message_id))
+        reason = "attempts_exhausted" if result.outcome == Outcome.RETRY else "permanent"
+        if status == "failed":
+            held = await self._db("dead_letter", lambda conn: q.dead_letter(
+                conn, ident, worker, error=error, reason=reason, attempts=attempt))
+        else:
+            held = await self._db("settle", lambda conn: q.settle(
+                conn, ident, worker, status, error=error, provider_message_id=result.provider_message_id))
         if not held:  # another worker took it over after our lease ran out; it records its own outcome
             log.warning("notification.lease_lost", status=status)
             return
+        if status == "sent":
+            since = (row.scheduled_for or row.created_at).timestamp()
+            DELIVERY_SECONDS.labels(self.channel_key, row.lane).observe(max(0.0, time.time() - since))
         if status == "failed":
-            reason = "attempts_exhausted" if result.outcome == Outcome.RETRY else "permanent"
             DEAD_LETTERS.labels(self.channel_key, reason).inc()
             entry = {"notification_id": str(ident), "channel": self.channel_key, "reason": reason,
-                     "error": (error or "")[:1000], "attempts": str(row.attempts + 1),
+                     "error": (error or "")[:1000], "attempts": str(attempt),
                      "trace_id": row.trace_id}
             await self._redis("dead_letter", lambda: self.redis.xadd(
                 dead_letter_stream(stream), entry, maxlen=DEAD_MAXLEN, approximate=True))  # type: ignore[arg-type]
         event = NotificationEvent(notification_id=str(ident), status=status, channel=self.channel_key,
-                                  reference=row.reference, error=error, attempts=row.attempts + 1,
+                                  reference=row.reference, error=error, attempts=attempt,
                                   provider_message_id=result.provider_message_id, trace_id=row.trace_id)
         await self._redis("status_event", lambda: self.redis.xadd(
             notification_status_stream(self.channel_key), event.to_fields(),  # type: ignore[arg-type]
             maxlen=STATUS_MAXLEN, approximate=True))
-        log.info("notification.settled", status=status, attempts=row.attempts + 1, error=error)
+        log.info("notification.settled", status=status, attempts=attempt, error=error)
 
     async def _ack(self, stream: str, entry_id: bytes) -> None:
         await self._redis("xack", lambda: self.redis.xack(stream, WORKER_GROUP, entry_id))

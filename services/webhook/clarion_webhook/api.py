@@ -41,9 +41,11 @@ from clarion.models.notification import (
 )
 from clarion.streams import NotificationTask, notify_stream
 from clarion.templates import TemplateProblem, request_content
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Body, Depends, FastAPI, Header, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException
 
 from clarion_webhook.api_keys import ApiKeyGuard, authorize
 from clarion_webhook.channels import ChannelCache
@@ -58,6 +60,20 @@ ACCEPT_SECONDS = histogram("clarion_api_accept_seconds", "Time to answer POST /a
                            ["result"])
 
 API_PREFIX = "/api/v1"
+#: The API key as the OpenAPI document declares it; `ApiKeyGuard` reads and checks the header itself.
+BEARER = HTTPBearer(auto_error=False, scheme_name="apiKey",
+                    description="An API key (docs/api-keys.md): `Authorization: Bearer <key>`.")
+#: The request examples of the OpenAPI document (the docs page offers them; schemathesis sends them).
+REQUEST_EXAMPLES: dict[str, Any] = {
+    "telegram": {"summary": "A Telegram message", "value": {
+        "channel": "shop/alerts", "recipient": {"chatId": 100000},
+        "content": {"text": "Your order *1042* shipped", "parseMode": "MarkdownV2"},
+        "reference": "order-1042"}},
+    "email": {"summary": "An email", "value": {
+        "channel": "shop/mail", "recipient": {"email": "ada@example.org"},
+        "content": {"subject": "Your order shipped", "text": "Order 1042 is on its way."},
+        "lane": "bulk", "reference": "order-1042"}},
+}
 MAX_BODY_BYTES = 256 * 1024
 IDEMPOTENCY_LOCK_SECONDS = 10
 DEFAULT_MAX_ATTEMPTS = 3
@@ -211,17 +227,30 @@ class BodyGuard:
         await self.app(scope, replay, send)
 
 
+async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    """Starlette's and FastAPI's own refusals (a body that is not UTF-8, an unknown path or method) in the
+    API's one shape. The webhook app registers it too: a path it cannot route to the API (a control
+    character in it) is answered there."""
+    assert isinstance(exc, HTTPException)
+    code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code,
+                                                                                    "refused")
+    return Refused(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})).response()
+
+
 def create_api() -> FastAPI:
     """The `/api/v1` application; its `state.clarion` (an `ApiState`) is set by the webhook's lifespan."""
     api = FastAPI(
         title="Clarion API", version="1.0.0", openapi_url="/openapi.json", docs_url="/docs", redoc_url=None,
         description="Send notifications through Clarion's channels. Authenticate with "
                     "`Authorization: Bearer <API key>` (docs/api-keys.md).",
+        dependencies=[Security(BEARER)],
         responses={401: {"model": ErrorAnswer, "description": "Missing, unknown or revoked API key."},
                    429: {"model": ErrorAnswer, "description": "Over the key's rate limit (Retry-After)."}},
     )
 
     api.add_exception_handler(Refused, refused_handler)
+
+    api.add_exception_handler(HTTPException, http_error)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -235,11 +264,13 @@ def create_api() -> FastAPI:
               responses={202: {"description": "Accepted: stored, and queued unless scheduled.",
                                "headers": {"Location": {"schema": {"type": "string"}},
                                            "Idempotent-Replay": {"schema": {"type": "string"}}}},
+                         400: {"model": ErrorAnswer, "description": "The body is not UTF-8 JSON."},
                          403: {"model": ErrorAnswer}, 409: {"model": ErrorAnswer},
                          413: {"model": ErrorAnswer}, 415: {"model": ErrorAnswer},
                          422: {"model": ErrorAnswer}, 503: {"model": ErrorAnswer}})
     async def create_notification(
-        request: Request, body: NotificationRequest, caller: Caller,
+        request: Request, body: Annotated[NotificationRequest, Body(openapi_examples=REQUEST_EXAMPLES)],
+        caller: Caller,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1,
                                                       max_length=255)] = None,
         traceparent: Annotated[str | None, Header(max_length=256)] = None,
@@ -337,7 +368,7 @@ def create_api() -> FastAPI:
     async def list_notifications(
         request: Request,
         caller: Caller,
-        reference: Annotated[str, Query(min_length=1, max_length=256)],
+        reference: Annotated[str, Query(min_length=1, max_length=256, pattern=r"^[^\x00]+$")],
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
     ) -> NotificationPage:

@@ -12,6 +12,10 @@
   limit is `clarion.ratelimit.SharedRateLimit` in Redis, so all replicas share one budget per key;
   while Redis is unreachable requests are let through (and counted), since refusing them would turn a
   Redis outage into an outage of the API.
+- `ApiKeyUsage` audits key use without a row per request: `KeyUseCounter` (ASGI, around the API) counts
+  each answer given to a known key by status code, and every `flush_seconds` (and at shutdown) one
+  `api_key.used` row per key is written to `audit_log` (requests, counts by status, the window, the
+  replica), plus an `api_key.refused` row when the key was refused (403 channel, 429 limit).
 
 Wiring into FastAPI: docs/api-keys.md, "Using the keys in the API".
 """
@@ -19,11 +23,17 @@ Wiring into FastAPI: docs/api-keys.md, "Using the keys in the API".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
+from collections import Counter
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from clarion.db.api_keys import API_KEYS_NOTIFY, ApiKeyRow, get_api_key, list_api_keys
+from clarion.db.notifications import audit_many
 from clarion.logging import get_logger
 from clarion.metrics import counter, gauge
 from clarion.models.api_key import BEARER_TOKEN, MAX_KEY_BYTES, burst_of
@@ -41,6 +51,15 @@ CHECKS = counter("clarion_api_key_checks_total",
 STALE_SECONDS = gauge("clarion_api_key_cache_stale_seconds",
                       "Seconds since the API key copy was last known to be in sync with Postgres; 0 in sync.")
 CACHED_KEYS = gauge("clarion_api_key_cache_keys", "Usable API keys in the webhook's copy.")
+
+USAGE_FLUSHES = counter("clarion_api_key_usage_flushes_total",
+                        "Writes of the API key use audit rows, by result: ok, failed (kept for the next).",
+                        ["result"])
+
+#: Where `ApiKeyGuard.authenticate` leaves the caller's key in the request's state, for `KeyUseCounter`.
+PRINCIPAL_STATE = "clarion_api_key"
+#: Status codes that are a refusal of a known key, and the name the audit gives each.
+REFUSALS = {403: "forbidden", 429: "rate_limited"}
 
 #: The challenge of every 401 (RFC 6750).
 CHALLENGE = 'Bearer realm="clarion"'
@@ -154,6 +173,7 @@ class ApiKeyGuard:
             raise Refused(401, "invalid_api_key", "this API key is unknown or revoked",
                                 headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'})
         CHECKS.labels("ok").inc()
+        setattr(request.state, PRINCIPAL_STATE, principal)
         return principal
 
     def authorize(self, principal: ApiKeyRow, namespace: str, channel: str) -> None:
@@ -186,3 +206,118 @@ class ApiKeyGuard:
         principal = await self.authenticate(request)
         await self.check_rate(principal)
         return principal
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def usage_rows(counts: dict[int, Counter[int]], keys: dict[int, ApiKeyRow], since: datetime, until: datetime,
+               replica: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """The audit rows (actor, action, subject, details) of one window of key use: an `api_key.used` row
+    per key, and an `api_key.refused` row per key that was refused."""
+    window = {"from": since.isoformat(), "to": until.isoformat(), "replica": replica}
+    rows: list[tuple[str, str, str, dict[str, Any]]] = []
+    for key_id, statuses in sorted(counts.items()):
+        actor, subject = f"api-key:{key_id}", keys[key_id].subject
+        rows.append((actor, "api_key.used", subject, {
+            "requests": sum(statuses.values()),
+            "statuses": {str(code): n for code, n in sorted(statuses.items())}, **window}))
+        refused = {name: statuses[code] for code, name in REFUSALS.items() if statuses[code]}
+        if refused:
+            rows.append((actor, "api_key.refused", subject, {**refused, **window}))
+    return rows
+
+
+class ApiKeyUsage:
+    """Answers to known keys, counted in memory and written to `audit_log` per key per window (the API
+    takes thousands of requests a second: a row each would outweigh the notifications themselves).
+
+    A write that fails (Postgres away) keeps its counts for the next one; at most the last window is
+    lost when the process dies without its shutdown.
+    """
+
+    def __init__(self, *, replica: str, flush_seconds: float = 60.0) -> None:
+        self.replica, self.flush_seconds = replica, flush_seconds
+        self._counts: dict[int, Counter[int]] = {}
+        self._keys: dict[int, ApiKeyRow] = {}
+        self._since = datetime.now(UTC)
+        self._db: asyncpg.Pool | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def count(self, key: ApiKeyRow, status: int) -> None:
+        statuses = self._counts.get(key.id)
+        if statuses is None:
+            statuses = self._counts[key.id] = Counter()
+            self._keys[key.id] = key
+        statuses[status] += 1
+
+    async def flush(self) -> int:
+        """Write the counts since the last flush; the number of rows written (0 on failure: kept)."""
+        assert self._db is not None
+        counts, keys, since = self._counts, self._keys, self._since
+        self._counts, self._keys, self._since = {}, {}, datetime.now(UTC)
+        if not counts:
+            return 0
+        rows = usage_rows(counts, keys, since, self._since, self.replica)
+        try:
+            async with asyncio.timeout(QUERY_TIMEOUT_SECONDS), self._db.acquire() as conn:
+                await audit_many(conn, rows)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            USAGE_FLUSHES.labels("failed").inc()
+            log.warning("api_key_usage_flush_failed", keys=len(counts), error=type(exc).__name__)
+            for key_id, statuses in counts.items():  # keep them, with the window's start
+                self._counts.setdefault(key_id, Counter()).update(statuses)
+                self._keys.setdefault(key_id, keys[key_id])
+            self._since = since
+            return 0
+        USAGE_FLUSHES.labels("ok").inc()
+        return len(rows)
+
+    async def start(self, db: asyncpg.Pool) -> None:
+        self._db = db
+        self._task = asyncio.create_task(self._loop(), name="api-key-usage")
+
+    async def stop(self) -> None:
+        """Stop the loop and write what is left."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._db is not None:
+            await self.flush()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_seconds)
+            try:
+                await self.flush()
+            except Exception as exc:  # the loop outlives any one failure
+                log.warning("api_key_usage_flush_failed", error=repr(exc)[:300])
+
+
+class KeyUseCounter:
+    """ASGI middleware around the API: counts each answer to a request whose key was recognised."""
+
+    def __init__(self, app: Any, usage: ApiKeyUsage) -> None:
+        self.app, self.usage = app, usage
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def observe(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            key = scope.get("state", {}).get(PRINCIPAL_STATE)
+            if key is not None:
+                self.usage.count(key, status or 500)

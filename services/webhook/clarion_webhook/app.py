@@ -35,9 +35,10 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import from_json
+from starlette.exceptions import HTTPException
 
-from clarion_webhook.api import API_PREFIX, ApiState, BodyGuard, create_api
-from clarion_webhook.api_keys import ApiKeyGuard, ApiKeyStore
+from clarion_webhook.api import API_PREFIX, ApiState, BodyGuard, create_api, http_error
+from clarion_webhook.api_keys import ApiKeyGuard, ApiKeyStore, ApiKeyUsage, KeyUseCounter
 from clarion_webhook.bulk import BODY_RULES, BulkExpander
 from clarion_webhook.channels import ChannelCache
 from clarion_webhook.ingest import StreamWriter, update_chat_id
@@ -258,6 +259,7 @@ def create_app(settings: WebhookSettings) -> FastAPI:
     ingress = TelegramIngress(settings)
     state: dict[str, Any] = {}
     api = create_api()
+    usage = ApiKeyUsage(replica=settings.pod_name, flush_seconds=settings.api_key_usage_seconds)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -283,10 +285,12 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         api.state.bulk_expander = expander
         expander.start()
         state.update(db=db, redis=redis, channels=channels, api_keys=api_keys)
+        await usage.start(db)
         try:
             yield
         finally:
             await expander.stop()
+            await usage.stop()
             await api_keys.stop()
             await channels.stop()
             await redis.aclose()
@@ -295,7 +299,8 @@ def create_app(settings: WebhookSettings) -> FastAPI:
     app = WebhookApp(ingress, title="Clarion webhook", lifespan=lifespan, docs_url=None, redoc_url=None,
                      telemetry={"tracing": False, "metrics": False, "logs": False})
 
-    app.mount(API_PREFIX, BodyGuard(api, routes=BODY_RULES))
+    app.mount(API_PREFIX, BodyGuard(KeyUseCounter(api, usage), routes=BODY_RULES))
+    app.add_exception_handler(HTTPException, http_error)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

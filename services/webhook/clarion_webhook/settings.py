@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from clarion.settings import CommonSettings
 from clarion.streams import DEFAULT_PARTITIONS
 from pydantic import Field
@@ -35,3 +37,8 @@ class WebhookSettings(CommonSettings):
     bulk_poll_seconds: float = Field(default=1.0, gt=0, le=60,
                                      description="How often a replica looks for bulk jobs to expand (one it "
                                                  "accepted itself is taken at once).")
+    pod_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=253,
+                          description="This replica's name in the key use audit (the pod's name).")
+    api_key_usage_seconds: float = Field(default=60.0, gt=0, le=3600,
+                                         description="Window of the key use audit: one `api_key.used` "
+                                                     "row per key per window per replica.")
