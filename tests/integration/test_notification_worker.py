@@ -258,6 +258,39 @@ async def test_entries_redis_lost_are_replayed_from_postgres(world: World, worke
     assert world.received() == Counter(range(FIRST_USER, FIRST_USER + 20))
 
 
+async def test_a_backlog_waiting_on_its_stream_is_not_added_again_and_read_entries_are_trimmed(
+    world: World, workers: Workers,
+) -> None:
+    # 200 notifications at 20/s: the backlog waits 10 s, five times the replayer's `replay_after` (2 s)
+    await world.db.execute("UPDATE channels SET config = $1 WHERE id = $2",
+                           {"rateLimits": {"globalPerSecond": 20, "perChatPerSecond": 10}}, world.channel_id)
+    chats = range(FIRST_USER, FIRST_USER + 200)
+    for chat in chats:
+        await world.notify(chat, "in a backlog", lane="bulk")
+    stream = notify_stream(CHANNEL, "bulk")
+    await workers.start("w1")
+    longest = 0
+
+    async def drained() -> Counter[str] | None:
+        nonlocal longest
+        longest = max(longest, await world.redis.xlen(stream))
+        counts = await world.statuses()
+        return counts if counts["sent"] == len(chats) else None
+
+    counts: Counter[str] = await async_wait_for(drained, timeout=90, interval=0.1, what="the backlog sent")
+
+    assert counts == Counter(sent=200)
+    assert longest == 200, "rows waiting behind the backlog were put on the stream again"
+    assert world.received() == Counter(chats)
+
+    async def trimmed() -> bool | None:
+        length: int = await world.redis.xlen(stream)
+        return length <= 1 or None  # the last entry read stays: the group's position
+
+    short: bool = await async_wait_for(trimmed, timeout=30, interval=0.2, what="read entries trimmed")
+    assert short
+
+
 async def test_a_scheduled_notification_waits_for_its_time(world: World, workers: Workers) -> None:
     later = datetime.now(UTC) + timedelta(seconds=3)
     scheduled = await world.notify(FIRST_USER, "later", scheduled_for=later)

@@ -18,7 +18,7 @@ processes:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -265,19 +265,25 @@ async def schedule_retry(conn: Db, notification_id: uuid.UUID, worker: str, erro
     return bool(done)
 
 
-async def due_for_enqueue(conn: Db, channel_id: int, replay_after_seconds: float, limit: int) -> list[Row]:
-    """Rows of the channel that should be on a stream and may not be: due scheduled or retried rows not
-    on one, rows on one for longer than `replay_after_seconds` (Redis may have lost the entry), and rows
-    whose sender's lease ran out. Locked until the caller's transaction ends."""
+async def due_for_enqueue(conn: Db, channel_id: int, lost_before: Mapping[str, datetime],
+                          limit: int) -> list[Row]:
+    """Rows of the channel that should be on a stream and are not: due scheduled or retried rows not on
+    one, rows put on their lane's stream before `lost_before[lane]` (by then their entry must have been
+    read; one still `queued` was lost, by Redis or a failed XADD), and rows whose sender's lease ran
+    out. A lane missing from `lost_before` has no lost entries. Locked until the caller's transaction
+    ends."""
+    lanes = list(lost_before)
     records = await conn.fetch(
         f"""SELECT {_COLUMNS} FROM notifications n JOIN channels ch ON ch.id = n.channel_id
             WHERE n.channel_id = $1 AND n.next_attempt_at <= now()
               AND ((n.status IN ('created', 'queued')
-                    AND (n.enqueued_at IS NULL OR n.enqueued_at < now() - make_interval(secs => $2)))
+                    AND (n.enqueued_at IS NULL
+                         OR n.enqueued_at < (SELECT c.before FROM unnest($2::text[], $3::timestamptz[])
+                                                               AS c(lane, before) WHERE c.lane = n.lane)))
                    OR (n.status = 'sending' AND n.claimed_until < now()))
-            ORDER BY n.next_attempt_at LIMIT $3
+            ORDER BY n.next_attempt_at LIMIT $4
             FOR UPDATE OF n SKIP LOCKED""",  # noqa: S608 - a constant column list
-        channel_id, float(replay_after_seconds), limit)
+        channel_id, lanes, [lost_before[lane] for lane in lanes], limit)
     return [_row(r) for r in records]
 
 

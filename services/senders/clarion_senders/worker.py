@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -39,6 +40,7 @@ from clarion.db import notifications as q
 from clarion.metrics import counter, gauge, histogram
 from clarion.outages import ride_out
 from clarion.streams import (
+    LANES,
     WORKER_GROUP,
     NotificationEvent,
     NotificationTask,
@@ -313,14 +315,55 @@ class NotificationWorker:
                 if count:
                     REPLAYED.labels(self.channel_key).inc(count)
                     log.info("worker.replayed", count=count)
+                await self._trim_read_entries()
             except Exception as exc:  # the loop outlives any one failure
                 log.warning("worker.replay_failed", error=repr(exc)[:300])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.options.replay_interval_seconds)
 
+    async def _lost_before(self) -> dict[str, datetime]:
+        """Per lane, the time before which a row put on the lane's stream and still `queued` lost its
+        entry. Entries wait in order, so while the group has unread entries only a row older than
+        the newest one it has read (less `replay_after`, for clocks and the read-to-claim step) can
+        have been lost; a row behind a backlog is waiting, not lost, and is not added again. With
+        nothing unread (or no stream or group: Redis lost its data) any row put there more than
+        `replay_after` ago was lost."""
+        margin = timedelta(seconds=self.options.replay_after_seconds)
+        now = datetime.now(UTC)
+        found: dict[str, datetime] = {}
+        for lane in LANES:
+            before = now - margin
+            try:
+                groups: Any = await self.redis.xinfo_groups(notify_stream(self.channel_key, lane))
+            except aioredis.ResponseError:  # no such stream
+                groups = []
+            for group in groups:
+                if _text(group.get("name")) != WORKER_GROUP or group.get("lag") == 0:
+                    continue
+                last_read_ms = int(_text(group.get("last-delivered-id")).partition("-")[0] or 0)
+                before = min(before, datetime.fromtimestamp(last_read_ms / 1000, UTC) - margin)
+            found[lane] = before
+        return found
+
+    async def _trim_read_entries(self) -> None:
+        """Drop the entries of this worker's streams that the group has read and acknowledged (older
+        than both its last read entry and its oldest pending one): the rows in Postgres are the
+        record, and a stream that kept every entry would grow with every notification ever sent."""
+        for stream in self.streams.values():
+            groups: Any = await self.redis.xinfo_groups(stream)
+            last = next((_text(g.get("last-delivered-id")) for g in groups
+                         if _text(g.get("name")) == WORKER_GROUP), None)
+            if not last or last == "0-0":
+                continue
+            pending: Any = await self.redis.xpending(stream, WORKER_GROUP)
+            oldest = _text(pending.get("min")) if pending.get("pending") else None
+            keep_from = min(last, oldest, key=_entry_order) if oldest else last
+            await self.redis.xtrim(stream, minid=keep_from, approximate=False)
+
     async def _replay_once(self, conn: asyncpg.Connection) -> int:
+        lost_before = await self._redis("xinfo_groups", self._lost_before)
         async with conn.transaction():
-            rows = await q.due_for_enqueue(conn, self.channel_id, self.options.replay_after_seconds, 500)
+            rows = await q.due_for_enqueue(conn, self.channel_id, lost_before, 500)
             if not rows:
                 return 0
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -362,3 +405,14 @@ class NotificationWorker:
                             STREAM_LAG.labels(stream, WORKER_GROUP).set(group.get("lag") or 0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 5.0)
+
+
+def _text(value: object) -> str:
+    """A Redis reply field as text (bytes or str, by the client's decoding)."""
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (`<ms>-<seq>`) in the order Redis gives ids."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
