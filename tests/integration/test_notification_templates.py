@@ -172,6 +172,35 @@ async def test_an_edited_template_reaches_the_api_within_seconds_and_leaves_acce
     assert (await _content(db, before))["text"] == "*Hi* there, order 1 shipped"
 
 
+async def test_an_idempotent_replay_gets_its_first_answer_after_the_template_is_removed(
+    world: World, db: asyncpg.Pool, telegram_emulator: Emulator,
+) -> None:
+    body = {"channel": "shop/alerts", "recipient": {"chatId": 100_000},
+            "content": {"template": {"name": "order-shipped", "variables": {"orderId": 7}}}}
+    headers = {**BEARER, "Idempotency-Key": "order-7"}
+    first = await world.api.post("/api/v1/notifications", headers=headers, json=body)
+    assert first.status_code == 202, first.text
+
+    await _put_channel(db, "alerts", _telegram_spec(telegram_emulator, LONG),
+                       bot_id=world.bot_id, api_base_url=telegram_emulator.base_url)
+
+    async def template_gone() -> bool | None:
+        fresh = await world.post({"name": "order-shipped", "variables": {"orderId": 8}})
+        return fresh.status_code == 422 or None
+
+    gone: bool = await async_wait_for(template_gone, timeout=10, interval=0.1, what="the removal")
+    assert gone
+    stored = await db.fetchval("SELECT count(*) FROM notifications")
+    again = await world.api.post("/api/v1/notifications", headers=headers, json=body)
+    other = await world.api.post("/api/v1/notifications", headers=headers,
+                                 json={**body, "recipient": {"chatId": 100_001}})
+
+    assert (again.status_code, again.headers.get("idempotent-replay")) == (202, "true")
+    assert again.json() == first.json()
+    assert (other.status_code, other.json()["error"]["code"]) == (422, "idempotency_key_reused")
+    assert await db.fetchval("SELECT count(*) FROM notifications") == stored
+
+
 async def _run_worker(channel: str, database_url: str, redis_url: str, log: Path,
                       **env: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(

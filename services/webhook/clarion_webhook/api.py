@@ -292,6 +292,10 @@ def create_api() -> FastAPI:
         try:
             content = request_content(channel, body)
         except TemplateProblem as refusal:
+            if idempotency_key is not None:  # accepted before the template changed: the first answer
+                earlier = await _earlier_answer(state, caller, idempotency_key, request)
+                if earlier is not None:
+                    return earlier
             field = f"content.template.{refusal.field}"
             raise Refused(422, "invalid_template", f"{field}: {refusal.message}", field=field) from refusal
         raw = await request.body()
@@ -407,6 +411,20 @@ def _replayed(existing: q.Idempotency, wanted: q.Idempotency) -> JSONResponse:
     if existing.location:
         headers["Location"] = existing.location
     return JSONResponse(existing.response, status_code=existing.status_code, headers=headers)
+
+
+async def _earlier_answer(state: ApiState, caller: ApiKeyRow, idempotency_key: str,
+                          request: Request) -> JSONResponse | None:
+    """The answer an Idempotency-Key already has, or None when it has none (or Postgres cannot say)."""
+    wanted = q.Idempotency(idempotency_key, _request_digest(request.url.path, await request.body()))
+    try:
+        async with state.db.acquire() as conn:
+            existing = await q.find_idempotency(conn, caller.key_id, idempotency_key)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return None
+    if existing is None or existing.status_code is None:
+        return None
+    return _replayed(existing, wanted)
 
 
 async def _replay_or_conflict(state: ApiState, caller: ApiKeyRow, wanted: q.Idempotency) -> JSONResponse:
