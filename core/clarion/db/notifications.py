@@ -17,6 +17,7 @@ processes:
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -140,6 +141,42 @@ async def take_idempotency_key(conn: Db, api_key_id: int | None,
         return None
     return await find_idempotency(conn, api_key_id, idempotency.key) or Idempotency(
         idempotency.key, idempotency.request_sha256)
+
+
+_ACCEPT_MANY = f"""
+    WITH n AS (
+        INSERT INTO notifications (id, channel_id, lane, recipient, content, reference, api_key_id, status,
+                                   max_attempts, trace_id, scheduled_for, next_attempt_at, enqueued_at)
+        SELECT u.id, u.channel_id, u.lane, u.recipient, u.content::jsonb, u.reference, u.api_key_id,
+               CASE WHEN u.scheduled_for IS NULL THEN 'queued' ELSE 'created' END, u.max_attempts,
+               u.trace_id, u.scheduled_for, coalesce(u.scheduled_for, now()),
+               CASE WHEN u.scheduled_for IS NULL THEN now() END
+        FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
+                    $8::int[], $9::text[], $10::timestamptz[])
+             AS u(id, channel_id, lane, recipient, content, reference, api_key_id, max_attempts, trace_id,
+                  scheduled_for)
+        ON CONFLICT (id) DO NOTHING
+        RETURNING *)
+    SELECT {_COLUMNS} FROM n JOIN channels ch ON ch.id = n.channel_id"""  # noqa: S608 - constant columns
+
+
+async def accept_many(conn: Db, news: list[NewNotification]) -> list[Row]:
+    """Store accepted notifications without Idempotency-Keys in one statement (so all or none), as
+    `accept` stores one; returns their rows in the order of `news` (a row stored before, by a retried
+    call, is read back)."""
+    records = await conn.fetch(
+        _ACCEPT_MANY, [n.id for n in news], [n.channel_id for n in news], [n.lane for n in news],
+        [n.recipient for n in news], [json.dumps(n.content) for n in news], [n.reference for n in news],
+        [n.api_key_id for n in news], [n.max_attempts for n in news], [n.trace_id for n in news],
+        [n.scheduled_for for n in news])
+    rows = {r.id: r for r in map(_row, records)}
+    missing = [n.id for n in news if n.id not in rows]
+    if missing:
+        for record in await conn.fetch(
+                f"SELECT {_COLUMNS} FROM notifications n JOIN channels ch ON ch.id = n.channel_id "  # noqa: S608
+                "WHERE n.id = ANY($1::uuid[])", missing):
+            rows[record["id"]] = _row(record)
+    return [rows[n.id] for n in news]
 
 
 async def find_idempotency(conn: Db, api_key_id: int | None, key: str) -> Idempotency | None:

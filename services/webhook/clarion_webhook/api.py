@@ -48,6 +48,7 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException
 
 from clarion_webhook.api_keys import ApiKeyGuard, authorize
+from clarion_webhook.batcher import AcceptBatcher
 from clarion_webhook.channels import ChannelCache
 from clarion_webhook.errors import Refused, refused_handler
 
@@ -91,6 +92,7 @@ class ApiState:
     redis: aioredis.Redis
     channels: ChannelCache
     guard: ApiKeyGuard
+    batcher: AcceptBatcher
 
 
 def _state(request: Request) -> ApiState:
@@ -315,9 +317,13 @@ def create_api() -> FastAPI:
         def answer(row: q.Row) -> tuple[int, dict[str, Any], str | None]:
             return 202, _view(row).model_dump(mode="json", by_alias=True), _location(row.id)
 
+        existing: q.Idempotency | None = None
         try:
-            async with state.db.acquire() as conn:
-                row, existing = await q.accept(conn, new, idempotency, answer)
+            if idempotency is None:
+                row: q.Row | None = await state.batcher.accept(new)
+            else:
+                async with state.db.acquire() as conn:
+                    row, existing = await q.accept(conn, new, idempotency, answer)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             ACCEPTED.labels(key, body.lane, "unavailable").inc()
             raise Refused(503, "unavailable", "notifications cannot be stored right now; try again",
@@ -329,7 +335,7 @@ def create_api() -> FastAPI:
             assert idempotency is not None
             return _replayed(existing, idempotency)
         assert row is not None
-        if row.status == "queued":
+        if row.status == "queued" and idempotency is not None:
             await _enqueue(state.redis, row)
         ACCEPTED.labels(key, body.lane, "accepted").inc()
         log.info("notification_accepted", notification_id=str(row.id), channel=key, lane=row.lane,

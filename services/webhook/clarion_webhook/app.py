@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException
 
 from clarion_webhook.api import API_PREFIX, ApiState, BodyGuard, create_api, http_error
 from clarion_webhook.api_keys import ApiKeyGuard, ApiKeyStore, ApiKeyUsage, KeyUseCounter
+from clarion_webhook.batcher import AcceptBatcher
 from clarion_webhook.bulk import BODY_RULES, BulkExpander
 from clarion_webhook.channels import ChannelCache
 from clarion_webhook.ingest import StreamWriter, update_chat_id
@@ -278,8 +279,9 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         await api_keys.start()
         ingress.channels = channels
         ingress.writer = StreamWriter(redis)
+        batcher = AcceptBatcher(db, redis, writers=max(1, min(settings.db_pool_max, 4) - 1))
         api.state.clarion = ApiState(db=db, redis=redis, channels=channels,
-                                     guard=ApiKeyGuard(api_keys, SharedRateLimit(redis)))
+                                     guard=ApiKeyGuard(api_keys, SharedRateLimit(redis)), batcher=batcher)
         expander = BulkExpander(db, redis, lease_seconds=settings.bulk_lease_seconds,
                                 chunk_rows=settings.bulk_chunk_rows, poll_seconds=settings.bulk_poll_seconds)
         api.state.bulk_expander = expander
@@ -289,6 +291,7 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         try:
             yield
         finally:
+            await batcher.close()
             await expander.stop()
             await usage.stop()
             await api_keys.stop()
