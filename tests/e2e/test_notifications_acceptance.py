@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -41,11 +42,17 @@ from clarion_dev.net import free_port
 from clarion_dev.smtp_sink import SmtpSink
 from clarion_dev.telegram import Emulator
 from clarion_dev.testing.servers import PrivatePostgres, PrivateRedis
+from clarion_dev.testing.templates import stored_templates
 from clarion_dev.testing.waiting import async_wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.emulator(limits="off"), pytest.mark.smtp_sink(starttls=True)]
 
 TOTAL = 10_000
+#: Of the 10,000, this many come as one CSV bulk job (Telegram, the bulk lane), the rest one by one.
+BULK_ROWS = 1_000
+SINGLES = TOTAL - BULK_ROWS
+SHIPPED = {"name": "order-shipped", "variables": [{"name": "order"}],
+           "variants": [{"language": "en", "text": "Order {{ order }} shipped"}]}
 FIRST_CHAT = 100_000
 KEY = "acceptance-" + "k" * 40
 BIN = Path(sys.executable).parent
@@ -116,6 +123,7 @@ class Load:
     answers: Counter[int] = field(default_factory=Counter)
     connection_errors: int = 0
     progress: int = 0
+    bulk_job: str | None = None
 
 
 def _request(i: int) -> dict[str, Any]:
@@ -149,6 +157,29 @@ async def _post_until_accepted(client: httpx.AsyncClient, i: int, load: Load) ->
     raise AssertionError(f"POST {i} was never accepted")
 
 
+async def _post_bulk_until_accepted(client: httpx.AsyncClient, load: Load) -> None:
+    """One CSV job of BULK_ROWS recipients (chats after the singles'), retried with its key like a POST."""
+    rows = "".join(f"{FIRST_CHAT + SINGLES + row},B-{row}\r\n" for row in range(BULK_ROWS))
+    body = ("chat_id,order\r\n" + rows).encode()
+    headers = {"Authorization": f"Bearer {KEY}", "Idempotency-Key": "december-bulk",
+               "Content-Type": "text/csv"}
+    for _ in range(600):
+        try:
+            answer = await client.post("/api/v1/bulk", content=body, headers=headers,
+                                       params={"channel": "shop/alerts", "template": "order-shipped"})
+        except httpx.TransportError:
+            load.connection_errors += 1
+            await asyncio.sleep(0.2)
+            continue
+        load.answers[answer.status_code] += 1
+        if answer.status_code == 202:
+            load.bulk_job = answer.json()["id"]
+            return
+        assert answer.status_code in (409, 503), f"bulk: {answer.status_code} {answer.text}"
+        await asyncio.sleep(float(answer.headers.get("Retry-After", "0.5")))
+    raise AssertionError("the bulk job was never accepted")
+
+
 async def _in_flight(db_url: str, worker: str | None = None) -> int:
     conn = await asyncpg.connect(db_url)
     try:
@@ -180,13 +211,13 @@ async def test_10000_notifications_survive_redis_loss_worker_kills_and_a_postgre
     bot = telegram_emulator.add_bot()
     telegram_emulator.add_users(TOTAL, FIRST_CHAT)
     await db.execute(
-        """INSERT INTO channels (namespace, name, type, bot_id, api_base_url, config, ready)
-           VALUES ('shop', 'alerts', 'telegram', $1, $2, $3, true),
-                  ('shop', 'mail', 'email', NULL, NULL, $4, true)""",
+        """INSERT INTO channels (namespace, name, type, bot_id, api_base_url, config, ready, templates)
+           VALUES ('shop', 'alerts', 'telegram', $1, $2, $3, true, $5),
+                  ('shop', 'mail', 'email', NULL, NULL, $4, true, '[]')""",
         bot.id, telegram_emulator.base_url,
         {"rateLimits": {"globalPerSecond": 100_000, "perChatPerSecond": 1000}},
         {"host": "127.0.0.1", "port": smtp_sink.port, "tls": "starttls", "from": "Shop <shop@example.org>",
-         "ratePerSecond": 1000})
+         "ratePerSecond": 1000}, stored_templates(SHIPPED))
     await keys.sync_api_key(db, ApiKeySecret(
         namespace="shop", name="backend", uid="uid-backend",
         key_sha256=hashlib.sha256(KEY.encode()).hexdigest(),
@@ -219,8 +250,12 @@ async def test_10000_notifications_survive_redis_loss_worker_kills_and_a_postgre
             assert ready
 
             async def producer(lane: int) -> None:
-                for i in range(lane, TOTAL, 16):
+                for i in range(lane, SINGLES, 16):
                     await _post_until_accepted(client, i, load)
+
+            async def bulk_job() -> None:
+                await _at_progress(load, 2000)
+                await _post_bulk_until_accepted(client, load)
 
             async def faults() -> None:
                 nonlocal allowed_duplicates
@@ -246,8 +281,19 @@ async def test_10000_notifications_survive_redis_loss_worker_kills_and_a_postgre
                                                   interval=0.2, what="Postgres back", ignore=DOWN)
                 assert back
 
-            await asyncio.gather(faults(), *(producer(lane) for lane in range(16)))
+            await asyncio.gather(faults(), bulk_job(), *(producer(lane) for lane in range(16)))
 
+        assert len(load.accepted) == SINGLES and load.bulk_job is not None
+
+        async def expanded() -> list[str] | None:
+            found = await db.fetch("SELECT id::text FROM notifications WHERE bulk_job_id = $1",
+                                   uuid.UUID(load.bulk_job))
+            return [r["id"] for r in found] if len(found) == BULK_ROWS else None
+
+        bulk_ids: list[str] = await async_wait_for(expanded, timeout=120, interval=0.5,
+                                                   what="the bulk job expanded", ignore=DOWN)
+        for n, notification_id in enumerate(bulk_ids):
+            load.accepted[notification_id] = {"recipient": {"chatId": -1}, "bulk": n}
         ids = list(load.accepted)
         assert len(ids) == TOTAL
 
@@ -272,7 +318,9 @@ async def test_10000_notifications_survive_redis_loss_worker_kills_and_a_postgre
     telegram = [m for m in telegram_emulator.sent(bot.token)]
     chats = Counter(m.chat_id for m in telegram)
     mails = Counter(m.rcpt_tos[0] for m in smtp_sink.messages)
-    wanted_chats = {b["recipient"]["chatId"] for b in load.accepted.values() if "chatId" in b["recipient"]}
+    wanted_chats = {b["recipient"]["chatId"] for b in load.accepted.values()
+                    if "chatId" in b["recipient"] and "bulk" not in b}
+    wanted_chats |= {FIRST_CHAT + SINGLES + row for row in range(BULK_ROWS)}
     wanted_mails = {b["recipient"]["email"] for b in load.accepted.values() if "email" in b["recipient"]}
     assert set(chats) == wanted_chats, f"{len(wanted_chats - set(chats))} chats got nothing"
     assert set(mails) == wanted_mails, f"{len(wanted_mails - set(mails))} mailboxes got nothing"
