@@ -31,7 +31,7 @@ measured):
 Goals (issue 13, docs/notifications.md): ≥ 2,000 accepted/s per API process, p99 ≤ 25 ms at 1,000/s,
 end to end p99 ≤ 250 ms at 200/s, instant p99 ≤ 1.5 s under the campaign, ≥ 300 emails/s per worker.
 Uses scratch databases and the Redis db of `CLARION_BENCH_REDIS_URL` (default 13; emptied), one part
-after the other (`bench.sender_common`). Takes about 3 minutes with the defaults.
+after the other (`bench.sender_common`). Takes about 2 minutes with the defaults.
 
     .venv/bin/python bench/notifications.py [--count 5000] [--concurrency 64] [--rate 1000] [--seconds 5]
         [--e2e-rate 200] [--instant-rate 2] [--instant-seconds 20] [--emails 3000]
