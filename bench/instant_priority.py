@@ -15,7 +15,8 @@ on, then off: `CLARION_LIMITER_HORIZON_SECONDS=0` in every process):
 Reported: insert → emulator accepted, p50 / p99 / max (both stamp CLOCK_MONOTONIC: one clock for
 every process here), the campaign's rate while the instants ran, the bot's total rate, and 429s.
 Goal (issue 13): instant p99 ≤ 1.5 s with the priority on. Uses a scratch database and Redis db 13
-(`bench.sender_common`).
+(`bench.sender_common`). `compare` runs both; bench/notifications.py reports them beside the API's
+figures.
 
     .venv/bin/python bench/instant_priority.py [--seconds 30] [--rate 2] [--shards 2] [--concurrency 45]
 """
@@ -29,8 +30,8 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -57,6 +58,8 @@ TELEGRAM = {"globalPerSecond": 30, "perChatPerSecond": 1, "perGroupPerMinute": 2
 CHANNEL = "bench.bench"  # the channel `make_campaign` creates
 FIRST_INSTANT_CHAT = 900_000_000
 WARM_UP_MESSAGES = 60  # campaign messages the emulator has before the instants start (2 s at 30/s)
+SHARDS = 2  # campaign sender processes
+WINDOW = 45  # sends each holds reserved or in flight: 90 slots, 3 s at 30/s, without the priority
 
 
 async def start_worker(dsn: str, horizon: str, redis: aioredis.Redis) -> subprocess.Popen[bytes]:
@@ -100,28 +103,53 @@ async def instants(pool: asyncpg.Pool, redis: aioredis.Redis, channel_id: int, r
     return due_by_chat
 
 
-async def run(label: str, horizon: str, emulator: EmulatorProcess, dsn: str, pool: asyncpg.Pool,
-              redis: aioredis.Redis, args: argparse.Namespace) -> list[object]:
-    count = int(args.rate * args.seconds)
-    users = int(30 * (args.seconds + 30))  # more than the campaign can send while the instants run
+@dataclass(frozen=True)
+class PriorityRun:
+    """One run: instants delivered of those inserted, their insert → emulator latencies (s), the
+    campaign's and the bot's rates while the instants ran (msg/s), and the 429s the bot got."""
+
+    delivered: int
+    count: int
+    p50: float
+    p99: float
+    max: float
+    campaign_rate: float
+    bot_rate: float
+    too_many_requests: int
+
+    def row(self, label: str) -> list[object]:
+        return [label, f"{self.delivered} / {self.count}", self.p50, self.p99, self.max,
+                round(self.campaign_rate, 2), round(self.bot_rate, 2), self.too_many_requests]
+
+
+HEADER = ["run", "instants delivered", "p50 s", "p99 s (goal <= 1.5)", "max s", "campaign msg/s",
+          "bot msg/s", "429s"]
+
+
+async def run(horizon: str, emulator: EmulatorProcess, dsn: str, pool: asyncpg.Pool, redis: aioredis.Redis,
+              *, rate: float, seconds: float, shards: int, concurrency: int) -> PriorityRun:
+    """Instants at `rate`/s for `seconds` while the campaign runs, every process with the limiter's
+    horizon `horizon` ("0": priority off)."""
+    count = int(rate * seconds)
+    users = int(30 * (seconds + 30))  # more than the campaign can send while the instants run
     await emulator.reset()
     await emulator.add_users(users)
     await emulator.add_users(count, FIRST_INSTANT_CHAT)
-    campaign = await make_campaign(pool, emulator, users=users, shards=args.shards, rate_limits=TELEGRAM,
+    campaign = await make_campaign(pool, emulator, users=users, shards=shards, rate_limits=TELEGRAM,
                                    delivery={"batchSize": 100}, name=f"priority-{horizon}")
     channel_id: int = await pool.fetchval("SELECT channel_id FROM campaigns WHERE id = $1", campaign)
     worker = await start_worker(dsn, horizon, redis)
     try:
         senders = asyncio.create_task(run_senders(
-            dsn, campaign, args.shards, pool, CLARION_SENDER_CONCURRENCY=str(args.concurrency),
+            dsn, campaign, shards, pool, CLARION_SENDER_CONCURRENCY=str(concurrency),
             CLARION_LIMITER_HORIZON_SECONDS=horizon))
-        while len(await emulator.sent()) < WARM_UP_MESSAGES:
+        while (await emulator.stats())["messages_sent"] < WARM_UP_MESSAGES:
             if senders.done():
                 senders.result()
                 raise RuntimeError("the campaign ended before the instants started")
             await asyncio.sleep(0.2)
         window_start = time.monotonic()
-        due_by_chat = await instants(pool, redis, channel_id, args.rate, args.seconds)
+        due_by_chat = await instants(pool, redis, channel_id, rate, seconds)
         window_end = time.monotonic()
         unsettled = "SELECT count(*) FROM notifications WHERE status IN ('created', 'queued', 'sending')"
         deadline = time.monotonic() + 60
@@ -140,27 +168,38 @@ async def run(label: str, horizon: str, emulator: EmulatorProcess, dsn: str, poo
                  if str(m["chat_id"]) in due_by_chat]
     in_window = [m for m in sent if window_start <= float(m["at"]) < window_end]
     campaign_in_window = sum(1 for m in in_window if int(m["chat_id"]) < FIRST_INSTANT_CHAT)
-    seconds = window_end - window_start
-    return [label, f"{len(latencies)} / {count}", percentile(latencies, 0.5), percentile(latencies, 0.99),
-            max(latencies, default=float("nan")), round(campaign_in_window / seconds, 2),
-            round(len(in_window) / seconds, 2), stats["too_many_requests"]]
+    window = window_end - window_start
+    return PriorityRun(len(latencies), count, percentile(latencies, 0.5), percentile(latencies, 0.99),
+                       max(latencies, default=float("nan")), campaign_in_window / window,
+                       len(in_window) / window, stats["too_many_requests"])
 
 
-async def main(args: argparse.Namespace) -> None:
-    rows: list[list[Any]] = []
+async def compare(*, rate: float, seconds: float, shards: int = SHARDS,
+                  concurrency: int = WINDOW) -> tuple[PriorityRun, PriorityRun]:
+    """(priority on, priority off), each with its own campaign, in a scratch database and on an
+    emulator of their own."""
     async with scratch_database("priority") as (dsn, pool), \
             EmulatorProcess("real", latency_ms=50, jitter_ms=10) as emulator:
         redis = aioredis.Redis.from_url(REDIS_URL)
         try:
-            rows.append(await run("priority on (horizon 0.5 s)", "0.5", emulator, dsn, pool, redis, args))
-            rows.append(await run("priority off", "0", emulator, dsn, pool, redis, args))
+            on, off = [await run(horizon, emulator, dsn, pool, redis, rate=rate, seconds=seconds,
+                                 shards=shards, concurrency=concurrency) for horizon in ("0.5", "0")]
         finally:
             await redis.aclose()
-    print(table(f"Instant lane at {args.rate:g}/s for {args.seconds:g} s while a campaign ({args.shards} "
-                f"senders, window {args.concurrency} each) saturates the bot at 30/s; emulator with real "
-                "limits, 50 ms (±10 ms) round trip",
-                ["run", "instants delivered", "p50 s", "p99 s (goal <= 1.5)", "max s", "campaign msg/s",
-                 "bot msg/s", "429s"], rows))
+    return on, off
+
+
+def title(rate: float, seconds: float, shards: int, concurrency: int) -> str:
+    return (f"Instant lane at {rate:g}/s for {seconds:g} s while a campaign ({shards} senders, window "
+            f"{concurrency} each) saturates the bot at 30/s; emulator with real limits, 50 ms (±10 ms) "
+            "round trip")
+
+
+async def main(args: argparse.Namespace) -> None:
+    on, off = await compare(rate=args.rate, seconds=args.seconds, shards=args.shards,
+                            concurrency=args.concurrency)
+    print(table(title(args.rate, args.seconds, args.shards, args.concurrency), HEADER,
+                [on.row("priority on (horizon 0.5 s)"), off.row("priority off")]))
     print(f"campaign users start at {FIRST_USER}; instant chats at {FIRST_INSTANT_CHAT}")
 
 
@@ -169,8 +208,8 @@ if __name__ == "__main__":
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30, help="how long instants are sent (<= 60)")
     parser.add_argument("--rate", type=float, default=2, help="instant notifications per second")
-    parser.add_argument("--shards", type=int, default=2, help="campaign sender processes")
-    parser.add_argument("--concurrency", type=int, default=45,
+    parser.add_argument("--shards", type=int, default=SHARDS, help="campaign sender processes")
+    parser.add_argument("--concurrency", type=int, default=WINDOW,
                         help="sends each campaign sender holds reserved or in flight")
     parsed = parser.parse_args()
     if not 0 < parsed.seconds <= 60:

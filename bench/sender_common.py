@@ -110,9 +110,9 @@ class EmulatorProcess:
     async def add_users(self, count: int, start_id: int = FIRST_USER) -> None:
         await self.control("POST", "users", {"count": count, "start_id": start_id})
 
-    async def sent(self) -> list[dict[str, Any]]:
+    async def sent(self, since: int = 0) -> list[dict[str, Any]]:
+        """The bot's sent messages from the `since`-th on (0: all), read page by page."""
         out: list[dict[str, Any]] = []
-        since = 0
         while True:
             page = await self.control("GET", "sent", params={"token": TOKEN, "since": str(since),
                                                              "limit": "100000"})
