@@ -6,6 +6,8 @@ processes:
 
 - `accept` inserts the row and, with an Idempotency-Key, the key's record in one transaction; the
   record's primary key makes a second accept with the same key a read of the first answer.
+  `accept_drained` (the API's Redis inbox, drained once Postgres is back) does the same by the row's
+  id: a second drain of one entry reads the row back.
 - `claim` moves a row to `sending` only from `queued` (or from `sending` whose lease ran out): a
   duplicate stream entry, or one for a row already settled, claims nothing.
 - `settle` and `retry_later` change only rows the caller still holds (`claimed_by`).
@@ -99,34 +101,73 @@ async def accept(conn: Db, new: NewNotification, idempotency: Idempotency | None
     """
     async with conn.transaction():
         if idempotency is not None:
-            taken = await conn.fetchval(
-                """INSERT INTO idempotency_keys (api_key_id, key, request_sha256) VALUES ($1, $2, $3)
-                   ON CONFLICT (api_key_id, key) DO NOTHING RETURNING true""",
-                new.api_key_id, idempotency.key, idempotency.request_sha256)
-            if not taken:
-                return None, await find_idempotency(conn, new.api_key_id, idempotency.key)
-        status = "created" if new.scheduled_for is not None else "queued"
-        record = await conn.fetchrow(
-            f"""WITH n AS (
-                    INSERT INTO notifications (id, channel_id, lane, recipient, content, reference,
-                                               api_key_id, status, max_attempts, trace_id, scheduled_for,
-                                               next_attempt_at, enqueued_at)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($11, now()),
-                            CASE WHEN $11::timestamptz IS NULL THEN now() END)
-                    ON CONFLICT (id) DO NOTHING
-                    RETURNING *)
-                SELECT {_COLUMNS} FROM n JOIN channels ch ON ch.id = n.channel_id""",  # noqa: S608 - a constant column list
-            new.id, new.channel_id, new.lane, new.recipient, new.content, new.reference, new.api_key_id,
-            status, new.max_attempts, new.trace_id, new.scheduled_for)
-        if record is None:  # accepted before (a retried accept of the same id): read it back
-            record = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM notifications n JOIN channels ch ON ch.id = n.channel_id "  # noqa: S608
-                "WHERE n.id = $1", new.id)
-        row = _row(record)
+            existing = await _take_key(conn, new.api_key_id, idempotency)
+            if existing is not None:
+                return None, existing
+        row = await _insert(conn, new)
         if idempotency is not None and answer is not None:
             status_code, body, location = answer(row)
             await remember_answer(conn, new.api_key_id, idempotency.key, status_code, body, location)
         return row, None
+
+
+async def accept_drained(conn: Db, new: NewNotification, accepted_at: datetime,
+                         idempotency: Idempotency | None) -> tuple[Row | None, Idempotency | None]:
+    """Store a notification the API accepted into its Redis inbox while Postgres was away (the webhook's
+    inbox drainer, clarion_webhook.inbox), created at `accepted_at`, with its Idempotency-Key record
+    holding the answer the client got (`idempotency` complete: status code, response, Location).
+
+    Idempotent by id, so a drain repeated after a crash (row and record committed, the inbox entry not
+    yet removed), or by two replicas at once, stores nothing twice: the row is read back, and a key
+    whose record answers with this id is this notification's own. Returns (row, None), or (None, the
+    record) when the key was taken first by another notification (the caller decides).
+    """
+    async with conn.transaction():
+        existing = None
+        if idempotency is not None:
+            existing = await _take_key(conn, new.api_key_id, idempotency)
+            if existing is not None and (existing.response or {}).get("id") != str(new.id):
+                return None, existing
+        row = await _insert(conn, new, accepted_at)
+        if idempotency is not None and existing is None:
+            assert idempotency.status_code is not None and idempotency.response is not None
+            await remember_answer(conn, new.api_key_id, idempotency.key, idempotency.status_code,
+                                  idempotency.response, idempotency.location)
+        return row, None
+
+
+async def _take_key(conn: Db, api_key_id: int | None, idempotency: Idempotency) -> Idempotency | None:
+    """Insert the key's record (in the caller's transaction); None when taken now, else the record that
+    holds it (a concurrent taker's commit is waited for)."""
+    taken = await conn.fetchval(
+        """INSERT INTO idempotency_keys (api_key_id, key, request_sha256) VALUES ($1, $2, $3)
+           ON CONFLICT (api_key_id, key) DO NOTHING RETURNING true""",
+        api_key_id, idempotency.key, idempotency.request_sha256)
+    return None if taken else await find_idempotency(conn, api_key_id, idempotency.key)
+
+
+async def _insert(conn: Db, new: NewNotification, created_at: datetime | None = None) -> Row:
+    """Insert the row (`queued` and as on its stream, or `created` when scheduled), created at
+    `created_at` (default now); a row with this id already there is read back instead."""
+    status = "created" if new.scheduled_for is not None else "queued"
+    record = await conn.fetchrow(
+        f"""WITH n AS (
+                INSERT INTO notifications (id, channel_id, lane, recipient, content, reference,
+                                           api_key_id, status, max_attempts, trace_id, scheduled_for,
+                                           next_attempt_at, enqueued_at, created_at, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($11, now()),
+                        CASE WHEN $11::timestamptz IS NULL THEN now() END,
+                        coalesce($12, now()), coalesce($12, now()))
+                ON CONFLICT (id) DO NOTHING
+                RETURNING *)
+            SELECT {_COLUMNS} FROM n JOIN channels ch ON ch.id = n.channel_id""",  # noqa: S608 - a constant column list
+        new.id, new.channel_id, new.lane, new.recipient, new.content, new.reference, new.api_key_id,
+        status, new.max_attempts, new.trace_id, new.scheduled_for, created_at)
+    if record is None:  # accepted before (a retried accept of the same id): read it back
+        record = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM notifications n JOIN channels ch ON ch.id = n.channel_id "  # noqa: S608
+            "WHERE n.id = $1", new.id)
+    return _row(record)
 
 
 async def find_idempotency(conn: Db, api_key_id: int | None, key: str) -> Idempotency | None:

@@ -39,6 +39,7 @@ from pydantic_core import from_json
 from clarion_webhook.api import API_PREFIX, ApiState, BodyGuard, create_api
 from clarion_webhook.api_keys import ApiKeyGuard, ApiKeyStore
 from clarion_webhook.channels import ChannelCache
+from clarion_webhook.inbox import Inbox, InboxDrainer
 from clarion_webhook.ingest import StreamWriter, update_chat_id
 from clarion_webhook.settings import WebhookSettings
 
@@ -275,12 +276,16 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         await api_keys.start()
         ingress.channels = channels
         ingress.writer = StreamWriter(redis)
+        inbox = Inbox(db, redis, settings)
+        drainer = InboxDrainer(inbox)
+        await drainer.start()
         api.state.clarion = ApiState(db=db, redis=redis, channels=channels,
-                                     guard=ApiKeyGuard(api_keys, SharedRateLimit(redis)))
-        state.update(db=db, redis=redis, channels=channels, api_keys=api_keys)
+                                     guard=ApiKeyGuard(api_keys, SharedRateLimit(redis)), inbox=inbox)
+        state.update(db=db, redis=redis, channels=channels, api_keys=api_keys, inbox=inbox)
         try:
             yield
         finally:
+            await drainer.stop()
             await api_keys.stop()
             await channels.stop()
             await redis.aclose()
@@ -301,7 +306,8 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         """Ready when Redis answers and the channel copy is loaded; degraded while Postgres is not reached.
 
         Postgres down does not make the pod unready: every replica would be, at once, and Kubernetes would
-        send Telegram's updates nowhere, while each replica can still take them for the channels it has.
+        send Telegram's updates nowhere, while each replica can still take them for the channels it has,
+        and API notifications into the inbox (`inbox`: its entries, and whether accepts go straight there).
         """
         channels: ChannelCache = state["channels"]
         checks: dict[str, str] = {}
@@ -320,7 +326,9 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         checks["api_keys"] = _copy_check(state["api_keys"])
         ready = checks["redis"] == "ok" and channels.loaded
         degraded = any(value != "ok" for value in checks.values())
-        body = {"ready": ready, "degraded": degraded, "channels": len(channels), "checks": checks}
+        inbox: Inbox = state["inbox"]
+        body = {"ready": ready, "degraded": degraded, "channels": len(channels), "checks": checks,
+                "inbox": {"entries": inbox.depth, "circuit": "open" if inbox.circuit_open else "closed"}}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics")
