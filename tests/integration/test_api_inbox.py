@@ -251,6 +251,20 @@ async def test_a_full_inbox_answers_503_with_retry_after_and_keeps_what_it_took(
 # -- a webhook process killed mid-drain ---------------------------------------------------------------
 
 
+#: Holds an insert into notifications while `drain_gate.closed`: a transaction stopped at a known point
+#: that survives the restart of Postgres (a lock taken after it would race the drainer).
+GATE = """
+CREATE TABLE drain_gate (closed boolean NOT NULL);
+INSERT INTO drain_gate VALUES (true);
+CREATE FUNCTION wait_at_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    WHILE (SELECT closed FROM drain_gate) LOOP PERFORM pg_sleep(0.05); END LOOP;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER wait_at_gate BEFORE INSERT ON notifications FOR EACH ROW EXECUTE FUNCTION wait_at_gate();
+"""
+
+
 def _start_webhook(port: int, dsn: str, redis_url: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CLARION_DATABASE_URL": dsn, "CLARION_REDIS_URL": redis_url,
            "CLARION_CHANNEL_CACHE_SECONDS": "0", "CLARION_CHANNEL_CHECK_SECONDS": "0.5",
@@ -276,9 +290,12 @@ async def test_a_webhook_killed_mid_drain_loses_nothing_and_stores_nothing_twice
     redis_pid = int((await redis.info("server"))["process_id"])
     first = _start_webhook(port, outage_db, private_redis.url(), log)
     second: subprocess.Popen[bytes] | None = None
+    gate = await asyncpg.connect(outage_db)
+    await gate.execute(GATE)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             await _until(lambda: _ready(client), what="the webhook to be ready")
+            await gate.close()
             await asyncio.to_thread(private_postgres.stop)
             answers: list[httpx.Response] = []
             for start in range(0, 200, 20):
@@ -288,28 +305,25 @@ async def test_a_webhook_killed_mid_drain_loses_nothing_and_stores_nothing_twice
                     for i in range(start, start + 20)))
             assert [a.status_code for a in answers] == [202] * 200, [a.text for a in answers[:3]]
 
-            # Postgres back, but the drainer's first insert waits on a lock the test holds...
+            # Postgres back, but the drainer's first insert waits at the closed gate...
             await asyncio.to_thread(private_postgres.start)
-            locker = await asyncpg.connect(outage_db)
-            lock = locker.transaction()
-            await lock.start()
-            await locker.execute("LOCK TABLE notifications IN SHARE MODE")
-            await async_wait_for(lambda: locker.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"), timeout=30,
-                what="the drainer to wait on the lock")
-            # ...then Redis freezes, the lock goes: the batch commits and its removal from the inbox hangs
+            gate = await asyncpg.connect(outage_db)
+            await async_wait_for(lambda: gate.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"), timeout=30,
+                what="the drainer to wait at the gate")
+            # ...then Redis freezes, the gate opens: the batch commits and its removal from the inbox hangs
             os.kill(redis_pid, signal.SIGSTOP)
             try:
-                await lock.commit()
+                await gate.execute("UPDATE drain_gate SET closed = false")
                 committed = await async_wait_for(
-                    lambda: locker.fetchval("SELECT count(*) FROM notifications"), timeout=30,
+                    lambda: gate.fetchval("SELECT count(*) FROM notifications"), timeout=30,
                     what="the first batch to commit")
                 first.kill()
                 first.wait()
             finally:
                 os.kill(redis_pid, signal.SIGCONT)
             left_in_inbox = await redis.xlen(INBOX_STREAM)
-            await locker.close()
+            await gate.close()
 
         second = _start_webhook(port, outage_db, private_redis.url(), log)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
