@@ -263,8 +263,12 @@ def create_api() -> FastAPI:
         def answer(row: q.Row) -> tuple[int, dict[str, Any], str | None]:
             return 202, _view(row).model_dump(mode="json", by_alias=True), _location(row.id)
 
+        async def store() -> tuple[q.Row | None, q.Idempotency | None]:
+            async with state.db.acquire() as conn:
+                return await q.accept(conn, new, idempotency, answer)
+
         try:
-            stored = await state.inbox.accept(new, key, idempotency, answer)
+            stored = await state.inbox.accept(new, key, idempotency, answer, store)
         except Refused as refusal:
             ACCEPTED.labels(key, body.lane, refusal.code).inc()
             raise

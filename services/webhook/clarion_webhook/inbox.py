@@ -40,6 +40,7 @@ import hashlib
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -184,6 +185,10 @@ async def enqueue(redis: aioredis.Redis, row: q.Row) -> None:
         log.warning("notification_enqueue_failed", notification_id=str(row.id), error=type(exc).__name__)
 
 
+#: The API's Postgres write of one accept: (row, None) stored, or (None, the key's existing record).
+Store = Callable[[], Awaitable[tuple[q.Row | None, q.Idempotency | None]]]
+
+
 @dataclass(frozen=True)
 class Accepted:
     """What became of an accept: the row (stored, or `inboxed`), or the key's existing record."""
@@ -232,8 +237,9 @@ class Inbox:
     # -- accepting --------------------------------------------------------------------------------
 
     async def accept(self, new: q.NewNotification, channel_key: str, idempotency: q.Idempotency | None,
-                     answer: q.Answer) -> Accepted:
-        """Store `new` in Postgres, or in the inbox while Postgres is away; see the module doc.
+                     answer: q.Answer, store: Store) -> Accepted:
+        """Store `new` in Postgres with `store()` (the API's write: `q.accept` or its batcher), or in the
+        inbox while Postgres is away; see the module doc.
 
         Raises `Refused` 503 when neither can take it, or the inbox is full."""
         if idempotency is not None:
@@ -242,8 +248,8 @@ class Inbox:
                 return Accepted(None, inboxed)
         if not self.circuit_open:
             try:
-                async with asyncio.timeout(self.settings.inbox_db_timeout_seconds), self.db.acquire() as conn:
-                    row, existing = await q.accept(conn, new, idempotency, answer)
+                async with asyncio.timeout(self.settings.inbox_db_timeout_seconds):
+                    row, existing = await store()
                 return Accepted(row, existing)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 if not postgres_away(exc):
