@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -157,3 +158,12 @@ class NotificationEvent(BaseModel):
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> NotificationEvent:
         return cls.model_validate_json(fields[b"e"])
+
+
+async def add_tasks(redis: Any, tasks: Iterable[tuple[str, NotificationTask]]) -> None:
+    """Put each (stream, task) on its stream, all in one pipelined round trip. Raises what Redis raised;
+    the caller decides (a stored row's entry that fails is the workers' replayer's to add later)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream, task in tasks:
+            pipe.xadd(stream, task.to_fields())
+        await pipe.execute()

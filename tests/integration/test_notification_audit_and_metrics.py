@@ -309,6 +309,8 @@ async def test_retries_and_dead_letters_are_audited_and_the_series_to_alert_on_a
             )
             == count
         )
+    # every answer timed: the 14 accepted, by their result
+    assert _value(webhook, "clarion_api_accept_seconds_count", result="accepted") == 14
 
     gauges = [
         (gauge, f"notify:shop.alerts:{lane}")

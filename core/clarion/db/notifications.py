@@ -6,6 +6,8 @@ processes:
 
 - `accept` inserts the row and, with an Idempotency-Key, the key's record in one transaction; the
   record's primary key makes a second accept with the same key a read of the first answer.
+  `accept_drained` (the API's Redis inbox, drained once Postgres is back) does the same by the row's
+  id: a second drain of one entry reads the row back.
 - `claim` moves a row to `sending` only from `queued` (or from `sending` whose lease ran out): a
   duplicate stream entry, or one for a row already settled, claims nothing.
 - `settle` and `retry_later` change only rows the caller still holds (`claimed_by`); `dead_letter` and
@@ -25,6 +27,8 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+
+from clarion.streams import NotificationTask, notify_stream
 
 #: An asyncpg connection or pool (asyncpg ships no type information).
 Db = Any
@@ -77,6 +81,11 @@ class Row:
     updated_at: datetime
     sent_at: datetime | None
 
+    def entry(self) -> tuple[str, NotificationTask]:
+        """The row's entry on its lane's stream: (stream, task)."""
+        return (notify_stream(self.channel_key, self.lane),
+                NotificationTask(notification_id=str(self.id), trace_id=self.trace_id))
+
 
 _COLUMNS = """n.id, n.channel_id, ch.namespace || '.' || ch.name AS channel_key, n.lane, n.recipient,
               n.content, n.reference, n.status, n.attempts, n.max_attempts, n.last_error,
@@ -105,27 +114,35 @@ async def accept(conn: Db, new: NewNotification, idempotency: Idempotency | None
             existing = await take_idempotency_key(conn, new.api_key_id, idempotency)
             if existing is not None:
                 return None, existing
-        status = "created" if new.scheduled_for is not None else "queued"
-        record = await conn.fetchrow(
-            f"""WITH n AS (
-                    INSERT INTO notifications (id, channel_id, lane, recipient, content, reference,
-                                               api_key_id, status, max_attempts, trace_id, scheduled_for,
-                                               next_attempt_at, enqueued_at)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($11, now()),
-                            CASE WHEN $11::timestamptz IS NULL THEN now() END)
-                    ON CONFLICT (id) DO NOTHING
-                    RETURNING *)
-                SELECT {_COLUMNS} FROM n JOIN channels ch ON ch.id = n.channel_id""",  # noqa: S608 - a constant column list
-            new.id, new.channel_id, new.lane, new.recipient, new.content, new.reference, new.api_key_id,
-            status, new.max_attempts, new.trace_id, new.scheduled_for)
-        if record is None:  # accepted before (a retried accept of the same id): read it back
-            record = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM notifications n JOIN channels ch ON ch.id = n.channel_id "  # noqa: S608
-                "WHERE n.id = $1", new.id)
-        row = _row(record)
+        row = await _insert(conn, new)
         if idempotency is not None and answer is not None:
             status_code, body, location = answer(row)
             await remember_answer(conn, new.api_key_id, idempotency.key, status_code, body, location)
+        return row, None
+
+
+async def accept_drained(conn: Db, new: NewNotification, accepted_at: datetime,
+                         idempotency: Idempotency | None) -> tuple[Row | None, Idempotency | None]:
+    """Store a notification the API accepted into its Redis inbox while Postgres was away (the webhook's
+    inbox drainer, clarion_webhook.inbox), created at `accepted_at`, with its Idempotency-Key record
+    holding the answer the client got (`idempotency` complete: status code, response, Location).
+
+    Idempotent by id, so a drain repeated after a crash (row and record committed, the inbox entry not
+    yet removed), or by two replicas at once, stores nothing twice: the row is read back, and a key
+    whose record answers with this id is this notification's own. Returns (row, None), or (None, the
+    record) when the key was taken first by another notification (the caller decides).
+    """
+    async with conn.transaction():
+        existing = None
+        if idempotency is not None:
+            existing = await take_idempotency_key(conn, new.api_key_id, idempotency)
+            if existing is not None and (existing.response or {}).get("id") != str(new.id):
+                return None, existing
+        row = await _insert(conn, new, accepted_at)
+        if idempotency is not None and existing is None:
+            assert idempotency.status_code is not None and idempotency.response is not None
+            await remember_answer(conn, new.api_key_id, idempotency.key, idempotency.status_code,
+                                  idempotency.response, idempotency.location)
         return row, None
 
 
@@ -177,6 +194,30 @@ async def accept_many(conn: Db, news: list[NewNotification]) -> list[Row]:
                 "WHERE n.id = ANY($1::uuid[])", missing):
             rows[record["id"]] = _row(record)
     return [rows[n.id] for n in news]
+
+
+async def _insert(conn: Db, new: NewNotification, created_at: datetime | None = None) -> Row:
+    """Insert the row (`queued` and as on its stream, or `created` when scheduled), created at
+    `created_at` (default now); a row with this id already there is read back instead."""
+    status = "created" if new.scheduled_for is not None else "queued"
+    record = await conn.fetchrow(
+        f"""WITH n AS (
+                INSERT INTO notifications (id, channel_id, lane, recipient, content, reference,
+                                           api_key_id, status, max_attempts, trace_id, scheduled_for,
+                                           next_attempt_at, enqueued_at, created_at, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($11, now()),
+                        CASE WHEN $11::timestamptz IS NULL THEN now() END,
+                        coalesce($12, now()), coalesce($12, now()))
+                ON CONFLICT (id) DO NOTHING
+                RETURNING *)
+            SELECT {_COLUMNS} FROM n JOIN channels ch ON ch.id = n.channel_id""",  # noqa: S608 - a constant column list
+        new.id, new.channel_id, new.lane, new.recipient, new.content, new.reference, new.api_key_id,
+        status, new.max_attempts, new.trace_id, new.scheduled_for, created_at)
+    if record is None:  # accepted before (a retried accept of the same id): read it back
+        record = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM notifications n JOIN channels ch ON ch.id = n.channel_id "  # noqa: S608
+            "WHERE n.id = $1", new.id)
+    return _row(record)
 
 
 async def find_idempotency(conn: Db, api_key_id: int | None, key: str) -> Idempotency | None:

@@ -44,6 +44,7 @@ from clarion.streams import (
     WORKER_GROUP,
     NotificationEvent,
     NotificationTask,
+    add_tasks,
     dead_letter_stream,
     notification_status_stream,
     notify_stream,
@@ -366,11 +367,7 @@ class NotificationWorker:
             rows = await q.due_for_enqueue(conn, self.channel_id, lost_before, 500)
             if not rows:
                 return 0
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for row in rows:
-                    task = NotificationTask(notification_id=str(row.id), trace_id=row.trace_id)
-                    pipe.xadd(notify_stream(self.channel_key, row.lane), task.to_fields())  # type: ignore[arg-type]
-                await pipe.execute()
+            await add_tasks(self.redis, [row.entry() for row in rows])
             await q.mark_enqueued(conn, [row.id for row in rows])
         return len(rows)
 

@@ -11,15 +11,19 @@ field at fault. The accept path:
    the row: the same key with the same body returns the first answer (`Idempotent-Replay: true`), with
    another body 422;
 3. the row is committed (the durable record), then its id is put on its lane's stream; if that fails
-   the replayer puts it there later. 202 with the id, the status and a Location header.
+   the replayer puts it there later. 202 with the id, the status and a Location header. While
+   Postgres is away the record goes to the Redis inbox instead (`clarion_webhook.inbox`: 202, status
+   `created`), and is drained into Postgres once it is back; both away: 503.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -39,18 +43,20 @@ from clarion.models.notification import (
     NotificationRequest,
     NotificationView,
 )
-from clarion.streams import NotificationTask, notify_stream
 from clarion.templates import TemplateProblem, request_content
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from clarion_webhook.api_keys import ApiKeyGuard, authorize
 from clarion_webhook.batcher import AcceptBatcher
 from clarion_webhook.channels import ChannelCache
 from clarion_webhook.errors import Refused, refused_handler
+from clarion_webhook.inbox import Inbox
+from clarion_webhook.inbox import enqueue as _enqueue
 
 log = get_logger("clarion.webhook.api")
 
@@ -93,6 +99,7 @@ class ApiState:
     channels: ChannelCache
     guard: ApiKeyGuard
     batcher: AcceptBatcher
+    inbox: Inbox
 
 
 def _state(request: Request) -> ApiState:
@@ -277,7 +284,22 @@ def create_api() -> FastAPI:
                                                       max_length=255)] = None,
         traceparent: Annotated[str | None, Header(max_length=256)] = None,
     ) -> JSONResponse:
-        """Accept one notification. 202 once it is stored in Postgres; see Location for its status."""
+        """Accept one notification. 202 once it is stored in Postgres (or, while Postgres is away, in
+        the Redis inbox); see Location for its status."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            answer = await accept_one(request, body, caller, idempotency_key, traceparent)
+            outcome = "replayed" if "Idempotent-Replay" in answer.headers else "accepted"
+            return answer
+        except Refused as refusal:
+            outcome = refusal.code
+            raise
+        finally:
+            ACCEPT_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+
+    async def accept_one(request: Request, body: NotificationRequest, caller: ApiKeyRow,
+                         idempotency_key: str | None, traceparent: str | None) -> JSONResponse:
         state = _state(request)
         key = channel_key(body.namespace, body.channel_name)
         authorize(caller, body.namespace, body.channel_name)
@@ -306,7 +328,11 @@ def create_api() -> FastAPI:
         if idempotency_key is not None:
             idempotency = q.Idempotency(idempotency_key, _request_digest(request.url.path, raw))
             lock = f"api:idempotency:{caller.key_id}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
-            if not await state.redis.set(lock, "1", nx=True, ex=IDEMPOTENCY_LOCK_SECONDS):
+            try:
+                taken = await state.redis.set(lock, "1", nx=True, ex=IDEMPOTENCY_LOCK_SECONDS)
+            except RedisError:  # no marker: the key's primary key in Postgres still decides
+                taken, lock = True, None
+            if not taken:
                 return await _replay_or_conflict(state, caller, idempotency)
         new = q.NewNotification(
             id=uuid.uuid4(), channel_id=channel.id, lane=body.lane, recipient=body.recipient.address,
@@ -317,39 +343,42 @@ def create_api() -> FastAPI:
         def answer(row: q.Row) -> tuple[int, dict[str, Any], str | None]:
             return 202, _view(row).model_dump(mode="json", by_alias=True), _location(row.id)
 
-        existing: q.Idempotency | None = None
-        try:
+        async def store() -> tuple[q.Row | None, q.Idempotency | None]:
             if idempotency is None:
-                row: q.Row | None = await state.batcher.accept(new)
-            else:
-                async with state.db.acquire() as conn:
-                    row, existing = await q.accept(conn, new, idempotency, answer)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            ACCEPTED.labels(key, body.lane, "unavailable").inc()
-            raise Refused(503, "unavailable", "notifications cannot be stored right now; try again",
-                          headers={"Retry-After": "1"}) from exc
+                return await state.batcher.accept(new), None
+            async with state.db.acquire() as conn:
+                return await q.accept(conn, new, idempotency, answer)
+
+        try:
+            stored = await state.inbox.accept(new, key, idempotency, answer, store)
+        except Refused as refusal:
+            ACCEPTED.labels(key, body.lane, refusal.code).inc()
+            raise
         finally:
             if lock is not None:
-                await state.redis.delete(lock)
-        if existing is not None:
+                with contextlib.suppress(RedisError):
+                    await state.redis.delete(lock)
+        if stored.existing is not None:
             assert idempotency is not None
-            return _replayed(existing, idempotency)
+            return _replayed(stored.existing, idempotency)
+        row = stored.row
         assert row is not None
-        if row.status == "queued" and idempotency is not None:
+        if row.status == "queued" and idempotency is not None:  # the batcher enqueued its own; an
+            # inboxed one is `created`: the drainer enqueues it
             await _enqueue(state.redis, row)
-        ACCEPTED.labels(key, body.lane, "accepted").inc()
+        result = "inboxed" if stored.inboxed else "accepted"
+        ACCEPTED.labels(key, body.lane, result).inc()
         log.info("notification_accepted", notification_id=str(row.id), channel=key, lane=row.lane,
-                 trace_id=row.trace_id, api_key=caller.key_id)
+                 trace_id=row.trace_id, api_key=caller.key_id, result=result)
         status_code, view, location = answer(row)
         return JSONResponse(view, status_code=status_code, headers={"Location": location or ""})
 
     @api.get("/notifications/{notification_id}", response_model=NotificationView,
-             responses={404: {"model": ErrorAnswer}})
+             responses={404: {"model": ErrorAnswer}, 503: {"model": ErrorAnswer}})
     async def get_notification(request: Request, notification_id: uuid.UUID,
                                caller: Caller) -> NotificationView:
         """A notification's status, attempts, times, last error and the provider's message id."""
-        async with _state(request).db.acquire() as conn:
-            row = await q.get(conn, notification_id, caller.namespace)
+        row = await _state(request).inbox.get(notification_id, caller.namespace)
         if row is None:
             raise Refused(404, "not_found", f"no notification {notification_id}", field="notification_id")
         return _view(row)
@@ -397,15 +426,6 @@ def create_api() -> FastAPI:
     return api
 
 
-async def _enqueue(redis: aioredis.Redis, row: q.Row) -> None:
-    """Put the row's id on its lane's stream; on failure the replayer does it later."""
-    task = NotificationTask(notification_id=str(row.id), trace_id=row.trace_id)
-    try:
-        await redis.xadd(notify_stream(row.channel_key, row.lane), task.to_fields())  # type: ignore[arg-type]
-    except Exception as exc:  # the row is stored: a 2xx is still the truth
-        log.warning("notification_enqueue_failed", notification_id=str(row.id), error=type(exc).__name__)
-
-
 def _replayed(existing: q.Idempotency, wanted: q.Idempotency) -> JSONResponse:
     if existing.request_sha256 != wanted.request_sha256:
         raise Refused(422, "idempotency_key_reused", "this Idempotency-Key was used with another request",
@@ -435,6 +455,5 @@ async def _earlier_answer(state: ApiState, caller: ApiKeyRow, idempotency_key: s
 
 async def _replay_or_conflict(state: ApiState, caller: ApiKeyRow, wanted: q.Idempotency) -> JSONResponse:
     """Another request holds the key's marker: its stored answer if it has one, else 409."""
-    async with state.db.acquire() as conn:
-        existing = await q.find_idempotency(conn, caller.key_id, wanted.key)
+    existing = await state.inbox.find_idempotency(caller.key_id, wanted.key)
     return _replayed(existing or q.Idempotency(wanted.key, wanted.request_sha256), wanted)

@@ -42,6 +42,7 @@ from clarion_webhook.api_keys import ApiKeyGuard, ApiKeyStore, ApiKeyUsage, KeyU
 from clarion_webhook.batcher import AcceptBatcher
 from clarion_webhook.bulk import BODY_RULES, BulkExpander
 from clarion_webhook.channels import ChannelCache
+from clarion_webhook.inbox import Inbox, InboxDrainer
 from clarion_webhook.ingest import StreamWriter, update_chat_id
 from clarion_webhook.settings import WebhookSettings
 
@@ -280,18 +281,23 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         ingress.channels = channels
         ingress.writer = StreamWriter(redis)
         batcher = AcceptBatcher(db, redis, writers=max(1, min(settings.db_pool_max, 4) - 1))
+        inbox = Inbox(db, redis, settings)
+        drainer = InboxDrainer(inbox)
+        await drainer.start()
         api.state.clarion = ApiState(db=db, redis=redis, channels=channels,
-                                     guard=ApiKeyGuard(api_keys, SharedRateLimit(redis)), batcher=batcher)
+                                     guard=ApiKeyGuard(api_keys, SharedRateLimit(redis)), batcher=batcher,
+                                     inbox=inbox)
         expander = BulkExpander(db, redis, lease_seconds=settings.bulk_lease_seconds,
                                 chunk_rows=settings.bulk_chunk_rows, poll_seconds=settings.bulk_poll_seconds)
         api.state.bulk_expander = expander
         expander.start()
-        state.update(db=db, redis=redis, channels=channels, api_keys=api_keys)
+        state.update(db=db, redis=redis, channels=channels, api_keys=api_keys, inbox=inbox)
         await usage.start(db)
         try:
             yield
         finally:
             await batcher.close()
+            await drainer.stop()
             await expander.stop()
             await usage.stop()
             await api_keys.stop()
@@ -315,7 +321,8 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         """Ready when Redis answers and the channel copy is loaded; degraded while Postgres is not reached.
 
         Postgres down does not make the pod unready: every replica would be, at once, and Kubernetes would
-        send Telegram's updates nowhere, while each replica can still take them for the channels it has.
+        send Telegram's updates nowhere, while each replica can still take them for the channels it has,
+        and API notifications into the inbox (`inbox`: its entries, and whether accepts go straight there).
         """
         channels: ChannelCache = state["channels"]
         checks: dict[str, str] = {}
@@ -334,7 +341,9 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         checks["api_keys"] = _copy_check(state["api_keys"])
         ready = checks["redis"] == "ok" and channels.loaded
         degraded = any(value != "ok" for value in checks.values())
-        body = {"ready": ready, "degraded": degraded, "channels": len(channels), "checks": checks}
+        inbox: Inbox = state["inbox"]
+        body = {"ready": ready, "degraded": degraded, "channels": len(channels), "checks": checks,
+                "inbox": {"entries": inbox.depth, "circuit": "open" if inbox.circuit_open else "closed"}}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics")

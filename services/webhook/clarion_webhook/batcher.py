@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from clarion.db import notifications as q
 from clarion.logging import get_logger
 from clarion.metrics import counter
-from clarion.streams import NotificationTask, notify_stream
+from clarion.streams import add_tasks
 
 log = get_logger("clarion.webhook.batcher")
 
@@ -89,11 +89,7 @@ class AcceptBatcher:
     async def _enqueue(self, rows: list[q.Row]) -> None:
         """Each row's id on its lane's stream, one round trip; on failure the replayer does it later."""
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for row in rows:
-                    task = NotificationTask(notification_id=str(row.id), trace_id=row.trace_id)
-                    pipe.xadd(notify_stream(row.channel_key, row.lane), task.to_fields())  # type: ignore[arg-type]
-                await pipe.execute()
+            await add_tasks(self._redis, [row.entry() for row in rows])
         except Exception as exc:  # the rows are stored: a 2xx is still the truth
             log.warning("notification_enqueue_failed", count=len(rows), error=type(exc).__name__)
 

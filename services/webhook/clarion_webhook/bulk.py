@@ -43,7 +43,7 @@ from clarion.models.notification import (
     ErrorAnswer,
     TemplateRef,
 )
-from clarion.streams import NotificationTask, notify_stream
+from clarion.streams import NotificationTask, add_tasks, notify_stream
 from clarion.templates import TemplateProblem, render_template
 from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
@@ -488,11 +488,8 @@ class BulkExpander:
         """Put a chunk's ids on the bulk lane; on failure the workers' replayer does it later."""
         stream = notify_stream(job.channel_key, "bulk")
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for notification_id in ids:
-                    task = NotificationTask(notification_id=str(notification_id), trace_id=job.trace_id)
-                    pipe.xadd(stream, task.to_fields())  # type: ignore[arg-type]
-                await pipe.execute()
+            tasks = [NotificationTask(notification_id=str(n), trace_id=job.trace_id) for n in ids]
+            await add_tasks(self.redis, [(stream, task) for task in tasks])
         except Exception as exc:  # the rows are stored: the replayer enqueues them
             log.warning("bulk.enqueue_failed", job_id=str(job.id), count=len(ids), error=type(exc).__name__)
 

@@ -42,3 +42,22 @@ class WebhookSettings(CommonSettings):
     api_key_usage_seconds: float = Field(default=60.0, gt=0, le=3600,
                                          description="Window of the key use audit: one `api_key.used` "
                                                      "row per key per window per replica.")
+    inbox_max_entries: int = Field(default=120_000, ge=1, le=10_000_000,
+                                   description="Most notifications the Redis inbox holds while Postgres is "
+                                               "away (all replicas together); past it: 503 + Retry-After.")
+    inbox_max_age_seconds: float = Field(default=900.0, gt=0, le=86400,
+                                         description="Once the oldest inbox entry is this old (Postgres away "
+                                                     "that long), accepts get 503 + Retry-After.")
+    inbox_db_timeout_seconds: float = Field(default=2.0, gt=0, le=60,
+                                            description="How long an accept waits for Postgres before it "
+                                                        "takes the inbox instead; also the probe's timeout.")
+    inbox_probe_seconds: float = Field(default=0.5, gt=0, le=60,
+                                       description="While accepts go straight to the inbox, how often "
+                                                   "Postgres is probed.")
+    inbox_claim_idle_seconds: float = Field(default=30.0, gt=0, le=3600,
+                                            description="Inbox entries a drainer took and left this long "
+                                                        "(a killed replica) are drained by another.")
+    inbox_drain_batch: int = Field(default=100, ge=1, le=10_000,
+                                   description="Inbox entries stored in Postgres per transaction.")
+    inbox_retry_after_seconds: int = Field(default=30, ge=1, le=3600,
+                                           description="Retry-After of a 503 when the inbox is full.")
