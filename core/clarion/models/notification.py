@@ -115,19 +115,13 @@ class Content(CamelModel):
         return None
 
 
-class NotificationRequest(CamelModel):
-    """`POST /api/v1/notifications`: one message to one recipient through one channel."""
+class _ThroughChannel(CamelModel):
+    """What a request sends through: a channel, and when (now, or at `scheduledFor`)."""
 
     channel: str = Field(max_length=317, pattern=CHANNEL_REF,
                          description="The NotificationChannel, as namespace/name.")
-    recipient: Recipient
-    content: Content
-    lane: Lane = Field(default="instant", description="instant (the default) or bulk (throttled, never "
-                                                       "ahead of instant work).")
     scheduled_for: datetime | None = Field(default=None, description="Send at or after this time "
                                                                      "(RFC 3339 with an offset).")
-    reference: str | None = Field(default=None, min_length=1, max_length=256,
-                                  description="Your own reference; list by it with ?reference=.")
 
     @model_validator(mode="after")
     def _aware_time(self) -> Self:
@@ -142,6 +136,17 @@ class NotificationRequest(CamelModel):
     @property
     def channel_name(self) -> str:
         return self.channel.partition("/")[2]
+
+
+class NotificationRequest(_ThroughChannel):
+    """`POST /api/v1/notifications`: one message to one recipient through one channel."""
+
+    recipient: Recipient
+    content: Content
+    lane: Lane = Field(default="instant", description="instant (the default) or bulk (throttled, never "
+                                                       "ahead of instant work).")
+    reference: str | None = Field(default=None, min_length=1, max_length=256,
+                                  description="Your own reference; list by it with ?reference=.")
 
     def check_for(self, channel_type: str) -> tuple[str, str] | None:
         """(field, why) this request cannot go through a channel of `channel_type`; None when it can."""
@@ -233,30 +238,12 @@ class BulkRow(CamelModel):
                                   description="This row's own reference (else the job's).")
 
 
-class BulkOptions(CamelModel):
+class BulkOptions(_ThroughChannel):
     """What applies to every row of a bulk job: in the JSON body, or the query of the CSV form."""
 
-    channel: str = Field(max_length=317, pattern=CHANNEL_REF,
-                         description="The NotificationChannel, as namespace/name.")
     template: TemplateRef
-    scheduled_for: datetime | None = Field(default=None, description="Send at or after this time "
-                                                                     "(RFC 3339 with an offset).")
     reference: str | None = Field(default=None, min_length=1, max_length=256, pattern=_NO_NUL,
                                   description="Your own reference, given to every notification.")
-
-    @model_validator(mode="after")
-    def _aware_time(self) -> Self:
-        if self.scheduled_for is not None and self.scheduled_for.tzinfo is None:
-            raise ValueError("scheduledFor needs a UTC offset (e.g. 2026-12-05T09:00:00Z)")
-        return self
-
-    @property
-    def namespace(self) -> str:
-        return self.channel.partition("/")[0]
-
-    @property
-    def channel_name(self) -> str:
-        return self.channel.partition("/")[2]
 
 
 class BulkRequest(BulkOptions):

@@ -67,7 +67,6 @@ INBOX_DEAD = dead_letter_stream(INBOX_STREAM)
 DRAIN_GROUP = "drainers"
 #: A drain batch's transaction (Postgres is back, but may be slow to take a large backlog).
 DRAIN_TIMEOUT_SECONDS = 30.0
-_NEW_FIELDS = tuple(q.NewNotification.__dataclass_fields__)
 
 DEPTH = gauge("clarion_api_inbox_entries", "Notifications in the API's Redis inbox (all replicas).")
 OLDEST = gauge("clarion_api_inbox_oldest_seconds",
@@ -122,26 +121,14 @@ class InboxEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: uuid.UUID
-    channel_id: int
+    notification: q.NewNotification
     channel_key: str
-    lane: str
-    recipient: str
-    content: dict[str, Any]
-    reference: str | None
-    api_key_id: int | None
-    trace_id: str
-    scheduled_for: datetime | None
-    max_attempts: int
     accepted_at: datetime
     idempotency_key: str | None = None
     request_sha256: str | None = None
     status_code: int | None = None
     response: dict[str, Any] | None = None
     location: str | None = None
-
-    def notification(self) -> q.NewNotification:
-        return q.NewNotification(**{name: getattr(self, name) for name in _NEW_FIELDS})
 
     def idempotency(self) -> q.Idempotency | None:
         if self.idempotency_key is None or self.request_sha256 is None:
@@ -151,12 +138,12 @@ class InboxEntry(BaseModel):
 
     def row(self) -> q.Row:
         """The notification as the API shows it while it waits here: `created`, no attempt yet."""
-        return pending_row(self.notification(), self.channel_key, self.accepted_at)
+        return pending_row(self.notification, self.channel_key, self.accepted_at)
 
     def idempotency_field(self) -> str:
         if self.idempotency_key is None:
             return ""
-        return idempotency_field(self.api_key_id, self.idempotency_key)
+        return idempotency_field(self.notification.api_key_id, self.idempotency_key)
 
 
 def pending_row(new: q.NewNotification, channel_key: str, accepted_at: datetime) -> q.Row:
@@ -260,8 +247,7 @@ class Inbox:
     async def _into_inbox(self, new: q.NewNotification, channel_key: str, idempotency: q.Idempotency | None,
                           answer: q.Answer) -> Accepted:
         row = pending_row(new, channel_key, datetime.now(UTC))
-        entry = InboxEntry(channel_key=channel_key, accepted_at=row.created_at,
-                           **{name: getattr(new, name) for name in _NEW_FIELDS})
+        entry = InboxEntry(notification=new, channel_key=channel_key, accepted_at=row.created_at)
         if idempotency is not None:
             status_code, body, location = answer(row)
             entry = entry.model_copy(update={
@@ -454,12 +440,13 @@ class InboxDrainer:
         for row in rows:
             await enqueue(self.redis, row)
         for entry, error in dead:
-            log.error("inbox_entry_dead", notification_id=str(entry.id), channel=entry.channel_key,
-                      error=error)
+            log.error("inbox_entry_dead", notification_id=str(entry.notification.id),
+                      channel=entry.channel_key, error=error)
             await self.redis.xadd(INBOX_DEAD, {"e": entry.model_dump_json(), "error": error})
         args: list[Any] = [DRAIN_GROUP]
         for sid, entry in entries:
-            args += [sid, "", ""] if entry is None else [sid, str(entry.id), entry.idempotency_field()]
+            args += ([sid, "", ""] if entry is None
+                     else [sid, str(entry.notification.id), entry.idempotency_field()])
         await self._remove(keys=[INBOX_STREAM, INBOX_ENTRIES, INBOX_IDEMPOTENCY], args=args)
         for result in results:
             DRAINED.labels(result).inc()
@@ -468,7 +455,7 @@ class InboxDrainer:
 
     async def _store(self, conn: Any, entry: InboxEntry) -> q.Row | None:
         """The entry's row in Postgres (a savepoint of the batch), or None: dropped as a duplicate."""
-        new, idempotency = entry.notification(), entry.idempotency()
+        new, idempotency = entry.notification, entry.idempotency()
         row, existing = await q.accept_drained(conn, new, entry.accepted_at, idempotency)
         if existing is None:
             return row
