@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
-from clarion.db import apply_migrations
 from clarion.streams import CAMPAIGN_DELIVERIES_STREAM, dead_letter_stream
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.telegram import Emulator
@@ -30,30 +28,17 @@ from clarion_dev.testing.operator import Operator
 from clarion_dev.testing.servers import PrivatePostgres, PrivateRedis
 from clarion_dev.testing.waiting import async_wait_for
 
+from . import private_servers
 from .conftest import Campaigns, Channel, add_subscribers, make_channel
+
+# this module's tests run on a Postgres and a Redis of their own
+database_url = private_servers.database_url
+redis_url = private_servers.redis_url
 
 pytestmark = pytest.mark.e2e
 
 FIRST_USER = 100_000
 DONE = ("Completed", "PartiallyFailed", "Failed")
-
-
-@pytest.fixture
-async def database_url(private_postgres: PrivatePostgres) -> AsyncIterator[str]:
-    """The test's own migrated Postgres (replaces the shared server's database for this module)."""
-    dsn = private_postgres.dsn()
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_migrations(conn)
-    finally:
-        await conn.close()
-    yield dsn
-
-
-@pytest.fixture
-def redis_url(private_redis: PrivateRedis) -> str:
-    """The test's own Redis, without persistence: a restart loses everything in it."""
-    return private_redis.url()
 
 
 async def _audience(emulator: Emulator, db: asyncpg.Pool, channel: Channel, count: int) -> set[int]:

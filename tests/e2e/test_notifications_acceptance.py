@@ -28,7 +28,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,6 @@ import asyncpg
 import httpx
 import pytest
 from clarion.db import api_keys as keys
-from clarion.db import apply_migrations
 from clarion.models import ApiKeySecret
 from clarion_dev.net import free_port
 from clarion_dev.smtp_sink import SmtpSink
@@ -45,6 +44,12 @@ from clarion_dev.telegram import Emulator
 from clarion_dev.testing.servers import PrivatePostgres, PrivateRedis
 from clarion_dev.testing.templates import stored_templates
 from clarion_dev.testing.waiting import async_wait_for
+
+from . import private_servers
+
+# this module's tests run on a Postgres and a Redis of their own
+database_url = private_servers.database_url
+redis_url = private_servers.redis_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.emulator(limits="off"), pytest.mark.smtp_sink(starttls=True)]
 
@@ -58,24 +63,6 @@ FIRST_CHAT = 100_000
 KEY = "acceptance-" + "k" * 40
 BIN = Path(sys.executable).parent
 DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-
-@pytest.fixture
-async def database_url(private_postgres: PrivatePostgres) -> AsyncIterator[str]:
-    """The test's own migrated Postgres (it is stopped mid-run)."""
-    dsn = private_postgres.dsn()
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_migrations(conn)
-    finally:
-        await conn.close()
-    yield dsn
-
-
-@pytest.fixture
-def redis_url(private_redis: PrivateRedis) -> str:
-    """The test's own Redis, without persistence: a restart loses everything in it."""
-    return private_redis.url()
 
 
 @dataclass
@@ -139,24 +126,32 @@ def _request(i: int) -> dict[str, Any]:
             "lane": lane, "reference": f"order-{i}"}
 
 
-async def _post_until_accepted(client: httpx.AsyncClient, i: int, load: Load) -> None:
-    body = _request(i)
-    headers = {"Authorization": f"Bearer {KEY}", "Idempotency-Key": f"order-{i}"}
+async def _until_accepted(load: Load, what: str,
+                          send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+    """Send until the API answers 202, as a client with an Idempotency-Key would: again after a lost
+    connection, a 409 (the first try still being accepted) or a 503, waiting its Retry-After."""
     for _ in range(600):
         try:
-            answer = await client.post("/api/v1/notifications", json=body, headers=headers)
+            answer: httpx.Response = await send()
         except httpx.TransportError:
             load.connection_errors += 1
             await asyncio.sleep(0.2)
             continue
         load.answers[answer.status_code] += 1
         if answer.status_code == 202:
-            load.accepted[answer.json()["id"]] = body
-            load.progress += 1
-            return
-        assert answer.status_code in (409, 503), f"POST {i}: {answer.status_code} {answer.text}"
+            return answer
+        assert answer.status_code in (409, 503), f"{what}: {answer.status_code} {answer.text}"
         await asyncio.sleep(float(answer.headers.get("Retry-After", "0.5")))
-    raise AssertionError(f"POST {i} was never accepted")
+    raise AssertionError(f"{what} was never accepted")
+
+
+async def _post_until_accepted(client: httpx.AsyncClient, i: int, load: Load) -> None:
+    body = _request(i)
+    headers = {"Authorization": f"Bearer {KEY}", "Idempotency-Key": f"order-{i}"}
+    answer = await _until_accepted(load, f"POST {i}", lambda: client.post("/api/v1/notifications", json=body,
+                                                                          headers=headers))
+    load.accepted[answer.json()["id"]] = body
+    load.progress += 1
 
 
 async def _post_bulk_until_accepted(client: httpx.AsyncClient, load: Load) -> None:
@@ -165,21 +160,10 @@ async def _post_bulk_until_accepted(client: httpx.AsyncClient, load: Load) -> No
     body = ("chat_id,order\r\n" + rows).encode()
     headers = {"Authorization": f"Bearer {KEY}", "Idempotency-Key": "december-bulk",
                "Content-Type": "text/csv"}
-    for _ in range(600):
-        try:
-            answer = await client.post("/api/v1/bulk", content=body, headers=headers,
-                                       params={"channel": "shop/alerts", "template": "order-shipped"})
-        except httpx.TransportError:
-            load.connection_errors += 1
-            await asyncio.sleep(0.2)
-            continue
-        load.answers[answer.status_code] += 1
-        if answer.status_code == 202:
-            load.bulk_job = answer.json()["id"]
-            return
-        assert answer.status_code in (409, 503), f"bulk: {answer.status_code} {answer.text}"
-        await asyncio.sleep(float(answer.headers.get("Retry-After", "0.5")))
-    raise AssertionError("the bulk job was never accepted")
+    answer = await _until_accepted(load, "the bulk job", lambda: client.post(
+        "/api/v1/bulk", content=body, headers=headers,
+        params={"channel": "shop/alerts", "template": "order-shipped"}))
+    load.bulk_job = answer.json()["id"]
 
 
 async def _in_flight(db_url: str, worker: str | None = None) -> int:

@@ -115,7 +115,7 @@ class Content(CamelModel):
         return None
 
 
-class _ThroughChannel(CamelModel):
+class ThroughChannel(CamelModel):
     """What a request sends through: a channel, and when (now, or at `scheduledFor`)."""
 
     channel: str = Field(max_length=317, pattern=CHANNEL_REF,
@@ -138,7 +138,7 @@ class _ThroughChannel(CamelModel):
         return self.channel.partition("/")[2]
 
 
-class NotificationRequest(_ThroughChannel):
+class NotificationRequest(ThroughChannel):
     """`POST /api/v1/notifications`: one message to one recipient through one channel."""
 
     recipient: Recipient
@@ -238,7 +238,7 @@ class BulkRow(CamelModel):
                                   description="This row's own reference (else the job's).")
 
 
-class BulkOptions(_ThroughChannel):
+class BulkOptions(ThroughChannel):
     """What applies to every row of a bulk job: in the JSON body, or the query of the CSV form."""
 
     template: TemplateRef

@@ -34,6 +34,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from clarion.db import notifications as q
 from clarion.db.api_keys import ApiKeyRow
+from clarion.db.channels import ChannelRecord
 from clarion.keys import channel_key
 from clarion.logging import get_logger
 from clarion.metrics import counter, histogram
@@ -42,6 +43,7 @@ from clarion.models.notification import (
     NotificationPage,
     NotificationRequest,
     NotificationView,
+    ThroughChannel,
 )
 from clarion.templates import TemplateProblem, request_content
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Security
@@ -301,14 +303,8 @@ def create_api() -> FastAPI:
     async def accept_one(request: Request, body: NotificationRequest, caller: ApiKeyRow,
                          idempotency_key: str | None, traceparent: str | None) -> JSONResponse:
         state = _state(request)
-        key = channel_key(body.namespace, body.channel_name)
-        authorize(caller, body.namespace, body.channel_name)
-        try:
-            channel = await state.channels.get(key)
-        except Exception as exc:
-            raise Refused(503, "unavailable", "channels cannot be read right now; try again") from exc
-        if channel is None:
-            raise Refused(422, "unknown_channel", f"channel {body.channel} does not exist", field="channel")
+        channel = await channel_for(state, caller, body)
+        key = channel.key
         problem = body.check_for(channel.type)
         if problem is not None:
             field, why = problem
@@ -327,7 +323,7 @@ def create_api() -> FastAPI:
         lock = None
         if idempotency_key is not None:
             idempotency = q.Idempotency(idempotency_key, _request_digest(request.url.path, raw))
-            lock = f"api:idempotency:{caller.key_id}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+            lock = _idempotency_lock(caller.key_id, idempotency_key)
             try:
                 taken = await state.redis.set(lock, "1", nx=True, ex=IDEMPOTENCY_LOCK_SECONDS)
             except RedisError:  # no marker: the key's primary key in Postgres still decides
@@ -437,6 +433,19 @@ def _replayed(existing: q.Idempotency, wanted: q.Idempotency) -> JSONResponse:
     if existing.location:
         headers["Location"] = existing.location
     return JSONResponse(existing.response, status_code=existing.status_code, headers=headers)
+
+
+async def channel_for(state: ApiState, caller: ApiKeyRow, request: ThroughChannel) -> ChannelRecord:
+    """The channel a request names, once the caller's key may use it (403); 422 when it does not exist,
+    503 when it is not in the copy and Postgres cannot say."""
+    authorize(caller, request.namespace, request.channel_name)
+    try:
+        channel = await state.channels.get(channel_key(request.namespace, request.channel_name))
+    except Exception as exc:
+        raise Refused(503, "unavailable", "channels cannot be read right now; try again") from exc
+    if channel is None:
+        raise Refused(422, "unknown_channel", f"channel {request.channel} does not exist", field="channel")
+    return channel
 
 
 async def _earlier_answer(state: ApiState, caller: ApiKeyRow, idempotency_key: str,

@@ -31,7 +31,6 @@ import redis.asyncio as aioredis
 from clarion.db import bulk as qb
 from clarion.db.channels import ChannelRecord
 from clarion.db.notifications import Idempotency
-from clarion.keys import channel_key
 from clarion.logging import get_logger
 from clarion.metrics import counter
 from clarion.models.notification import (
@@ -62,8 +61,8 @@ from clarion_webhook.api import (
     _request_digest,
     _state,
     _trace_id,
+    channel_for,
 )
-from clarion_webhook.api_keys import authorize
 from clarion_webhook.errors import Refused
 
 log = get_logger("clarion.webhook.bulk")
@@ -329,14 +328,8 @@ async def create_bulk_job(
     except Refused:
         BULK_JOBS.labels("invalid").inc()
         raise
-    authorize(caller, options.namespace, options.channel_name)
-    key = channel_key(options.namespace, options.channel_name)
-    try:
-        record = await state.channels.get(key)
-    except Exception as exc:
-        raise Refused(503, "unavailable", "channels cannot be read right now; try again") from exc
-    if record is None:
-        raise Refused(422, "unknown_channel", f"channel {options.channel} does not exist", field="channel")
+    record = await channel_for(state, caller, options)
+    key = record.key
     if record.type not in ("telegram", "email"):
         raise Refused(422, "invalid_request", f"{options.channel} is a {record.type} channel, which this API "
                                               "cannot send", field="channel")
