@@ -249,22 +249,35 @@ class NotificationWorker:
         result = await self.transport.send(row)
         SEND_SECONDS.labels(self.channel_key).observe(time.monotonic() - started)
         SENT.labels(self.channel_key, row.lane, result.outcome).inc()
-        await self._record(row, stream, result)
-        await self._ack(stream, entry_id)
+        event = await self._record(row, stream, result)
+        if event is None:
+            await self._ack(stream, entry_id)
+            return
 
-    async def _record(self, row: q.Row, stream: str, result: SendResult) -> None:
+        async def publish_and_ack() -> None:  # the outcome is in Postgres: one round trip for both
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(notification_status_stream(self.channel_key), event.to_fields(),  # type: ignore[arg-type]
+                          maxlen=STATUS_MAXLEN, approximate=True)
+                pipe.xack(stream, WORKER_GROUP, entry_id)
+                await pipe.execute()
+
+        await self._redis("status_event", publish_and_ack)
+        log.info("notification.settled", status=event.status, attempts=event.attempts, error=event.error)
+
+    async def _record(self, row: q.Row, stream: str, result: SendResult) -> NotificationEvent | None:
+        """Write the outcome to Postgres; the status event of a final outcome to publish, else None."""
         opts, ident, worker = self.options, row.id, self.consumer
         error = result.error
         if result.outcome == Outcome.RATE_LIMITED:
             await self._db("retry_later", lambda conn: q.retry_later(
                 conn, ident, worker, error or "429", result.retry_after, count_attempt=False))
-            return
+            return None
         if result.outcome == Outcome.FATAL:
             await self._db("retry_later", lambda conn: q.retry_later(
                 conn, ident, worker, error or "credentials refused", 30.0, count_attempt=False))
             self._fatal = error or "credentials refused"
             self.stop()
-            return
+            return None
         attempt = row.attempts + 1
         if result.outcome == Outcome.RETRY and attempt < row.max_attempts:
             wait = backoff_seconds(attempt, opts.retry_backoff_seconds)
@@ -272,7 +285,7 @@ class NotificationWorker:
                     conn, ident, worker, error or "", wait, attempt=attempt)):
                 RETRIES.labels(self.channel_key, row.lane).inc()
             log.info("notification.retry", attempts=attempt, wait=round(wait, 3), error=error)
-            return
+            return None
         status = {Outcome.SENT: "sent", Outcome.BLOCKED: "blocked"}.get(result.outcome, "failed")
         reason = "attempts_exhausted" if result.outcome == Outcome.RETRY else "permanent"
         if status == "failed":
@@ -283,7 +296,7 @@ class NotificationWorker:
                 conn, ident, worker, status, error=error, provider_message_id=result.provider_message_id))
         if not held:  # another worker took it over after our lease ran out; it records its own outcome
             log.warning("notification.lease_lost", status=status)
-            return
+            return None
         if status == "sent":
             since = (row.scheduled_for or row.created_at).timestamp()
             DELIVERY_SECONDS.labels(self.channel_key, row.lane).observe(max(0.0, time.time() - since))
@@ -294,13 +307,9 @@ class NotificationWorker:
                      "trace_id": row.trace_id}
             await self._redis("dead_letter", lambda: self.redis.xadd(
                 dead_letter_stream(stream), entry, maxlen=DEAD_MAXLEN, approximate=True))  # type: ignore[arg-type]
-        event = NotificationEvent(notification_id=str(ident), status=status, channel=self.channel_key,
-                                  reference=row.reference, error=error, attempts=attempt,
-                                  provider_message_id=result.provider_message_id, trace_id=row.trace_id)
-        await self._redis("status_event", lambda: self.redis.xadd(
-            notification_status_stream(self.channel_key), event.to_fields(),  # type: ignore[arg-type]
-            maxlen=STATUS_MAXLEN, approximate=True))
-        log.info("notification.settled", status=status, attempts=attempt, error=error)
+        return NotificationEvent(notification_id=str(ident), status=status, channel=self.channel_key,
+                                 reference=row.reference, error=error, attempts=attempt,
+                                 provider_message_id=result.provider_message_id, trace_id=row.trace_id)
 
     async def _ack(self, stream: str, entry_id: bytes) -> None:
         await self._redis("xack", lambda: self.redis.xack(stream, WORKER_GROUP, entry_id))
