@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from clarion.models.channel import WorkerAutoscaling
 from clarion.settings import CommonSettings
 from pydantic import Field
 
@@ -86,6 +87,12 @@ class OperatorSettings(CommonSettings):
     max_recovery_runs: int = Field(
         default=3, ge=0, le=100,
         description="New sender runs started when a Job finished while deliveries were still pending.",
+    )
+    worker_autoscaling: WorkerAutoscaling = Field(
+        default_factory=WorkerAutoscaling,
+        description="Cluster defaults of spec.workers.autoscaling (JSON, camelCase, e.g. "
+                    '{"minReplicas": 1, "lanes": {"bulk": {"targetLagPerReplica": 1000}}}): a field a channel '
+                    "leaves out takes the value here, and one left out here the model's default (ADR 0008).",
     )
     liveness_endpoint: str | None = Field(
         default=None, description="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz; none: off."

@@ -147,14 +147,140 @@ class BotDeployment(CamelModel):
     )
 
 
+#: A lane of a channel's notifications: a stream, a consumer group, and (ADR 0008) a worker Deployment.
+Lane = Literal["instant", "bulk"]
+#: Every lane, instant first (the order workers read them in).
+LANES: tuple[Lane, ...] = get_args(Lane)
+#: Who scales a lane's worker Deployment: the operator itself, or KEDA through a ScaledObject it emits.
+AutoscalingEngine = Literal["operator", "keda"]
+MAX_WORKER_REPLICAS = 50
+
+MinReplicas = Annotated[int, Field(ge=0, le=MAX_WORKER_REPLICAS,
+                                   description="Fewest worker pods of the lane; 0: none while it is idle.")]
+MaxReplicas = Annotated[int, Field(ge=1, le=MAX_WORKER_REPLICAS, description="Most worker pods of the lane.")]
+TargetLag = Annotated[int, Field(
+    ge=1, le=1_000_000,
+    description="Entries waiting (undelivered plus unacknowledged) per worker pod: "
+                "desired pods = ceil(waiting / targetLagPerReplica).")]
+Cooldown = Annotated[int, Field(
+    ge=5, le=86400,
+    description="Seconds the lane must have needed fewer pods, continuously, before it loses any.")]
+
+_MIN_NOT_ABOVE_MAX = cel(
+    "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+    "minReplicas must not exceed maxReplicas",
+    field_path=".minReplicas",
+    reason="FieldValueInvalid",
+)
+
+
+class LaneAutoscaling(CamelModel):
+    """Autoscaling of one lane's workers. A field left out takes the value of the level above: the
+    channel's `autoscaling`, then the operator's cluster defaults, then the defaults of
+    `ScalingPolicy` (docs/operator.md, "Worker autoscaling")."""
+
+    model_config = ConfigDict(json_schema_extra=rules(_MIN_NOT_ABOVE_MAX))
+
+    min_replicas: MinReplicas | None = None
+    max_replicas: MaxReplicas | None = None
+    target_lag_per_replica: TargetLag | None = None
+    scale_down_cooldown_seconds: Cooldown | None = None
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Self:
+        if self.min_replicas is not None and self.max_replicas is not None \
+                and self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        return self
+
+
+class LaneOverrides(CamelModel):
+    """Settings of one lane that differ from the channel's (one field per lane)."""
+
+    instant: LaneAutoscaling | None = Field(default=None, description="The instant lane's overrides.")
+    bulk: LaneAutoscaling | None = Field(default=None, description="The bulk lane's overrides.")
+
+    def of(self, lane: Lane) -> LaneAutoscaling | None:
+        found: LaneAutoscaling | None = getattr(self, lane)
+        return found
+
+
+class ScalingPolicy(CamelModel):
+    """The autoscaling in force for one lane's workers, every field resolved. Its defaults are the
+    defaults of autoscaling: they apply where neither the channel nor the cluster sets a field."""
+
+    model_config = ConfigDict(frozen=True)
+
+    engine: AutoscalingEngine = "operator"
+    min_replicas: MinReplicas = 0
+    max_replicas: MaxReplicas = 10
+    target_lag_per_replica: TargetLag = 100
+    scale_down_cooldown_seconds: Cooldown = 300
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        return self
+
+
+class WorkerAutoscaling(LaneAutoscaling):
+    """How the operator sizes each lane's worker Deployment on the lane's stream backlog (ADR 0008).
+
+    The same model holds the cluster defaults (the operator's `CLARION_WORKER_AUTOSCALING`, from the
+    chart's values); `policy` resolves one lane's settings from both.
+    """
+
+    engine: AutoscalingEngine | None = Field(
+        default=None,
+        description="operator: the operator polls the lane's consumer group and sets the Deployment's "
+                    "scale (reacts within seconds); keda: it emits a KEDA ScaledObject (redis-streams "
+                    "trigger, lag mode) instead. Absent: the cluster default, else operator.",
+    )
+    lanes: LaneOverrides | None = Field(
+        default=None, description="Per-lane settings that differ from the ones above.")
+
+    def policy(self, lane: Lane, cluster: WorkerAutoscaling | None = None) -> ScalingPolicy:
+        """The settings of `lane`: each field from the most specific level that sets it (this lane's
+        overrides, this object, the cluster's lane overrides, the cluster's own, `ScalingPolicy`).
+
+        minReplicas and maxReplicas found on different levels may disagree (a channel's maxReplicas 3
+        under a cluster's minReplicas 5): the bound set on the more specific level wins and the other
+        one moves to it, so every combination of valid levels resolves.
+        """
+        levels = [level for level in (self.lanes and self.lanes.of(lane), self,
+                                      cluster and cluster.lanes and cluster.lanes.of(lane), cluster)
+                  if level is not None]
+        found: dict[str, object] = {}
+        rank: dict[str, int] = {}
+        for depth, level in enumerate([*levels, ScalingPolicy()]):
+            for name, value in level.model_dump(exclude_none=True, exclude={"lanes"}).items():
+                if name not in found:
+                    found[name], rank[name] = value, depth
+        low, high = found["min_replicas"], found["max_replicas"]
+        if isinstance(low, int) and isinstance(high, int) and low > high:
+            if rank["min_replicas"] < rank["max_replicas"]:
+                found["max_replicas"] = low
+            else:
+                found["min_replicas"] = high
+        return ScalingPolicy.model_validate(found)
+
+
 class WorkerDeployment(CamelModel):
-    """The notification worker Deployment the operator runs for this channel (`clarion-worker`)."""
+    """The notification worker Deployments the operator runs for this channel (`clarion-worker`)."""
 
     replicas: int = Field(
-        default=1, ge=0, le=50,
-        description="Worker pods sending the channel's notifications (both lanes); 0: none are sent.",
+        default=1, ge=0, le=MAX_WORKER_REPLICAS,
+        description="Worker pods sending the channel's notifications (both lanes); 0: none are sent. "
+                    "Replaced by autoscaling once the operator scales the per-lane Deployments (ADR 0008).",
     )
     concurrency: int = Field(default=32, ge=1, le=2000, description="Sends in flight per worker pod.")
+    autoscaling: WorkerAutoscaling = Field(
+        default_factory=WorkerAutoscaling,
+        description="Scaling of each lane's workers on its stream backlog; unset fields take the "
+                    "cluster defaults (ADR 0008).",
+        json_schema_extra={"default": {}},
+    )
 
 
 class TelegramSettings(CamelModel):

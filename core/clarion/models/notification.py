@@ -10,9 +10,8 @@ from pydantic import Field, model_validator
 
 from clarion.models.base import CamelModel
 from clarion.models.campaign import LANGUAGE_CODE, ButtonRow, ParseMode
-from clarion.models.channel import TEMPLATE_NAME
+from clarion.models.channel import TEMPLATE_NAME, Lane
 
-Lane = Literal["instant", "bulk"]
 NotificationState = Literal["created", "queued", "sending", "sent", "failed", "blocked", "cancelled"]
 
 #: `namespace/name` of a NotificationChannel.
