@@ -91,8 +91,9 @@ class OperatorSettings(CommonSettings):
     worker_autoscaling: WorkerAutoscaling = Field(
         default_factory=WorkerAutoscaling,
         description="Cluster defaults of spec.workers.autoscaling (JSON, camelCase, e.g. "
-                    '{"minReplicas": 1, "lanes": {"bulk": {"targetLagPerReplica": 1000}}}): a field a channel '
-                    "leaves out takes the value here, and one left out here the model's default (ADR 0008).",
+                    '{"minReplicas": 1, "lanes": {"bulk": {"targetLagPerReplica": 1000}}}): a field a '
+                    "channel leaves out takes the value here, and one left out here the model's default "
+                    "(ADR 0008).",
     )
     liveness_endpoint: str | None = Field(
         default=None, description="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz; none: off."

@@ -47,6 +47,22 @@ class ChannelReason(StrEnum):
     TEMPLATE_INVALID = "TemplateInvalid"
 
 
+class ScaleReason(StrEnum):
+    """Why a lane's worker Deployment was (or was not) resized: the reason of its scaling Events and
+    of the last decision in status (docs/operator.md, "Worker autoscaling")."""
+
+    SCALED_FROM_ZERO = "ScaledFromZero"
+    BACKLOG_GREW = "BacklogGrew"
+    BELOW_MINIMUM = "BelowMinimum"
+    ABOVE_MAXIMUM = "AboveMaximum"
+    BACKLOG_SHRANK = "BacklogShrank"
+    IDLE = "Idle"
+    STEADY = "Steady"
+    COOLING_DOWN = "CoolingDown"
+    LAG_UNKNOWN = "LagUnknown"
+    BACKLOG_UNREADABLE = "BacklogUnreadable"
+
+
 BotLanguage = Literal["en", "ru"]
 #: Every language the bot speaks, in menu order: the one list (the bot's catalog, the channel rows).
 BOT_LANGUAGES: tuple[BotLanguage, ...] = get_args(BotLanguage)

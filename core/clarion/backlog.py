@@ -1,0 +1,103 @@
+"""How much work waits on a stream for one consumer group: the signal worker autoscaling reads (ADR 0008).
+
+`read_backlog` takes XLEN and XINFO GROUPS in one MULTI (one consistent snapshot), then settles the
+cases where Redis's own `lag` is missing or wrong:
+
+| what Redis shows                                    | lag taken                                  |
+| --------------------------------------------------- | ------------------------------------------ |
+| no stream                                           | 0 (nothing waits)                          |
+| stream, no such group (no worker has started yet)   | XLEN: the group is created at 0-0, so it  |
+|                                                     | will be delivered every entry there is     |
+| lag N                                               | min(N, XLEN): entries trimmed before they  |
+|                                                     | were read still count in N, and are gone   |
+| lag nil (an XDEL after the group's position leaves  | last-delivered-id 0-0: XLEN; else the      |
+| Redis unable to count), entries-read nil or reset   | entries after last-delivered-id, counted   |
+|                                                     | with XRANGE up to `count_limit`            |
+| lag nil and more than `count_limit` entries to count | unknown (None); at least `count_limit`   |
+
+Trimming what the group has read and acknowledged (the worker's XTRIM MINID) changes neither lag nor
+entries-read: Redis counts them from entries-added, which trimming keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis.asyncio as aioredis
+
+#: Entries counted at most when Redis cannot tell the lag: enough to reach any lane's maxReplicas
+#: at the largest target lag callers use (`count_limit` sets it per call).
+DEFAULT_COUNT_LIMIT = 10_000
+
+
+class LagSource(StrEnum):
+    """Where a backlog's lag came from."""
+
+    NO_STREAM = "NoStream"
+    NO_GROUP = "NoGroup"
+    REPORTED = "Reported"
+    LENGTH = "Length"
+    COUNTED = "Counted"
+    UNKNOWN = "Unknown"
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Entries of one stream waiting for one consumer group.
+
+    `lag`: entries not yet delivered to any consumer of the group; None when unknown, with
+    `lag_floor` entries known to wait. `pending`: delivered and not yet acknowledged (in flight, or
+    held by a consumer that died until someone claims them).
+    """
+
+    stream_exists: bool
+    group_exists: bool
+    length: int
+    lag: int | None
+    lag_floor: int
+    pending: int
+    source: LagSource
+
+    @property
+    def waiting(self) -> int:
+        """Entries known to need a worker: undelivered (at least) plus unacknowledged."""
+        return self.lag_floor + self.pending
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def read_backlog(redis: aioredis.Redis, stream: str, group: str, *,
+                       count_limit: int = DEFAULT_COUNT_LIMIT) -> Backlog:
+    """The backlog of `group` on `stream` (see the module's table); raises what Redis raises when it
+    cannot be reached."""
+    if count_limit < 1:
+        raise ValueError("count_limit must be at least 1")
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xlen(stream)
+        pipe.xinfo_groups(stream)
+        length, groups = await pipe.execute(raise_on_error=False)
+    if isinstance(length, Exception):
+        raise length
+    if isinstance(groups, aioredis.ResponseError) and "no such key" in str(groups):
+        return Backlog(False, False, 0, 0, 0, 0, LagSource.NO_STREAM)
+    if isinstance(groups, Exception):
+        raise groups
+    info: dict[Any, Any] | None = next((g for g in groups if _text(g.get("name")) == group), None)
+    if info is None:
+        return Backlog(True, False, length, length, length, 0, LagSource.NO_GROUP)
+    pending = int(info.get("pending") or 0)
+    reported = info.get("lag")
+    if reported is not None:
+        lag = min(int(reported), length)
+        return Backlog(True, True, length, lag, lag, pending, LagSource.REPORTED)
+    last = _text(info.get("last-delivered-id") or "0-0")
+    if last == "0-0":
+        return Backlog(True, True, length, length, length, pending, LagSource.LENGTH)
+    counted = len(await redis.xrange(stream, min=f"({last}", max="+", count=count_limit) or [])
+    if counted >= count_limit:
+        return Backlog(True, True, length, None, count_limit, pending, LagSource.UNKNOWN)
+    return Backlog(True, True, length, counted, counted, pending, LagSource.COUNTED)
