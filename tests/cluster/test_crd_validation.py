@@ -199,6 +199,13 @@ REJECTED = [
         "spec.templates[0].defaultLanguage: Invalid value: defaultLanguage must be the language of one of "
         "the variants",
     ),
+    (
+        "lane minReplicas above its maxReplicas",
+        "NotificationChannel",
+        "clarion-bot",
+        "spec.workers.autoscaling.lanes.bulk.minReplicas: Invalid value: minReplicas must not exceed "
+        "maxReplicas",
+    ),
 ]
 MUTATIONS: dict[str, Callable[[dict[str, Any]], object]] = {
     "missing channelRef": lambda s: s.pop("channelRef"),
@@ -215,6 +222,8 @@ MUTATIONS: dict[str, Callable[[dict[str, Any]], object]] = {
     ),
     "email template without a subject": lambda s: s["templates"][0]["variants"][0].pop("subject"),
     "template default language without a variant": lambda s: s["templates"][0].update(defaultLanguage="fr"),
+    "lane minReplicas above its maxReplicas": lambda s: s.setdefault("workers", {}).update(
+        autoscaling={"lanes": {"bulk": {"minReplicas": 3, "maxReplicas": 2}}}),
 }
 
 
