@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
+from clarion.models import ScalingPolicy
 from clarion_dev import render_manifests as rm
+from clarion_operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
 
@@ -250,6 +252,36 @@ def test_operator_runs_once_with_recreate_and_kopf_liveness(helm: Path) -> None:
     assert env["CLARION_IMAGE"] == "ghcr.io/clarion/clarion:0.1.0"
     assert env["CLARION_NAMESPACES"] == ""
     assert env["CLARION_LOG_FORMAT"] == "json"
+
+
+def test_worker_autoscaling_values_reach_the_operator_as_its_cluster_defaults(
+        helm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = _documents(rm.helm_template(
+        helm, CHART, "--set", "operator.workerAutoscaling.maxReplicas=4",
+        "--set", "operator.workerAutoscaling.lanes.bulk.targetLagPerReplica=1000"))
+    (operator,) = [d for d in docs
+                   if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")]
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    monkeypatch.setenv("CLARION_WORKER_AUTOSCALING", env["CLARION_WORKER_AUTOSCALING"])
+    cluster = OperatorSettings().worker_autoscaling
+    assert cluster.policy("bulk") == ScalingPolicy(max_replicas=4, target_lag_per_replica=1000)
+    assert cluster.policy("instant") == ScalingPolicy(max_replicas=4)
+
+
+def test_worker_autoscaling_values_schema_is_the_crds_own() -> None:
+    """The chart's schema of operator.workerAutoscaling allows what spec.workers.autoscaling allows."""
+    crd = yaml.safe_load((rm.ROOT / "crds" / "clarion.io_notificationchannels.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    kept = ("type", "enum", "minimum", "maximum", "properties")
+
+    def shape(node: dict[str, Any]) -> dict[str, Any]:
+        found = {k: v for k, v in node.items() if k in kept}
+        if "properties" in found:
+            found["properties"] = {k: shape(v) for k, v in found["properties"].items()}
+        return found
+
+    assert shape(SCHEMA["$defs"]["workerAutoscaling"]) == shape(
+        spec["properties"]["workers"]["properties"]["autoscaling"])
 
 
 def test_monitoring_objects_render_only_when_the_cluster_serves_their_api(helm: Path) -> None:
