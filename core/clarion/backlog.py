@@ -1,19 +1,15 @@
 """How much work waits on a stream for one consumer group: the signal worker autoscaling reads (ADR 0008).
 
 `read_backlog` takes XLEN and XINFO GROUPS in one MULTI (one consistent snapshot), then settles the
-cases where Redis's own `lag` is missing or wrong:
+cases where Redis's own `lag` is missing or wrong (the table in docs/operator.md, "Worker autoscaling"):
 
-| what Redis shows                                    | lag taken                                  |
-| --------------------------------------------------- | ------------------------------------------ |
-| no stream                                           | 0 (nothing waits)                          |
-| stream, no such group (no worker has started yet)   | XLEN: the group is created at 0-0, so it  |
-|                                                     | will be delivered every entry there is     |
-| lag N                                               | min(N, XLEN): entries trimmed before they  |
-|                                                     | were read still count in N, and are gone   |
-| lag nil (an XDEL after the group's position leaves  | last-delivered-id 0-0: XLEN; else the      |
-| Redis unable to count), entries-read nil or reset   | entries after last-delivered-id, counted   |
-|                                                     | with XRANGE up to `count_limit`            |
-| lag nil and more than `count_limit` entries to count | unknown (None); at least `count_limit`   |
+- no stream: nothing waits;
+- no such group (no worker has started yet): XLEN, since the worker creates the group at 0-0 and is
+  delivered every entry there is;
+- `lag` N: min(N, XLEN), since entries trimmed before they were read still count in N and are gone;
+- `lag` nil (an XDEL after the group's position, or a read counter reset by XGROUP SETID, leaves
+  Redis unable to count): XLEN when last-delivered-id is 0-0, else the entries after it, counted
+  with XRANGE up to `count_limit` — more than that and the lag is unknown, at least `count_limit`.
 
 Trimming what the group has read and acknowledged (the worker's XTRIM MINID) changes neither lag nor
 entries-read: Redis counts them from entries-added, which trimming keeps.
