@@ -23,8 +23,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-#: Entries counted at most when Redis cannot tell the lag: enough to reach any lane's maxReplicas
-#: at the largest target lag callers use (`count_limit` sets it per call).
+#: Entries counted at most when Redis cannot tell the lag. The scaler passes maxReplicas *
+#: targetLagPerReplica instead: past that many, every count gives the same decision.
 DEFAULT_COUNT_LIMIT = 10_000
 
 
@@ -62,6 +62,13 @@ class Backlog:
         return self.lag_floor + self.pending
 
 
+def _backlog(source: LagSource, *, length: int, lag: int | None, floor: int | None = None, pending: int = 0,
+             stream_exists: bool = True, group_exists: bool = True) -> Backlog:
+    return Backlog(stream_exists=stream_exists, group_exists=group_exists, length=length, lag=lag,
+                   lag_floor=lag if floor is None and lag is not None else floor or 0, pending=pending,
+                   source=source)
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -79,21 +86,21 @@ async def read_backlog(redis: aioredis.Redis, stream: str, group: str, *,
     if isinstance(length, Exception):
         raise length
     if isinstance(groups, aioredis.ResponseError) and "no such key" in str(groups):
-        return Backlog(False, False, 0, 0, 0, 0, LagSource.NO_STREAM)
+        return _backlog(LagSource.NO_STREAM, length=0, lag=0, stream_exists=False, group_exists=False)
     if isinstance(groups, Exception):
         raise groups
     info: dict[Any, Any] | None = next((g for g in groups if _text(g.get("name")) == group), None)
     if info is None:
-        return Backlog(True, False, length, length, length, 0, LagSource.NO_GROUP)
+        return _backlog(LagSource.NO_GROUP, length=length, lag=length, group_exists=False)
     pending = int(info.get("pending") or 0)
     reported = info.get("lag")
     if reported is not None:
         lag = min(int(reported), length)
-        return Backlog(True, True, length, lag, lag, pending, LagSource.REPORTED)
+        return _backlog(LagSource.REPORTED, length=length, lag=lag, pending=pending)
     last = _text(info.get("last-delivered-id") or "0-0")
     if last == "0-0":
-        return Backlog(True, True, length, length, length, pending, LagSource.LENGTH)
+        return _backlog(LagSource.LENGTH, length=length, lag=length, pending=pending)
     counted = len(await redis.xrange(stream, min=f"({last}", max="+", count=count_limit) or [])
     if counted >= count_limit:
-        return Backlog(True, True, length, None, count_limit, pending, LagSource.UNKNOWN)
-    return Backlog(True, True, length, counted, counted, pending, LagSource.COUNTED)
+        return _backlog(LagSource.UNKNOWN, length=length, lag=None, floor=count_limit, pending=pending)
+    return _backlog(LagSource.COUNTED, length=length, lag=counted, pending=pending)

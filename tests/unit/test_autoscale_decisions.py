@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import get_args
 
 import pytest
 from clarion.backlog import Backlog, LagSource
-from clarion.models import ScaleReason, ScalingPolicy, WorkerAutoscaling
+from clarion.models import Lane, ScaleReason, ScalingPolicy, WorkerAutoscaling
+from clarion.models.channel import LaneOverrides
 from clarion_operator.scaling_logic import Decision, ScalerState, decide, needed_replicas
 from pydantic import ValidationError
 
@@ -172,6 +174,10 @@ def test_the_bound_set_on_the_more_specific_level_wins_a_disagreement() -> None:
     assert channel.policy("bulk").model_dump(
         include={"min_replicas", "max_replicas"}) == {"min_replicas": 4, "max_replicas": 4}
     assert WorkerAutoscaling(min_replicas=20).policy("bulk").max_replicas == 20
+
+
+def test_every_lane_can_be_overridden() -> None:
+    assert set(LaneOverrides.model_fields) == set(get_args(Lane))
 
 
 @pytest.mark.parametrize("raw", [

@@ -35,7 +35,6 @@ from clarion.models.campaign import (
     Schedule,
 )
 from clarion.models.channel import (
-    LANES,
     PUBLIC_BOT_API,
     AutoscalingEngine,
     ChannelReason,
@@ -92,7 +91,6 @@ __all__ = [
     "CATEGORY",
     "FINISHED_PHASES",
     "GROUP",
-    "LANES",
     "MANAGED_GROUP",
     "NOTIFICATION_CHANNEL",
     "PLURALS",

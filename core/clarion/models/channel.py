@@ -165,8 +165,6 @@ class BotDeployment(CamelModel):
 
 #: A lane of a channel's notifications: a stream, a consumer group, and (ADR 0008) a worker Deployment.
 Lane = Literal["instant", "bulk"]
-#: Every lane, instant first (the order workers read them in).
-LANES: tuple[Lane, ...] = get_args(Lane)
 #: Who scales a lane's worker Deployment: the operator itself, or KEDA through a ScaledObject it emits.
 AutoscalingEngine = Literal["operator", "keda"]
 MAX_WORKER_REPLICAS = 50
