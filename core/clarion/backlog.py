@@ -23,8 +23,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-#: Entries counted at most when Redis cannot tell the lag. The scaler passes maxReplicas *
-#: targetLagPerReplica instead: past that many, every count gives the same decision.
+#: Entries counted at most when Redis cannot tell the lag. The scaler passes its policy's
+#: `full_scale_backlog` instead: past that many, every count gives the same decision.
 DEFAULT_COUNT_LIMIT = 10_000
 
 

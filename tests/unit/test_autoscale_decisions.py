@@ -137,6 +137,11 @@ def test_needed_replicas_is_the_ceiling_of_waiting_over_the_target(waiting: int,
     assert needed_replicas(lag(waiting), POLICY) == needed
 
 
+def test_counting_past_the_full_scale_backlog_changes_nothing() -> None:
+    assert POLICY.full_scale_backlog == 1000
+    assert needed_replicas(unknown(POLICY.full_scale_backlog), POLICY) == POLICY.max_replicas
+
+
 def test_the_window_keeps_only_samples_that_can_still_be_its_largest() -> None:
     state = ScalerState(since=T0)
     cooldown = timedelta(seconds=60)

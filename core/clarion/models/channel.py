@@ -231,6 +231,11 @@ class ScalingPolicy(CamelModel):
     target_lag_per_replica: TargetLag = 100
     scale_down_cooldown_seconds: Cooldown = 300
 
+    @property
+    def full_scale_backlog(self) -> int:
+        """Entries waiting at which the lane needs maxReplicas: a backlog reader need count no further."""
+        return self.max_replicas * self.target_lag_per_replica
+
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Self:
         if self.min_replicas > self.max_replicas:
