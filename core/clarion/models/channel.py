@@ -188,6 +188,12 @@ _MIN_NOT_ABOVE_MAX = cel(
 )
 
 
+def _check_bounds(low: int | None, high: int | None) -> None:
+    """The model's side of `_MIN_NOT_ABOVE_MAX`."""
+    if low is not None and high is not None and low > high:
+        raise ValueError(_MIN_NOT_ABOVE_MAX["message"])
+
+
 class LaneAutoscaling(CamelModel):
     """Autoscaling of one lane's workers. A field left out takes the value of the level above: the
     channel's `autoscaling`, then the operator's cluster defaults, then the defaults of
@@ -202,9 +208,7 @@ class LaneAutoscaling(CamelModel):
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Self:
-        if self.min_replicas is not None and self.max_replicas is not None \
-                and self.min_replicas > self.max_replicas:
-            raise ValueError("minReplicas must not exceed maxReplicas")
+        _check_bounds(self.min_replicas, self.max_replicas)
         return self
 
 
@@ -238,8 +242,7 @@ class ScalingPolicy(CamelModel):
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Self:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError("minReplicas must not exceed maxReplicas")
+        _check_bounds(self.min_replicas, self.max_replicas)
         return self
 
 
