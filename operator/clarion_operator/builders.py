@@ -156,8 +156,12 @@ def _container(*, name: str, image: str, pull_policy: str, command: list[str],
     }
 
 
-_CHANNEL_POD_RESOURCES = {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}}
-_SENDER_POD_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+def _channel_resources() -> dict[str, Any]:
+    return {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}}
+
+
+def _sender_resources() -> dict[str, Any]:
+    return {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
 
 
 def bot_deployment(
@@ -184,7 +188,7 @@ def bot_deployment(
             name="bot", image=image, pull_policy=pull_policy,
             command=["clarion-bot", "--channel", channel_key(namespace, channel)],
             secrets={"CLARION_BOT_TOKEN": token}, runtime_secret_name=runtime_secret_name,
-            resources=_CHANNEL_POD_RESOURCES))
+            resources=_channel_resources()))
 
 
 def worker_labels(channel: str) -> dict[str, str]:
@@ -218,7 +222,7 @@ def worker_deployment(
         container=_container(
             name="worker", image=image, pull_policy=pull_policy,
             command=["clarion-worker", "--channel", channel_key(namespace, channel)],
-            secrets=secrets, runtime_secret_name=runtime_secret_name, resources=_CHANNEL_POD_RESOURCES,
+            secrets=secrets, runtime_secret_name=runtime_secret_name, resources=_channel_resources(),
             env=[{"name": "CLARION_WORKER_CONCURRENCY", "value": str(concurrency)}]))
 
 
@@ -264,7 +268,7 @@ def sender_job(
                     "containers": [_container(
                         name="sender", image=image, pull_policy=pull_policy,
                         command=["clarion-sender", "campaign"], secrets={"CLARION_BOT_TOKEN": token},
-                        runtime_secret_name=runtime_secret_name, resources=_SENDER_POD_RESOURCES,
+                        runtime_secret_name=runtime_secret_name, resources=_sender_resources(),
                         env=[{"name": "CLARION_CAMPAIGN_ID", "value": str(campaign_id)}])],
                 },
             },
