@@ -20,6 +20,10 @@ a kubelet would, so the Job, ReplicaSet and garbage-collector controllers see re
   process group, the pod's terminationGracePeriodSeconds capped at `max_grace_seconds`, SIGKILL;
   then, if the object still exists, a terminal status is written and it is deleted with grace 0.
 
+- Pods share the host's loopback, so a fixed container port would be bound by the first pod only: every
+  container gets `LOOPBACK_ENV` (CLARION_METRICS_PORT=0, no /metrics server on the operator's fixed
+  metrics port) before `extra_env`, which may override it.
+
 Not supported: images, volumes (each pod gets a fresh working directory instead), network
 namespaces or ports (everything shares the host's loopback), probes (a running container is ready),
 resource limits, resourceFieldRef, sidecar init containers, pod-level activeDeadlineSeconds.
@@ -63,6 +67,9 @@ _BACKOFF_MAX = 10.0
 _BACKOFF_RESET_AFTER = 10.0
 _POLL = 0.05
 _INHERITED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
+#: Environment of every container, before `extra_env`: the pods the operator creates serve /metrics on
+#: one fixed port, which all pods here would share.
+LOOPBACK_ENV = {"CLARION_METRICS_PORT": "0"}
 _LABEL_OR_ANNOTATION = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 
@@ -467,7 +474,7 @@ class PodRunner:
         self.kubeconfig = Path(kubeconfig)
         self.namespaces = namespaces
         self.label_selector = label_selector
-        self.extra_env = dict(extra_env or {})
+        self.extra_env = {**LOOPBACK_ENV, **(extra_env or {})}
         self.path_prefix = path_prefix if path_prefix is not None else [str(Path(sys.executable).parent)]
         self.state_dir = Path(tempfile.mkdtemp(prefix="clarion-pods-"))
         self.logs_dir = logs_dir if logs_dir is not None else self.state_dir / "logs"

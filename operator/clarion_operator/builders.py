@@ -1,4 +1,7 @@
-"""Objects the operator creates, as plain dicts: Secrets, the bot Deployment, the sender Job.
+"""Objects the operator creates, as plain dicts: Secrets, the bot and worker Deployments, the sender Job.
+
+Every pod the operator creates serves Prometheus `/metrics` on the container port named
+`METRICS_PORT_NAME` (`METRICS_PORT`), which the chart's PodMonitor scrapes.
 
 Names are deterministic (a second create of the same object gets 409), owner references are added
 by the caller with `kopf.adopt`.
@@ -18,6 +21,10 @@ RUNTIME_REDIS_KEY = "redis-url"
 WEBHOOK_SECRET_KEY = "token"
 #: Pod-template annotation of bot Deployments: the revision of the namespace's credentials.
 CREDENTIALS_REVISION = "clarion.io/credentials-revision"
+#: The container port of `/metrics` in every pod the operator creates; the chart's PodMonitor scrapes the
+#: port by this name (charts/clarion/templates/podmonitor.yaml).
+METRICS_PORT_NAME = "metrics"
+METRICS_PORT = 9090
 _NAME_LIMIT = 63
 
 
@@ -126,10 +133,11 @@ def _channel_deployment(*, name: str, namespace: str, selector: dict[str, str], 
     }
 
 
-def _channel_container(*, name: str, image: str, pull_policy: str, command: list[str],
-                       secrets: dict[str, SecretKeyRef], runtime_secret_name: str,
-                       env: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
-    """The container of a channel's pod: its Secrets and the namespace's runtime URLs as environment."""
+def _container(*, name: str, image: str, pull_policy: str, command: list[str],
+               secrets: dict[str, SecretKeyRef], runtime_secret_name: str, resources: dict[str, Any],
+               env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The container of a pod the operator creates: its Secrets and the namespace's runtime URLs as
+    environment, and `/metrics` served on the named metrics port."""
     return {
         "name": name,
         "image": image,
@@ -139,12 +147,21 @@ def _channel_container(*, name: str, image: str, pull_policy: str, command: list
             *(_secret_env(var, ref.name, ref.key) for var, ref in sorted(secrets.items())),
             *_runtime_env(runtime_secret_name),
             {"name": "CLARION_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "CLARION_METRICS_PORT", "value": str(METRICS_PORT)},
             *(env or []),
         ],
-        **extra,
-        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}},
+        "ports": [{"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "resources": resources,
         "securityContext": _container_security(),
     }
+
+
+def _channel_resources() -> dict[str, Any]:
+    return {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}}
+
+
+def _sender_resources() -> dict[str, Any]:
+    return {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
 
 
 def bot_deployment(
@@ -167,19 +184,16 @@ def bot_deployment(
         name=bot_deployment_name(channel), namespace=namespace, selector=bot_labels(channel),
         replicas=replicas,
         credentials_revision=credentials_revision,
-        container=_channel_container(
+        container=_container(
             name="bot", image=image, pull_policy=pull_policy,
             command=["clarion-bot", "--channel", channel_key(namespace, channel)],
-            secrets={"CLARION_BOT_TOKEN": token}, runtime_secret_name=runtime_secret_name))
+            secrets={"CLARION_BOT_TOKEN": token}, runtime_secret_name=runtime_secret_name,
+            resources=_channel_resources()))
 
 
 def worker_labels(channel: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "clarion", "app.kubernetes.io/component": "worker",
             "clarion.io/channel": channel}
-
-
-#: Container port of `/metrics` in the pods the operator creates, named `metrics` (the chart's PodMonitor).
-METRICS_PORT = 9090
 
 
 def worker_deployment(
@@ -205,13 +219,11 @@ def worker_deployment(
         replicas=replicas, credentials_revision=credentials_revision,
         # A worker finishes and records the sends in flight before it exits.
         pod={"terminationGracePeriodSeconds": 60},
-        container=_channel_container(
+        container=_container(
             name="worker", image=image, pull_policy=pull_policy,
             command=["clarion-worker", "--channel", channel_key(namespace, channel)],
-            secrets=secrets, runtime_secret_name=runtime_secret_name,
-            env=[{"name": "CLARION_WORKER_CONCURRENCY", "value": str(concurrency)},
-                 {"name": "CLARION_METRICS_PORT", "value": str(METRICS_PORT)}],
-            ports=[{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]))
+            secrets=secrets, runtime_secret_name=runtime_secret_name, resources=_channel_resources(),
+            env=[{"name": "CLARION_WORKER_CONCURRENCY", "value": str(concurrency)}]))
 
 
 def sender_labels(campaign: str, run: int) -> dict[str, str]:
@@ -253,22 +265,11 @@ def sender_job(
                 "spec": {
                     "restartPolicy": "Never",
                     "securityContext": _pod_security(),
-                    "containers": [{
-                        "name": "sender",
-                        "image": image,
-                        "imagePullPolicy": pull_policy,
-                        "command": ["clarion-sender", "campaign"],
-                        "env": [
-                            {"name": "CLARION_CAMPAIGN_ID", "value": str(campaign_id)},
-                            _secret_env("CLARION_BOT_TOKEN", token.name, token.key),
-                            *_runtime_env(runtime_secret_name),
-                            {"name": "CLARION_POD_NAME",
-                             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                        ],
-                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
-                                      "limits": {"memory": "512Mi"}},
-                        "securityContext": _container_security(),
-                    }],
+                    "containers": [_container(
+                        name="sender", image=image, pull_policy=pull_policy,
+                        command=["clarion-sender", "campaign"], secrets={"CLARION_BOT_TOKEN": token},
+                        runtime_secret_name=runtime_secret_name, resources=_sender_resources(),
+                        env=[{"name": "CLARION_CAMPAIGN_ID", "value": str(campaign_id)}])],
                 },
             },
         },

@@ -95,6 +95,23 @@ def running_pid(runner: PodRunner, pod: str) -> int:
 
 
 
+def test_pods_that_declare_the_same_metrics_port_all_run_because_the_runner_turns_it_off(
+    k8s: KubeApis, kube_namespace: str, pod_runner: PodRunner
+) -> None:
+    """Every pod the operator creates serves /metrics on port 9090; here all pods share one loopback."""
+    script = ("import os, socket, time; port = int(os.environ['CLARION_METRICS_PORT']); print(port); "
+              "server = socket.create_server(('0.0.0.0', port)) if port else None; time.sleep(1)")
+    k8s.batch.create_namespaced_job(kube_namespace, job_body(
+        "metrics", script, completions=2, parallelism=2,
+        env=[{"name": "CLARION_METRICS_PORT", "value": "9090"}]))
+
+    job = finished_job(k8s, kube_namespace, "metrics")
+
+    assert job.status is not None and job.status.succeeded == 2 and not job.status.failed
+    assert [pod_runner.logs(name_of(pod)).strip() for pod in job_pods(k8s, kube_namespace, "metrics")] == [
+        "0", "0"]
+
+
 def test_job_pod_runs_as_a_local_process_and_the_job_completes(
     k8s: KubeApis, kube_namespace: str, pod_runner: PodRunner, tmp_path: Path
 ) -> None:

@@ -7,18 +7,23 @@ skipped elsewhere; the checks on values.yaml and values.schema.json need nothing
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 import yaml
 from clarion.models import ScalingPolicy
 from clarion_dev import render_manifests as rm
 from clarion_operator.settings import OperatorSettings
+from prometheus_client import REGISTRY
 
 pytestmark = pytest.mark.unit
 
@@ -300,6 +305,88 @@ def test_dashboard_is_valid_grafana_json(helm: Path) -> None:
     dashboard = json.loads(config_map["data"]["clarion.json"])
     assert dashboard["uid"] == "clarion-overview"
     assert all(panel["targets"][0]["expr"] for panel in dashboard["panels"])
+
+
+# The import packages of every Clarion process: each declares its metrics at module level.
+PROCESS_PACKAGES = ("clarion", "clarion_webhook", "clarion_senders", "clarion_bot", "clarion_operator")
+# Series Prometheus records itself for each target, and the labels it adds to every scraped series
+# (ServiceMonitor and PodMonitor targets).
+PROMETHEUS_SERIES = {"up"}
+TARGET_LABELS = {"namespace", "pod", "container", "service", "endpoint", "job", "instance"}
+SAMPLE_SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum"),
+                   "summary": ("", "_count", "_sum"), "info": ("_info",)}
+
+
+def _exported_series() -> dict[str, set[str]]:
+    """Sample name -> label names of every metric the Clarion processes register, after importing each
+    of their modules (so a metric renamed in the code is missing here)."""
+    for top in PROCESS_PACKAGES:
+        package = importlib.import_module(top)
+        for module in pkgutil.walk_packages(package.__path__, f"{top}."):
+            importlib.import_module(module.name)
+    exported: dict[str, set[str]] = {}
+    for family in REGISTRY.collect():
+        collector = REGISTRY._names_to_collectors.get(family.name) or REGISTRY._names_to_collectors.get(
+            f"{family.name}_total")
+        labels = set(getattr(collector, "_labelnames", ()))
+        for suffix in SAMPLE_SUFFIXES.get(family.type, ("",)):
+            exported[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return exported
+
+
+def _dashboard_queries() -> Iterator[tuple[str, str]]:
+    """(where, PromQL) of every panel target and query variable of the Grafana dashboard."""
+    dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            yield f"dashboard panel {panel['title']!r}", target["expr"]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            # Grafana's label_values(series, label): the series is PromQL, the label one of its labels.
+            found = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", variable["query"])
+            assert found, f"dashboard variable {variable['name']}: unexpected query {variable['query']!r}"
+            yield f"dashboard variable {variable['name']!r}", f"{found[1]}{{{found[2]}!=\"\"}}"
+
+
+def _alert_queries(helm: Path) -> Iterator[tuple[str, str]]:
+    docs = _documents(rm.helm_template(helm, CHART, "--api-versions", "monitoring.coreos.com/v1"))
+    (rules,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    for group in rules["spec"]["groups"]:
+        for rule in group["rules"]:
+            yield f"alert {rule['alert']}", rule["expr"]
+
+
+def _selectors(expr: str) -> list[Any]:
+    found: list[Any] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            found.append(node)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+def test_every_metric_the_dashboard_and_alerts_use_is_exported_by_a_clarion_process(helm: Path) -> None:
+    exported = _exported_series()
+    problems: list[str] = []
+    queries = [*_dashboard_queries(), *_alert_queries(helm)]
+    assert len(queries) >= 10
+    for where, expr in queries:
+        for selector in _selectors(expr):
+            name = selector.name
+            if name is None:
+                problems.append(f"{where}: a selector without a metric name: {expr}")
+            elif name in PROMETHEUS_SERIES:
+                continue
+            elif name not in exported:
+                problems.append(f"{where}: no Clarion process exports {name}")
+            else:
+                matched = {m.name for m in selector.matchers.matchers}
+                unknown = matched - exported[name] - TARGET_LABELS
+                if unknown:
+                    problems.append(f"{where}: {name} has no label {sorted(unknown)}")
+    assert problems == [], "\n".join(problems)
 
 
 def test_restricting_namespaces_swaps_the_cluster_grant_for_roles(helm: Path) -> None:

@@ -113,3 +113,22 @@ def test_worker_deployment_runs_one_channel_with_its_secrets_tenant_credentials_
     assert env["CLARION_WORKER_CONCURRENCY"]["value"] == "64"
     assert container["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
     assert env["CLARION_METRICS_PORT"]["value"] == "9090"
+
+
+def test_bot_sender_and_worker_pods_serve_metrics_on_the_named_port() -> None:
+    token = SecretKeyRef(name="bot", key="token")
+    common = {"image": "img:1", "pull_policy": "Never", "runtime_secret_name": "clarion-runtime"}
+    pods = {
+        "bot": builders.bot_deployment(namespace="ns", channel="shop", token=token, replicas=1, **common),
+        "worker": builders.worker_deployment(namespace="ns", channel="shop", replicas=1, concurrency=8,
+                                             secrets={"CLARION_BOT_TOKEN": token}, **common),
+        "sender": builders.sender_job(namespace="ns", campaign="sale", run=1, campaign_id=7, shards=2,
+                                      token=token, backoff_limit=6, **common),
+    }
+    for component, owner in pods.items():
+        template = owner["spec"]["template"]
+        assert template["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        [container] = template["spec"]["containers"]
+        port = {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}
+        assert container["ports"] == [port], component
+        assert _env(container)["CLARION_METRICS_PORT"]["value"] == "9090", component
