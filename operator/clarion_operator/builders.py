@@ -13,7 +13,7 @@ import hashlib
 from typing import Any
 
 from clarion.keys import channel_key
-from clarion.models import SecretKeyRef
+from clarion.models import Lane, SecretKeyRef
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "clarion-operator"}
 RUNTIME_DATABASE_KEY = "database-url"
@@ -42,7 +42,13 @@ def bot_deployment_name(channel: str) -> str:
     return bounded_name(channel, "-bot")
 
 
-def worker_deployment_name(channel: str) -> str:
+def worker_deployment_name(channel: str, lane: Lane) -> str:
+    """`<channel>-workers-<lane>`: one worker Deployment per channel and lane (ADR 0008)."""
+    return bounded_name(channel, f"-workers-{lane}")
+
+
+def legacy_worker_deployment_name(channel: str) -> str:
+    """The one worker Deployment of both lanes that came before ADR 0008; the operator deletes it."""
     return bounded_name(channel, "-workers")
 
 
@@ -191,15 +197,16 @@ def bot_deployment(
             resources=_channel_resources()))
 
 
-def worker_labels(channel: str) -> dict[str, str]:
+def worker_labels(channel: str, lane: Lane) -> dict[str, str]:
     return {"app.kubernetes.io/name": "clarion", "app.kubernetes.io/component": "worker",
-            "clarion.io/channel": channel}
+            "clarion.io/channel": channel, "clarion.io/lane": lane}
 
 
 def worker_deployment(
     *,
     namespace: str,
     channel: str,
+    lane: Lane,
     secrets: dict[str, SecretKeyRef],
     replicas: int,
     concurrency: int,
@@ -208,20 +215,24 @@ def worker_deployment(
     runtime_secret_name: str,
     credentials_revision: str = "",
 ) -> dict[str, Any]:
-    """The Deployment running `clarion-worker` for one channel: both lanes of its notifications.
+    """The Deployment running `clarion-worker` for one lane of one channel's notifications (ADR 0008).
+
+    `replicas` is what the Deployment starts with (the lane's minReplicas); the scaler owns it after
+    that, so `Kube.apply_deployment(..., scaled=True)` never writes it back.
 
     `secrets` maps environment variables to the channel's Secret keys (CLARION_BOT_TOKEN for Telegram,
     CLARION_SMTP_USERNAME and CLARION_SMTP_PASSWORD for email with AUTH). Pods run under the
     namespace's own credentials (the runtime Secret) and roll with them like the bots.
     """
     return _channel_deployment(
-        name=worker_deployment_name(channel), namespace=namespace, selector=worker_labels(channel),
+        name=worker_deployment_name(channel, lane), namespace=namespace,
+        selector=worker_labels(channel, lane),
         replicas=replicas, credentials_revision=credentials_revision,
         # A worker finishes and records the sends in flight before it exits.
         pod={"terminationGracePeriodSeconds": 60},
         container=_container(
             name="worker", image=image, pull_policy=pull_policy,
-            command=["clarion-worker", "--channel", channel_key(namespace, channel)],
+            command=["clarion-worker", "--channel", channel_key(namespace, channel), "--lanes", lane],
             secrets=secrets, runtime_secret_name=runtime_secret_name, resources=_channel_resources(),
             env=[{"name": "CLARION_WORKER_CONCURRENCY", "value": str(concurrency)}]))
 

@@ -11,7 +11,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 import kopf
 from clarion.metrics import counter
@@ -21,6 +21,7 @@ from clarion.models import (
     ConditionType,
     EmailSettings,
     InvalidSpec,
+    Lane,
     NotificationChannel,
     ResourceKey,
     SecretKeyRef,
@@ -152,7 +153,9 @@ async def _ensure_bot(ctx: Context, channel: NotificationChannel, body: kopf.Bod
 
 
 async def _ensure_workers(ctx: Context, channel: NotificationChannel, body: kopf.Body) -> None:
-    """The channel's notification worker Deployment (docs/notifications.md, ADR 0006)."""
+    """The channel's worker Deployments, one per lane (docs/notifications.md, ADR 0008): created at
+    the lane's minReplicas, their size left to the scaler afterwards; the one Deployment of both
+    lanes that came before is deleted."""
     spec = channel.spec
     secrets: dict[str, SecretKeyRef] = {}
     if spec.telegram is not None:
@@ -161,13 +164,16 @@ async def _ensure_workers(ctx: Context, channel: NotificationChannel, body: kopf
         secrets["CLARION_SMTP_USERNAME"] = spec.email.username_secret_ref
         secrets["CLARION_SMTP_PASSWORD"] = spec.email.password_secret_ref
     credentials = await tenancy.ensure_runtime_secret(ctx, channel.namespace)
-    deployment = builders.worker_deployment(
-        namespace=channel.namespace, channel=channel.name, secrets=secrets, replicas=spec.workers.replicas,
-        concurrency=spec.workers.concurrency, image=ctx.settings.image,
-        pull_policy=ctx.settings.image_pull_policy, runtime_secret_name=ctx.settings.runtime_secret_name,
-        credentials_revision=credentials)
-    kopf.append_owner_reference(deployment, owner=body)
-    await ctx.kube.apply_deployment(deployment)
+    for lane in get_args(Lane):
+        policy = spec.workers.autoscaling.policy(lane, ctx.settings.worker_autoscaling)
+        deployment = builders.worker_deployment(
+            namespace=channel.namespace, channel=channel.name, lane=lane, secrets=secrets,
+            replicas=policy.min_replicas, concurrency=spec.workers.concurrency, image=ctx.settings.image,
+            pull_policy=ctx.settings.image_pull_policy, runtime_secret_name=ctx.settings.runtime_secret_name,
+            credentials_revision=credentials)
+        kopf.append_owner_reference(deployment, owner=body)
+        await ctx.kube.apply_deployment(deployment, scaled=True)
+    await ctx.kube.delete_deployment(channel.namespace, builders.legacy_worker_deployment_name(channel.name))
 
 
 async def reconcile_channel(channel: NotificationChannel, body: kopf.Body, memo: Any, patch: kopf.Patch,

@@ -93,15 +93,37 @@ class Kube:
 
     # Deployments
 
-    async def apply_deployment(self, body: dict[str, Any]) -> None:
-        """Create the Deployment, or bring its replicas, labels and pod template to `body`'s."""
+    async def apply_deployment(self, body: dict[str, Any], *, scaled: bool = False) -> None:
+        """Create the Deployment, or bring its labels, pod template and (unless `scaled`: a scaler
+        owns them once it exists) replicas to `body`'s."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         if await self._create(self._apps.create_namespaced_deployment, namespace, body):
             return
-        patch = {"metadata": {"labels": body["metadata"]["labels"]},
-                 "spec": {"replicas": body["spec"]["replicas"], "template": body["spec"]["template"]}}
+        spec: dict[str, Any] = {"template": body["spec"]["template"]}
+        if not scaled:
+            spec["replicas"] = body["spec"]["replicas"]
+        patch = {"metadata": {"labels": body["metadata"]["labels"]}, "spec": spec}
         await asyncio.to_thread(self._apps.patch_namespaced_deployment, name, namespace, patch,
                                 _preload_content=False)
+
+    async def delete_deployment(self, namespace: str, name: str) -> None:
+        """Delete the Deployment (its pods go in the background); nothing when there is none."""
+        try:
+            await asyncio.to_thread(self._apps.delete_namespaced_deployment, name, namespace,
+                                    propagation_policy="Background", _preload_content=False)
+        except ApiException as exc:
+            if _status(exc) != 404:
+                raise
+
+    async def deployment_replicas(self, namespace: str, name: str) -> int | None:
+        """The Deployment's desired replicas (its scale subresource); None when there is none."""
+        scale = await self._read(self._apps.read_namespaced_deployment_scale, name, namespace)
+        return None if scale is None else int(scale.get("spec", {}).get("replicas", 0))
+
+    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        """Set the Deployment's desired replicas through its scale subresource."""
+        await asyncio.to_thread(self._apps.patch_namespaced_deployment_scale, name, namespace,
+                                {"spec": {"replicas": replicas}}, _preload_content=False)
 
     # Jobs
 

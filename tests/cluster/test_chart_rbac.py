@@ -32,6 +32,7 @@ NAMESPACED_NEEDS: list[tuple[str, str, tuple[str, ...]]] = [
     ("", "secrets", ("get", "list", "watch", "create", "update", "patch")),
     ("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete")),
     ("apps", "deployments", ("get", "list", "watch", "create", "patch", "delete")),
+    ("apps", "deployments/scale", ("get", "patch")),
     ("", "pods", ("get", "list", "watch")),
 ]
 CLUSTER_NEEDS: list[tuple[str, str, tuple[str, ...]]] = [

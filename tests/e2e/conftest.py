@@ -95,7 +95,7 @@ async def make_channel(k8s: KubeApis, namespace: str, emulator: Emulator, operat
                        db: asyncpg.Pool, *, name: str = "news", global_per_second: int = 30,
                        paid_per_second: int = 1000, workers: int = 0) -> Channel:
     """A Secret with a fresh emulator bot's token and a Telegram channel (no bot pods, and `workers`
-    notification worker pods); waits for Ready."""
+    notification worker pods per lane, fixed: minReplicas = maxReplicas); waits for Ready."""
     bot = emulator.add_bot(username=f"{name}_bot")
     core: Any = k8s.core
     core.create_namespaced_secret(namespace, {
@@ -108,7 +108,7 @@ async def make_channel(k8s: KubeApis, namespace: str, emulator: Emulator, operat
             "apiBaseUrl": emulator.base_url,
             "rateLimits": {"globalPerSecond": global_per_second, "paidBroadcastPerSecond": paid_per_second},
             "bot": {"replicas": 0},
-        }, "workers": {"replicas": workers}},
+        }, "workers": {"autoscaling": {"minReplicas": workers, "maxReplicas": workers}}},
     })
 
     async def ready() -> Any:

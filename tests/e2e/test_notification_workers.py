@@ -1,6 +1,6 @@
-"""A channel's notification workers end to end: the operator runs `<channel>-workers`, the pod runner runs
-its pod as a `clarion-worker` process under the namespace's own Postgres role and Redis ACL user, and
-what is accepted into the outbox reaches Telegram."""
+"""A channel's notification workers end to end: the operator runs `<channel>-workers-<lane>`, the pod
+runner runs its pod as a `clarion-worker` process under the namespace's own Postgres role and Redis ACL
+user, and what is accepted into the outbox reaches Telegram."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ async def test_the_operator_runs_a_channel_s_workers_and_they_send_its_notificat
 
     def worker_deployment() -> Any:
         found: Any = k8s.apps.list_namespaced_deployment(
-            kube_namespace, label_selector="app.kubernetes.io/component=worker")
+            kube_namespace, label_selector="app.kubernetes.io/component=worker,clarion.io/lane=instant")
         return found.items or None
 
     try:
@@ -41,9 +41,10 @@ async def test_the_operator_runs_a_channel_s_workers_and_they_send_its_notificat
                                             what="the channel's worker Deployment")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- operator log ---\n{operator.log()}") from None
-    assert deployment.metadata.name == "news-workers"
+    assert deployment.metadata.name == "news-workers-instant"
     container = deployment.spec.template.spec.containers[0]
-    assert container.command == ["clarion-worker", "--channel", f"{kube_namespace}.news"]
+    assert container.command == [
+        "clarion-worker", "--channel", f"{kube_namespace}.news", "--lanes", "instant"]
     assert {p.name for p in container.ports} == {"metrics"}
     assert deployment.metadata.owner_references[0].kind == "NotificationChannel"
 
@@ -76,7 +77,7 @@ async def test_the_operator_runs_a_channel_s_workers_and_they_send_its_notificat
 
     received = sorted(m.chat_id for m in telegram_emulator.sent(channel.token))
     assert received == list(range(100_000, 100_030))
-    [pod] = [p.partition("/")[2] for p in pod_runner.running_pods() if "/news-workers" in p]
+    [pod] = [p.partition("/")[2] for p in pod_runner.running_pods() if "/news-workers-instant" in p]
     assert "sender.fatal" not in pod_runner.logs(pod)
     # the pod logged in as the namespace's own role, not as the operator's
     roles = await db.fetchrow("SELECT role_a, role_b FROM tenants WHERE namespace = $1", kube_namespace)

@@ -95,18 +95,21 @@ def test_bot_pods_carry_the_credentials_revision_so_a_rotation_rolls_them_onto_t
     assert pod_annotations("r1") != pod_annotations("r2")
 
 
-def test_worker_deployment_runs_one_channel_with_its_secrets_tenant_credentials_and_a_metrics_port() -> None:
+def test_worker_deployment_runs_one_lane_of_a_channel_with_its_secrets_tenant_credentials_and_a_metrics_port(
+) -> None:
     deployment = builders.worker_deployment(
-        namespace="shop", channel="mail", replicas=2, concurrency=64, image="img:1", pull_policy="Never",
+        namespace="shop", channel="mail", lane="bulk", replicas=2, concurrency=64, image="img:1",
+        pull_policy="Never",
         secrets={"CLARION_SMTP_USERNAME": SecretKeyRef(name="smtp", key="user"),
                  "CLARION_SMTP_PASSWORD": SecretKeyRef(name="smtp", key="password")},
         runtime_secret_name="clarion-runtime", credentials_revision="r7")
     spec = deployment["spec"]
-    assert deployment["metadata"]["name"] == "mail-workers" and spec["replicas"] == 2
+    assert deployment["metadata"]["name"] == "mail-workers-bulk" and spec["replicas"] == 2
     assert spec["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    assert spec["selector"]["matchLabels"]["clarion.io/lane"] == "bulk"
     assert spec["template"]["metadata"]["annotations"]["clarion.io/credentials-revision"] == "r7"
     container = spec["template"]["spec"]["containers"][0]
-    assert container["command"] == ["clarion-worker", "--channel", "shop.mail"]
+    assert container["command"] == ["clarion-worker", "--channel", "shop.mail", "--lanes", "bulk"]
     env = _env(container)
     assert env["CLARION_SMTP_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "smtp", "key": "password"}
     assert env["CLARION_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "clarion-runtime"
@@ -120,8 +123,8 @@ def test_bot_sender_and_worker_pods_serve_metrics_on_the_named_port() -> None:
     common = {"image": "img:1", "pull_policy": "Never", "runtime_secret_name": "clarion-runtime"}
     pods = {
         "bot": builders.bot_deployment(namespace="ns", channel="shop", token=token, replicas=1, **common),
-        "worker": builders.worker_deployment(namespace="ns", channel="shop", replicas=1, concurrency=8,
-                                             secrets={"CLARION_BOT_TOKEN": token}, **common),
+        "worker": builders.worker_deployment(namespace="ns", channel="shop", lane="instant", replicas=1,
+                                             concurrency=8, secrets={"CLARION_BOT_TOKEN": token}, **common),
         "sender": builders.sender_job(namespace="ns", campaign="sale", run=1, campaign_id=7, shards=2,
                                       token=token, backoff_limit=6, **common),
     }
@@ -132,3 +135,14 @@ def test_bot_sender_and_worker_pods_serve_metrics_on_the_named_port() -> None:
         port = {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}
         assert container["ports"] == [port], component
         assert _env(container)["CLARION_METRICS_PORT"]["value"] == "9090", component
+
+
+def test_each_lane_has_its_own_worker_deployment_and_selector() -> None:
+    common = {"namespace": "ns", "channel": "shop", "secrets": {}, "replicas": 0, "concurrency": 8,
+              "image": "img:1", "pull_policy": "Never", "runtime_secret_name": "clarion-runtime"}
+    instant = builders.worker_deployment(lane="instant", **common)  # type: ignore[arg-type]
+    bulk = builders.worker_deployment(lane="bulk", **common)  # type: ignore[arg-type]
+    names = {instant["metadata"]["name"], bulk["metadata"]["name"]}
+    assert names == {"shop-workers-instant", "shop-workers-bulk"}
+    assert instant["spec"]["selector"] != bulk["spec"]["selector"]
+    assert builders.legacy_worker_deployment_name("shop") == "shop-workers"

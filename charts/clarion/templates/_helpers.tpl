@@ -173,10 +173,14 @@ topologySpreadConstraints:
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# One bot Deployment per Telegram channel; the worker Deployment is scaled on stream lag.
+# One bot Deployment per Telegram channel, one worker Deployment per channel and lane.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The worker autoscaler sets a lane's worker count through the scale subresource (ADR 0008).
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["get", "patch"]
 # Sender and bot pod status (progress, failures); read-only.
 - apiGroups: [""]
   resources: ["pods"]

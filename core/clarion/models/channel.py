@@ -171,7 +171,9 @@ MAX_WORKER_REPLICAS = 50
 
 MinReplicas = Annotated[int, Field(ge=0, le=MAX_WORKER_REPLICAS,
                                    description="Fewest worker pods of the lane; 0: none while it is idle.")]
-MaxReplicas = Annotated[int, Field(ge=1, le=MAX_WORKER_REPLICAS, description="Most worker pods of the lane.")]
+MaxReplicas = Annotated[int, Field(
+    ge=0, le=MAX_WORKER_REPLICAS,
+    description="Most worker pods of the lane; 0: the lane is off (none sent).")]
 TargetLag = Annotated[int, Field(
     ge=1, le=1_000_000,
     description="Entries waiting (undelivered plus unacknowledged) per worker pod: "
@@ -291,11 +293,6 @@ class WorkerAutoscaling(LaneAutoscaling):
 class WorkerDeployment(CamelModel):
     """The notification worker Deployments the operator runs for this channel (`clarion-worker`)."""
 
-    replicas: int = Field(
-        default=1, ge=0, le=MAX_WORKER_REPLICAS,
-        description="Worker pods sending the channel's notifications (both lanes); 0: none are sent. "
-                    "Replaced by autoscaling once the operator scales the per-lane Deployments (ADR 0008).",
-    )
     concurrency: int = Field(default=32, ge=1, le=2000, description="Sends in flight per worker pod.")
     autoscaling: WorkerAutoscaling = Field(
         default_factory=WorkerAutoscaling,
