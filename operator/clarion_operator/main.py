@@ -32,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     import clarion_operator.channels
     import clarion_operator.indexes
+    import clarion_operator.scaler
     import clarion_operator.startup  # noqa: F401  (handlers register on import)
     from clarion_operator import api_keys, campaigns  # noqa: F401  (api_keys after startup: it uses its pools)
 
