@@ -101,15 +101,15 @@ def _container_ports(pod_spec: dict[str, Any]) -> dict[str, int]:
 async def _operator_creates_bot_worker_and_sender_pods(
     k8s: KubeApis, namespace: str, emulator: Emulator, operator: Operator, db: asyncpg.Pool,
 ) -> None:
-    """A Telegram channel with one bot and one worker replica, and a campaign to one subscriber."""
+    """A Telegram channel with one bot and one worker replica per lane, and a campaign to one subscriber."""
     bot = emulator.add_bot(username="watched_bot")
     k8s.core.create_namespaced_secret(namespace, k8s_client.V1Secret(
         metadata=k8s_client.V1ObjectMeta(name="bot-token"), string_data={"token": bot.token}))
     k8s.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "notificationchannels", {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "NotificationChannel", "metadata": {"name": "news"},
-        "spec": {"type": "telegram", "workers": {"replicas": 1}, "telegram": {
-            "botTokenSecretRef": {"name": "bot-token", "key": "token"}, "apiBaseUrl": emulator.base_url,
-            "bot": {"replicas": 1}}}})
+        "spec": {"type": "telegram", "workers": {"autoscaling": {"minReplicas": 1, "maxReplicas": 1}},
+                 "telegram": {"botTokenSecretRef": {"name": "bot-token", "key": "token"},
+                              "apiBaseUrl": emulator.base_url, "bot": {"replicas": 1}}}})
 
     async def ready_channel() -> Any:
         return await db.fetchval(
