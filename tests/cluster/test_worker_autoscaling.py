@@ -32,14 +32,28 @@ def _apply(control_plane: ControlPlane, namespace: str, obj: dict[str, Any]) -> 
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _bot_secret(control_plane: ControlPlane, namespace: str, token: str) -> None:
+    _apply(control_plane, namespace, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bot-token"},
+                                      "stringData": {"token": token}})
+
+
+def _deployment(control_plane: ControlPlane, namespace: str, name: str) -> dict[str, Any] | None:
+    return _kubectl_json(control_plane, namespace, "get", "deployment", name)
+
+
+async def _until(operator: Operator, what: str, check: Any) -> Any:
+    try:
+        return await async_wait_for(check, timeout=90, interval=0.5, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- operator log ---\n{operator.log()}") from None
+
+
 async def test_a_backlog_scales_the_lane_s_workers_up_and_they_return_to_the_minimum_after_the_cooldown(
     telegram_emulator: Emulator, operator: Operator, control_plane: ControlPlane, kube_namespace: str,
     redis: aioredis.Redis,
 ) -> None:
     bot = telegram_emulator.add_bot(username="scaled_bot")
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bot-token"},
-              "stringData": {"token": bot.token}}
-    _apply(control_plane, kube_namespace, secret)
+    _bot_secret(control_plane, kube_namespace, bot.token)
     _apply(control_plane, kube_namespace, {
         "apiVersion": f"{GROUP}/v1alpha1", "kind": "NotificationChannel", "metadata": {"name": "scaled"},
         "spec": {"type": "telegram",
@@ -50,16 +64,10 @@ async def test_a_backlog_scales_the_lane_s_workers_up_and_they_return_to_the_min
     })
 
     def replicas(lane: str) -> int | None:
-        found = _kubectl_json(control_plane, kube_namespace, "get", "deployment", f"scaled-workers-{lane}")
+        found = _deployment(control_plane, kube_namespace, f"scaled-workers-{lane}")
         return None if found is None else int(found["spec"]["replicas"])
 
-    async def until(what: str, check: Any) -> Any:
-        try:
-            return await async_wait_for(check, timeout=90, interval=0.5, what=what)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- operator log ---\n{operator.log()}") from None
-
-    await until("both lanes' worker Deployments at their minimum",
+    await _until(operator, "both lanes' worker Deployments at their minimum",
                 lambda: replicas("instant") == 1 and replicas("bulk") == 1)
 
     stream = notify_stream(f"{kube_namespace}.scaled", "instant")
@@ -68,7 +76,7 @@ async def test_a_backlog_scales_the_lane_s_workers_up_and_they_return_to_the_min
         await redis.xadd(stream, {"notification_id": str(n)})
 
     # 250 entries waiting at 100 per pod: 3 pods
-    await until("the instant lane scaled to 3 pods", lambda: replicas("instant") == 3 or None)
+    await _until(operator, "the instant lane scaled to 3 pods", lambda: replicas("instant") == 3 or None)
     assert replicas("bulk") == 1
     events = _kubectl_json(control_plane, kube_namespace, "get", "events",
                            "--field-selector", "reason=BacklogGrew")
@@ -81,5 +89,53 @@ async def test_a_backlog_scales_the_lane_s_workers_up_and_they_return_to_the_min
     assert len(ids) == 250
     await redis.xack(stream, WORKER_GROUP, *ids)
 
-    await until("the instant lane back to 1 pod", lambda: replicas("instant") == 1 or None)
+    await _until(operator, "the instant lane back to 1 pod", lambda: replicas("instant") == 1 or None)
     assert replicas("bulk") == 1
+
+
+async def test_a_reconcile_keeps_the_replicas_someone_else_set_and_removes_the_old_two_lane_deployment(
+    telegram_emulator: Emulator, operator: Operator, control_plane: ControlPlane, kube_namespace: str,
+) -> None:
+    # the one Deployment of both lanes an operator before ADR 0008 ran
+    labels = {"app.kubernetes.io/component": "worker", "clarion.io/channel": "kept"}
+    _apply(control_plane, kube_namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "kept-workers", "labels": labels},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"containers": [{"name": "worker", "image": "clarion:old"}]}}}})
+    bot = telegram_emulator.add_bot(username="kept_bot")
+    _bot_secret(control_plane, kube_namespace, bot.token)
+    channel: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/v1alpha1", "kind": "NotificationChannel", "metadata": {"name": "kept"},
+        "spec": {"type": "telegram",
+                 "telegram": {"botTokenSecretRef": {"name": "bot-token", "key": "token"},
+                              "apiBaseUrl": telegram_emulator.base_url, "bot": {"replicas": 0}},
+                 # KEDA's lanes: the operator's scaler leaves their size alone
+                 "workers": {"concurrency": 4, "autoscaling": {"engine": "keda", "minReplicas": 1}}},
+    }
+    _apply(control_plane, kube_namespace, channel)
+
+    def instant() -> dict[str, Any] | None:
+        return _deployment(control_plane, kube_namespace, "kept-workers-instant")
+
+    def concurrency(deployment: dict[str, Any]) -> str:
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        return str({e["name"]: e.get("value") for e in container["env"]}["CLARION_WORKER_CONCURRENCY"])
+
+    created = await _until(operator, "the instant lane's Deployment", instant)
+    assert created["spec"]["replicas"] == 1 and concurrency(created) == "4"
+    await _until(operator, "the old two-lane Deployment deleted",
+                 lambda: _deployment(control_plane, kube_namespace, "kept-workers") is None)
+
+    scaled = control_plane.kubectl("-n", kube_namespace, "scale", "deployment", "kept-workers-instant",
+                                   "--replicas=4", check=False)
+    assert scaled.returncode == 0, scaled.stdout + scaled.stderr
+    channel["spec"]["workers"]["concurrency"] = 8
+    _apply(control_plane, kube_namespace, channel)
+
+    def updated() -> dict[str, Any] | None:
+        found = instant()
+        return found if found is not None and concurrency(found) == "8" else None
+
+    rolled = await _until(operator, "the pod template updated", updated)
+    assert rolled["spec"]["replicas"] == 4
