@@ -93,9 +93,11 @@ def campaigns(k8s: KubeApis, kube_namespace: str, operator: Operator, tmp_path: 
 
 async def make_channel(k8s: KubeApis, namespace: str, emulator: Emulator, operator: Operator,
                        db: asyncpg.Pool, *, name: str = "news", global_per_second: int = 30,
-                       paid_per_second: int = 1000, workers: int = 0) -> Channel:
+                       paid_per_second: int = 1000, workers: int = 0,
+                       autoscaling: dict[str, Any] | None = None) -> Channel:
     """A Secret with a fresh emulator bot's token and a Telegram channel (no bot pods, and `workers`
-    notification worker pods per lane, fixed: minReplicas = maxReplicas); waits for Ready."""
+    notification worker pods per lane, fixed: minReplicas = maxReplicas, unless `autoscaling` is
+    given); waits for Ready."""
     bot = emulator.add_bot(username=f"{name}_bot")
     core: Any = k8s.core
     core.create_namespaced_secret(namespace, {
@@ -108,7 +110,7 @@ async def make_channel(k8s: KubeApis, namespace: str, emulator: Emulator, operat
             "apiBaseUrl": emulator.base_url,
             "rateLimits": {"globalPerSecond": global_per_second, "paidBroadcastPerSecond": paid_per_second},
             "bot": {"replicas": 0},
-        }, "workers": {"autoscaling": {"minReplicas": workers, "maxReplicas": workers}}},
+        }, "workers": {"autoscaling": autoscaling or {"minReplicas": workers, "maxReplicas": workers}}},
     })
 
     async def ready() -> Any:
