@@ -10,7 +10,7 @@ from typing import get_args
 import pytest
 from clarion.backlog import Backlog, LagSource
 from clarion.models import Lane, ScaleReason, ScalingPolicy, WorkerAutoscaling
-from clarion.models.channel import LaneOverrides
+from clarion.models.channel import LaneAutoscaling, LaneOverrides
 from clarion_operator.scaling_logic import Decision, ScalerState, decide, needed_replicas
 from pydantic import ValidationError
 
@@ -181,6 +181,13 @@ def test_the_bound_set_on_the_more_specific_level_wins_a_disagreement() -> None:
     assert WorkerAutoscaling(min_replicas=20).policy("bulk").max_replicas == 20
 
 
+def test_a_lane_with_max_replicas_zero_is_off_whatever_waits() -> None:
+    off = WorkerAutoscaling(lanes=LaneOverrides(bulk=LaneAutoscaling(max_replicas=0))).policy("bulk")
+    assert (off.min_replicas, off.max_replicas) == (0, 0)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert decide(0, lag(5_000), off, None, now).replicas == 0
+
+
 def test_every_lane_can_be_overridden() -> None:
     assert set(LaneOverrides.model_fields) == set(get_args(Lane))
 
@@ -188,7 +195,8 @@ def test_every_lane_can_be_overridden() -> None:
 @pytest.mark.parametrize("raw", [
     {"minReplicas": 4, "maxReplicas": 3},
     {"lanes": {"instant": {"minReplicas": 2, "maxReplicas": 1}}},
-    {"maxReplicas": 0},
+    {"maxReplicas": 51},
+    {"minReplicas": 1, "maxReplicas": 0},
     {"targetLagPerReplica": 0},
     {"scaleDownCooldownSeconds": 1},
     {"engine": "hpa"},
