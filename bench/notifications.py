@@ -68,7 +68,7 @@ from clarion_webhook.batcher import AcceptBatcher
 from bench import email_sender, instant_priority
 from bench.email_sender import sink_process
 from bench.sender_common import REDIS_URL, TOKEN, EmulatorProcess, scratch_database, table
-from bench.webhook_ingest import _cpu_seconds, percentile, wait_listening
+from bench.webhook_ingest import _cpu_seconds, percentile, post_closed_loop, wait_listening
 
 API_KEY = "bench-" + "k" * 40
 BIN = Path(sys.executable).parent
@@ -98,26 +98,7 @@ HEADERS = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/js
 
 
 async def closed_loop(url: str, count: int, concurrency: int) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    next_index = 0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
-        async def worker() -> None:
-            nonlocal next_index, errors
-            while next_index < count:
-                index = next_index
-                next_index += 1
-                started = time.perf_counter()
-                async with http.post(url, data=body(index), headers=HEADERS) as resp:
-                    await resp.read()
-                    errors += resp.status != 202
-                latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return {"rate": count / elapsed, "p50_ms": percentile(latencies, 0.5) * 1000,
-            "p99_ms": percentile(latencies, 0.99) * 1000, "errors": errors}
+    return await post_closed_loop(url, [body(i) for i in range(count)], HEADERS, concurrency, ok=202)
 
 
 async def open_loop(url: str, rate: float, seconds: float,

@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -171,9 +171,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def closed_loop(url: str, first_id: int, count: int, concurrency: int) -> dict[str, Any]:
-    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"}
-    bodies = [update_body(first_id + i) for i in range(count)]
+async def post_closed_loop(url: str, bodies: Sequence[bytes], headers: Mapping[str, str], concurrency: int,
+                           *, ok: int, warm: bytes | None = None) -> dict[str, Any]:
+    """POST every body with `concurrency` in flight (after one `warm` POST, untimed): the rate, p50/p99
+    latency, and the answers other than `ok`."""
     latencies: list[float] = []
     errors = 0
     next_index = 0
@@ -181,23 +182,29 @@ async def closed_loop(url: str, first_id: int, count: int, concurrency: int) -> 
 
         async def worker() -> None:
             nonlocal next_index, errors
-            while next_index < count:
+            while next_index < len(bodies):
                 body = bodies[next_index]
                 next_index += 1
                 started = time.perf_counter()
                 async with http.post(url, data=body, headers=headers) as resp:
                     await resp.read()
-                    if resp.status != 200:
+                    if resp.status != ok:
                         errors += 1
                 latencies.append(time.perf_counter() - started)
 
-        warm = await http.post(url, data=update_body(first_id - 1), headers=headers)
-        warm.release()
+        if warm is not None:
+            (await http.post(url, data=warm, headers=headers)).release()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return {"rate": count / elapsed, "p50_ms": percentile(latencies, 0.5) * 1000,
+    return {"rate": len(bodies) / elapsed, "p50_ms": percentile(latencies, 0.5) * 1000,
             "p99_ms": percentile(latencies, 0.99) * 1000, "errors": errors, "elapsed": elapsed}
+
+
+async def closed_loop(url: str, first_id: int, count: int, concurrency: int) -> dict[str, Any]:
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"}
+    bodies = [update_body(first_id + i) for i in range(count)]
+    return await post_closed_loop(url, bodies, headers, concurrency, ok=200, warm=update_body(first_id - 1))
 
 
 async def open_loop(url: str, first_id: int, rate: float, seconds: float) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from clarion.models.base import (
     cel,
     rules,
 )
-from clarion.models.campaign import ContentLanguage, ParseMode
+from clarion.models.campaign import Button, ContentLanguage, ParseMode
 
 ChannelType = Literal["telegram", "email", "webpush"]
 PUBLIC_BOT_API = "https://api.telegram.org"
@@ -423,18 +423,8 @@ class TemplateVariable(CamelModel):
         description="Value when the caller passes none. Absent: the variable is required.")
 
 
-class TemplateButton(CamelModel):
+class TemplateButton(Button):
     """An inline keyboard button of a Telegram template; text, url and callbackData may use variables."""
-
-    model_config = ConfigDict(
-        json_schema_extra=rules(
-            cel(
-                "has(self.url) != has(self.callbackData)",
-                "exactly one of url or callbackData must be set",
-                reason="FieldValueInvalid",
-            )
-        )
-    )
 
     text: str = Field(min_length=1, max_length=256, description="Label shown on the button (a template).")
     url: str | None = Field(default=None, max_length=2048, pattern=r"^(https?|tg)://",
@@ -442,12 +432,6 @@ class TemplateButton(CamelModel):
     callback_data: str | None = Field(default=None, min_length=1, max_length=256,
                                       description="Data sent to the bot when pressed (a template; renders to "
                                                   "at most 64 bytes).")
-
-    @model_validator(mode="after")
-    def _one_action(self) -> Self:
-        if (self.url is None) == (self.callback_data is None):
-            raise ValueError("exactly one of url or callbackData must be set")
-        return self
 
 
 class TemplateVariant(CamelModel):

@@ -318,20 +318,34 @@ class NotificationWorker:
 
     async def _replay_loop(self) -> None:
         """Enqueue what should be on a stream and is not: due scheduled and retried rows, rows whose
-        entry Redis lost, rows whose sender died (see `q.due_for_enqueue`)."""
+        entry Redis lost, rows whose sender died (see `q.due_for_enqueue`); then trim what was read."""
         while not self._stopping.is_set():
             try:
-                count = await self._db("replay", self._replay_once)
+                groups = await self._redis("xinfo_groups", self._worker_groups)
+                replay = functools.partial(self._replay_once, lost_before=self._lost_before(groups))
+                count = await self._db("replay", replay)
                 if count:
                     REPLAYED.labels(self.channel_key).inc(count)
                     log.info("worker.replayed", count=count)
-                await self._trim_read_entries()
+                await self._trim_read_entries(groups)
             except Exception as exc:  # the loop outlives any one failure
                 log.warning("worker.replay_failed", error=repr(exc)[:300])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.options.replay_interval_seconds)
 
-    async def _lost_before(self) -> dict[str, datetime]:
+    async def _worker_groups(self) -> dict[str, dict[str, Any] | None]:
+        """Per lane, the group `workers` as XINFO GROUPS shows it; None when the stream or the group is
+        missing (Redis lost its data, or nothing was ever put there)."""
+        found: dict[str, dict[str, Any] | None] = {}
+        for lane in LANES:
+            try:
+                groups: Any = await self.redis.xinfo_groups(notify_stream(self.channel_key, lane))
+            except aioredis.ResponseError:  # no such stream
+                groups = []
+            found[lane] = next((g for g in groups if _text(g.get("name")) == WORKER_GROUP), None)
+        return found
+
+    def _lost_before(self, groups: dict[str, dict[str, Any] | None]) -> dict[str, datetime]:
         """Per lane, the time before which a row put on the lane's stream and still `queued` lost its
         entry. Entries wait in order, so while the group has unread entries only a row older than
         the newest one it has read (less `replay_after`, for clocks and the read-to-claim step) can
@@ -343,26 +357,20 @@ class NotificationWorker:
         found: dict[str, datetime] = {}
         for lane in LANES:
             before = now - margin
-            try:
-                groups: Any = await self.redis.xinfo_groups(notify_stream(self.channel_key, lane))
-            except aioredis.ResponseError:  # no such stream
-                groups = []
-            for group in groups:
-                if _text(group.get("name")) != WORKER_GROUP or group.get("lag") == 0:
-                    continue
+            group = groups.get(lane)
+            if group is not None and group.get("lag") != 0:
                 last_read_ms = int(_text(group.get("last-delivered-id")).partition("-")[0] or 0)
                 before = min(before, datetime.fromtimestamp(last_read_ms / 1000, UTC) - margin)
             found[lane] = before
         return found
 
-    async def _trim_read_entries(self) -> None:
+    async def _trim_read_entries(self, groups: dict[str, dict[str, Any] | None]) -> None:
         """Drop the entries of this worker's streams that the group has read and acknowledged (older
         than both its last read entry and its oldest pending one): the rows in Postgres are the
         record, and a stream that kept every entry would grow with every notification ever sent."""
-        for stream in self.streams.values():
-            groups: Any = await self.redis.xinfo_groups(stream)
-            last = next((_text(g.get("last-delivered-id")) for g in groups
-                         if _text(g.get("name")) == WORKER_GROUP), None)
+        for lane, stream in self.streams.items():
+            group = groups.get(lane)
+            last = _text(group.get("last-delivered-id")) if group is not None else ""
             if not last or last == "0-0":
                 continue
             pending: Any = await self.redis.xpending(stream, WORKER_GROUP)
@@ -370,8 +378,7 @@ class NotificationWorker:
             keep_from = min(last, oldest, key=_entry_order) if oldest else last
             await self.redis.xtrim(stream, minid=keep_from, approximate=False)
 
-    async def _replay_once(self, conn: asyncpg.Connection) -> int:
-        lost_before = await self._redis("xinfo_groups", self._lost_before)
+    async def _replay_once(self, conn: asyncpg.Connection, lost_before: dict[str, datetime]) -> int:
         async with conn.transaction():
             rows = await q.due_for_enqueue(conn, self.channel_id, lost_before, 500)
             if not rows:

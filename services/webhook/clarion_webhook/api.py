@@ -450,15 +450,12 @@ async def channel_for(state: ApiState, caller: ApiKeyRow, request: ThroughChanne
 
 async def _earlier_answer(state: ApiState, caller: ApiKeyRow, idempotency_key: str,
                           request: Request) -> JSONResponse | None:
-    """The answer an Idempotency-Key already has, or None when it has none (or Postgres cannot say)."""
-    wanted = q.Idempotency(idempotency_key, _request_digest(request.url.path, await request.body()))
-    try:
-        async with state.db.acquire() as conn:
-            existing = await q.find_idempotency(conn, caller.key_id, idempotency_key)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        return None
+    """The answer an Idempotency-Key already has (in the inbox or Postgres), or None when it has none
+    (or Postgres is away and the inbox does not hold it)."""
+    existing = await state.inbox.find_idempotency(caller.key_id, idempotency_key)
     if existing is None or existing.status_code is None:
         return None
+    wanted = q.Idempotency(idempotency_key, _request_digest(request.url.path, await request.body()))
     return _replayed(existing, wanted)
 
 

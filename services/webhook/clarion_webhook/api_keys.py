@@ -43,7 +43,7 @@ from clarion.streams import api_key_rate_key
 from fastapi import Request
 
 from clarion_webhook.errors import Refused
-from clarion_webhook.follower import QUERY_TIMEOUT_SECONDS, TableFollower
+from clarion_webhook.follower import QUERY_TIMEOUT_SECONDS, FollowedCopy, TableFollower
 
 CHECKS = counter("clarion_api_key_checks_total",
                  "API key checks of the public API by result: ok, missing, malformed, invalid, unavailable, "
@@ -68,7 +68,7 @@ UNAVAILABLE_RETRY_SECONDS = 5
 log = get_logger("clarion.webhook.api_keys")
 
 
-class ApiKeyStore:
+class ApiKeyStore(FollowedCopy):
     """Usable key rows by SHA-256, copied from Postgres and followed by LISTEN/NOTIFY; see the module doc."""
 
     def __init__(self, db: asyncpg.Pool, dsn: str, *, check_seconds: float = 5.0,
@@ -85,18 +85,6 @@ class ApiKeyStore:
         """The usable key with this hash (lower-case hex), or None."""
         return self._by_hash.get(key_sha256)
 
-    @property
-    def loaded(self) -> bool:
-        return self._follower.loaded
-
-    @property
-    def in_sync(self) -> bool:
-        return self._follower.in_sync
-
-    def stale_seconds(self) -> float:
-        """0 while in sync; else the time since the copy was last in sync (or since start)."""
-        return self._follower.stale_seconds()
-
     def __len__(self) -> int:
         return len(self._by_id)
 
@@ -105,9 +93,6 @@ class ApiKeyStore:
         STALE_SECONDS.set_function(self.stale_seconds)
         CACHED_KEYS.set_function(lambda: float(len(self._by_id)))
         await self._follower.start(first_load_timeout)
-
-    async def stop(self) -> None:
-        await self._follower.stop()
 
     async def _reload_all(self) -> None:
         rows = await list_api_keys(self._db, usable_only=True)

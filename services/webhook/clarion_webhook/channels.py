@@ -25,7 +25,7 @@ from clarion.keys import split_channel_key
 from clarion.logging import get_logger
 from clarion.metrics import gauge
 
-from clarion_webhook.follower import QUERY_TIMEOUT_SECONDS, TableFollower
+from clarion_webhook.follower import QUERY_TIMEOUT_SECONDS, FollowedCopy, TableFollower
 
 DATABASE_UP = gauge("clarion_webhook_database_up",
                     "1 while the channel copy is in sync with Postgres (listening and loaded), else 0.")
@@ -36,7 +36,7 @@ CACHED_CHANNELS = gauge("clarion_webhook_channel_cache_channels", "Channels in t
 log = get_logger("clarion.webhook.channels")
 
 
-class ChannelCache:
+class ChannelCache(FollowedCopy):
     """Channel rows by key, copied from Postgres and followed by LISTEN/NOTIFY; see the module doc."""
 
     def __init__(self, db: asyncpg.Pool, dsn: str, *, miss_ttl: float, check_seconds: float = 5.0,
@@ -82,18 +82,6 @@ class ChannelCache:
         future.set_result(record)
         return record
 
-    @property
-    def loaded(self) -> bool:
-        return self._follower.loaded
-
-    @property
-    def in_sync(self) -> bool:
-        return self._follower.in_sync
-
-    def stale_seconds(self) -> float:
-        """0 while in sync; else the time since the copy was last in sync (or since start)."""
-        return self._follower.stale_seconds()
-
     def __len__(self) -> int:
         return len(self._channels)
 
@@ -105,9 +93,6 @@ class ChannelCache:
         STALE_SECONDS.set_function(self.stale_seconds)
         CACHED_CHANNELS.set_function(lambda: float(len(self._channels)))
         await self._follower.start(first_load_timeout)
-
-    async def stop(self) -> None:
-        await self._follower.stop()
 
     def _put(self, key: str, record: ChannelRecord | None) -> None:
         if record is None:

@@ -163,3 +163,24 @@ class TableFollower:
             await self._reload_all()
             return
         await self._apply(sorted(changed))
+
+
+class FollowedCopy:
+    """A table copy kept by a `TableFollower` (`self._follower`): how it stands, and its stop."""
+
+    _follower: TableFollower
+
+    @property
+    def loaded(self) -> bool:
+        return self._follower.loaded
+
+    @property
+    def in_sync(self) -> bool:
+        return self._follower.in_sync
+
+    def stale_seconds(self) -> float:
+        """0 while in sync; else the time since the copy was last in sync (or since start)."""
+        return self._follower.stale_seconds()
+
+    async def stop(self) -> None:
+        await self._follower.stop()

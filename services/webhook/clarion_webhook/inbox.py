@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -158,6 +158,13 @@ def idempotency_field(api_key_id: int | None, key: str) -> str:
     return f"{api_key_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
+T = TypeVar("T")
+
+
+class PostgresAway(Exception):
+    """Postgres could not be reached in time (the cause is chained); the inbox's circuit is open."""
+
+
 def postgres_away(exc: BaseException) -> bool:
     """Postgres cannot take a row now (unreachable, dropped us, or slower than our timeout)."""
     return isinstance(exc, TimeoutError) or database_unavailable(exc)
@@ -204,6 +211,18 @@ class Inbox:
         if self._open_since is None:
             self._open_since = asyncio.get_running_loop().time()
             log.warning("inbox_circuit_open", error=type(exc).__name__, detail=str(exc)[:200])
+
+    async def _in_postgres(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """`work(conn)` within the Postgres timeout. An error that says Postgres is away trips the circuit
+        and is raised as `PostgresAway`; any other is raised as it is."""
+        try:
+            async with asyncio.timeout(self.settings.inbox_db_timeout_seconds), self.db.acquire() as conn:
+                return await work(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if not postgres_away(exc):
+                raise
+            self.trip(exc)
+            raise PostgresAway from exc
 
     async def probe(self) -> bool:
         """Close the circuit if Postgres answers now."""
@@ -289,12 +308,8 @@ class Inbox:
         if found is not None or self.circuit_open:
             return found
         try:
-            async with asyncio.timeout(self.settings.inbox_db_timeout_seconds), self.db.acquire() as conn:
-                return await q.find_idempotency(conn, api_key_id, key)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if not postgres_away(exc):
-                raise
-            self.trip(exc)
+            return await self._in_postgres(lambda conn: q.find_idempotency(conn, api_key_id, key))
+        except PostgresAway:
             return None
 
     # -- reading ----------------------------------------------------------------------------------
@@ -315,12 +330,8 @@ class Inbox:
         if self.circuit_open:
             raise unavailable
         try:
-            async with asyncio.timeout(self.settings.inbox_db_timeout_seconds), self.db.acquire() as conn:
-                return await q.get(conn, notification_id, namespace)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if not postgres_away(exc):
-                raise
-            self.trip(exc)
+            return await self._in_postgres(lambda conn: q.get(conn, notification_id, namespace))
+        except PostgresAway as exc:
             raise unavailable from exc
 
 
