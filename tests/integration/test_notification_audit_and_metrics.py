@@ -312,20 +312,8 @@ async def test_retries_and_dead_letters_are_audited_and_the_series_to_alert_on_a
     # every answer timed: the 14 accepted, by their result
     assert _value(webhook, "clarion_api_accept_seconds_count", result="accepted") == 14
 
-    gauges = [
-        (gauge, f"notify:shop.alerts:{lane}")
-        for gauge in ("clarion_stream_lag", "clarion_stream_pending")
-        for lane in ("instant", "bulk")
-    ]
-
-    async def drained() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
-        found = await _samples(services["worker_metrics"])  # lag and pending are read every 5 s
-        values = [_value(found, gauge, stream=stream, group="workers") for gauge, stream in gauges]
-        return found if values == [0, 0, 0, 0] else None
-
-    worker: dict[tuple[str, frozenset[tuple[str, str]]], float] = await async_wait_for(
-        drained, timeout=20, what="every stream's lag and pending at 0"
-    )
+    # the stream's lag and pending are the operator's (it reads them for scaling, also at zero pods)
+    worker = await _samples(services["worker_metrics"])
     for lane in ("instant", "bulk"):
         assert (
             _value(

@@ -247,6 +247,68 @@ async def test_a_sigkilled_worker_s_entries_are_reclaimed_and_nothing_is_lost(
     assert sum(received.values()) - len(chats) <= in_flight
 
 
+async def _consumers(redis: aioredis.Redis, stream: str) -> dict[str, int]:
+    """The group's consumers and the entries each holds."""
+    found: Any = await redis.xinfo_consumers(stream, "workers")
+    return {_text(c["name"]): int(c["pending"]) for c in found}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def test_a_stopped_worker_gives_back_what_waits_for_the_limiter_and_leaves_the_group(
+    world: World, workers: Workers,
+) -> None:
+    # 5 sends a second: most of what the worker read waits for the bot's limiter when it is stopped
+    await world.db.execute("UPDATE channels SET config = $1 WHERE id = $2",
+                           {"rateLimits": {"globalPerSecond": 5, "perChatPerSecond": 1}}, world.channel_id)
+    chats = list(range(FIRST_USER, FIRST_USER + 60))
+    for chat in chats:
+        await world.notify(chat, "before the scale-down")
+    leaving = await workers.start("leaving", CLARION_STOP_GRACE_SECONDS="1", CLARION_WORKER_CONCURRENCY="32")
+
+    async def sending() -> int | None:
+        sent = sum(world.received().values())
+        return sent if sent >= 3 else None
+
+    first: int = await async_wait_for(sending, timeout=60, interval=0.05, what="the first sends")
+    assert first >= 3
+    leaving.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(leaving.wait(), 30) == 0
+    stream = notify_stream(CHANNEL, "instant")
+
+    # it held 32 (sending or waiting); what it did not send is queued again, on the stream, held by no one
+    sent_by_it = sum(world.received().values())
+    counts = await world.statuses()
+    assert counts["sent"] == sent_by_it
+    assert counts["queued"] == len(chats) - sent_by_it
+    assert "leaving" not in await _consumers(world.redis, stream)
+    assert "worker.giving_back" in workers.log("leaving")
+
+    await workers.start("staying")
+    assert await _settled(world, workers, len(chats), timeout=120) == Counter(sent=60)
+    assert world.received() == Counter(chats)  # each exactly once: nothing given back had been sent
+
+
+async def test_a_worker_killed_before_it_could_leave_is_removed_from_the_group_once_stale(
+    world: World, workers: Workers,
+) -> None:
+    stream = notify_stream(CHANNEL, "instant")
+    await world.redis.xgroup_create(stream, "workers", id="0", mkstream=True)
+    # a consumer holding nothing, as a pod killed on an empty stream leaves it
+    await world.redis.xreadgroup("workers", "killed-pod", {stream: ">"}, count=1)
+    await workers.start("tidy", CLARION_CLAIM_LEASE_SECONDS="1.5", CLARION_STALE_CONSUMER_SECONDS="1")
+
+    async def forgotten() -> dict[str, int] | None:
+        found = await _consumers(world.redis, stream)
+        return found if "killed-pod" not in found and "tidy" in found else None
+
+    left: dict[str, int] = await async_wait_for(forgotten, timeout=30, interval=0.2,
+                                                what="the killed pod's consumer removed")
+    assert left == {"tidy": 0}
+
+
 async def test_entries_redis_lost_are_replayed_from_postgres(world: World, workers: Workers) -> None:
     ids = [await world.notify(FIRST_USER + i, "kept safe in Postgres") for i in range(20)]
     await world.redis.flushdb()  # Redis loses every entry before any worker read them

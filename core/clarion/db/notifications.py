@@ -327,6 +327,18 @@ async def retry_later(conn: Db, notification_id: uuid.UUID, worker: str, error: 
     return result.endswith(" 1")
 
 
+async def release(conn: Db, notification_id: uuid.UUID, worker: str) -> bool:
+    """Give back a row `worker` claimed and never started to send (it is stopping): `queued`, due now,
+    marked enqueued (the caller puts its entry back on the stream), no attempt counted; False if
+    `worker` no longer holds it."""
+    result: str = await conn.execute(
+        """UPDATE notifications SET status = 'queued', next_attempt_at = now(), enqueued_at = now(),
+                  claimed_by = NULL, claimed_until = NULL, updated_at = now()
+           WHERE id = $1 AND claimed_by = $2 AND status = 'sending'""",
+        notification_id, worker)
+    return result.endswith(" 1")
+
+
 async def schedule_retry(conn: Db, notification_id: uuid.UUID, worker: str, error: str, delay_seconds: float,
                          *, attempt: int) -> bool:
     """`retry_later` after failed attempt number `attempt`, and its `notification.retry_scheduled` audit

@@ -80,3 +80,11 @@ class WorkerSettings(CommonSettings):
     limiter_horizon_seconds: float = Field(default=DEFAULT_HORIZON, ge=0, le=60,
                                            description="See the campaign sender's.")
     request_timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="One send call.")
+    stop_grace_seconds: float = Field(
+        default=40.0, ge=0, le=3600,
+        description="After SIGTERM, how long sends under way may take before the ones still waiting for "
+                    "the rate limiter are given back (keep it below the pod's termination grace, 60 s).")
+    stale_consumer_seconds: float = Field(
+        default=600.0, gt=0, le=86400,
+        description="A consumer of the streams' group that holds nothing and has not read for this long "
+                    "(a worker killed before it could leave) is removed.")

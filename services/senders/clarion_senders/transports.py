@@ -35,15 +35,19 @@ class TelegramTransport:
     def __init__(self, api: BotApi, limiter: RateLimiter, *, outage_tolerance: float = 300.0) -> None:
         self.api, self.limiter, self.outage_tolerance = api, limiter, outage_tolerance
 
+    async def admit(self, row: q.Row) -> None:
+        """A slot of the bot's limiter for the row's chat: the instant lane's first."""
+        priority = Priority.INSTANT if row.lane == "instant" else Priority.NORMAL
+        await ride_out("limiter.acquire", lambda: self.limiter.acquire(int(row.recipient), priority=priority),
+                       tolerance=self.outage_tolerance)
+
     async def send(self, row: q.Row) -> SendResult:
+        """`sendMessage` (or the media method) now; `admit` has taken the limiter's slot."""
         chat_id = int(row.recipient)
         message = Message.model_validate(
             {k: row.content[k] for k in ("text", "parseMode", "buttons", "disableNotification")
              if k in row.content})
         rendered = MessageRenderer(message).for_language(None)
-        priority = Priority.INSTANT if row.lane == "instant" else Priority.NORMAL
-        await ride_out("limiter.acquire", lambda: self.limiter.acquire(chat_id, priority=priority),
-                       tolerance=self.outage_tolerance)
         try:
             result = await self.api.call_json(rendered.method, rendered.body(chat_id))
         except Exception as exc:  # every failure is classified
@@ -71,6 +75,9 @@ class EmailTransport:
     def __init__(self, mail: MailSender) -> None:
         self.mail = mail
         self._domain = mail.sender.domain
+
+    async def admit(self, row: q.Row) -> None:
+        """Nothing to wait for: the relay's own limits answer as SMTP replies (4xx: retried)."""
 
     async def send(self, row: q.Row) -> SendResult:
         content = row.content

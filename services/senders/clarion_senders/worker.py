@@ -19,6 +19,18 @@ Failure paths (GC Notify's three, and ours):
   lease) and enqueues them again;
 - Postgres or Redis away: every call waits it out (`clarion.outages.ride_out`).
 Duplicates are limited to the sends in flight when a worker dies.
+
+Stopping (SIGTERM: a scale-down, a rollout) never loses or strands work:
+1. it reads nothing more;
+2. sends under way finish and are recorded, for up to `stop_grace_seconds` (less than the pod's grace
+   period, so they are not killed mid-send);
+3. entries still waiting for the right to send after that (the rate limiter: nothing was sent) are
+   given back: the row goes back to `queued`, a new entry goes on the stream and the old one is
+   acknowledged, so another worker (or the next pod, since the entry counts in the lane's backlog)
+   sends them at once instead of after the lease;
+4. with nothing left pending, the worker removes its consumer from the group, so scale-downs leave no
+   consumer behind. The reclaimer also removes consumers idle for `stale_consumer_seconds` with
+   nothing pending: those of pods killed before they could.
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 from clarion.db import notifications as q
-from clarion.metrics import counter, gauge, histogram
+from clarion.metrics import counter, histogram
 from clarion.outages import ride_out
 from clarion.streams import (
     LANES,
@@ -67,10 +79,6 @@ RETRIES = counter("clarion_notification_retries_total",
 DEAD_LETTERS = counter("clarion_notification_dead_letters_total",
                        "Notifications that ended failed and were dead-lettered, by reason.",
                        ["channel", "reason"])
-STREAM_LAG = gauge("clarion_stream_lag", "Entries of a stream its consumer group has not read yet.",
-                   ["stream", "group"])
-STREAM_PENDING = gauge("clarion_stream_pending", "Entries read by a consumer group and not acknowledged.",
-                       ["stream", "group"])
 REPLAYED = counter("clarion_notifications_replayed_total",
                    "Notifications put on a stream by the replayer (scheduled, retried, or lost by Redis).",
                    ["channel"])
@@ -102,6 +110,10 @@ class SendResult:
 class Transport(Protocol):
     """Sends one notification; never raises for a send that failed (it returns the outcome)."""
 
+    async def admit(self, row: q.Row) -> None:
+        """Wait until `row` may be sent (rate limits). Nothing is sent yet, so a stopping worker may
+        cancel this wait and give the row back."""
+
     async def send(self, row: q.Row) -> SendResult: ...
 
     async def close(self) -> None: ...
@@ -117,6 +129,8 @@ class WorkerOptions:
     retry_backoff_seconds: float = 2.0
     outage_tolerance: float = 300.0
     block_ms: int = 1000
+    stop_grace_seconds: float = 40.0
+    stale_consumer_seconds: float = 600.0
 
 
 class FatalWorkerError(RuntimeError):
@@ -134,6 +148,7 @@ class NotificationWorker:
         self.streams = {lane: notify_stream(channel_key, lane) for lane in options.lanes}
         self._slots = asyncio.Semaphore(options.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._admitting: set[asyncio.Task[Any]] = set()  # claimed, waiting for the right to send
         self._stopping = asyncio.Event()
         self._fatal: str | None = None
 
@@ -146,8 +161,7 @@ class NotificationWorker:
             await self._redis("xgroup_create", functools.partial(self._create_group, stream))
         log.info("worker.start", channel=self.channel_key, lanes=list(self.streams), consumer=self.consumer)
         helpers = [asyncio.create_task(self._replay_loop(), name="replayer"),
-                   asyncio.create_task(self._reclaim_loop(), name="reclaimer"),
-                   asyncio.create_task(self._stats_loop(), name="stats")]
+                   asyncio.create_task(self._reclaim_loop(), name="reclaimer")]
         try:
             await self._own_pending()
             await self._read_loop()
@@ -158,10 +172,34 @@ class NotificationWorker:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+                await self._finish_in_flight()
+            await self._leave_group()
             log.info("worker.stop", channel=self.channel_key, fatal=self._fatal)
         if self._fatal is not None:
             raise FatalWorkerError(self._fatal)
+
+    async def _finish_in_flight(self) -> None:
+        """Let sends under way finish for `stop_grace_seconds`; then give back the entries still waiting
+        for the right to send, and wait for the rest."""
+        _, left = await asyncio.wait(set(self._tasks), timeout=self.options.stop_grace_seconds)
+        waiting = [task for task in left if task in self._admitting]
+        for task in waiting:
+            task.cancel()
+        if waiting:
+            log.info("worker.giving_back", count=len(waiting))
+        if left:
+            await asyncio.gather(*left, return_exceptions=True)
+
+    async def _leave_group(self) -> None:
+        """Remove this worker's consumer from each lane's group when it holds no entry there."""
+        for stream in self.streams.values():
+            try:
+                held: Any = await self.redis.xpending_range(stream, WORKER_GROUP, min="-", max="+", count=1,
+                                                            consumername=self.consumer)
+                if not held:
+                    await self.redis.xgroup_delconsumer(stream, WORKER_GROUP, self.consumer)
+            except Exception as exc:  # a consumer left behind is removed by the others' reclaimers
+                log.warning("worker.leave_group_failed", stream=stream, error=repr(exc)[:300])
 
     # --- Postgres and Redis, waiting out outages -------------------------------------------------------
 
@@ -245,6 +283,8 @@ class NotificationWorker:
         if row is None:  # settled, held by a live worker, or not due: this entry has nothing to do
             await self._ack(stream, entry_id)
             return
+        if not await self._admitted(row, stream, entry_id):
+            return
         started = time.monotonic()
         result = await self.transport.send(row)
         SEND_SECONDS.labels(self.channel_key).observe(time.monotonic() - started)
@@ -263,6 +303,34 @@ class NotificationWorker:
 
         await self._redis("status_event", publish_and_ack)
         log.info("notification.settled", status=event.status, attempts=event.attempts, error=event.error)
+
+    async def _admitted(self, row: q.Row, stream: str, entry_id: bytes) -> bool:
+        """Wait for the transport's go-ahead; False when the worker stopped first and gave the row back
+        (see the module doc, "Stopping")."""
+        me = asyncio.current_task()
+        assert me is not None
+        self._admitting.add(me)
+        try:
+            await self.transport.admit(row)
+            return True
+        except asyncio.CancelledError:
+            if not self._stopping.is_set():
+                raise
+            me.uncancel()
+        finally:
+            self._admitting.discard(me)
+        if await self._db("release", lambda conn: q.release(conn, row.id, self.consumer)):
+            async def requeue() -> None:  # the new entry and the old one's ack in one MULTI
+                new_stream, task = row.entry()
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.xadd(new_stream, task.to_fields())  # type: ignore[arg-type]
+                    pipe.xack(stream, WORKER_GROUP, entry_id)
+                    await pipe.execute()
+
+            await self._redis("give_back", requeue)
+        else:  # the lease ran out and another worker holds it: the entry is nothing of ours any more
+            await self._ack(stream, entry_id)
+        return False
 
     async def _record(self, row: q.Row, stream: str, result: SendResult) -> NotificationEvent | None:
         """Write the outcome to Postgres; the status event of a final outcome to publish, else None."""
@@ -406,18 +474,22 @@ class NotificationWorker:
                 if claimed:
                     log.info("worker.reclaimed", stream=stream, count=len(claimed))
                     await self._dispatch([(stream, claimed)])
+                await self._forget_departed(stream)
 
-    async def _stats_loop(self) -> None:
-        """Lag and pending of each lane's consumer group, as gauges."""
-        while not self._stopping.is_set():
-            for stream in self.streams.values():
-                with contextlib.suppress(Exception):
-                    for group in await self.redis.xinfo_groups(stream):
-                        if group.get("name") in (WORKER_GROUP, WORKER_GROUP.encode()):
-                            STREAM_PENDING.labels(stream, WORKER_GROUP).set(group.get("pending") or 0)
-                            STREAM_LAG.labels(stream, WORKER_GROUP).set(group.get("lag") or 0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 5.0)
+    async def _forget_departed(self, stream: str) -> None:
+        """Remove consumers that hold nothing and have not read for `stale_consumer_seconds`: workers that
+        were killed before they could leave (a live one reads every `block_ms`)."""
+        stale_ms = self.options.stale_consumer_seconds * 1000
+        try:
+            consumers: Any = await self.redis.xinfo_consumers(stream, WORKER_GROUP)
+            for consumer in consumers:
+                name = _text(consumer.get("name"))
+                gone = not consumer.get("pending") and consumer.get("idle", 0) > stale_ms
+                if gone and name != self.consumer:
+                    await self.redis.xgroup_delconsumer(stream, WORKER_GROUP, name)
+                    log.info("worker.consumer_forgotten", stream=stream, consumer=name)
+        except Exception as exc:
+            log.warning("worker.forget_failed", stream=stream, error=repr(exc)[:300])
 
 
 def _text(value: object) -> str:

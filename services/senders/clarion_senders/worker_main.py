@@ -123,7 +123,9 @@ async def run_worker(settings: WorkerSettings, lanes: tuple[str, ...]) -> int:
                 lanes=lanes, concurrency=settings.worker_concurrency,
                 lease_seconds=settings.claim_lease_seconds,
                 replay_after_seconds=settings.replay_after_seconds,
-                retry_backoff_seconds=settings.retry_backoff_seconds, outage_tolerance=tolerance))
+                retry_backoff_seconds=settings.retry_backoff_seconds, outage_tolerance=tolerance,
+                stop_grace_seconds=settings.stop_grace_seconds,
+                stale_consumer_seconds=settings.stale_consumer_seconds))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
