@@ -85,6 +85,9 @@ async def scale_workers(channel: NotificationChannel, *, body: kopf.Body, patch:
                                   memos.setdefault(lane, LaneMemo()), old.of(lane))
         if status is not None:
             lanes[lane] = status
+    if body.metadata.deletion_timestamp is not None:  # deleted during the poll: after forget_channel_metrics
+        _forget_channel(channel.namespace, channel.name)
+        return
     workers = WorkersStatus.model_validate(lanes) if lanes else None
     write_status(patch, channel.status, channel.status.model_copy(update={"workers": workers}))
 
@@ -147,9 +150,14 @@ def _set_gauges(key: str, lane: Lane, status: LaneWorkersStatus, measured: bool,
         DESIRED.labels(key, lane).set(status.desired)
 
 
-@kopf.on.delete(*CHANNELS, optional=True)
-async def forget_channel_metrics(name: str, namespace: str | None, **_: Any) -> None:
-    """A deleted channel's lanes leave the metrics (no stale series)."""
-    key = channel_key(namespace or "", name)
+def _forget_channel(namespace: str, name: str) -> None:
+    key = channel_key(namespace, name)
     for lane in get_args(Lane):
         _forget_lane(key, lane)
+
+
+@kopf.on.delete(*CHANNELS, optional=True)
+async def forget_channel_metrics(name: str, namespace: str | None, **_: Any) -> None:
+    """A deleted channel's lanes leave the metrics (no stale series). kopf stops the scaler's timer
+    meanwhile: a poll that ends after this handler sees the deletion and forgets them too."""
+    _forget_channel(namespace or "", name)
