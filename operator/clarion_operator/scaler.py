@@ -36,15 +36,17 @@ SCALER_SECONDS = 2.0
 SCALINGS = counter("clarion_operator_worker_scalings_total",
                    "Worker Deployment resizes by the operator's autoscaler.", ["lane", "reason"])
 _LANE = ["channel", "lane"]
-STREAM_LAG = gauge("clarion_stream_lag", "Entries of a lane's notification stream not yet delivered to a "
-                   "worker (at least this many when Redis cannot count them).", _LANE)
-STREAM_PENDING = gauge("clarion_stream_pending", "Entries of a lane's notification stream delivered to a "
-                       "worker and not yet acknowledged.", _LANE)
+# The lane's backlog as the scaler reads it, also while the lane has no pod (the workers' own
+# clarion_stream_lag{stream,group} exists only while one runs).
+LAG = gauge("clarion_operator_worker_lag", "Entries of a lane's notification stream not yet delivered to a "
+            "worker (at least this many when Redis cannot count them).", _LANE)
+PENDING = gauge("clarion_operator_worker_pending", "Entries of a lane's notification stream delivered to a "
+                "worker and not yet acknowledged.", _LANE)
 REPLICAS = gauge("clarion_operator_worker_replicas", "Pods a lane's worker Deployment asks for.", _LANE)
 DESIRED = gauge("clarion_operator_worker_desired_replicas", "Pods the lane's backlog needs at its last poll, "
                 "within minReplicas and maxReplicas (engine operator).", _LANE)
 MAX_REPLICAS = gauge("clarion_operator_worker_max_replicas", "maxReplicas of the lane's autoscaling.", _LANE)
-_LANE_GAUGES = (STREAM_LAG, STREAM_PENDING, REPLICAS, DESIRED, MAX_REPLICAS)
+_LANE_GAUGES = (LAG, PENDING, REPLICAS, DESIRED, MAX_REPLICAS)
 
 
 def _scaled_types(spec: Any, **_: Any) -> bool:
@@ -140,8 +142,8 @@ def _set_gauges(key: str, lane: Lane, status: LaneWorkersStatus, measured: bool,
     """This poll's figures (the status before `settle_measured`); a backlog Redis could not give
     leaves the last ones, a lane KEDA scales has no desired count."""
     if measured:
-        STREAM_LAG.labels(key, lane).set(status.lag or 0)
-        STREAM_PENDING.labels(key, lane).set(status.pending or 0)
+        LAG.labels(key, lane).set(status.lag or 0)
+        PENDING.labels(key, lane).set(status.pending or 0)
     REPLICAS.labels(key, lane).set(status.replicas or 0)
     MAX_REPLICAS.labels(key, lane).set(max_replicas)
     if status.desired is None:
