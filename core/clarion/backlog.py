@@ -18,25 +18,15 @@ entries-read: Redis counts them from entries-added, which trimming keeps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from clarion.models import LagSource
+
 #: Entries counted at most when Redis cannot tell the lag. The scaler passes its policy's
 #: `full_scale_backlog` instead: past that many, every count gives the same decision.
 DEFAULT_COUNT_LIMIT = 10_000
-
-
-class LagSource(StrEnum):
-    """Where a backlog's lag came from."""
-
-    NO_STREAM = "NoStream"
-    NO_GROUP = "NoGroup"
-    REPORTED = "Reported"
-    LENGTH = "Length"
-    COUNTED = "Counted"
-    UNKNOWN = "Unknown"
 
 
 @dataclass(frozen=True)

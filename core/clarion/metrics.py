@@ -6,6 +6,7 @@ process registers only its own; label values never carry user or chat ids.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -41,6 +42,12 @@ def histogram(name: str, doc: str, labels: Sequence[str] = (), buckets: Sequence
     if isinstance(found, Histogram):
         return found
     return Histogram(name, doc, labels, buckets=buckets, registry=registry)
+
+
+def forget(metric: Counter | Gauge | Histogram, *labels: str) -> None:
+    """Remove one label set of `metric` (an object the labels described is gone); none: nothing."""
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)
 
 
 def serve_metrics(port: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import kubernetes
@@ -34,6 +35,14 @@ def _status(exc: ApiException) -> int:
 def _decode(response: Any) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(response.data)
     return data
+
+
+@dataclass(frozen=True)
+class DeploymentSize:
+    """A Deployment's spec.replicas and status.readyReplicas (0 when the status has none)."""
+
+    replicas: int
+    ready: int
 
 
 class Kube:
@@ -115,10 +124,13 @@ class Kube:
             if _status(exc) != 404:
                 raise
 
-    async def deployment_replicas(self, namespace: str, name: str) -> int | None:
-        """The Deployment's desired replicas (its scale subresource); None when there is none."""
-        scale = await self._read(self._apps.read_namespaced_deployment_scale, name, namespace)
-        return None if scale is None else int(scale.get("spec", {}).get("replicas", 0))
+    async def deployment_size(self, namespace: str, name: str) -> DeploymentSize | None:
+        """The Deployment's desired and ready replicas; None when there is none."""
+        body = await self._read(self._apps.read_namespaced_deployment, name, namespace)
+        if body is None:
+            return None
+        return DeploymentSize(replicas=int(body.get("spec", {}).get("replicas", 0)),
+                              ready=int((body.get("status") or {}).get("readyReplicas") or 0))
 
     async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         """Set the Deployment's desired replicas through its scale subresource."""

@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from clarion.backlog import Backlog
-from clarion.models import ScaleReason, ScalingPolicy
+from clarion.models import (
+    AutoscalingEngine,
+    LagSource,
+    LaneWorkersStatus,
+    ScaleEvent,
+    ScaleReason,
+    ScalingPolicy,
+)
 
 Reason = ScaleReason
 
@@ -106,3 +113,56 @@ def decide(current: int, backlog: Backlog | None, policy: ScalingPolicy, state: 
     if now - state.since >= cooldown and state.peak < current:
         return to(state.peak, Reason.IDLE if state.peak == 0 else Reason.BACKLOG_SHRANK)
     return to(current, Reason.COOLING_DOWN)
+
+
+#: How often at most a lane's lag, pending and desired are rewritten in status while nothing else
+#: about the lane changes (the scaler polls every 2 s; the metrics have every poll).
+LAG_REFRESH = timedelta(seconds=10)
+
+
+def lane_status(engine: AutoscalingEngine, current: int, ready: int, backlog: Backlog | None,
+                decision: Decision | None, previous: LaneWorkersStatus | None,
+                now: datetime) -> LaneWorkersStatus:
+    """A lane's status after one poll of a Deployment that had `current` pods (`ready` of them ready):
+    `decision` is None with engine keda, `backlog` None when Redis could not be read (then the lag,
+    pending and lagSource last written stay)."""
+    replicas, last_scale = current, None
+    if decision is not None:
+        replicas = decision.replicas
+        last_scale = previous.last_scale if previous is not None else None
+        if decision.replicas != current:
+            last_scale = ScaleEvent(from_replicas=current, to_replicas=decision.replicas,
+                                    reason=decision.reason, time=now.replace(microsecond=0))
+    status = LaneWorkersStatus(engine=engine, replicas=replicas, ready_replicas=ready,
+                               desired=None if decision is None else decision.needed, last_scale=last_scale)
+    if backlog is None:
+        return status if previous is None else status.model_copy(update={
+            "lag": previous.lag, "pending": previous.pending, "lag_source": previous.lag_source})
+    source = None if backlog.source == LagSource.REPORTED else backlog.source
+    return status.model_copy(update={"lag": backlog.lag_floor, "pending": backlog.pending,
+                                     "lag_source": source})
+
+
+#: The fields of a lane's status that move on every poll under load.
+_MEASURED = ("lag", "pending", "desired")
+
+
+def _busy(status: LaneWorkersStatus) -> bool:
+    return bool(status.lag or status.pending)
+
+
+def settle_measured(previous: LaneWorkersStatus | None, fresh: LaneWorkersStatus, *,
+                    measured_at: datetime | None, now: datetime) -> tuple[LaneWorkersStatus, datetime | None]:
+    """The status to write, and when its lag, pending and desired were written (`measured_at`, or now).
+
+    `fresh` as it is when anything else about the lane changed, when it turned busy or idle (entries
+    waiting or pending, or none), or when those three were written LAG_REFRESH ago or longer (or never
+    by this process); else `fresh` with `previous`'s three, so a busy lane's status is written every
+    LAG_REFRESH, not on every poll, and an idle one not at all.
+    """
+    kept = {name: getattr(previous, name) for name in _MEASURED} if previous is not None else {}
+    if (previous is None or measured_at is None or now - measured_at >= LAG_REFRESH
+            or fresh.model_copy(update=kept) != previous or _busy(previous) != _busy(fresh)):
+        changed = previous is None or any(getattr(previous, n) != getattr(fresh, n) for n in _MEASURED)
+        return fresh, now if changed else measured_at
+    return previous, measured_at

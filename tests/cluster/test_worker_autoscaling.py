@@ -1,18 +1,22 @@
 """The operator's worker autoscaler (ADR 0008) against a real kube-apiserver and Redis: a backlog on a
 channel's instant stream scales `<channel>-workers-instant` up; once the backlog is consumed and a
-cooldown has passed, back to its minimum. The bulk lane, with nothing waiting, stays as it is."""
+cooldown has passed, back to its minimum. The bulk lane, with nothing waiting, stays as it is. The
+channel's status, `kubectl get nc` and the operator's /metrics show each lane's pods, backlog and last
+resize."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 from clarion.streams import WORKER_GROUP, notify_stream
 from clarion_dev.cluster import ControlPlane
+from clarion_dev.net import free_port
 from clarion_dev.telegram import Emulator
-from clarion_dev.testing.operator import Operator
+from clarion_dev.testing.operator import Operator, OperatorFactory
 from clarion_dev.testing.waiting import async_wait_for
 
 pytestmark = pytest.mark.cluster
@@ -48,10 +52,28 @@ async def _until(operator: Operator, what: str, check: Any) -> Any:
         raise AssertionError(f"{exc}\n--- operator log ---\n{operator.log()}") from None
 
 
+def _lane_status(control_plane: ControlPlane, namespace: str, channel: str, lane: str) -> dict[str, Any]:
+    found = _kubectl_json(control_plane, namespace, "get", "notificationchannel", channel)
+    assert found is not None
+    lane_status: dict[str, Any] = found.get("status", {}).get("workers", {}).get(lane) or {}
+    return lane_status
+
+
+def _metric(metrics_url: str, sample: str) -> float | None:
+    """The value of one sample line (`name{labels}`) of the operator's /metrics, or None."""
+    for line in httpx.get(metrics_url, timeout=5).text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return None
+
+
 async def test_a_backlog_scales_the_lane_s_workers_up_and_they_return_to_the_minimum_after_the_cooldown(
-    telegram_emulator: Emulator, operator: Operator, control_plane: ControlPlane, kube_namespace: str,
-    redis: aioredis.Redis,
+    telegram_emulator: Emulator, operator_factory: OperatorFactory, control_plane: ControlPlane,
+    kube_namespace: str, redis: aioredis.Redis,
 ) -> None:
+    port = free_port()
+    operator = operator_factory({"CLARION_METRICS_PORT": str(port)})
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
     bot = telegram_emulator.add_bot(username="scaled_bot")
     _bot_secret(control_plane, kube_namespace, bot.token)
     _apply(control_plane, kube_namespace, {
@@ -81,7 +103,34 @@ async def test_a_backlog_scales_the_lane_s_workers_up_and_they_return_to_the_min
     events = _kubectl_json(control_plane, kube_namespace, "get", "events",
                            "--field-selector", "reason=BacklogGrew")
     assert events is not None
-    assert any("scaled-workers-instant: 1 -> 3" in e["message"] for e in events["items"])
+    assert any("scaled-workers-instant: 1 -> 3 pods (250 entries waiting)" in e["message"]
+               for e in events["items"])
+
+    def instant() -> dict[str, Any]:
+        return _lane_status(control_plane, kube_namespace, "scaled", "instant")
+
+    scaled_up = await _until(operator, "the scale-up in the channel's status",
+                             lambda: instant() if instant().get("replicas") == 3 else None)
+    assert scaled_up["engine"] == "operator"
+    assert (scaled_up["lag"], scaled_up["pending"], scaled_up["desired"]) == (250, 0, 3)
+    assert "lagSource" not in scaled_up  # Redis reported the lag
+    assert {k: v for k, v in scaled_up["lastScale"].items() if k != "time"} == {
+        "from": 1, "to": 3, "reason": "BacklogGrew"}
+    bulk = _lane_status(control_plane, kube_namespace, "scaled", "bulk")
+    assert (bulk["replicas"], bulk["lag"], bulk.get("lastScale")) == (1, 0, None)
+
+    table = control_plane.kubectl("-n", kube_namespace, "get", "notificationchannel", "scaled", check=False)
+    assert table.returncode == 0, table.stdout + table.stderr
+    header, row = (line.split() for line in table.stdout.strip().splitlines())
+    assert header == ["NAME", "TYPE", "READY", "BOT", "INSTANT", "BULK", "LAG", "AGE"]
+    assert row[:2] == ["scaled", "telegram"] and row[4:7] == ["3", "1", "250"]
+
+    lane = f'{{channel="{kube_namespace}.scaled",lane="instant"}}'
+    assert _metric(metrics_url, f"clarion_operator_worker_lag{lane}") == 250
+    assert _metric(metrics_url, f"clarion_operator_worker_pending{lane}") == 0
+    assert _metric(metrics_url, f"clarion_operator_worker_desired_replicas{lane}") == 3
+    assert _metric(metrics_url, f"clarion_operator_worker_replicas{lane}") == 3
+    assert _metric(metrics_url, f"clarion_operator_worker_max_replicas{lane}") == 5
 
     # a worker consumes and acknowledges every entry: back to the minimum after the cooldown
     read: Any = await redis.xreadgroup(WORKER_GROUP, "test-consumer", {stream: ">"}, count=1000)
@@ -91,6 +140,20 @@ async def test_a_backlog_scales_the_lane_s_workers_up_and_they_return_to_the_min
 
     await _until(operator, "the instant lane back to 1 pod", lambda: replicas("instant") == 1 or None)
     assert replicas("bulk") == 1
+    scaled_down = await _until(operator, "the scale-down in the channel's status",
+                               lambda: instant() if instant().get("replicas") == 1 else None)
+    assert (scaled_down["lag"], scaled_down["pending"], scaled_down["desired"]) == (0, 0, 1)
+    assert {k: v for k, v in scaled_down["lastScale"].items() if k != "time"} == {
+        "from": 3, "to": 1, "reason": "BacklogShrank"}
+    assert scaled_down["lastScale"]["time"] >= scaled_up["lastScale"]["time"]
+    assert _metric(metrics_url, f"clarion_operator_worker_lag{lane}") == 0
+
+    # a deleted channel leaves no series behind
+    deleted = control_plane.kubectl("-n", kube_namespace, "delete", "notificationchannel", "scaled",
+                                    "--wait=true", check=False)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert _metric(metrics_url, f"clarion_operator_worker_lag{lane}") is None
+    assert _metric(metrics_url, f"clarion_operator_worker_replicas{lane}") is None
 
 
 async def test_a_reconcile_keeps_the_replicas_someone_else_set_and_removes_the_old_two_lane_deployment(
@@ -139,3 +202,13 @@ async def test_a_reconcile_keeps_the_replicas_someone_else_set_and_removes_the_o
 
     rolled = await _until(operator, "the pod template updated", updated)
     assert rolled["spec"]["replicas"] == 4
+
+    # KEDA's lanes are measured and reported, with no decision of the operator's
+    def keda_lane() -> dict[str, Any] | None:
+        found = _lane_status(control_plane, kube_namespace, "kept", "instant")
+        return found if found.get("replicas") == 4 else None
+
+    reported = await _until(operator, "the KEDA lane's replicas in status", keda_lane)
+    assert (reported["engine"], reported["lag"], reported["pending"], reported["lagSource"]) == (
+        "keda", 0, 0, "NoStream")
+    assert "desired" not in reported and "lastScale" not in reported

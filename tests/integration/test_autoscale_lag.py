@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from clarion.backlog import Backlog, LagSource, read_backlog
+from clarion.backlog import Backlog, read_backlog
+from clarion.models import LagSource
 from clarion.streams import WORKER_GROUP, notify_stream
 
 pytestmark = pytest.mark.integration

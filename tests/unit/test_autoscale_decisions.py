@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import get_args
 
 import pytest
-from clarion.backlog import Backlog, LagSource
-from clarion.models import Lane, ScaleReason, ScalingPolicy, WorkerAutoscaling
+from clarion.backlog import Backlog
+from clarion.models import LagSource, Lane, ScaleReason, ScalingPolicy, WorkerAutoscaling
 from clarion.models.channel import LaneAutoscaling, LaneOverrides
 from clarion_operator.scaling_logic import Decision, ScalerState, decide, needed_replicas
 from pydantic import ValidationError

@@ -15,6 +15,7 @@ from clarion.models.base import (
     ChatId,
     ResourceStatus,
     SecretKeyRef,
+    StatusModel,
     Timestamp,
     cel,
     rules,
@@ -61,6 +62,18 @@ class ScaleReason(StrEnum):
     COOLING_DOWN = "CoolingDown"
     LAG_UNKNOWN = "LagUnknown"
     BACKLOG_UNREADABLE = "BacklogUnreadable"
+
+
+class LagSource(StrEnum):
+    """Where the lag of a lane's backlog came from (`clarion.backlog.read_backlog`; docs/operator.md,
+    "Worker autoscaling")."""
+
+    NO_STREAM = "NoStream"
+    NO_GROUP = "NoGroup"
+    REPORTED = "Reported"
+    LENGTH = "Length"
+    COUNTED = "Counted"
+    UNKNOWN = "Unknown"
 
 
 BotLanguage = Literal["en", "ru"]
@@ -300,6 +313,55 @@ class WorkerDeployment(CamelModel):
                     "cluster defaults (ADR 0008).",
         json_schema_extra={"default": {}},
     )
+
+
+Replicas = Annotated[int, Field(ge=0, le=2**31 - 1, json_schema_extra={"format": "int32"})]
+Entries = Annotated[int, Field(ge=0, le=2**53, json_schema_extra={"format": "int64"})]
+
+
+class ScaleEvent(StatusModel):
+    """One resize of a lane's worker Deployment by the operator's autoscaler (also an Event)."""
+
+    from_replicas: Replicas = Field(alias="from", description="Pods the Deployment had.")
+    to_replicas: Replicas = Field(alias="to", description="Pods it was set to.")
+    reason: ScaleReason = Field(description="Why (docs/operator.md, \"Worker autoscaling\").")
+    time: Timestamp = Field(description="When the autoscaler set it.")
+
+
+class LaneWorkersStatus(StatusModel):
+    """One lane's worker Deployment as the autoscaler last saw it (docs/operator.md, "Worker autoscaling").
+
+    engine, replicas, readyReplicas, lagSource and lastScale are written when they change; lag,
+    pending and desired, which move on every poll under load, with them, when the lane turns busy or
+    idle, and otherwise at most every 10 s (`clarion_operator_worker_lag` has every poll).
+    """
+
+    engine: AutoscalingEngine = Field(description="Who scales the lane: operator or keda.")
+    replicas: Replicas | None = Field(default=None,
+                                      description="Pods the Deployment asks for (spec.replicas).")
+    ready_replicas: Replicas | None = Field(default=None, description="Pods ready (the Deployment's status).")
+    desired: Replicas | None = Field(
+        default=None, description="Pods the last poll's backlog needs, within minReplicas and maxReplicas "
+                                  "(below replicas while a scale-down cools down); absent with engine keda.")
+    lag: Entries | None = Field(
+        default=None, description="Entries not yet delivered to any worker (at least this many when "
+                                  "lagSource is Unknown).")
+    pending: Entries | None = Field(default=None, description="Entries delivered and not yet acknowledged.")
+    lag_source: LagSource | None = Field(
+        default=None, description="How the lag was counted, when Redis did not report it (absent: Reported).")
+    last_scale: ScaleEvent | None = Field(
+        default=None, description="The autoscaler's last resize; absent with engine keda.")
+
+
+class WorkersStatus(StatusModel):
+    """Each lane's workers, one field per `Lane`; absent until the lane's Deployment exists."""
+
+    instant: LaneWorkersStatus | None = Field(default=None, description="The instant lane's workers.")
+    bulk: LaneWorkersStatus | None = Field(default=None, description="The bulk lane's workers.")
+
+    def of(self, lane: Lane) -> LaneWorkersStatus | None:
+        found: LaneWorkersStatus | None = getattr(self, lane)
+        return found
 
 
 class TelegramSettings(CamelModel):
@@ -634,3 +696,6 @@ class NotificationChannelStatus(ResourceStatus):
         default=None, max_length=253, description="Secret holding the webhook secret token in use."
     )
     last_checked_at: Timestamp | None = Field(default=None, description="Time of the last health check.")
+    workers: WorkersStatus | None = Field(
+        default=None,
+        description="Each lane's worker Deployment and backlog, as the autoscaler last saw them.")
