@@ -36,11 +36,11 @@ SCALER_SECONDS = 2.0
 SCALINGS = counter("clarion_operator_worker_scalings_total",
                    "Worker Deployment resizes by the operator's autoscaler.", ["lane", "reason"])
 _LANE = ["channel", "lane"]
-# The lane's backlog as the scaler reads it, also while the lane has no pod (the workers' own
-# clarion_stream_lag{stream,group} exists only while one runs).
-LAG = gauge("clarion_operator_worker_lag", "Entries of a lane's notification stream not yet delivered to a "
+# The lane's backlog as the scaler reads it, exported by the operator alone: also while the lane has
+# no pod, and once however many workers run.
+LAG = gauge("clarion_stream_lag", "Entries of a lane's notification stream not yet delivered to a "
             "worker (at least this many when Redis cannot count them).", _LANE)
-PENDING = gauge("clarion_operator_worker_pending", "Entries of a lane's notification stream delivered to a "
+PENDING = gauge("clarion_stream_pending", "Entries of a lane's notification stream delivered to a "
                 "worker and not yet acknowledged.", _LANE)
 REPLICAS = gauge("clarion_operator_worker_replicas", "Pods a lane's worker Deployment asks for.", _LANE)
 DESIRED = gauge("clarion_operator_worker_desired_replicas", "Pods the lane's backlog needs at its last poll, "

@@ -126,8 +126,8 @@ async def test_a_backlog_scales_the_lane_s_workers_up_and_they_return_to_the_min
     assert row[:2] == ["scaled", "telegram"] and row[4:7] == ["3", "1", "250"]
 
     lane = f'{{channel="{kube_namespace}.scaled",lane="instant"}}'
-    assert _metric(metrics_url, f"clarion_operator_worker_lag{lane}") == 250
-    assert _metric(metrics_url, f"clarion_operator_worker_pending{lane}") == 0
+    assert _metric(metrics_url, f"clarion_stream_lag{lane}") == 250
+    assert _metric(metrics_url, f"clarion_stream_pending{lane}") == 0
     assert _metric(metrics_url, f"clarion_operator_worker_desired_replicas{lane}") == 3
     assert _metric(metrics_url, f"clarion_operator_worker_replicas{lane}") == 3
     assert _metric(metrics_url, f"clarion_operator_worker_max_replicas{lane}") == 5
@@ -146,13 +146,13 @@ async def test_a_backlog_scales_the_lane_s_workers_up_and_they_return_to_the_min
     assert {k: v for k, v in scaled_down["lastScale"].items() if k != "time"} == {
         "from": 3, "to": 1, "reason": "BacklogShrank"}
     assert scaled_down["lastScale"]["time"] >= scaled_up["lastScale"]["time"]
-    assert _metric(metrics_url, f"clarion_operator_worker_lag{lane}") == 0
+    assert _metric(metrics_url, f"clarion_stream_lag{lane}") == 0
 
     # a deleted channel leaves no series behind
     deleted = control_plane.kubectl("-n", kube_namespace, "delete", "notificationchannel", "scaled",
                                     "--wait=true", check=False)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
-    assert _metric(metrics_url, f"clarion_operator_worker_lag{lane}") is None
+    assert _metric(metrics_url, f"clarion_stream_lag{lane}") is None
     assert _metric(metrics_url, f"clarion_operator_worker_replicas{lane}") is None
 
 

@@ -333,7 +333,7 @@ class LaneWorkersStatus(StatusModel):
 
     engine, replicas, readyReplicas, lagSource and lastScale are written when they change; lag,
     pending and desired, which move on every poll under load, with them, when the lane turns busy or
-    idle, and otherwise at most every 10 s (`clarion_operator_worker_lag` has every poll).
+    idle, and otherwise at most every 10 s (`clarion_stream_lag` has every poll).
     """
 
     engine: AutoscalingEngine = Field(description="Who scales the lane: operator or keda.")
