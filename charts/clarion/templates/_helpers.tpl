@@ -181,6 +181,12 @@ topologySpreadConstraints:
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
   verbs: ["get", "patch"]
+# Lanes with engine keda: a ScaledObject and its TriggerAuthentication each, written by server-side
+# apply (create, patch) and deleted when the lane goes back to the operator (ADR 0008). Harmless
+# where KEDA is not installed.
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects", "triggerauthentications"]
+  verbs: ["create", "patch", "delete"]
 # Sender and bot pod status (progress, failures); read-only.
 - apiGroups: [""]
   resources: ["pods"]

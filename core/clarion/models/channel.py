@@ -26,7 +26,8 @@ PUBLIC_BOT_API = "https://api.telegram.org"
 
 
 class ChannelReason(StrEnum):
-    """Reasons of a channel's conditions (CredentialsValid, WebhookRegistered, Ready) and Events."""
+    """Reasons of a channel's conditions (CredentialsValid, WebhookRegistered, TemplatesValid,
+    AutoscalerReady, Ready) and Events."""
 
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
@@ -45,6 +46,11 @@ class ChannelReason(StrEnum):
     CHANNEL_READY = "ChannelReady"
     TEMPLATES_COMPILED = "TemplatesCompiled"
     TEMPLATE_INVALID = "TemplateInvalid"
+    OPERATOR_SCALING = "OperatorScaling"
+    SCALED_OBJECTS_APPLIED = "ScaledObjectsApplied"
+    KEDA_NOT_INSTALLED = "KedaNotInstalled"
+    KEDA_OBJECT_REFUSED = "KedaObjectRefused"
+    REDIS_ADDRESS_UNSUPPORTED = "RedisAddressUnsupported"
 
 
 class ScaleReason(StrEnum):
