@@ -135,8 +135,9 @@ def test_templates_that_compile_are_reported_valid_and_stored_with_their_revisio
 
 
 def test_autoscaler_ready_names_the_keda_lanes_and_keda_missing_leaves_the_channel_ready() -> None:
-    conds = {c.type: c for c in channel_conditions(ChannelCheck(OK), autoscaler=autoscaler_verdict([]))}
-    assert (conds["AutoscalerReady"].status, conds["AutoscalerReady"].reason) == ("True", "OperatorScaling")
+    by_type = {c.type: c for c in channel_conditions(ChannelCheck(OK), autoscaler=autoscaler_verdict([]))}
+    ready = by_type["AutoscalerReady"]
+    assert (ready.status, ready.reason) == ("True", "OperatorScaling")
     keda = autoscaler_verdict(["bulk"])
     assert (keda.status, keda.reason) == ("True", "ScaledObjectsApplied") and "bulk" in keda.message
     missing = Verdict.failed(ChannelReason.KEDA_NOT_INSTALLED, "no KEDA")
