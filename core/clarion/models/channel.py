@@ -209,6 +209,12 @@ class LaneAutoscaling(CamelModel):
 
     model_config = ConfigDict(json_schema_extra=rules(_MIN_NOT_ABOVE_MAX))
 
+    engine: AutoscalingEngine | None = Field(
+        default=None,
+        description="operator: the operator polls the lane's consumer group and sets the Deployment's "
+                    "scale (reacts within seconds); keda: it emits a KEDA ScaledObject (redis-streams "
+                    "trigger, lag mode) instead. Absent: the level above (ADR 0008), else operator.",
+    )
     min_replicas: MinReplicas | None = None
     max_replicas: MaxReplicas | None = None
     target_lag_per_replica: TargetLag | None = None
@@ -261,12 +267,6 @@ class WorkerAutoscaling(LaneAutoscaling):
     chart's values); `policy` resolves one lane's settings from both.
     """
 
-    engine: AutoscalingEngine | None = Field(
-        default=None,
-        description="operator: the operator polls the lane's consumer group and sets the Deployment's "
-                    "scale (reacts within seconds); keda: it emits a KEDA ScaledObject (redis-streams "
-                    "trigger, lag mode) instead. Absent: the cluster default, else operator.",
-    )
     lanes: LaneOverrides | None = Field(
         default=None, description="Per-lane settings that differ from the ones above.")
 
