@@ -25,6 +25,8 @@ RUNTIME_REDIS_KEY = "redis-url"
 #: The user and password of `redis-url` on their own, for KEDA's TriggerAuthentication (ADR 0008).
 RUNTIME_REDIS_USERNAME_KEY = "redis-username"
 RUNTIME_REDIS_PASSWORD_KEY = "redis-password"
+RUNTIME_SECRET_KEYS = frozenset({RUNTIME_DATABASE_KEY, RUNTIME_REDIS_KEY, RUNTIME_REDIS_USERNAME_KEY,
+                                 RUNTIME_REDIS_PASSWORD_KEY})
 WEBHOOK_SECRET_KEY = "token"
 #: Pod-template annotation of bot Deployments: the revision of the namespace's credentials.
 CREDENTIALS_REVISION = "clarion.io/credentials-revision"
