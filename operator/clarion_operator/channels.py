@@ -183,6 +183,12 @@ async def _ensure_workers(ctx: Context, channel: NotificationChannel, body: kopf
     return await _ensure_keda(ctx, channel, body, keda_lanes)
 
 
+def _refused(exc: ApiException) -> bool:
+    """A request the API server will refuse again (so not worth kopf's retries): a 4xx, or the 500 a
+    server-side apply gets for a field the CRD does not declare (the installed KEDA is too old)."""
+    return 400 <= int(exc.status or 0) < 500 or "field not declared in schema" in str(exc.body)
+
+
 def _refusal(exc: ApiException) -> str:
     """What the API server said when it refused a request."""
     try:
@@ -228,7 +234,7 @@ async def _ensure_keda(ctx: Context, channel: NotificationChannel, body: kopf.Bo
                               "and TriggerAuthentication CRDs); those workers keep their present size until "
                               "KEDA is installed or the engine is operator")
     except ApiException as exc:
-        if not 400 <= int(exc.status or 0) < 500:
+        if not _refused(exc):
             raise
         return Verdict.failed(ChannelReason.KEDA_OBJECT_REFUSED,
                               f"engine keda (lane {lanes}): the API server refused a KEDA object: "
