@@ -10,6 +10,7 @@ tests validate against the real CRDs without copying them into this repository.
     KEDA                                        the pinned module of the keda.sh CRDs and scalers
     keda_crds() -> list[Path]                   its ScaledObject and TriggerAuthentication CRDs
     keda_scaler_source(name) -> Path            a scaler's Go source (its `keda:"name=..."` metadata tags)
+    keda_struct_parameters(source, struct)      the parameter names of one metadata struct, by source
 """
 
 from __future__ import annotations
