@@ -59,6 +59,9 @@ TENANT_COMMANDS: tuple[str, ...] = (
     "evalsha", "eval", "script|load", "script|exists", "time",
     # pub/sub (the limiter's pause announcements)
     "subscribe", "unsubscribe", "publish",
+    # KEDA's redis-streams scaler (engine keda, ADR 0008) reads the server version before a lane's lag:
+    # server-wide figures (version, memory, clients, key counts per database), never a key name or value
+    "info",
 )
 
 

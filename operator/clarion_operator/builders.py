@@ -1,4 +1,5 @@
-"""Objects the operator creates, as plain dicts: Secrets, the bot and worker Deployments, the sender Job.
+"""Objects the operator creates, as plain dicts: Secrets, the bot and worker Deployments, the sender Job,
+and for a lane scaled by KEDA its ScaledObject and TriggerAuthentication.
 
 Every pod the operator creates serves Prometheus `/metrics` on the container port named
 `METRICS_PORT_NAME` (`METRICS_PORT`), which the chart's PodMonitor scrapes.
@@ -10,14 +11,22 @@ by the caller with `kopf.adopt`.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from clarion.keys import channel_key
-from clarion.models import Lane, SecretKeyRef
+from clarion.models import Lane, ScalingPolicy, SecretKeyRef
+from clarion.streams import WORKER_GROUP, notify_stream
+from redis.connection import SSLConnection, parse_url
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "clarion-operator"}
 RUNTIME_DATABASE_KEY = "database-url"
 RUNTIME_REDIS_KEY = "redis-url"
+#: The user and password of `redis-url` on their own, for KEDA's TriggerAuthentication (ADR 0008).
+RUNTIME_REDIS_USERNAME_KEY = "redis-username"
+RUNTIME_REDIS_PASSWORD_KEY = "redis-password"
+RUNTIME_SECRET_KEYS = frozenset({RUNTIME_DATABASE_KEY, RUNTIME_REDIS_KEY, RUNTIME_REDIS_USERNAME_KEY,
+                                 RUNTIME_REDIS_PASSWORD_KEY})
 WEBHOOK_SECRET_KEY = "token"
 #: Pod-template annotation of bot Deployments: the revision of the namespace's credentials.
 CREDENTIALS_REVISION = "clarion.io/credentials-revision"
@@ -26,6 +35,12 @@ CREDENTIALS_REVISION = "clarion.io/credentials-revision"
 METRICS_PORT_NAME = "metrics"
 METRICS_PORT = 9090
 _NAME_LIMIT = 63
+
+
+def _redis_url(url: str) -> dict[str, Any]:
+    """A Redis URL's parts as redis-py reads them (credentials unquoted, `db` from the path or query)."""
+    parts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    return parts
 
 
 def bounded_name(base: str, suffix: str, limit: int = _NAME_LIMIT) -> str:
@@ -87,14 +102,18 @@ def _runtime_env(runtime_secret: str) -> list[dict[str, Any]]:
 
 def runtime_secret(namespace: str, name: str, database_url: str, redis_url: str) -> dict[str, Any]:
     """The Secret that gives bot and sender pods their Postgres and Redis URLs (with the namespace's own
-    credentials, clarion_operator.tenancy)."""
+    credentials, clarion_operator.tenancy); the Redis user and password also on their own, where a
+    KEDA TriggerAuthentication reads them (empty when the URL has none)."""
+    redis = _redis_url(redis_url)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": name, "namespace": namespace,
                      "labels": {**MANAGED_BY, "app.kubernetes.io/name": "clarion"}},
         "type": "Opaque",
-        "stringData": {RUNTIME_DATABASE_KEY: database_url, RUNTIME_REDIS_KEY: redis_url},
+        "stringData": {RUNTIME_DATABASE_KEY: database_url, RUNTIME_REDIS_KEY: redis_url,
+                       RUNTIME_REDIS_USERNAME_KEY: redis.get("username") or "",
+                       RUNTIME_REDIS_PASSWORD_KEY: redis.get("password") or ""},
     }
 
 
@@ -235,6 +254,100 @@ def worker_deployment(
             command=["clarion-worker", "--channel", channel_key(namespace, channel), "--lanes", lane],
             secrets=secrets, runtime_secret_name=runtime_secret_name, resources=_channel_resources(),
             env=[{"name": "CLARION_WORKER_CONCURRENCY", "value": str(concurrency)}]))
+
+
+KEDA_API_VERSION = "keda.sh/v1alpha1"
+SCALED_OBJECTS, TRIGGER_AUTHENTICATIONS = "scaledobjects", "triggerauthentications"
+#: How often KEDA reads a lane's consumer group (ADR 0008): KEDA's default is 30 s.
+KEDA_POLLING_SECONDS = 5
+#: The longest stabilization window an HPA accepts.
+HPA_MAX_STABILIZATION_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where KEDA's redis-streams scaler reaches Redis: `host:port`, the database, TLS or not."""
+
+    address: str
+    database: int
+    tls: bool
+
+    @classmethod
+    def of(cls, url: str) -> RedisAddress:
+        """The address of a `redis://` or `rediss://` URL (its credentials are not part of it).
+
+        Raises ValueError for a URL KEDA cannot use (a Unix socket).
+        """
+        parts = _redis_url(url)
+        host = parts.get("host")
+        if not host:
+            raise ValueError(f"KEDA's redis-streams scaler needs a TCP address; the Redis URL has none "
+                             f"({url.partition('://')[0]}://)")
+        host = f"[{host}]" if ":" in host else host
+        return cls(address=f"{host}:{parts.get('port') or 6379}", database=int(parts.get("db") or 0),
+                   tls=parts.get("connection_class") is SSLConnection)
+
+
+def keda_trigger_authentication(*, namespace: str, channel: str, lane: Lane,
+                                runtime_secret_name: str) -> dict[str, Any]:
+    """The TriggerAuthentication of a lane's ScaledObject: the namespace's Redis user and password from
+    its runtime Secret (ADR 0005), so KEDA reads the lane's stream with the tenant's own ACL user."""
+    return {
+        "apiVersion": KEDA_API_VERSION,
+        "kind": "TriggerAuthentication",
+        "metadata": {"name": worker_deployment_name(channel, lane), "namespace": namespace,
+                     "labels": {**worker_labels(channel, lane), **MANAGED_BY}},
+        "spec": {"secretTargetRef": [
+            {"parameter": "username", "name": runtime_secret_name, "key": RUNTIME_REDIS_USERNAME_KEY},
+            {"parameter": "password", "name": runtime_secret_name, "key": RUNTIME_REDIS_PASSWORD_KEY},
+        ]},
+    }
+
+
+def keda_scaled_object(*, namespace: str, channel: str, lane: Lane, policy: ScalingPolicy,
+                       redis: RedisAddress) -> dict[str, Any]:
+    """The KEDA ScaledObject of one lane's worker Deployment (engine `keda`, ADR 0008).
+
+    One `redis-streams` trigger in lag mode on the lane's stream and the workers' consumer group,
+    authenticated by the TriggerAuthentication of the same name; `cooldownPeriod` (1 -> 0) and the
+    HPA's scale-down stabilization window (N -> M) are both the lane's cooldown (the window at most
+    the HPA's hour). A lane turned off
+    (maxReplicas 0, which no HPA accepts) is paused at 0 replicas by KEDA's annotation instead.
+    """
+    name = worker_deployment_name(channel, lane)
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace,
+                                "labels": {**worker_labels(channel, lane), **MANAGED_BY}}
+    if policy.max_replicas == 0:
+        metadata["annotations"] = {"autoscaling.keda.sh/paused-replicas": "0"}
+    cooldown = policy.scale_down_cooldown_seconds
+    return {
+        "apiVersion": KEDA_API_VERSION,
+        "kind": "ScaledObject",
+        "metadata": metadata,
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "pollingInterval": KEDA_POLLING_SECONDS,
+            "cooldownPeriod": cooldown,
+            "minReplicaCount": policy.min_replicas,
+            "maxReplicaCount": policy.max_replicas,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
+                "scaleDown": {"stabilizationWindowSeconds": min(cooldown, HPA_MAX_STABILIZATION_SECONDS)},
+            }}},
+            "triggers": [{
+                "type": "redis-streams",
+                "metadata": {
+                    "address": redis.address,
+                    "databaseIndex": str(redis.database),
+                    "enableTLS": "true" if redis.tls else "false",
+                    "stream": notify_stream(channel_key(namespace, channel), lane),
+                    "consumerGroup": WORKER_GROUP,
+                    "lagCount": str(policy.target_lag_per_replica),
+                    "activationLagCount": "0",
+                },
+                "authenticationRef": {"name": name, "kind": "TriggerAuthentication"},
+            }],
+        },
+    }
 
 
 def sender_labels(campaign: str, run: int) -> dict[str, str]:

@@ -15,6 +15,7 @@ from clarion.models import (
     Condition,
     ConditionType,
     EmailSettings,
+    Lane,
     NotificationChannelSpec,
     NotificationChannelStatus,
     TelegramSettings,
@@ -106,15 +107,29 @@ class ChannelCheck:
         return self.webhook is None or not self.webhook_configured or self.webhook.status != "False"
 
 
-def channel_conditions(check: ChannelCheck, templates: Sequence[StoredTemplate] = ()) -> list[Condition]:
-    """CredentialsValid, WebhookRegistered (telegram), TemplatesValid and the Ready summary (last).
+def autoscaler_verdict(keda_lanes: Sequence[Lane]) -> Verdict:
+    """AutoscalerReady when every lane's scaler is in place: the operator's, or KEDA's ScaledObject."""
+    if not keda_lanes:
+        return Verdict.passed(ChannelReason.OPERATOR_SCALING, "the operator scales every lane's workers")
+    lanes = ", ".join(keda_lanes)
+    return Verdict.passed(ChannelReason.SCALED_OBJECTS_APPLIED,
+                          f"KEDA ScaledObjects scale the workers of lane {lanes}; the operator the others")
 
-    A broken template does not make the channel unready: it can still send everything else.
+
+def channel_conditions(check: ChannelCheck, templates: Sequence[StoredTemplate] = (),
+                       autoscaler: Verdict | None = None) -> list[Condition]:
+    """CredentialsValid, WebhookRegistered (telegram), TemplatesValid, AutoscalerReady (when the
+    workers were reconciled) and the Ready summary (last).
+
+    A broken template does not make the channel unready: it can still send everything else; nor does
+    an autoscaler that is not in place (KEDA not installed): the workers run at their minimum.
     """
     conds = [check.credentials.condition(ConditionType.CREDENTIALS_VALID)]
     if check.webhook is not None:
         conds.append(check.webhook.condition(ConditionType.WEBHOOK_REGISTERED))
     conds.append(templates_condition(templates))
+    if autoscaler is not None:
+        conds.append(autoscaler.condition(ConditionType.AUTOSCALER_READY))
     if check.ready:
         note = "" if check.webhook is None or check.webhook.status == "True" else f"; {check.webhook.message}"
         conds.append(Condition.of(ConditionType.READY, True, ChannelReason.CHANNEL_READY,

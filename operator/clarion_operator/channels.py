@@ -8,6 +8,7 @@ run the bot Deployment. Every step is safe to repeat.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,11 +32,13 @@ from clarion.models import (
     find_condition,
 )
 from clarion.telegram import botapi
+from kubernetes.client.exceptions import ApiException
 
 from clarion_operator import builders, credential_checks, store, tenancy
 from clarion_operator.channel_logic import (
     ChannelCheck,
     Verdict,
+    autoscaler_verdict,
     channel_conditions,
     channel_status,
     check_due,
@@ -45,6 +48,7 @@ from clarion_operator.channel_logic import (
 )
 from clarion_operator.context import Context, context, object_lock
 from clarion_operator.indexes import ChannelSecrets
+from clarion_operator.k8s import NotServed
 from clarion_operator.status import typed, write_status
 
 CHANNELS = NOTIFICATION_CHANNEL.selector
@@ -152,10 +156,10 @@ async def _ensure_bot(ctx: Context, channel: NotificationChannel, body: kopf.Bod
     await ctx.kube.apply_deployment(deployment)
 
 
-async def _ensure_workers(ctx: Context, channel: NotificationChannel, body: kopf.Body) -> None:
+async def _ensure_workers(ctx: Context, channel: NotificationChannel, body: kopf.Body) -> Verdict:
     """The channel's worker Deployments, one per lane (docs/notifications.md, ADR 0008): created at
     the lane's minReplicas, their size left to the scaler afterwards; the one Deployment of both
-    lanes that came before is deleted."""
+    lanes that came before is deleted. Then each lane's KEDA objects (`_ensure_keda`)."""
     spec = channel.spec
     secrets: dict[str, SecretKeyRef] = {}
     if spec.telegram is not None:
@@ -164,8 +168,9 @@ async def _ensure_workers(ctx: Context, channel: NotificationChannel, body: kopf
         secrets["CLARION_SMTP_USERNAME"] = spec.email.username_secret_ref
         secrets["CLARION_SMTP_PASSWORD"] = spec.email.password_secret_ref
     credentials = await tenancy.ensure_runtime_secret(ctx, channel.namespace)
-    for lane in get_args(Lane):
-        policy = spec.workers.autoscaling.policy(lane, ctx.settings.worker_autoscaling)
+    policies = {lane: spec.workers.autoscaling.policy(lane, ctx.settings.worker_autoscaling)
+                for lane in get_args(Lane)}
+    for lane, policy in policies.items():
         deployment = builders.worker_deployment(
             namespace=channel.namespace, channel=channel.name, lane=lane, secrets=secrets,
             replicas=policy.min_replicas, concurrency=spec.workers.concurrency, image=ctx.settings.image,
@@ -174,6 +179,67 @@ async def _ensure_workers(ctx: Context, channel: NotificationChannel, body: kopf
         kopf.append_owner_reference(deployment, owner=body)
         await ctx.kube.apply_deployment(deployment, scaled=True)
     await ctx.kube.delete_deployment(channel.namespace, builders.legacy_worker_deployment_name(channel.name))
+    keda_lanes = [lane for lane, policy in policies.items() if policy.engine == "keda"]
+    return await _ensure_keda(ctx, channel, body, keda_lanes)
+
+
+def _refused(exc: ApiException) -> bool:
+    """A request the API server will refuse again (so not worth kopf's retries): a 4xx, or the 500 a
+    server-side apply gets for a field the CRD does not declare (the installed KEDA is too old)."""
+    return 400 <= int(exc.status or 0) < 500 or "field not declared in schema" in str(exc.body)
+
+
+def _refusal(exc: ApiException) -> str:
+    """What the API server said when it refused a request."""
+    try:
+        message = str(json.loads(exc.body or "")["message"])
+    except (TypeError, ValueError, KeyError):
+        message = str(exc.reason)
+    return f"{exc.status}: {message}"[:1000]
+
+
+async def _ensure_keda(ctx: Context, channel: NotificationChannel, body: kopf.Body,
+                       keda_lanes: list[Lane]) -> Verdict:
+    """A ScaledObject and its TriggerAuthentication for each lane with engine keda (owned by the
+    channel, named like the lane's Deployment), none for the others: KEDA then owns the keda lanes'
+    replicas, the operator's scaler the others'. KEDA's CRDs missing, or a refusal of the API server,
+    becomes AutoscalerReady=False (the channel and its workers go on at their minimum); it is tried
+    again at the next check."""
+    namespace, kube = channel.namespace, ctx.kube
+    lanes = ", ".join(keda_lanes)
+    try:
+        redis = builders.RedisAddress.of(ctx.runtime_urls()[1]) if keda_lanes else None
+    except ValueError as exc:
+        return Verdict.failed(ChannelReason.REDIS_ADDRESS_UNSUPPORTED, f"engine keda (lane {lanes}): {exc}")
+    try:
+        for lane in get_args(Lane):
+            name = builders.worker_deployment_name(channel.name, lane)
+            if redis is None or lane not in keda_lanes:
+                for plural in (builders.SCALED_OBJECTS, builders.TRIGGER_AUTHENTICATIONS):
+                    await kube.delete_custom(builders.KEDA_API_VERSION, plural, namespace, name)
+                continue
+            policy = channel.spec.workers.autoscaling.policy(lane, ctx.settings.worker_autoscaling)
+            authentication = builders.keda_trigger_authentication(
+                namespace=namespace, channel=channel.name, lane=lane,
+                runtime_secret_name=ctx.settings.runtime_secret_name)
+            scaled = builders.keda_scaled_object(namespace=namespace, channel=channel.name, lane=lane,
+                                                 policy=policy, redis=redis)
+            for plural, obj in ((builders.TRIGGER_AUTHENTICATIONS, authentication),
+                                (builders.SCALED_OBJECTS, scaled)):
+                kopf.append_owner_reference(obj, owner=body)
+                await kube.apply_custom(plural, obj)
+    except NotServed:
+        return Verdict.failed(ChannelReason.KEDA_NOT_INSTALLED,
+                              f"engine keda (lane {lanes}): the cluster has no KEDA (keda.sh ScaledObject "
+                              "and TriggerAuthentication CRDs); those workers keep their present size until "
+                              "KEDA is installed or the engine is operator")
+    except ApiException as exc:
+        if not _refused(exc):
+            raise
+        return Verdict.failed(ChannelReason.KEDA_OBJECT_REFUSED,
+                              f"engine keda (lane {lanes}): the API server refused a KEDA object: "
+                              f"{_refusal(exc)}")
+    return autoscaler_verdict(keda_lanes)
 
 
 async def reconcile_channel(channel: NotificationChannel, body: kopf.Body, memo: Any, patch: kopf.Patch,
@@ -197,9 +263,10 @@ async def reconcile_channel(channel: NotificationChannel, body: kopf.Body, memo:
         templates=[t.to_json() for t in templates], ready=check.ready)
     if spec.telegram is not None and check.credentials.status == "True":
         await _ensure_bot(ctx, channel, body, spec.telegram)
+    autoscaler = None
     if spec.type in ("telegram", "email") and check.credentials.status == "True":
-        await _ensure_workers(ctx, channel, body)
-    fresh = channel_conditions(check, templates)
+        autoscaler = await _ensure_workers(ctx, channel, body)
+    fresh = channel_conditions(check, templates, autoscaler)
     status = channel_status(channel.status, check, fresh, telegram=spec.telegram is not None,
                             webhook_secret_name=checked.webhook_secret_name, generation=channel.generation,
                             now=datetime.now(UTC))

@@ -1,7 +1,9 @@
 """The one module that talks to the Kubernetes API (besides kopf itself, which writes status and Events).
 
 Calls use the official client in worker threads and exchange plain dicts. Creates tolerate 409 (the
-object already exists: a handler ran twice), reads return None for 404.
+object already exists: a handler ran twice), reads return None for 404. Objects of other projects'
+APIs (KEDA's) are written by server-side apply with strict field validation: a field the installed
+CRD does not know is an error, not silently pruned.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ def load_client() -> kubernetes.client.ApiClient:
     except loaders.ConfigException:
         loaders.load_kube_config(client_configuration=configuration)
     return kubernetes.client.ApiClient(configuration)
+
+
+#: The field manager of the operator's server-side applies.
+FIELD_MANAGER = "clarion-operator"
+
+
+class NotServed(Exception):
+    """The API server serves no such resource (its CRD is not installed)."""
 
 
 def _status(exc: ApiException) -> int:
@@ -155,6 +165,34 @@ class Kube:
         try:
             await asyncio.to_thread(self._batch.delete_namespaced_job, name, namespace,
                                     propagation_policy="Background", _preload_content=False)
+        except ApiException as exc:
+            if _status(exc) != 404:
+                raise
+
+    # Other projects' resources (KEDA)
+
+    async def apply_custom(self, plural: str, body: dict[str, Any]) -> None:
+        """Create or update a namespaced custom object by server-side apply: the fields the operator set
+        before and left out now are removed; a field the CRD does not know is refused (fieldValidation
+        Strict). Raises NotServed when the API server has no such resource."""
+        group, version = body["apiVersion"].split("/")
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            await asyncio.to_thread(
+                self._custom.patch_namespaced_custom_object, group, version, namespace, plural, name, body,
+                field_manager=FIELD_MANAGER, force=True, field_validation="Strict",
+                _content_type="application/apply-patch+yaml", _preload_content=False)
+        except ApiException as exc:
+            if _status(exc) == 404:  # an apply creates a missing object: 404 is the resource itself
+                raise NotServed(f"{plural}.{group}/{version} is not served by the API server") from exc
+            raise
+
+    async def delete_custom(self, api_version: str, plural: str, namespace: str, name: str) -> None:
+        """Delete a namespaced custom object; nothing when there is none, or no such resource."""
+        group, version = api_version.split("/")
+        try:
+            await asyncio.to_thread(self._custom.delete_namespaced_custom_object, group, version, namespace,
+                                    plural, name, _preload_content=False)
         except ApiException as exc:
             if _status(exc) != 404:
                 raise

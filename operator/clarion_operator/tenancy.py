@@ -3,8 +3,9 @@
 No pod in a tenant namespace gets the operator's own credentials (docs/tenancy.md, ADR 0005):
 
 - `ensure_runtime_secret` (a channel check, a campaign's first Job in the namespace): the namespace's
-  role and ACL user exist, and the runtime Secret holds their URLs; a Secret that was lost or edited,
-  or whose credentials are older than `credential_rotation_hours`, gets new ones (a rotation).
+  role and ACL user exist, and the runtime Secret holds their URLs; a Secret that was lost, edited or
+  lacks a key, or whose credentials are older than `credential_rotation_hours`, gets new ones (a
+  rotation).
 - A rotation gives the namespace's other role (slot a/b) a new password and the ACL user a second
   password; the previous ones keep working for `credential_grace_minutes`, so pods started before the
   rotation go on. The namespace's channels are annotated, so their bot Deployments roll to pods that
@@ -191,7 +192,10 @@ async def _converge(ctx: Context, conn: Any, namespace: str, tenant: q.Tenant | 
         refresh_acl = False
     secret = await ctx.kube.read_secret(namespace, ctx.settings.runtime_secret_name)
     rotation = timedelta(hours=ctx.settings.credential_rotation_hours)
+    # A Secret written before it had every key (redis-username, redis-password) matches its digest but
+    # lacks them; the operator keeps no password to add them, so it rotates.
     if (tenant is None or secret is None or secret_digest(secret) != tenant.secret_sha256
+            or secret.keys() != builders.RUNTIME_SECRET_KEYS
             or (rotation and now - tenant.rotated_at >= rotation)):
         return await _rotate(ctx, conn, namespace, tenant, now)
     if refresh_acl:  # a channel may have a new bot id

@@ -32,7 +32,9 @@ NAMESPACED_NEEDS: list[tuple[str, str, tuple[str, ...]]] = [
     ("", "secrets", ("get", "list", "watch", "create", "update", "patch")),
     ("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete")),
     ("apps", "deployments", ("get", "list", "watch", "create", "patch", "delete")),
-    ("apps", "deployments/scale", ("get", "patch")),
+    ("apps", "deployments/scale", ("patch",)),
+    *[("keda.sh", plural, ("create", "patch", "delete"))
+      for plural in ("scaledobjects", "triggerauthentications")],
     ("", "pods", ("get", "list", "watch")),
 ]
 CLUSTER_NEEDS: list[tuple[str, str, tuple[str, ...]]] = [
@@ -54,6 +56,8 @@ FORBIDDEN: list[tuple[str, str, str, bool]] = [  # group, resource[/sub], verb, 
     ("clarion.io", "broadcastcampaigns", "create", False),
     ("clarion.io", "notificationchannels", "delete", False),
     ("apps", "daemonsets", "create", False),
+    ("keda.sh", "clustertriggerauthentications", "create", True),
+    ("keda.sh", "scaledjobs", "create", False),
 ]
 # Every authenticated identity may ask about itself.
 SELF_REVIEWS = {

@@ -416,6 +416,38 @@ async def test_a_namespace_redis_user_reaches_only_its_keys_streams_and_bots(ctx
     assert await redis.xlen(dead_letter_stream(CAMPAIGN_DELIVERIES_STREAM)) == 2
 
 
+async def test_a_runtime_secret_without_the_redis_user_keys_gets_credentials_that_have_them(
+        ctx: Context, db: asyncpg.Pool) -> None:
+    """KEDA's TriggerAuthentication reads redis-username and redis-password (ADR 0008); a Secret an
+    operator wrote before them is rotated, and the old credentials keep working for the grace."""
+    await seed(db, "team-a", BOT_A)
+    await tenancy.ensure_runtime_secret(ctx, "team-a")
+    old = {k: v for k, v in secret_of(ctx, "team-a").items() if k in ("database-url", "redis-url")}
+    kube(ctx).secrets[("team-a", SECRET)] = dict(old)
+    await tenancy.ensure_runtime_secret(ctx, "team-a")
+
+    new = secret_of(ctx, "team-a")
+    assert new["redis-url"] != old["redis-url"]
+    url = urlsplit(new["redis-url"])
+    assert (new["redis-username"], new["redis-password"]) == (url.username, url.password)
+    for redis_url in (old["redis-url"], new["redis-url"]):
+        client = aioredis.Redis.from_url(redis_url)
+        assert await client.ping()
+        await client.aclose()
+    # what KEDA's redis-streams scaler runs (lag mode), with the user and password on their own
+    host = urlsplit(new["redis-url"])
+    keda = aioredis.Redis(host=host.hostname or "", port=host.port or 6379, db=int(host.path[1:] or 0),
+                          username=new["redis-username"], password=new["redis-password"])
+    try:
+        assert (await keda.info())["redis_version"]
+        stream = notify_stream("team-a.shop", "bulk")
+        await keda.xlen(stream)
+        with pytest.raises(ResponseError, match="no such key"):
+            await keda.xinfo_groups(stream)
+    finally:
+        await keda.aclose()
+
+
 async def test_rotation_keeps_the_old_credentials_for_the_grace_period_then_refuses_them(
         ctx: Context, db: asyncpg.Pool) -> None:
     await seed(db, "team-a", BOT_A)

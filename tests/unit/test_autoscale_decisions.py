@@ -171,6 +171,17 @@ def test_each_field_comes_from_the_most_specific_level_that_sets_it() -> None:
         engine="keda", max_replicas=6, target_lag_per_replica=1000, scale_down_cooldown_seconds=30)
 
 
+def test_the_engine_can_differ_per_lane() -> None:
+    channel = WorkerAutoscaling.model_validate({"lanes": {"bulk": {"engine": "keda"}}})
+    assert (channel.policy("instant").engine, channel.policy("bulk").engine) == ("operator", "keda")
+    cluster = WorkerAutoscaling.model_validate({"engine": "keda",
+                                                "lanes": {"instant": {"engine": "operator"}}})
+    assert (WorkerAutoscaling().policy("instant", cluster).engine,
+            WorkerAutoscaling().policy("bulk", cluster).engine) == ("operator", "keda")
+    # the channel's own engine comes before the cluster's lane override
+    assert WorkerAutoscaling(engine="keda").policy("instant", cluster).engine == "keda"
+
+
 def test_the_bound_set_on_the_more_specific_level_wins_a_disagreement() -> None:
     cluster = WorkerAutoscaling(min_replicas=5)
     assert WorkerAutoscaling(max_replicas=3).policy("bulk", cluster).model_dump(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from clarion.models import SecretKeyRef
+from clarion.models import ScalingPolicy, SecretKeyRef
 from clarion_operator import builders
 
 pytestmark = pytest.mark.unit
@@ -70,7 +70,13 @@ def test_bot_deployment_runs_the_channel_bot() -> None:
 
 def test_runtime_and_webhook_secrets_carry_their_keys() -> None:
     runtime = builders.runtime_secret("ns", "clarion-runtime", "postgresql://db", "redis://r")
-    assert runtime["stringData"] == {"database-url": "postgresql://db", "redis-url": "redis://r"}
+    assert runtime["stringData"] == {"database-url": "postgresql://db", "redis-url": "redis://r",
+                                     "redis-username": "", "redis-password": ""}
+    # the Redis user and password on their own too, unquoted, for KEDA's TriggerAuthentication
+    tenant = builders.runtime_secret("ns", "clarion-runtime", "postgresql://db",
+                                     "redis://clarion-t-ab%40c:p%3Aw%2F@r:6380/3")
+    assert tenant["stringData"]["redis-username"] == "clarion-t-ab@c"
+    assert tenant["stringData"]["redis-password"] == "p:w/"
     assert runtime["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "clarion-operator"
     hook = builders.webhook_secret("ns", "shop", "t0k")
     assert hook["metadata"]["name"] == "shop-webhook-secret"
@@ -146,3 +152,66 @@ def test_each_lane_has_its_own_worker_deployment_and_selector() -> None:
     assert names == {"shop-workers-instant", "shop-workers-bulk"}
     assert instant["spec"]["selector"] != bulk["spec"]["selector"]
     assert builders.legacy_worker_deployment_name("shop") == "shop-workers"
+
+
+def test_a_keda_lane_gets_a_scaled_object_in_lag_mode_on_its_stream_and_consumer_group() -> None:
+    policy = ScalingPolicy(engine="keda", min_replicas=1, max_replicas=7, target_lag_per_replica=250,
+                           scale_down_cooldown_seconds=120)
+    redis = builders.RedisAddress.of("redis://user:pw@redis.clarion-system:6379/11")
+    scaled = builders.keda_scaled_object(namespace="ns", channel="shop", lane="bulk", policy=policy,
+                                         redis=redis)
+    assert (scaled["apiVersion"], scaled["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    assert scaled["metadata"]["name"] == "shop-workers-bulk"
+    assert scaled["metadata"]["labels"]["clarion.io/lane"] == "bulk"
+    assert "annotations" not in scaled["metadata"]
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                      "name": "shop-workers-bulk"}
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 7)
+    assert spec["cooldownPeriod"] == 120
+    assert spec["pollingInterval"] == builders.KEDA_POLLING_SECONDS
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior == {"scaleDown": {"stabilizationWindowSeconds": 120}}
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "redis-streams"
+    assert trigger["metadata"] == {
+        "address": "redis.clarion-system:6379", "databaseIndex": "11", "enableTLS": "false",
+        "stream": "notify:ns.shop:bulk", "consumerGroup": "workers", "lagCount": "250",
+        "activationLagCount": "0"}
+    assert trigger["authenticationRef"] == {"name": "shop-workers-bulk", "kind": "TriggerAuthentication"}
+
+
+def test_the_trigger_authentication_reads_the_namespace_s_redis_user_from_its_runtime_secret() -> None:
+    auth = builders.keda_trigger_authentication(namespace="ns", channel="shop", lane="instant",
+                                                runtime_secret_name="clarion-runtime")
+    assert (auth["kind"], auth["metadata"]["name"]) == ("TriggerAuthentication", "shop-workers-instant")
+    assert auth["spec"] == {"secretTargetRef": [
+        {"parameter": "username", "name": "clarion-runtime", "key": "redis-username"},
+        {"parameter": "password", "name": "clarion-runtime", "key": "redis-password"}]}
+
+
+def test_a_keda_lane_that_is_off_is_paused_at_zero_and_a_long_cooldown_keeps_the_hpa_s_hour() -> None:
+    policy = ScalingPolicy(engine="keda", min_replicas=0, max_replicas=0, scale_down_cooldown_seconds=7200)
+    scaled = builders.keda_scaled_object(namespace="ns", channel="shop", lane="bulk", policy=policy,
+                                         redis=builders.RedisAddress.of("redis://r"))
+    assert scaled["metadata"]["annotations"] == {"autoscaling.keda.sh/paused-replicas": "0"}
+    assert scaled["spec"]["cooldownPeriod"] == 7200
+    behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 3600
+
+
+@pytest.mark.parametrize(("url", "address", "database", "tls"), [
+    ("redis://r", "r:6379", 0, False),
+    ("redis://u:p@10.0.0.5:7000/4", "10.0.0.5:7000", 4, False),
+    ("rediss://r.example:6380?db=2", "r.example:6380", 2, True),
+    ("redis://[::1]:6379/1", "[::1]:6379", 1, False),
+])
+def test_keda_reaches_redis_where_the_runtime_url_points_with_its_database_and_tls(
+    url: str, address: str, database: int, tls: bool,
+) -> None:
+    assert builders.RedisAddress.of(url) == builders.RedisAddress(address, database, tls)
+
+
+def test_a_unix_socket_redis_url_cannot_be_given_to_keda() -> None:
+    with pytest.raises(ValueError, match="TCP address"):
+        builders.RedisAddress.of("unix:///run/redis.sock?db=1")

@@ -9,6 +9,7 @@ from clarion.models import ChannelReason, NotificationChannelSpec, NotificationC
 from clarion_operator.channel_logic import (
     ChannelCheck,
     Verdict,
+    autoscaler_verdict,
     channel_conditions,
     channel_status,
     check_due,
@@ -131,3 +132,18 @@ def test_templates_that_compile_are_reported_valid_and_stored_with_their_revisio
     assert (valid.status, valid.message) == ("True", "1 template compiled")
     assert templates[0].to_json() == {"name": "t0", "revision": spec.templates[0].revision, "error": None,
                                       "template": spec.templates[0].to_k8s()}
+
+
+def test_autoscaler_ready_names_the_keda_lanes_and_keda_missing_leaves_the_channel_ready() -> None:
+    by_type = {c.type: c for c in channel_conditions(ChannelCheck(OK), autoscaler=autoscaler_verdict([]))}
+    ready = by_type["AutoscalerReady"]
+    assert (ready.status, ready.reason) == ("True", "OperatorScaling")
+    keda = autoscaler_verdict(["bulk"])
+    assert (keda.status, keda.reason) == ("True", "ScaledObjectsApplied") and "bulk" in keda.message
+    missing = Verdict.failed(ChannelReason.KEDA_NOT_INSTALLED, "no KEDA")
+    conds = channel_conditions(ChannelCheck(OK), autoscaler=missing)
+    assert [c.type for c in conds][-2:] == ["AutoscalerReady", "Ready"]
+    assert (conds[-2].status, conds[-2].reason) == ("False", "KedaNotInstalled")
+    assert conds[-1].status == "True"
+    # not reconciled (credentials not checked): no AutoscalerReady at all
+    assert "AutoscalerReady" not in {c.type for c in channel_conditions(ChannelCheck(OK))}

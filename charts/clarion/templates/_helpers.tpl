@@ -180,7 +180,13 @@ topologySpreadConstraints:
 # The worker autoscaler sets a lane's worker count through the scale subresource (ADR 0008).
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
+# Lanes with engine keda: a ScaledObject and its TriggerAuthentication each, written by server-side
+# apply (create, patch) and deleted when the lane goes back to the operator (ADR 0008). Harmless
+# where KEDA is not installed.
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects", "triggerauthentications"]
+  verbs: ["create", "patch", "delete"]
 # Sender and bot pod status (progress, failures); read-only.
 - apiGroups: [""]
   resources: ["pods"]

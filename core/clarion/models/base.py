@@ -148,6 +148,7 @@ class ConditionType(StrEnum):
     CREDENTIALS_VALID = "CredentialsValid"
     WEBHOOK_REGISTERED = "WebhookRegistered"
     TEMPLATES_VALID = "TemplatesValid"
+    AUTOSCALER_READY = "AutoscalerReady"
 
 
 class CommonReason(StrEnum):

@@ -27,7 +27,8 @@ PUBLIC_BOT_API = "https://api.telegram.org"
 
 
 class ChannelReason(StrEnum):
-    """Reasons of a channel's conditions (CredentialsValid, WebhookRegistered, Ready) and Events."""
+    """Reasons of a channel's conditions (CredentialsValid, WebhookRegistered, TemplatesValid,
+    AutoscalerReady, Ready) and Events."""
 
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
@@ -46,6 +47,11 @@ class ChannelReason(StrEnum):
     CHANNEL_READY = "ChannelReady"
     TEMPLATES_COMPILED = "TemplatesCompiled"
     TEMPLATE_INVALID = "TemplateInvalid"
+    OPERATOR_SCALING = "OperatorScaling"
+    SCALED_OBJECTS_APPLIED = "ScaledObjectsApplied"
+    KEDA_NOT_INSTALLED = "KedaNotInstalled"
+    KEDA_OBJECT_REFUSED = "KedaObjectRefused"
+    REDIS_ADDRESS_UNSUPPORTED = "RedisAddressUnsupported"
 
 
 class ScaleReason(StrEnum):
@@ -216,6 +222,12 @@ class LaneAutoscaling(CamelModel):
 
     model_config = ConfigDict(json_schema_extra=rules(_MIN_NOT_ABOVE_MAX))
 
+    engine: AutoscalingEngine | None = Field(
+        default=None,
+        description="operator: the operator polls the lane's consumer group and sets the Deployment's "
+                    "scale (reacts within seconds); keda: it emits a KEDA ScaledObject (redis-streams "
+                    "trigger, lag mode) instead. Absent: the level above (ADR 0008), else operator.",
+    )
     min_replicas: MinReplicas | None = None
     max_replicas: MaxReplicas | None = None
     target_lag_per_replica: TargetLag | None = None
@@ -268,12 +280,6 @@ class WorkerAutoscaling(LaneAutoscaling):
     chart's values); `policy` resolves one lane's settings from both.
     """
 
-    engine: AutoscalingEngine | None = Field(
-        default=None,
-        description="operator: the operator polls the lane's consumer group and sets the Deployment's "
-                    "scale (reacts within seconds); keda: it emits a KEDA ScaledObject (redis-streams "
-                    "trigger, lag mode) instead. Absent: the cluster default, else operator.",
-    )
     lanes: LaneOverrides | None = Field(
         default=None, description="Per-lane settings that differ from the ones above.")
 
