@@ -62,7 +62,7 @@ async def scale_workers(channel: NotificationChannel, *, body: kopf.Body, memo: 
             continue
         try:
             backlog = await read_backlog(ctx.redis, notify_stream(key, lane), WORKER_GROUP,
-                                         count_limit=policy.full_scale_backlog)
+                                         count_limit=max(1, policy.full_scale_backlog))
         except aioredis.RedisError as exc:
             logger.warning("backlog of %s lane %s unreadable: %r", key, lane, exc)
             backlog = None
