@@ -137,6 +137,11 @@ def test_needed_replicas_is_the_ceiling_of_waiting_over_the_target(waiting: int,
     assert needed_replicas(lag(waiting), POLICY) == needed
 
 
+def test_a_lane_turned_off_still_counts_one_entry_so_its_backlog_can_be_read() -> None:
+    off = ScalingPolicy(min_replicas=0, max_replicas=0)
+    assert off.full_scale_backlog == 1
+
+
 def test_counting_past_the_full_scale_backlog_changes_nothing() -> None:
     assert POLICY.full_scale_backlog == 1000
     assert needed_replicas(unknown(POLICY.full_scale_backlog), POLICY) == POLICY.max_replicas

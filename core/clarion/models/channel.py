@@ -264,8 +264,9 @@ class ScalingPolicy(CamelModel):
 
     @property
     def full_scale_backlog(self) -> int:
-        """Entries waiting at which the lane needs maxReplicas: a backlog reader need count no further."""
-        return self.max_replicas * self.target_lag_per_replica
+        """Entries waiting at which the lane needs maxReplicas: a backlog reader need count no further
+        (at least 1: a lane turned off, maxReplicas 0, still reports whether anything waits)."""
+        return max(1, self.max_replicas * self.target_lag_per_replica)
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Self:
