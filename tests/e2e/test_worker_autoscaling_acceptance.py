@@ -10,7 +10,7 @@ its pods through the limiter, so more pods would not), and the backlog lasts lon
 scale-downs to happen while entries still wait.
 
 The zero-and-back item (from zero, one new notification starts a worker and is delivered) is
-`test_notification_workers.py::test_a_lane_at_zero_gets_a_worker_for_its_first_notifications_...`.
+`test_notification_workers.py::test_a_lane_at_zero_gets_a_worker_for_one_new_notification_...`.
 """
 
 from __future__ import annotations
