@@ -6,10 +6,10 @@ import string
 
 import pytest
 from clarion.db.channels import ChannelRecord
+from clarion.i18n import CATALOG, Translator, pick_language
 from clarion.keys import split_channel_key
 from clarion.models.channel import BOT_LANGUAGES
 from clarion_bot.handlers.language import LanguageChoice, language_keyboard
-from clarion_bot.i18n import CATALOG, Translator, pick_language
 from clarion_bot.leases import fair_share, preferred_order
 from clarion_bot.limits import sends_a_message
 

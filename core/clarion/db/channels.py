@@ -10,7 +10,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from clarion.keys import channel_key, split_channel_key
-from clarion.models.channel import BOT_LANGUAGES, DEFAULT_BOT_LANGUAGE, ChannelTemplate
+from clarion.models.channel import BOT_LANGUAGES, DEFAULT_BOT_LANGUAGE, ChannelTemplate, SupportSettings
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,11 @@ class ChannelRecord:
     def support_chat_id(self) -> int | None:
         value = self.config.get("supportChatId")
         return int(value) if value is not None else None
+
+    @property
+    def support(self) -> SupportSettings:
+        """`spec.telegram.support`: the Mini App and the email channel that answers api requests."""
+        return SupportSettings.model_validate(self.config.get("support") or {})
 
     @property
     def default_language(self) -> str:

@@ -13,7 +13,8 @@ What the tenant pods run, and so what `TENANT_PRIVILEGES` grants (nothing else);
   results); no INSERT or DELETE (the operator snapshots and forgets);
 - subscribers: SELECT, INSERT, UPDATE (bot: subscribe, unsubscribe, language, availability; sender:
   blocked recipients, migrated groups' chat id);
-- support_threads: SELECT, INSERT, and its id sequence (bot `reserve_thread_id`);
+- support_threads: SELECT, INSERT, and its id sequence (bot `reserve_thread_id`); UPDATE of the reply
+  columns (bot: an answer in the chat, the outcome of a reply, an api request's post message id);
 - tenants: the role's own mapping row (`clarion_tenant_namespace()` runs as the caller);
 - notifications: SELECT, UPDATE of the send columns (worker `claim`, `settle`, `retry_later`, the
   replayer's `due_for_enqueue` and `mark_enqueued`); no INSERT (the API accepts as the system role);
@@ -56,7 +57,10 @@ TENANT_PRIVILEGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
                                "unavailable", "unavailable_reason", "unavailable_since", "updated_at")),
     ("SELECT", "support_threads", None),
     ("INSERT", "support_threads", ("id", "channel_id", "user_chat_id", "admin_chat_id", "admin_message_id",
-                                   "user_message_id", "user_name", "user_language")),
+                                   "user_message_id", "user_name", "user_language", "body", "post_text")),
+    # the bot: an answer given in the chat, the outcome of one, an api request's post message id
+    ("UPDATE", "support_threads", ("status", "replied_by", "replied_by_name", "reply_text",
+                                   "reply_notification_id", "last_error", "admin_message_id", "updated_at")),
     ("SELECT", "tenants", ("namespace", "role_a", "role_b")),
     # the notification worker: claim, settle, retry, replay (clarion.db.notifications)
     ("SELECT", "notifications", None),

@@ -156,6 +156,31 @@ class TelegramWebhook(CamelModel):
     )
 
 
+class MiniApp(CamelModel):
+    """The channel's support Mini App (docs/support.md): where admins answer requests."""
+
+    url: str = Field(
+        min_length=9, max_length=2048, pattern=r"^https://[^\s]+$",
+        description="Public HTTPS URL of the Mini App page, the webhook service's /app/ (as registered "
+                    "with BotFather); the Reply button of a post in a private support chat opens it.")
+    short_name: str | None = Field(
+        default=None, min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_]+$",
+        description="The Mini App's short name from BotFather. A group support chat allows no web_app "
+                    "button, so its posts' Reply button is the link t.me/<bot>/<shortName>?startapp=<id>; "
+                    "without it a group's posts can be answered only in the chat.")
+
+
+class SupportSettings(CamelModel):
+    """How support requests are answered besides in the chat (docs/support.md)."""
+
+    mini_app: MiniApp | None = Field(
+        default=None, description="The Mini App admins answer in. Absent: only the in-chat reply.")
+    reply_email_channel: str | None = Field(
+        default=None, min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Name of an email NotificationChannel in this namespace that sends the answers to "
+                    "requests from POST /api/v1/requests. Absent: that endpoint refuses this channel.")
+
+
 class TelegramRateLimits(CamelModel):
     """Sending limits, enforced across every pod of this bot by one shared limiter."""
 
@@ -401,6 +426,11 @@ class TelegramSettings(CamelModel):
     )
     default_language: BotLanguage = Field(
         default=DEFAULT_BOT_LANGUAGE, description="Language of the bot's own texts for users who chose none."
+    )
+    support: SupportSettings = Field(
+        default_factory=SupportSettings,
+        description="The Mini App and the email channel support requests are answered with.",
+        json_schema_extra={"default": {}},
     )
     bot: BotDeployment = Field(
         default_factory=BotDeployment,

@@ -10,10 +10,9 @@ from aiogram import BaseMiddleware, Dispatcher
 from aiogram.types import TelegramObject, User
 from clarion.db import subscribers
 from clarion.db.channels import ChannelRecord
+from clarion.i18n import Translator, pick_language
 from clarion.logging import get_logger
 from clarion.outages import database_unavailable
-
-from clarion_bot.i18n import Translator, pick_language
 
 log = get_logger("clarion.bot")
 

@@ -9,8 +9,7 @@ from aiogram.filters import Command, CommandStart
 from aiogram.types import Message
 from clarion.db import subscribers
 from clarion.db.channels import ChannelRecord
-
-from clarion_bot.i18n import Translator, pick_language
+from clarion.i18n import Translator, pick_language
 
 
 async def start(message: Message, db: Any, channel: ChannelRecord) -> None:

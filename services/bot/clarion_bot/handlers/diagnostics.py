@@ -5,8 +5,7 @@ from __future__ import annotations
 from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
-
-from clarion_bot.i18n import Translator
+from clarion.i18n import Translator
 
 
 async def ping(message: Message, command: CommandObject, t: Translator) -> None:

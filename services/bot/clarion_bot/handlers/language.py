@@ -11,9 +11,8 @@ from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 from clarion.db import subscribers
 from clarion.db.channels import ChannelRecord
+from clarion.i18n import Translator
 from clarion.models.channel import BOT_LANGUAGES
-
-from clarion_bot.i18n import Translator
 
 
 class LanguageChoice(CallbackData, prefix="lang"):

@@ -16,8 +16,7 @@ from aiogram.types import CallbackQuery, ForceReply, Message, User
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 from clarion.db import subscribers, support
 from clarion.db.channels import ChannelRecord
-
-from clarion_bot.i18n import Translator, pick_language
+from clarion.i18n import Translator, pick_language
 
 
 class SupportReply(CallbackData, prefix="sr"):

@@ -1,5 +1,6 @@
 # ruff: noqa: RUF001  (Russian text is Cyrillic on purpose)
-"""Every text the bot sends, in each language of `BOT_LANGUAGES`, and the translator handlers get as `t`.
+"""Every text the bot and the support flow send (the bot's handlers, the webhook's support requests), in
+each language of `BOT_LANGUAGES`, and the translator handlers get as `t`.
 
 A plain catalog rather than gettext: aiogram's I18n middleware needs Babel and compiled `.mo` files,
 which would add a build step for two languages (docs/webhook-and-bot.md).
