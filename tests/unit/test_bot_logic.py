@@ -75,3 +75,12 @@ def test_only_methods_that_post_a_message_take_a_rate_limit_slot() -> None:
     assert all(map(sends_a_message, ("sendMessage", "sendPhoto", "copyMessage", "forwardMessage")))
     assert not any(map(sends_a_message, ("editMessageText", "answerCallbackQuery", "sendChatAction",
                                          "getMe")))
+
+
+def test_support_references_name_the_thread_and_nothing_else_parses_as_one() -> None:
+    from clarion.db import support
+
+    assert support.parse_reference(support.reference("post", 42)) == ("post", 42)
+    assert support.parse_reference(support.reference("reply", 7)) == ("reply", 7)
+    for other in (None, "", "order-17", "support-reply:", "support-reply:x1", "support-other:3"):
+        assert support.parse_reference(other) is None

@@ -23,6 +23,27 @@ ThreadStatus = Literal["open", "replying", "replied", "failed"]
 ANSWERABLE: tuple[ThreadStatus, ...] = ("open", "failed")
 
 
+#: The `reference` of a thread's notifications: its admin post (api requests) and its replies. The bot
+#: follows the status streams and tells them apart by it.
+PostOrReply = Literal["post", "reply"]
+_REFERENCE_PREFIX = "support-"
+
+
+def reference(kind: PostOrReply, thread_id: int) -> str:
+    """`support-post:<id>` or `support-reply:<id>`."""
+    return f"{_REFERENCE_PREFIX}{kind}:{thread_id}"
+
+
+def parse_reference(value: str | None) -> tuple[PostOrReply, int] | None:
+    """(kind, thread id) of a support notification's reference; None for any other reference."""
+    if not value or not value.startswith(_REFERENCE_PREFIX):
+        return None
+    kind, _, number = value.removeprefix(_REFERENCE_PREFIX).partition(":")
+    if kind not in ("post", "reply") or not number.isdigit():
+        return None
+    return ("post" if kind == "post" else "reply"), int(number)
+
+
 @dataclass(frozen=True)
 class SupportThread:
     """What answering a thread needs: the user's private chat, name and language when they wrote."""
