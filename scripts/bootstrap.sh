@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a fresh Debian machine needs before `make test` or `make up`, idempotent:
-# Debian packages (PostgreSQL 15, Redis 7), a virtualenv with Clarion and its dev tools,
+# Debian packages (PostgreSQL 15, Redis 7, Chromium), a virtualenv with Clarion and its dev tools,
 # and the Kubernetes control-plane binaries built from Go modules (cached outside the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,15 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
 fi
 
 bash scripts/local-services.sh start >/dev/null
+
+# Debian's Chromium for the Mini App's browser tests (Playwright drives it; it downloads no browser).
+if ! command -v chromium >/dev/null; then
+  echo "bootstrap: installing chromium from Debian packages" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq >&2
+  $sudo apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >&2
+fi
 
 if [[ "${CLARION_SKIP_K8S_BUILD:-}" != "1" ]]; then
   if command -v go >/dev/null; then

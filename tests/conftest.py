@@ -22,6 +22,7 @@ pytest_plugins = [
     "clarion_dev.testing.cluster",
     "clarion_dev.testing.operator",
     "clarion_dev.testing.servers",
+    "clarion_dev.testing.browser",
 ]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
