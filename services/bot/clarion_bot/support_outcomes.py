@@ -95,9 +95,7 @@ class SupportOutcomes:
                 if time.monotonic() >= next_sweep:
                     await self.sweep()
                     next_sweep = time.monotonic() + self.sweep_seconds
-                reply = await self.redis.xreadgroup(self.group, self.replica_id,
-                                                    dict.fromkeys(self._joined, ">"),
-                                                    count=self.read_count, block=self.block_ms)
+                reply = await self._read_new(stop)
                 for stream, entries in reply or ():
                     for entry_id, fields in entries:
                         await self._take(stream.decode(), entry_id, fields)
@@ -108,6 +106,23 @@ class SupportOutcomes:
                 log.warning("support_follower_failed", error=repr(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), min(0.5 * 2 ** failures, 15.0))
+
+    async def _read_new(self, stop: asyncio.Event) -> Any:
+        """New entries of the joined streams, waiting up to `block_ms`; None at once when `stop` is set (an
+        entry Redis delivered meanwhile stays in this replica's pending list: handled at its next start,
+        or claimed by another replica)."""
+        read = asyncio.ensure_future(self.redis.xreadgroup(
+            self.group, self.replica_id, dict.fromkeys(self._joined, ">"), count=self.read_count,
+            block=self.block_ms))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not read.done():
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await read
+            return None
+        return read.result()
 
     async def _join(self, stream: str) -> None:
         """Create the group (from the stream's start: nothing already there is missed), then handle this
@@ -183,10 +198,12 @@ class SupportOutcomes:
     async def sweep(self) -> None:
         """Settle from Postgres what the streams no longer hold; one replica per period does it."""
         channel = self.holder.current
-        taken = await self.redis.set(support_sweep_key(channel.key), self.replica_id, nx=True,
-                                     px=max(1, int(self.sweep_seconds * 900)))
-        if not taken:
-            return
+        key = support_sweep_key(channel.key)
+        period_ms = max(1, int(self.sweep_seconds * 900))
+        if not await self.redis.set(key, self.replica_id, nx=True, px=period_ms):
+            if await self.redis.get(key) != self.replica_id.encode():
+                return  # another replica's period
+            await self.redis.pexpire(key, period_ms)
         for thread_id, notification_id, status, error in await support.replies_settled_unseen(
                 self.db, channel.id):
             SUPPORT_EVENTS.labels("reply", "sweep").inc()
