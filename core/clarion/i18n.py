@@ -98,6 +98,34 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "[{kind}]",
         "ru": "[{kind}]",
     },
+    "support.reply_here_button": {
+        "en": "Reply here",
+        "ru": "Ответить здесь",
+    },
+    "support.already_answered": {
+        "en": "This request is already answered, or an answer is on its way.",
+        "ru": "На это обращение уже ответили, или ответ уже отправляется.",
+    },
+    "support.outcome_replied": {
+        "en": "✅ Replied by {admin}",
+        "ru": "✅ Ответ(ила) {admin}",
+    },
+    "support.outcome_email_failed": {
+        "en": "❌ Email failed: {reason}",
+        "ru": "❌ Письмо не отправлено: {reason}",
+    },
+    "support.outcome_not_delivered": {
+        "en": "❌ Not delivered: {reason}",
+        "ru": "❌ Не доставлено: {reason}",
+    },
+    "support.reason_blocked": {
+        "en": "the user has blocked the bot",
+        "ru": "пользователь заблокировал бота",
+    },
+    "support.reason_unknown": {
+        "en": "unknown error",
+        "ru": "неизвестная ошибка",
+    },
     "diagnostics.pong": {
         "en": "pong {n}",
         "ru": "pong {n}",

@@ -4,7 +4,9 @@
   chat's updates stay in order; read by the bot through the consumer group `bot`.
 - `notify:{channel}:{lane}`: notification ids of one channel's lane (`instant`, `bulk`; the outbox rows
   live in Postgres); read by the channel's workers through the consumer group `workers`.
-- `notify:{channel}:status`: every final outcome of the channel's notifications (`NotificationEvent`).
+- `notify:{channel}:status`: every final outcome of the channel's notifications (`NotificationEvent`);
+  a Telegram channel's bot follows its own and its reply email channel's through the group
+  `support:{channel}` (support posts and replies, docs/webhook-and-bot.md).
 - `groups:maintenance`: ManagedGroup timer work.
 - `<stream>:dead`: dead letters of any stream (`campaign:deliveries:dead`: campaign deliveries that
   exhausted their attempts; the rows stay in Postgres as `failed`).
@@ -64,6 +66,17 @@ def notify_stream(channel: str, lane: str) -> str:
 def notification_status_stream(channel: str) -> str:
     """Final outcomes of one channel's notifications, for whoever follows them (the bot, the Mini App)."""
     return f"notify:{channel}:status"
+
+
+def support_group(channel: str) -> str:
+    """The consumer group a Telegram channel's bot follows status streams with (its own, and its reply
+    email channel's, which other bots of the namespace may follow too: one group per bot)."""
+    return f"support:{channel}"
+
+
+def support_sweep_key(channel: str) -> str:
+    """Held by the one bot replica of the channel that runs the support sweep this period."""
+    return f"support:sweep:{channel}"
 
 
 def dead_letter_stream(stream: str) -> str:

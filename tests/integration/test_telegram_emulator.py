@@ -17,7 +17,7 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
-from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, WebAppInfo
 from clarion_dev.telegram import Emulator
 from clarion_dev.testing.telegram import aiogram_bot
 
@@ -175,6 +175,39 @@ async def test_edit_delete_and_copy_follow_telegram(world: Emulator, bot: Bot) -
         await bot.delete_message(ALICE, message.message_id)
     with pytest.raises(TelegramBadRequest, match="message to copy not found"):
         await bot.copy_message(BOB, from_chat_id=ALICE, message_id=message.message_id)
+
+
+async def test_edit_without_reply_markup_removes_the_inline_keyboard_and_with_one_sets_it(
+        world: Emulator, bot: Bot) -> None:
+    """editMessageText: an omitted reply_markup leaves the message without an inline keyboard (as
+    Telegram does); a given one replaces the keyboard. `Emulator.message` shows the message as it is now."""
+    message = await bot.send_message(GROUP, "question", reply_markup=_keyboard())
+    await bot.edit_message_text("✅ answered", chat_id=GROUP, message_id=message.message_id)
+    now = world.message(bot.token, GROUP, message.message_id)
+    assert now is not None and now.text == "✅ answered" and now.reply_markup is None
+    await bot.edit_message_text("❌ failed", chat_id=GROUP, message_id=message.message_id,
+                                reply_markup=_keyboard("retry"))
+    now = world.message(bot.token, GROUP, message.message_id)
+    assert now is not None and now.text == "❌ failed"
+    assert now.reply_markup == {"inline_keyboard": [[{"text": "Yes", "callback_data": "retry"}]]}
+    assert world.sent(bot.token, GROUP)[0].text == "question"  # `sent` keeps what was sent
+
+
+async def test_web_app_buttons_only_in_private_chats_and_only_https(bot: Bot) -> None:
+    def app(url: str) -> InlineKeyboardMarkup:
+        return InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text="Open",
+                                                                           web_app=WebAppInfo(url=url))]])
+
+    sent = await bot.send_message(ALICE, "private", reply_markup=app("https://example.org/app/"))
+    assert sent.reply_markup is not None
+    with pytest.raises(TelegramBadRequest, match="BUTTON_TYPE_INVALID"):
+        await bot.send_message(GROUP, "group", reply_markup=app("https://example.org/app/"))
+    in_group = await bot.send_message(GROUP, "group")
+    with pytest.raises(TelegramBadRequest, match="BUTTON_TYPE_INVALID"):
+        await bot.edit_message_text("edited", chat_id=GROUP, message_id=in_group.message_id,
+                                    reply_markup=app("https://example.org/app/"))
+    with pytest.raises(TelegramBadRequest, match="Only HTTPS links are allowed"):
+        await bot.send_message(ALICE, "private", reply_markup=app("http://example.org/app/"))
 
 
 async def test_send_photo_by_url_with_caption_limit(world: Emulator, bot: Bot) -> None:

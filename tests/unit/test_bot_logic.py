@@ -11,7 +11,7 @@ from clarion.keys import split_channel_key
 from clarion.models.channel import BOT_LANGUAGES
 from clarion_bot.handlers.language import LanguageChoice, language_keyboard
 from clarion_bot.leases import fair_share, preferred_order
-from clarion_bot.limits import sends_a_message
+from clarion_bot.limits import takes_a_slot
 
 pytestmark = pytest.mark.unit
 
@@ -71,10 +71,10 @@ def test_channel_keys_are_namespace_dot_name(key: str, parts: tuple[str, str] | 
     assert split_channel_key(key) == parts
 
 
-def test_only_methods_that_post_a_message_take_a_rate_limit_slot() -> None:
-    assert all(map(sends_a_message, ("sendMessage", "sendPhoto", "copyMessage", "forwardMessage")))
-    assert not any(map(sends_a_message, ("editMessageText", "answerCallbackQuery", "sendChatAction",
-                                         "getMe")))
+def test_only_methods_that_post_or_edit_a_message_take_a_rate_limit_slot() -> None:
+    assert all(map(takes_a_slot, ("sendMessage", "sendPhoto", "copyMessage", "forwardMessage",
+                                     "editMessageText", "editMessageReplyMarkup")))
+    assert not any(map(takes_a_slot, ("answerCallbackQuery", "sendChatAction", "getMe")))
 
 
 def test_support_references_name_the_thread_and_nothing_else_parses_as_one() -> None:

@@ -77,11 +77,18 @@ class SupportRequest:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    post_shown_at: datetime | None = None
+
+    @property
+    def post_edit_owed(self) -> bool:
+        """Settled, and its admin post does not show this outcome yet."""
+        return self.status in ("replied", "failed") and self.post_shown_at != self.updated_at
 
 
 _COLUMNS = """id, channel_id, origin, user_chat_id, user_name, user_language, requester_email, body,
               admin_chat_id, admin_message_id, post_text, post_notification_id, status, replied_by,
-              replied_by_name, reply_text, reply_notification_id, last_error, created_at, updated_at"""
+              replied_by_name, reply_text, reply_notification_id, last_error, created_at, updated_at,
+              post_shown_at"""
 
 
 def _request(row: object) -> SupportRequest:
@@ -188,3 +195,38 @@ async def replies_settled_unseen(db: Db, channel_id: int, limit: int = 100) -> l
            ORDER BY t.id LIMIT $2""",
         channel_id, limit)
     return [(r["id"], r["notification_id"], r["status"], r["last_error"]) for r in rows]
+
+
+async def mark_post_shown(db: Db, thread_id: int, updated_at: datetime) -> bool:
+    """The admin post now shows the outcome of the row as it was at `updated_at`; False when the row changed
+    since (a new answer: its own edit is owed) or was already marked."""
+    result: str = await db.execute(
+        """UPDATE support_threads SET post_shown_at = $2
+           WHERE id = $1 AND updated_at = $2 AND post_shown_at IS DISTINCT FROM $2""",
+        thread_id, updated_at)
+    return result.endswith(" 1")
+
+
+async def posts_owed(db: Db, channel_id: int, limit: int = 100) -> list[SupportRequest]:
+    """Settled threads of the channel whose admin post (its message id known) does not show the outcome
+    yet: the bot's sweep edits them (an edit that failed, or a bot that stopped between the two)."""
+    rows = await db.fetch(
+        f"""SELECT {_COLUMNS} FROM support_threads
+            WHERE channel_id = $1 AND status IN ('replied', 'failed') AND admin_message_id IS NOT NULL
+              AND post_shown_at IS DISTINCT FROM updated_at
+            ORDER BY id LIMIT $2""",  # noqa: S608 - a constant column list
+        channel_id, limit)
+    return [_request(r) for r in rows]
+
+
+async def posts_sent_unseen(db: Db, channel_id: int, limit: int = 100) -> list[tuple[int, uuid.UUID, int]]:
+    """Api requests of the channel whose admin post was sent but whose message id the bot has not recorded
+    (its status event missed): (thread id, post notification id, Telegram message id)."""
+    rows = await db.fetch(
+        """SELECT t.id, n.id AS notification_id, n.provider_message_id
+           FROM support_threads t JOIN notifications n ON n.id = t.post_notification_id
+           WHERE t.channel_id = $1 AND t.admin_message_id IS NULL AND n.status = 'sent'
+             AND n.provider_message_id ~ '^[0-9]{1,18}$'
+           ORDER BY t.id LIMIT $2""",
+        channel_id, limit)
+    return [(r["id"], r["notification_id"], int(r["provider_message_id"])) for r in rows]

@@ -60,7 +60,8 @@ TENANT_PRIVILEGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
                                    "user_message_id", "user_name", "user_language", "body", "post_text")),
     # the bot: an answer given in the chat, the outcome of one, an api request's post message id
     ("UPDATE", "support_threads", ("status", "replied_by", "replied_by_name", "reply_text",
-                                   "reply_notification_id", "last_error", "admin_message_id", "updated_at")),
+                                   "reply_notification_id", "last_error", "admin_message_id", "updated_at",
+                                   "post_shown_at")),
     ("SELECT", "tenants", ("namespace", "role_a", "role_b")),
     # the notification worker: claim, settle, retry, replay (clarion.db.notifications)
     ("SELECT", "notifications", None),

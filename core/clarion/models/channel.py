@@ -166,8 +166,20 @@ class MiniApp(CamelModel):
     short_name: str | None = Field(
         default=None, min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_]+$",
         description="The Mini App's short name from BotFather. A group support chat allows no web_app "
-                    "button, so its posts' Reply button is the link t.me/<bot>/<shortName>?startapp=<id>; "
+                    "button, so its posts' Reply button is the link t.me/<bot>/<shortName>?startapp=t<id>; "
                     "without it a group's posts can be answered only in the chat.")
+
+    def reply_link(self, chat_id: int, thread_id: int,
+                   bot_username: str | None) -> tuple[Literal["web_app", "url"], str] | None:
+        """The Reply button of thread `thread_id`'s post in chat `chat_id`: a `web_app` button opening
+        `<url>?thread=<id>` in a private chat (the only chats the Bot API allows them in), else the link
+        `https://t.me/<bot>/<shortName>?startapp=t<id>` (the page reads the id from `start_param`); None
+        when neither is possible (a group chat and no short name)."""
+        if chat_id > 0:
+            return "web_app", f"{self.url}{'&' if '?' in self.url else '?'}thread={thread_id}"
+        if self.short_name and bot_username:
+            return "url", f"https://t.me/{bot_username}/{self.short_name}?startapp=t{thread_id}"
+        return None
 
 
 class SupportSettings(CamelModel):

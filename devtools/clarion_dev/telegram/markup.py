@@ -275,6 +275,12 @@ def _inline_keyboard(rows: Any) -> None:
             data = button.get("callback_data")
             if data is not None and (not isinstance(data, str) or not 1 <= len(data.encode()) <= 64):
                 raise bad_request("BUTTON_DATA_INVALID")
+            web_app = button.get("web_app")
+            if web_app is not None:
+                app_url = web_app.get("url") if isinstance(web_app, dict) else None
+                if not isinstance(app_url, str) or not app_url.startswith("https://"):
+                    raise bad_request(f"inline keyboard button Web App URL '{app_url}' is invalid: Only "
+                                      "HTTPS links are allowed")
             url = button.get("url")
             if url is not None and (not isinstance(url, str)
                                     or not url.startswith(("http://", "https://", "tg://"))):

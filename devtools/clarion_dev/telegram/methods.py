@@ -232,6 +232,15 @@ def _send(emu: Emulator, bot: BotState, p: Params, method: str) -> tuple[Target,
     return target, now, paid
 
 
+def _check_buttons_for_chat(p: Params, keyboard: dict[str, Any] | None) -> None:
+    """`web_app` inline buttons are "available only in private chats between a user and the bot"."""
+    key = _chat_id(p)
+    if (isinstance(key, int) and key > 0) or keyboard is None:
+        return
+    if any("web_app" in button for row in keyboard.get("inline_keyboard", ()) for button in row):
+        raise bad_request("BUTTON_TYPE_INVALID")
+
+
 def send_message(emu: Emulator, bot: BotState, p: Params) -> Any:
     raw = p_str(p, "text")
     if raw is None:
@@ -240,6 +249,7 @@ def send_message(emu: Emulator, bot: BotState, p: Params) -> Any:
     text = markup.plain_text(raw, parse_mode)
     markup.check_text(text, TEXT_LIMIT)
     keyboard = markup.reply_markup(p.get("reply_markup"))
+    _check_buttons_for_chat(p, keyboard)
     target, now, paid = _send(emu, bot, p, "sendMessage")
     return _record(emu, bot, target, now, paid, "sendMessage", text, raw, parse_mode, keyboard, None)
 
@@ -274,6 +284,7 @@ def send_photo(emu: Emulator, bot: BotState, p: Params) -> Any:
     caption = markup.plain_text(raw, parse_mode)
     markup.check_text(caption, CAPTION_LIMIT, caption=True)
     keyboard = markup.reply_markup(p.get("reply_markup"))
+    _check_buttons_for_chat(p, keyboard)
     target, now, paid = _send(emu, bot, p, "sendPhoto")
     emu.file_ids.add(photo_file_id(source))
     return _record(emu, bot, target, now, paid, "sendPhoto", caption, raw, parse_mode, keyboard, source)
@@ -286,6 +297,7 @@ def copy_message(emu: Emulator, bot: BotState, p: Params) -> Any:
     if original is None:
         raise bad_request("message to copy not found")
     keyboard = markup.reply_markup(p.get("reply_markup"))
+    _check_buttons_for_chat(p, keyboard)
     parse_mode = p_str(p, "parse_mode") or None
     if original.photo is not None:
         raw = p_str(p, "caption")
@@ -322,6 +334,7 @@ def edit_message_text(emu: Emulator, bot: BotState, p: Params) -> Any:
     markup.check_text(text, TEXT_LIMIT)
     keyboard = markup.reply_markup(p.get("reply_markup"), inline_only=True)
     target, message = _own_message(emu, bot, p, "message to edit not found")
+    _check_buttons_for_chat(p, keyboard)
     if message.text is None:
         raise bad_request("there is no text in the message to edit")
     if message.text == text and message.reply_markup == keyboard:
@@ -335,6 +348,7 @@ def edit_message_text(emu: Emulator, bot: BotState, p: Params) -> Any:
 def edit_message_reply_markup(emu: Emulator, bot: BotState, p: Params) -> Any:
     keyboard = markup.reply_markup(p.get("reply_markup"), inline_only=True)
     target, message = _own_message(emu, bot, p, "message to edit not found")
+    _check_buttons_for_chat(p, keyboard)
     if message.reply_markup == keyboard:
         raise bad_request("message is not modified: specified new message content and reply markup are "
                           "exactly the same as a current content and reply markup of the message")

@@ -533,6 +533,16 @@ class Emulator:
             return list(sent)
         return [m for m in sent if m.chat_id == chat_id]
 
+    def message(self, token: str, chat_id: int, message_id: int) -> StoredMessage | None:
+        """A message of the chat as it is now (edits applied: text, reply_markup), as the bot sees it."""
+        bot = self.bot(token)
+        if chat_id > 0:
+            log = bot.private_logs.get(chat_id)
+        else:
+            group = self.groups.get(chat_id)
+            log = group.log if group is not None else None
+        return log.messages.get(message_id) if log is not None else None
+
     def retry_afters(self, token: str) -> list[RetryAfterEvent]:
         """Every 429 the bot received."""
         return list(self.bot(token).retry_after_events)

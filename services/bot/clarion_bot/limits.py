@@ -10,11 +10,13 @@ from aiogram.exceptions import TelegramRetryAfter
 from aiogram.methods import Response, TelegramMethod
 from clarion.telegram.limiter import RateLimiter
 
-#: Methods that put a message into a chat; edits, callback answers and the like are not budgeted.
-_SENDING = frozenset({"copyMessage", "copyMessages", "forwardMessage", "forwardMessages"})
+#: Methods that put a message into a chat or change one (the support posts' edits: a busy support group
+#: must not draw 429s); callback answers and the like are not budgeted.
+_SENDING = frozenset({"copyMessage", "copyMessages", "forwardMessage", "forwardMessages", "editMessageText",
+                      "editMessageCaption", "editMessageReplyMarkup"})
 
 
-def sends_a_message(api_method: str) -> bool:
+def takes_a_slot(api_method: str) -> bool:
     return (api_method.startswith("send") and api_method != "sendChatAction") or api_method in _SENDING
 
 
@@ -27,7 +29,7 @@ class SharedRateLimit(BaseRequestMiddleware):
     async def __call__(self, make_request: NextRequestMiddlewareType[Any], bot: Bot,
                        method: TelegramMethod[Any]) -> Response[Any]:
         chat_id = getattr(method, "chat_id", None)
-        if sends_a_message(method.__api_method__) and isinstance(chat_id, int):
+        if takes_a_slot(method.__api_method__) and isinstance(chat_id, int):
             await self.limiter.acquire(chat_id)
         try:
             return await make_request(bot, method)

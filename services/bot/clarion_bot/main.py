@@ -28,6 +28,7 @@ from clarion_bot.dispatcher import build_bot, build_dispatcher
 from clarion_bot.limits import SharedRateLimit
 from clarion_bot.migrated import FollowMigratedChat
 from clarion_bot.settings import BotSettings
+from clarion_bot.support_outcomes import SupportOutcomes
 
 log = get_logger("clarion.bot")
 
@@ -100,12 +101,18 @@ async def run(settings: BotSettings, stop: asyncio.Event | None = None, *,
         )
         log.info("bot_starting", channel=channel.key, replica=replica_id,
                  partitions=settings.update_partitions)
+        outcomes = SupportOutcomes(redis=redis, db=db, bot=bot, holder=holder, replica_id=replica_id,
+                                   claim_idle_ms=settings.bot_support_claim_idle_ms,
+                                   sweep_seconds=settings.bot_support_sweep_seconds)
         refresher = asyncio.create_task(
             refresh_channel(db, holder, settings.bot_channel_refresh_seconds, stop))
+        follower = asyncio.create_task(outcomes.run(stop), name="support-outcomes")
         try:
             await consumer.run(stop)
         finally:
             refresher.cancel()
+            stop.set()
+            await asyncio.wait([follower])  # it returns once `stop` is set, after the entry in hand
             await limiter.close()
             await bot.session.close()
         log.info("bot_stopped", channel=channel.key, replica=replica_id)

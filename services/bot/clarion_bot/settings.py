@@ -37,3 +37,9 @@ class BotSettings(CommonSettings):
                                           description="How often stream lag is published (streams trimmed).")
     bot_channel_refresh_seconds: float = Field(default=30.0, ge=1, le=3600,
                                                description="How often the channel row is re-read.")
+    bot_support_sweep_seconds: float = Field(default=30.0, ge=0.1, le=3600,
+                                             description="How often one replica sweeps Postgres for support "
+                                                         "outcomes the status streams no longer hold.")
+    bot_support_claim_idle_ms: int = Field(default=30_000, ge=100, le=3_600_000,
+                                           description="Idle time after which a support status event left "
+                                                       "pending (a dead replica's) is taken over.")

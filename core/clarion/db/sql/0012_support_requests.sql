@@ -19,6 +19,9 @@ ALTER TABLE support_threads
     ADD COLUMN reply_notification_id uuid,
     ADD COLUMN last_error text,
     ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),
+    -- the `updated_at` of the outcome the admin post shows since the bot edited it: while a settled
+    -- thread's differs, the edit is owed (the bot's sweep makes it after a crash or an outage)
+    ADD COLUMN post_shown_at timestamptz,
     ALTER COLUMN user_chat_id DROP NOT NULL,
     ALTER COLUMN admin_message_id DROP NOT NULL,
     ADD CONSTRAINT support_threads_origin CHECK (origin IN ('telegram', 'api')),
