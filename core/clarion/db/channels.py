@@ -58,6 +58,9 @@ class ChannelRecord:
     ready: bool
     config: dict[str, Any] = field(default_factory=dict)
     templates: Mapping[str, StoredTemplate] = field(default_factory=dict)
+    #: HMAC-SHA256 with key "WebAppData" over the bot token (a telegram channel whose token the operator
+    #: checked): the key its Mini App's initData is checked with (clarion.telegram.webapp). Never logged.
+    webapp_secret: bytes | None = field(default=None, repr=False)
 
     @property
     def admin_chat_ids(self) -> frozenset[int]:
@@ -85,12 +88,12 @@ CHANNELS_NOTIFY = "clarion_channels"
 
 _SELECT = """
     SELECT id, namespace, name, type, bot_id, bot_username, api_base_url, webhook_secret_sha256, ready,
-           config, templates
+           config, templates, webapp_secret
     FROM channels WHERE namespace = $1 AND name = $2 AND deleted_at IS NULL
 """
 _SELECT_ALL = """
     SELECT id, namespace, name, type, bot_id, bot_username, api_base_url, webhook_secret_sha256, ready,
-           config, templates
+           config, templates, webapp_secret
     FROM channels WHERE deleted_at IS NULL
 """
 
@@ -102,6 +105,7 @@ def _record(row: asyncpg.Record) -> ChannelRecord:
         webhook_secret_sha256=row["webhook_secret_sha256"], ready=row["ready"],
         config=dict(row["config"] or {}),
         templates={t.name: t for t in map(StoredTemplate.from_json, row["templates"] or ())},
+        webapp_secret=row["webapp_secret"],
     )
 
 
