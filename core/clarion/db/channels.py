@@ -121,3 +121,10 @@ async def get_channel(db: asyncpg.Pool | asyncpg.Connection, key: str) -> Channe
 async def list_channels(db: asyncpg.Pool | asyncpg.Connection) -> list[ChannelRecord]:
     """Every live (not deleted) channel."""
     return [_record(row) for row in await db.fetch(_SELECT_ALL)]
+
+
+async def channel_key_of(db: asyncpg.Pool | asyncpg.Connection, channel_id: int) -> str | None:
+    """The key of the live channel with this row id, or None."""
+    row = await db.fetchrow("SELECT namespace, name FROM channels WHERE id = $1 AND deleted_at IS NULL",
+                            channel_id)
+    return None if row is None else channel_key(row["namespace"], row["name"])
