@@ -152,6 +152,7 @@ router = APIRouter()
 @router.post("/requests", status_code=202, response_model=SupportRequestView,
              responses={202: {"description": "Accepted: the request and its admin post are stored, and "
                                              "the post is queued."},
+                        400: {"model": ErrorAnswer, "description": "The body is not UTF-8 JSON."},
                         403: {"model": ErrorAnswer}, 413: {"model": ErrorAnswer}, 415: {"model": ErrorAnswer},
                         422: {"model": ErrorAnswer}, 503: {"model": ErrorAnswer}})
 async def create_request(
