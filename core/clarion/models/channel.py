@@ -166,7 +166,7 @@ class MiniApp(CamelModel):
     short_name: str | None = Field(
         default=None, min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_]+$",
         description="The Mini App's short name from BotFather. A group support chat allows no web_app "
-                    "button, so its posts' Reply button is the link t.me/<bot>/<shortName>?startapp=<id>; "
+                    "button, so its posts' Reply button is the link t.me/<bot>/<shortName>?startapp=t<id>; "
                     "without it a group's posts can be answered only in the chat.")
 
 
