@@ -130,6 +130,70 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "pong {n}",
         "ru": "pong {n}",
     },
+    "request.incoming": {
+        "en": "Request from {name} <{email}>:",
+        "ru": "Обращение от {name} <{email}>:",
+    },
+    "request.reply_subject": {
+        "en": "Re: your request",
+        "ru": "Re: ваше обращение",
+    },
+    "miniapp.title": {
+        "en": "Support request",
+        "ru": "Обращение в поддержку",
+    },
+    "miniapp.from": {
+        "en": "From",
+        "ru": "От",
+    },
+    "miniapp.status": {
+        "en": "Status",
+        "ru": "Статус",
+    },
+    "miniapp.status.open": {
+        "en": "waiting for an answer",
+        "ru": "ждёт ответа",
+    },
+    "miniapp.status.replying": {
+        "en": "an answer is being sent",
+        "ru": "ответ отправляется",
+    },
+    "miniapp.status.replied": {
+        "en": "answered",
+        "ru": "отвечено",
+    },
+    "miniapp.status.failed": {
+        "en": "the answer failed; you may answer again",
+        "ru": "ответ не доставлен; можно ответить снова",
+    },
+    "miniapp.answer": {
+        "en": "Your answer",
+        "ru": "Ваш ответ",
+    },
+    "miniapp.send": {
+        "en": "Send",
+        "ru": "Отправить",
+    },
+    "miniapp.sent": {
+        "en": "Your answer is on its way.",
+        "ru": "Ваш ответ отправляется.",
+    },
+    "miniapp.loading": {
+        "en": "Loading…",
+        "ru": "Загрузка…",
+    },
+    "miniapp.no_init_data": {
+        "en": "Open this page from the Reply button in Telegram.",
+        "ru": "Откройте эту страницу кнопкой «Ответить» в Telegram.",
+    },
+    "miniapp.no_thread": {
+        "en": "This link names no request.",
+        "ru": "В этой ссылке нет обращения.",
+    },
+    "miniapp.error": {
+        "en": "Error: {message}",
+        "ru": "Ошибка: {message}",
+    },
 }
 
 

@@ -32,6 +32,7 @@ from clarion.models import (
     find_condition,
 )
 from clarion.telegram import botapi
+from clarion.telegram.webapp import webapp_secret
 from kubernetes.client.exceptions import ApiException
 
 from clarion_operator import builders, credential_checks, store, tenancy
@@ -72,11 +73,13 @@ async def _secret_value(ctx: Context, namespace: str, ref: SecretKeyRef) -> str 
 
 @dataclass(frozen=True)
 class _Checked:
-    """A check, the sha256 of the webhook secret token and the Secret holding it (None when unknown)."""
+    """A check, the sha256 of the webhook secret token and the Secret holding it, and the Mini App key of a
+    token getMe accepted (None when unknown)."""
 
     check: ChannelCheck
     webhook_secret_sha256: str | None = None
     webhook_secret_name: str | None = None
+    webapp_secret: bytes | None = None
 
 
 async def _webhook_secret(ctx: Context, channel: NotificationChannel, body: kopf.Body,
@@ -119,7 +122,7 @@ async def _check_telegram(ctx: Context, channel: NotificationChannel, body: kopf
     check = await credential_checks.check_telegram(
         token, telegram.api_base_url, plan, register=register,
         timeout_seconds=ctx.settings.telegram_timeout_seconds)
-    return _Checked(check, digest, secret_name)
+    return _Checked(check, digest, secret_name, webapp_secret(token) if check.bot_id is not None else None)
 
 
 async def _check_email(ctx: Context, namespace: str, email: EmailSettings) -> ChannelCheck:
@@ -260,7 +263,7 @@ async def reconcile_channel(channel: NotificationChannel, body: kopf.Body, memo:
         bot_id=check.bot_id, bot_username=check.bot_username,
         api_base_url=spec.telegram.api_base_url if spec.telegram else None,
         webhook_secret_sha256=checked.webhook_secret_sha256, config=stored_config(section),
-        templates=[t.to_json() for t in templates], ready=check.ready)
+        webapp_secret=checked.webapp_secret, templates=[t.to_json() for t in templates], ready=check.ready)
     if spec.telegram is not None and check.credentials.status == "True":
         await _ensure_bot(ctx, channel, body, spec.telegram)
     autoscaler = None

@@ -46,17 +46,20 @@ async def upsert_channel(
     api_base_url: str | None,
     webhook_secret_sha256: str | None,
     config: dict[str, Any],
+    webapp_secret: bytes | None = None,
     templates: list[dict[str, Any]],
     ready: bool,
 ) -> int:
     """Insert or refresh the channel's row (reviving a deleted one); bot facts are kept when unknown.
 
-    `templates` are `StoredTemplate.to_json()` entries (migration 0010).
+    `templates` are `StoredTemplate.to_json()` entries (migration 0010). `webapp_secret` is the Mini App
+    key derived from a bot token that getMe accepted (clarion.telegram.webapp), kept like the bot facts
+    when unknown.
     """
     channel_id: int = await db.fetchval(
         """INSERT INTO channels (namespace, name, type, uid, bot_id, bot_username, api_base_url,
-                                 webhook_secret_sha256, config, ready, templates)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                 webhook_secret_sha256, config, ready, templates, webapp_secret)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
            ON CONFLICT (namespace, name) DO UPDATE SET
                type = EXCLUDED.type, uid = EXCLUDED.uid,
                bot_id = COALESCE(EXCLUDED.bot_id, channels.bot_id),
@@ -65,10 +68,11 @@ async def upsert_channel(
                webhook_secret_sha256 = COALESCE(EXCLUDED.webhook_secret_sha256,
                                                 channels.webhook_secret_sha256),
                config = EXCLUDED.config, ready = EXCLUDED.ready, templates = EXCLUDED.templates,
+               webapp_secret = COALESCE(EXCLUDED.webapp_secret, channels.webapp_secret),
                deleted_at = NULL, updated_at = now()
            RETURNING id""",
         namespace, name, type_, uid, bot_id, bot_username, api_base_url, webhook_secret_sha256, config, ready,
-        templates,
+        templates, webapp_secret,
     )
     return channel_id
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from clarion.telegram.webapp import webapp_secret
 from clarion_dev.cluster import ControlPlane
 from clarion_dev.smtp_sink import SmtpSink
 from clarion_dev.telegram import Emulator
@@ -122,6 +123,7 @@ async def test_applied_channel_registers_its_webhook_and_becomes_ready_then_dele
     assert row["webhook_secret_sha256"] == hashlib.sha256(secret_token.encode()).hexdigest()
     assert row["api_base_url"] == telegram_emulator.base_url
     assert "botTokenSecretRef" not in row["config"]
+    assert row["webapp_secret"] == webapp_secret(bot.token)  # the Mini App's key; never the token
     deployment = kubectl.get("deployment", "shop-bot")
     assert deployment is not None
     container = deployment["spec"]["template"]["spec"]["containers"][0]

@@ -155,6 +155,21 @@ async def test_inline_keyboard_is_validated(bot: Bot) -> None:
         await bot.send_message(ALICE, "hi", reply_markup=text_only)
 
 
+async def test_web_app_buttons_only_go_to_private_chats(world: Emulator, bot: Bot) -> None:
+    app = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(
+        text="Reply", web_app=WebAppInfo(url="https://hooks.clarion.test/app/"))]])
+    with pytest.raises(TelegramBadRequest, match="Bad Request: BUTTON_TYPE_INVALID"):
+        await bot.send_message(GROUP, "a request", reply_markup=app)
+    plain = await bot.send_message(GROUP, "a request", reply_markup=_keyboard())
+    with pytest.raises(TelegramBadRequest, match="BUTTON_TYPE_INVALID"):
+        await bot.edit_message_reply_markup(chat_id=GROUP, message_id=plain.message_id, reply_markup=app)
+
+    sent = await bot.send_message(ALICE, "a request", reply_markup=app)
+
+    assert sent.reply_markup is not None and sent.reply_markup.inline_keyboard[0][0].web_app is not None
+    assert [m.text for m in world.bot(bot.token).sent] == ["a request", "a request"]
+
+
 async def test_edit_delete_and_copy_follow_telegram(world: Emulator, bot: Bot) -> None:
     message = await bot.send_message(ALICE, "draft", reply_markup=_keyboard())
     edited = await bot.edit_message_text("final", chat_id=ALICE, message_id=message.message_id,

@@ -130,7 +130,7 @@ def test_every_zone_in_the_snapshot_resolves() -> None:
 def test_cross_field_rules_are_rendered_as_cel() -> None:
     text = (CRDS / "clarion.io_broadcastcampaigns.yaml").read_text()
     for message in (
-        "exactly one of url or callbackData must be set",
+        "exactly one of url, callbackData or webAppUrl must be set",
         "audience is empty",
         "each language may have only one variant",
         "cancel cannot be undone",

@@ -127,14 +127,21 @@ REJECTIONS: list[tuple[str, str, str, Mutation, str]] = [
         "BroadcastCampaign",
         "winter-release",
         lambda s: s["message"]["buttons"][0][0].update(callbackData="x"),
-        "exactly one of url or callbackData",
+        "exactly one of url, callbackData or webAppUrl",
+    ),
+    (
+        "button with url and webAppUrl",
+        "BroadcastCampaign",
+        "winter-release",
+        lambda s: s["message"]["buttons"][0][0].update(webAppUrl="https://shop.example.org/app/"),
+        "exactly one of url, callbackData or webAppUrl",
     ),
     (
         "button with neither",
         "BroadcastCampaign",
         "winter-release",
         lambda s: s["message"]["buttons"][0][0].pop("url"),
-        "exactly one of url or callbackData",
+        "exactly one of url, callbackData or webAppUrl",
     ),
     (
         "nine buttons in a row",
@@ -401,3 +408,17 @@ def test_a_campaign_spec_stored_by_release_0_1_0_still_parses() -> None:
     assert spec.message.for_language("ru-RU")[0].startswith("<b>Вышел")
     assert spec.start_at == datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
     assert BroadcastCampaignSpec.model_validate(spec.to_k8s()) == spec
+
+
+def test_a_web_app_button_renders_as_the_bot_apis_web_app_button() -> None:
+    from clarion.models import Message
+    from clarion_senders.render import MessageRenderer
+
+    message = Message.model_validate({"text": "A request", "buttons": [[
+        {"text": "Reply", "webAppUrl": "https://hooks.example.org/app/?thread=7"},
+        {"text": "Site", "url": "https://example.org"}, {"text": "Ok", "callbackData": "ok"}]]})
+
+    fields = MessageRenderer(message).for_language(None).fields
+    assert fields["reply_markup"] == {"inline_keyboard": [[
+        {"text": "Reply", "web_app": {"url": "https://hooks.example.org/app/?thread=7"}},
+        {"text": "Site", "url": "https://example.org"}, {"text": "Ok", "callback_data": "ok"}]]}

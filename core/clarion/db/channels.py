@@ -58,6 +58,9 @@ class ChannelRecord:
     ready: bool
     config: dict[str, Any] = field(default_factory=dict)
     templates: Mapping[str, StoredTemplate] = field(default_factory=dict)
+    #: HMAC-SHA256 with key "WebAppData" over the bot token (a telegram channel whose token the operator
+    #: checked): the key its Mini App's initData is checked with (clarion.telegram.webapp). Never logged.
+    webapp_secret: bytes | None = field(default=None, repr=False)
 
     @property
     def admin_chat_ids(self) -> frozenset[int]:
@@ -85,12 +88,12 @@ CHANNELS_NOTIFY = "clarion_channels"
 
 _SELECT = """
     SELECT id, namespace, name, type, bot_id, bot_username, api_base_url, webhook_secret_sha256, ready,
-           config, templates
+           config, templates, webapp_secret
     FROM channels WHERE namespace = $1 AND name = $2 AND deleted_at IS NULL
 """
 _SELECT_ALL = """
     SELECT id, namespace, name, type, bot_id, bot_username, api_base_url, webhook_secret_sha256, ready,
-           config, templates
+           config, templates, webapp_secret
     FROM channels WHERE deleted_at IS NULL
 """
 
@@ -102,6 +105,7 @@ def _record(row: asyncpg.Record) -> ChannelRecord:
         webhook_secret_sha256=row["webhook_secret_sha256"], ready=row["ready"],
         config=dict(row["config"] or {}),
         templates={t.name: t for t in map(StoredTemplate.from_json, row["templates"] or ())},
+        webapp_secret=row["webapp_secret"],
     )
 
 
@@ -117,3 +121,10 @@ async def get_channel(db: asyncpg.Pool | asyncpg.Connection, key: str) -> Channe
 async def list_channels(db: asyncpg.Pool | asyncpg.Connection) -> list[ChannelRecord]:
     """Every live (not deleted) channel."""
     return [_record(row) for row in await db.fetch(_SELECT_ALL)]
+
+
+async def channel_key_of(db: asyncpg.Pool | asyncpg.Connection, channel_id: int) -> str | None:
+    """The key of the live channel with this row id, or None."""
+    row = await db.fetchrow("SELECT namespace, name FROM channels WHERE id = $1 AND deleted_at IS NULL",
+                            channel_id)
+    return None if row is None else channel_key(row["namespace"], row["name"])

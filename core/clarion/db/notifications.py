@@ -48,6 +48,8 @@ class NewNotification:
     trace_id: str
     scheduled_for: datetime | None
     max_attempts: int
+    #: The support thread it posts or answers (migration 0012; clarion.db.support), else None.
+    support_thread_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -204,15 +206,16 @@ async def _insert(conn: Db, new: NewNotification, created_at: datetime | None = 
         f"""WITH n AS (
                 INSERT INTO notifications (id, channel_id, lane, recipient, content, reference,
                                            api_key_id, status, max_attempts, trace_id, scheduled_for,
-                                           next_attempt_at, enqueued_at, created_at, updated_at)
+                                           next_attempt_at, enqueued_at, created_at, updated_at,
+                                           support_thread_id)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($11, now()),
                         CASE WHEN $11::timestamptz IS NULL THEN now() END,
-                        coalesce($12, now()), coalesce($12, now()))
+                        coalesce($12, now()), coalesce($12, now()), $13)
                 ON CONFLICT (id) DO NOTHING
                 RETURNING *)
             SELECT {_COLUMNS} FROM n JOIN channels ch ON ch.id = n.channel_id""",  # noqa: S608 - a constant column list
         new.id, new.channel_id, new.lane, new.recipient, new.content, new.reference, new.api_key_id,
-        status, new.max_attempts, new.trace_id, new.scheduled_for, created_at)
+        status, new.max_attempts, new.trace_id, new.scheduled_for, created_at, new.support_thread_id)
     if record is None:  # accepted before (a retried accept of the same id): read it back
         record = await conn.fetchrow(
             f"SELECT {_COLUMNS} FROM notifications n JOIN channels ch ON ch.id = n.channel_id "  # noqa: S608

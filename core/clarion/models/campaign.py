@@ -121,13 +121,15 @@ def parse_schedule_time(at: str, time_zone: str) -> datetime:
 
 
 class Button(CamelModel):
-    """An inline keyboard button: opens a URL or sends callback data back to the bot."""
+    """An inline keyboard button: opens a URL, sends callback data back to the bot, or opens a Mini App
+    (`webAppUrl`: Telegram allows those only in private chats between a user and the bot)."""
 
     model_config = ConfigDict(
         json_schema_extra=rules(
             cel(
-                "has(self.url) != has(self.callbackData)",
-                "exactly one of url or callbackData must be set",
+                "(has(self.url) ? 1 : 0) + (has(self.callbackData) ? 1 : 0) + (has(self.webAppUrl) ? 1 : 0)"
+                " == 1",
+                "exactly one of url, callbackData or webAppUrl must be set",
                 reason="FieldValueInvalid",
             )
         )
@@ -146,11 +148,17 @@ class Button(CamelModel):
         max_length=64,
         description="Data sent to the bot when the button is pressed (Telegram allows 1-64 bytes).",
     )
+    web_app_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https://[^\s]+$",
+        description="HTTPS URL of a Mini App the button opens (private chats only).",
+    )
 
     @model_validator(mode="after")
     def _one_action(self) -> Self:
-        if (self.url is None) == (self.callback_data is None):
-            raise ValueError("exactly one of url or callbackData must be set")
+        if [self.url, self.callback_data, self.web_app_url].count(None) != 2:
+            raise ValueError("exactly one of url, callbackData or webAppUrl must be set")
         return self
 
 

@@ -114,19 +114,11 @@ class Content(CamelModel):
         return None
 
 
-class ThroughChannel(CamelModel):
-    """What a request sends through: a channel, and when (now, or at `scheduledFor`)."""
+class ChannelRef(CamelModel):
+    """A request's channel, as namespace/name."""
 
     channel: str = Field(max_length=317, pattern=CHANNEL_REF,
                          description="The NotificationChannel, as namespace/name.")
-    scheduled_for: datetime | None = Field(default=None, description="Send at or after this time "
-                                                                     "(RFC 3339 with an offset).")
-
-    @model_validator(mode="after")
-    def _aware_time(self) -> Self:
-        if self.scheduled_for is not None and self.scheduled_for.tzinfo is None:
-            raise ValueError("scheduledFor needs a UTC offset (e.g. 2026-12-05T09:00:00Z)")
-        return self
 
     @property
     def namespace(self) -> str:
@@ -135,6 +127,19 @@ class ThroughChannel(CamelModel):
     @property
     def channel_name(self) -> str:
         return self.channel.partition("/")[2]
+
+
+class ThroughChannel(ChannelRef):
+    """What a request sends through: a channel, and when (now, or at `scheduledFor`)."""
+
+    scheduled_for: datetime | None = Field(default=None, description="Send at or after this time "
+                                                                     "(RFC 3339 with an offset).")
+
+    @model_validator(mode="after")
+    def _aware_time(self) -> Self:
+        if self.scheduled_for is not None and self.scheduled_for.tzinfo is None:
+            raise ValueError("scheduledFor needs a UTC offset (e.g. 2026-12-05T09:00:00Z)")
+        return self
 
 
 class NotificationRequest(ThroughChannel):

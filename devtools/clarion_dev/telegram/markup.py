@@ -289,6 +289,15 @@ def _inline_keyboard(rows: Any) -> None:
         raise bad_request("reply markup is too long")
 
 
+def check_chat_buttons(keyboard: dict[str, Any] | None, *, private: bool) -> None:
+    """Buttons a chat may not carry: `web_app` buttons are "available only in private chats between a user
+    and the bot"; elsewhere Telegram answers BUTTON_TYPE_INVALID."""
+    if private or keyboard is None:
+        return
+    if any("web_app" in button for row in keyboard.get("inline_keyboard") or () for button in row):
+        raise bad_request("BUTTON_TYPE_INVALID")
+
+
 def command_entities(text: str) -> list[dict[str, Any]]:
     """bot_command entities, as Telegram attaches them to incoming messages."""
     if "/" not in text:

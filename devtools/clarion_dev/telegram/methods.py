@@ -205,18 +205,23 @@ def photo_file_id(source: str) -> str:
 
 # --- sending -----------------------------------------------------------------------------------
 
-def _send(emu: Emulator, bot: BotState, p: Params, method: str) -> tuple[Target, float, bool]:
-    """Apply the limits and the chat checks; on success both budgets are spent."""
+def _send(emu: Emulator, bot: BotState, p: Params, method: str,
+          keyboard: dict[str, Any] | None = None) -> tuple[Target, float, bool]:
+    """Apply the limits and the chat checks (the keyboard's buttons too); on success both budgets are
+    spent."""
     paid = p_bool(p, "allow_paid_broadcast")
     key = _chat_id(p)
     limiter = bot.limiter
     now = emu.clock()
     if limiter is None:
-        return send_target(emu, bot, key), now, paid
+        target = send_target(emu, bot, key)
+        markup.check_chat_buttons(keyboard, private=target.group is None)
+        return target, now, paid
     try:
         limiter.check_bot(now, paid)
         try:
             target = send_target(emu, bot, key)
+            markup.check_chat_buttons(keyboard, private=target.group is None)
         except ApiError:
             limiter.spend_bot(now, paid)
             raise
@@ -232,15 +237,6 @@ def _send(emu: Emulator, bot: BotState, p: Params, method: str) -> tuple[Target,
     return target, now, paid
 
 
-def _check_buttons_for_chat(p: Params, keyboard: dict[str, Any] | None) -> None:
-    """`web_app` inline buttons are "available only in private chats between a user and the bot"."""
-    key = _chat_id(p)
-    if (isinstance(key, int) and key > 0) or keyboard is None:
-        return
-    if any("web_app" in button for row in keyboard.get("inline_keyboard", ()) for button in row):
-        raise bad_request("BUTTON_TYPE_INVALID")
-
-
 def send_message(emu: Emulator, bot: BotState, p: Params) -> Any:
     raw = p_str(p, "text")
     if raw is None:
@@ -249,8 +245,7 @@ def send_message(emu: Emulator, bot: BotState, p: Params) -> Any:
     text = markup.plain_text(raw, parse_mode)
     markup.check_text(text, TEXT_LIMIT)
     keyboard = markup.reply_markup(p.get("reply_markup"))
-    _check_buttons_for_chat(p, keyboard)
-    target, now, paid = _send(emu, bot, p, "sendMessage")
+    target, now, paid = _send(emu, bot, p, "sendMessage", keyboard)
     return _record(emu, bot, target, now, paid, "sendMessage", text, raw, parse_mode, keyboard, None)
 
 
@@ -284,8 +279,7 @@ def send_photo(emu: Emulator, bot: BotState, p: Params) -> Any:
     caption = markup.plain_text(raw, parse_mode)
     markup.check_text(caption, CAPTION_LIMIT, caption=True)
     keyboard = markup.reply_markup(p.get("reply_markup"))
-    _check_buttons_for_chat(p, keyboard)
-    target, now, paid = _send(emu, bot, p, "sendPhoto")
+    target, now, paid = _send(emu, bot, p, "sendPhoto", keyboard)
     emu.file_ids.add(photo_file_id(source))
     return _record(emu, bot, target, now, paid, "sendPhoto", caption, raw, parse_mode, keyboard, source)
 
@@ -297,18 +291,17 @@ def copy_message(emu: Emulator, bot: BotState, p: Params) -> Any:
     if original is None:
         raise bad_request("message to copy not found")
     keyboard = markup.reply_markup(p.get("reply_markup"))
-    _check_buttons_for_chat(p, keyboard)
     parse_mode = p_str(p, "parse_mode") or None
     if original.photo is not None:
         raw = p_str(p, "caption")
         caption = markup.plain_text(raw, parse_mode) if raw is not None else (original.caption or "")
         markup.check_text(caption, CAPTION_LIMIT, caption=True)
-        target, now, paid = _send(emu, bot, p, "copyMessage")
+        target, now, paid = _send(emu, bot, p, "copyMessage", keyboard)
         message = _record(emu, bot, target, now, paid, "copyMessage", caption, raw or caption, parse_mode,
                           keyboard, original.photo)
     else:
         text = original.text or ""
-        target, now, paid = _send(emu, bot, p, "copyMessage")
+        target, now, paid = _send(emu, bot, p, "copyMessage", keyboard)
         message = _record(emu, bot, target, now, paid, "copyMessage", text, text, None, keyboard, None)
     return {"message_id": message["message_id"]}
 
@@ -334,7 +327,7 @@ def edit_message_text(emu: Emulator, bot: BotState, p: Params) -> Any:
     markup.check_text(text, TEXT_LIMIT)
     keyboard = markup.reply_markup(p.get("reply_markup"), inline_only=True)
     target, message = _own_message(emu, bot, p, "message to edit not found")
-    _check_buttons_for_chat(p, keyboard)
+    markup.check_chat_buttons(keyboard, private=target.group is None)
     if message.text is None:
         raise bad_request("there is no text in the message to edit")
     if message.text == text and message.reply_markup == keyboard:
@@ -348,7 +341,7 @@ def edit_message_text(emu: Emulator, bot: BotState, p: Params) -> Any:
 def edit_message_reply_markup(emu: Emulator, bot: BotState, p: Params) -> Any:
     keyboard = markup.reply_markup(p.get("reply_markup"), inline_only=True)
     target, message = _own_message(emu, bot, p, "message to edit not found")
-    _check_buttons_for_chat(p, keyboard)
+    markup.check_chat_buttons(keyboard, private=target.group is None)
     if message.reply_markup == keyboard:
         raise bad_request("message is not modified: specified new message content and reply markup are "
                           "exactly the same as a current content and reply markup of the message")

@@ -27,15 +27,19 @@ class Rendered:
         return json.dumps({"chat_id": chat_id, **self.fields}, ensure_ascii=False)
 
 
+def _button(button: Button) -> dict[str, Any]:
+    """The Bot API's InlineKeyboardButton of a button."""
+    if button.web_app_url:
+        return {"text": button.text, "web_app": {"url": button.web_app_url}}
+    if button.url:
+        return {"text": button.text, "url": button.url}
+    return {"text": button.text, "callback_data": button.callback_data}
+
+
 def _keyboard(rows: Sequence[Sequence[Button]]) -> dict[str, Any] | None:
     if not rows:
         return None
-    return {"inline_keyboard": [
-        [{"text": b.text, **({"url": b.url} if b.url else {}),
-          **({"callback_data": b.callback_data} if b.callback_data else {})}
-         for b in row]
-        for row in rows
-    ]}
+    return {"inline_keyboard": [[_button(b) for b in row] for row in rows]}
 
 
 class MessageRenderer:

@@ -39,11 +39,11 @@ from clarion.keys import channel_key
 from clarion.logging import get_logger
 from clarion.metrics import counter, histogram
 from clarion.models.notification import (
+    ChannelRef,
     ErrorAnswer,
     NotificationPage,
     NotificationRequest,
     NotificationView,
-    ThroughChannel,
 )
 from clarion.templates import TemplateProblem, request_content
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Security
@@ -248,6 +248,16 @@ async def http_error(_: Request, exc: Exception) -> JSONResponse:
     return Refused(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})).response()
 
 
+async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
+    """A body, query or header FastAPI's validation refused: 422 naming the first field at fault."""
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header", "path")]
+    field = ".".join(loc) or None
+    message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+    return Refused(422, "invalid_request", message, field=field).response()
+
+
 def create_api() -> FastAPI:
     """The `/api/v1` application; its `state.clarion` (an `ApiState`) is set by the webhook's lifespan."""
     api = FastAPI(
@@ -263,13 +273,7 @@ def create_api() -> FastAPI:
 
     api.add_exception_handler(HTTPException, http_error)
 
-    @api.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header", "path")]
-        field = ".".join(loc) or None
-        message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
-        return Refused(422, "invalid_request", message, field=field).response()
+    api.add_exception_handler(RequestValidationError, invalid_request)
 
     @api.post("/notifications", status_code=202, response_model=NotificationView,
               responses={202: {"description": "Accepted: stored, and queued unless scheduled.",
@@ -419,6 +423,9 @@ def create_api() -> FastAPI:
     from clarion_webhook.bulk import add_bulk_api  # the bulk routes build on this module's helpers
 
     add_bulk_api(api)
+    from clarion_webhook.support import add_support_api  # POST /requests (docs/support.md)
+
+    add_support_api(api)
     return api
 
 
@@ -435,7 +442,7 @@ def _replayed(existing: q.Idempotency, wanted: q.Idempotency) -> JSONResponse:
     return JSONResponse(existing.response, status_code=existing.status_code, headers=headers)
 
 
-async def channel_for(state: ApiState, caller: ApiKeyRow, request: ThroughChannel) -> ChannelRecord:
+async def channel_for(state: ApiState, caller: ApiKeyRow, request: ChannelRef) -> ChannelRecord:
     """The channel a request names, once the caller's key may use it (403); 422 when it does not exist,
     503 when it is not in the copy and Postgres cannot say."""
     authorize(caller, request.namespace, request.channel_name)

@@ -1,5 +1,6 @@
 """The webhook's ASGI application: `/tg/webhook/{channel}`, the public API under `/api/v1`
-(`clarion_webhook.api`), `/healthz`, `/readyz`, `/metrics`.
+(`clarion_webhook.api`), the support Mini App under `/app/` (`clarion_webhook.support`), `/healthz`,
+`/readyz`, `/metrics`.
 
 The Telegram route is a plain ASGI callable that the app calls before its middleware stack and router
 (the hot path); it parses only what it needs (`update_id` and the chat) and leaves the rest of the
@@ -45,6 +46,7 @@ from clarion_webhook.channels import ChannelCache
 from clarion_webhook.inbox import Inbox, InboxDrainer
 from clarion_webhook.ingest import StreamWriter, update_chat_id
 from clarion_webhook.settings import WebhookSettings
+from clarion_webhook.support import MiniAppState, create_miniapp, mount_miniapp
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -261,6 +263,7 @@ def create_app(settings: WebhookSettings) -> FastAPI:
     ingress = TelegramIngress(settings)
     state: dict[str, Any] = {}
     api = create_api()
+    miniapp = create_miniapp(settings.webapp_script_url)
     usage = ApiKeyUsage(replica=settings.pod_name, flush_seconds=settings.api_key_usage_seconds)
 
     @asynccontextmanager
@@ -290,6 +293,8 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         expander = BulkExpander(db, redis, lease_seconds=settings.bulk_lease_seconds,
                                 chunk_rows=settings.bulk_chunk_rows, poll_seconds=settings.bulk_poll_seconds)
         api.state.bulk_expander = expander
+        miniapp.state.clarion = MiniAppState(db=db, redis=redis, channels=channels,
+                                             max_age=settings.webapp_max_age_seconds)
         expander.start()
         state.update(db=db, redis=redis, channels=channels, api_keys=api_keys, inbox=inbox)
         await usage.start(db)
@@ -309,6 +314,7 @@ def create_app(settings: WebhookSettings) -> FastAPI:
                      telemetry={"tracing": False, "metrics": False, "logs": False})
 
     app.mount(API_PREFIX, BodyGuard(KeyUseCounter(api, usage), routes=BODY_RULES))
+    mount_miniapp(app, miniapp)
     app.add_exception_handler(HTTPException, http_error)
 
     @app.get("/healthz")

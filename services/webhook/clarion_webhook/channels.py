@@ -20,7 +20,7 @@ import asyncio
 import time
 
 import asyncpg
-from clarion.db.channels import CHANNELS_NOTIFY, ChannelRecord, get_channel, list_channels
+from clarion.db.channels import CHANNELS_NOTIFY, ChannelRecord, channel_key_of, get_channel, list_channels
 from clarion.keys import split_channel_key
 from clarion.logging import get_logger
 from clarion.metrics import gauge
@@ -81,6 +81,15 @@ class ChannelCache(FollowedCopy):
         self._put(key, record)
         future.set_result(record)
         return record
+
+    async def get_by_id(self, channel_id: int) -> ChannelRecord | None:
+        """The live channel with this row id (a support thread names its channel so), or None."""
+        for record in self._channels.values():
+            if record.id == channel_id:
+                return record
+        async with asyncio.timeout(QUERY_TIMEOUT_SECONDS):
+            key = await channel_key_of(self._db, channel_id)
+        return None if key is None else await self.get(key)
 
     def __len__(self) -> int:
         return len(self._channels)

@@ -61,3 +61,11 @@ class WebhookSettings(CommonSettings):
                                    description="Inbox entries stored in Postgres per transaction.")
     inbox_retry_after_seconds: int = Field(default=30, ge=1, le=3600,
                                            description="Retry-After of a 503 when the inbox is full.")
+    webapp_script_url: str = Field(default="https://telegram.org/js/telegram-web-app.js", max_length=2048,
+                                   pattern=r"^(https?://[^\s\"'<>]+)?$",
+                                   description="Telegram's WebApp script the Mini App page loads; empty: "
+                                               "no script tag (the page reads initData from the URL "
+                                               "fragment itself).")
+    webapp_max_age_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400,
+                                          description="Oldest initData (its auth_date) the Mini App's API "
+                                                      "accepts; older gets 401.")
