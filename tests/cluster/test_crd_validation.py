@@ -122,7 +122,7 @@ def test_kubectl_get_clarion_lists_every_kind_with_printer_columns(cluster: Clus
         "managedgroup.clarion.io/community",
     } == set(out.split())
     columns = {
-        "nc": ["NAME", "TYPE", "READY", "BOT", "AGE"],
+        "nc": ["NAME", "TYPE", "READY", "BOT", "INSTANT", "BULK", "LAG", "AGE"],
         "bc": ["NAME", "PHASE", "CHANNEL", "TOTAL", "SENT", "FAILED", "PROGRESS", "AGE"],
         "mg": ["NAME", "CHAT", "PHASE", "MEMBERS", "PENDING", "AGE"],
     }
