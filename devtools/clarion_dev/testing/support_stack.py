@@ -181,24 +181,24 @@ class SupportStack:
 
     # --- the Mini App as Telegram opens it ---------------------------------------------------------
 
-    def init_data(self, user: Person, thread_id: int | None = None, *, age: float = 0) -> str:
+    def init_data(self, user: Person, thread_id: int | None = None) -> str:
         """initData as Telegram hands it to a Mini App opened from a group's startapp link: the user,
         the chat, `start_param` `t<id>`, `auth_date`, `signature`, and `hash` signed with the bot's token."""
         fields = {"user": user.as_init_data_user(), "chat_instance": "-4719825341924431771",
                   "chat_type": "supergroup" if self.support_chat < 0 else "sender",
-                  "auth_date": str(int(time.time() - age)),
+                  "auth_date": str(int(time.time())),
                   "signature": secrets.token_urlsafe(64)}
         if thread_id is not None:
             fields["start_param"] = f"t{thread_id}"
         signed = {**fields, "hash": sign_init_data(fields, webapp_secret(self.token))}
         return urlencode(signed, quote_via=quote)
 
-    def page_url(self, user: Person, thread_id: int | None = None, *, query: str = "") -> str:
+    def page_url(self, user: Person, thread_id: int | None = None) -> str:
         """The Mini App page with `#tgWebAppData=<urlencoded initData>&tgWebAppVersion=…` (Telegram's
-        launch parameters); `query` goes before the fragment (e.g. `thread=17`)."""
+        launch parameters)."""
         launch = {"tgWebAppData": self.init_data(user, thread_id), **LAUNCH_PARAMS}
         fragment = urlencode(launch, quote_via=quote)
-        return f"{self.base_url}/app/{'?' + query if query else ''}#{fragment}"
+        return f"{self.base_url}/app/#{fragment}"
 
     # --- what Telegram shows ------------------------------------------------------------------------
 
