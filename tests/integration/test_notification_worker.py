@@ -34,6 +34,7 @@ from clarion.streams import (
 from clarion_dev import dlq_cli
 from clarion_dev.smtp_sink import SmtpSink
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.processes import stop_processes
 from clarion_dev.testing.waiting import async_wait_for
 
 WORKER = str(Path(sys.executable).with_name("clarion-worker"))
@@ -105,15 +106,7 @@ class Workers:
         return (self.tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
 
     async def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_processes(self.procs.values())
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -54,6 +53,7 @@ from clarion_dev.net import free_port
 from clarion_dev.smtp_sink import SmtpSink
 from clarion_dev.telegram import Emulator
 from clarion_dev.telegram.world import SentMessage, StoredMessage
+from clarion_dev.testing.processes import stop_processes
 from clarion_dev.testing.telegram import aiogram_bot
 from clarion_dev.testing.waiting import async_wait_for
 
@@ -128,15 +128,7 @@ class Processes:
         assert not dead, f"{', '.join(dead)} exited\n{self.report()}"
 
     async def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_processes(self.procs.values())
 
 
 @dataclass
