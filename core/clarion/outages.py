@@ -10,6 +10,9 @@ the caller's tolerance, or an error that is not an outage, ends the wait with th
   `TooManyConnectionsError` (53300), and `InterfaceError` raised on a connection the pool lost.
 - Redis unreachable: redis-py's `ConnectionError` (refused, reset, `AuthenticationError` while the
   operator re-creates a lost ACL user), `TimeoutError` and `BusyLoadingError` (loading its data).
+- A transaction Postgres rolled back to break a deadlock or a serialization conflict
+  (`TransactionRollbackError`, class 40: 40P01, 40001): Postgres's documented remedy is to run the
+  transaction again, so `ride_out` retries it too (`transaction_rolled_back`); nothing of it was kept.
 """
 
 from __future__ import annotations
@@ -62,6 +65,12 @@ def redis_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, _REDIS_UNAVAILABLE)
 
 
+def transaction_rolled_back(exc: BaseException) -> bool:
+    """True when Postgres rolled the transaction back (deadlock victim, serialization failure): running
+    it again is the remedy."""
+    return isinstance(exc, asyncpg.TransactionRollbackError)
+
+
 def store_unavailable(exc: BaseException) -> bool:
     """Postgres or Redis is away: worth waiting for."""
     return database_unavailable(exc) or redis_unavailable(exc)
@@ -69,7 +78,8 @@ def store_unavailable(exc: BaseException) -> bool:
 
 async def ride_out(what: str, call: Callable[[], Awaitable[T]], *, tolerance: float,
                    first_wait: float = 0.2, max_wait: float = 5.0) -> T:
-    """`await call()`, calling again while it fails because Postgres or Redis is away.
+    """`await call()`, calling again while it fails because Postgres or Redis is away, or because
+    Postgres rolled its transaction back (a deadlock): `call` must be safe to run again.
 
     Waits grow exponentially from `first_wait` to `max_wait` with full jitter (so replicas do not
     reconnect in step). After `tolerance` seconds of failures the last error is raised; any other
@@ -83,7 +93,7 @@ async def ride_out(what: str, call: Callable[[], Awaitable[T]], *, tolerance: fl
                     waited_seconds=round(state.seconds_since_start or 0.0, 3), error=repr(error)[:300])
 
     retrying = AsyncRetrying(
-        retry=retry_if_exception(store_unavailable),
+        retry=retry_if_exception(lambda exc: store_unavailable(exc) or transaction_rolled_back(exc)),
         wait=wait_random_exponential(multiplier=first_wait, max=max_wait),
         stop=stop_after_delay(tolerance),
         before_sleep=note,
