@@ -101,8 +101,9 @@ async def test_ban_unban_and_leaving_send_chat_member_updates(world: Emulator, b
     await bot.approve_chat_join_request(GROUP, DAVE)
     await world.leave_group(GROUP, DAVE)
 
-    moves = [(u["chat_member"]["new_chat_member"]["user"]["id"], u["chat_member"]["old_chat_member"]["status"],
-              u["chat_member"]["new_chat_member"]["status"]) for u in await _updates(bot) if "chat_member" in u]
+    changes = [u["chat_member"] for u in await _updates(bot) if "chat_member" in u]
+    moves = [(c["new_chat_member"]["user"]["id"], c["old_chat_member"]["status"], c["new_chat_member"]["status"])
+             for c in changes]
     assert moves == [(BOB, "member", "kicked"), (BOB, "kicked", "left"), (DAVE, "left", "member"),
                      (DAVE, "member", "left")]
     assert (await bot.get_chat_member(GROUP, BOB)).status == "left"
@@ -130,7 +131,9 @@ async def test_invite_link_joins_at_once_until_its_member_limit(world: Emulator,
     assert (await bot.get_chat_member(GROUP, ERIN)).status == "left"
 
 
-async def test_invite_link_with_creates_join_request_produces_a_join_request(world: Emulator, bot: Bot) -> None:
+async def test_invite_link_with_creates_join_request_produces_a_join_request(
+    world: Emulator, bot: Bot,
+) -> None:
     link = await bot.create_chat_invite_link(GROUP, creates_join_request=True)
     update = await world.join_by_link(link.invite_link, ERIN)
     assert update is not None
@@ -143,7 +146,9 @@ async def test_invite_link_with_creates_join_request_produces_a_join_request(wor
         await bot.create_chat_invite_link(GROUP, creates_join_request=True, member_limit=5)
 
 
-async def test_revoked_or_expired_links_cannot_be_used_and_edits_are_checked(world: Emulator, bot: Bot) -> None:
+async def test_revoked_or_expired_links_cannot_be_used_and_edits_are_checked(
+    world: Emulator, bot: Bot,
+) -> None:
     link = await bot.create_chat_invite_link(GROUP, name="old")
     edited = await bot.edit_chat_invite_link(GROUP, link.invite_link, name="renamed", member_limit=10)
     assert (edited.name, edited.member_limit) == ("renamed", 10)
@@ -189,7 +194,8 @@ async def test_control_api_sets_rights_and_lets_users_join_and_leave(world: Emul
         me = await bot.get_chat_member(GROUP, bot.id)
         assert isinstance(me, ChatMemberAdministrator) and not me.can_restrict_members
         link = await bot.create_chat_invite_link(GROUP)
-        reply = await http.post("/_emulator/join_by_link", json={"invite_link": link.invite_link, "user_id": DAVE})
+        joining = {"invite_link": link.invite_link, "user_id": DAVE}
+        reply = await http.post("/_emulator/join_by_link", json=joining)
         assert (await reply.json())["result"]["chat_member"]["new_chat_member"]["status"] == "member"
         reply = await http.post("/_emulator/leave_group", json={"chat_id": GROUP, "user_id": DAVE})
         assert (await reply.json())["result"][0]["chat_member"]["new_chat_member"]["status"] == "left"
