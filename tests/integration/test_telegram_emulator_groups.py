@@ -102,8 +102,8 @@ async def test_ban_unban_and_leaving_send_chat_member_updates(world: Emulator, b
     await world.leave_group(GROUP, DAVE)
 
     changes = [u["chat_member"] for u in await _updates(bot) if "chat_member" in u]
-    moves = [(c["new_chat_member"]["user"]["id"], c["old_chat_member"]["status"], c["new_chat_member"]["status"])
-             for c in changes]
+    moves = [(c["new_chat_member"]["user"]["id"], c["old_chat_member"]["status"],
+              c["new_chat_member"]["status"]) for c in changes]
     assert moves == [(BOB, "member", "kicked"), (BOB, "kicked", "left"), (DAVE, "left", "member"),
                      (DAVE, "member", "left")]
     assert (await bot.get_chat_member(GROUP, BOB)).status == "left"
