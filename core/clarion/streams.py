@@ -7,7 +7,10 @@
 - `notify:{channel}:status`: every final outcome of the channel's notifications (`NotificationEvent`);
   a Telegram channel's bot follows its own and its reply email channel's through the group
   `support:{channel}` (support posts and replies, docs/webhook-and-bot.md).
-- `groups:maintenance`: ManagedGroup timer work.
+- `notify:{channel}:group-maintenance`: ManagedGroup maintenance work (`GroupTask`) the operator's
+  timers put there, one entry per group, kind and period (`{stream}:dedup:...` keys make a timer tick
+  one entry); read by the channel's group-maintenance workers through `workers` (ADR 0010).
+- `notify:{channel}:group-posts`: group posts due (ADR 0010), read likewise by the group-posts workers.
 - `<stream>:dead`: dead letters of any stream (`campaign:deliveries:dead`: campaign deliveries that
   exhausted their attempts; the rows stay in Postgres as `failed`).
 - `tg:pause:{bot}` / `tg:rl:{bot}:{scope}`: the shared Telegram rate limiter (clarion.telegram.limiter).
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterable
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +30,6 @@ BOT_GROUP = "bot"
 WORKER_GROUP = "workers"
 DEFAULT_PARTITIONS = 16
 DEDUP_TTL_SECONDS = 24 * 3600
-GROUP_MAINTENANCE_STREAM = "groups:maintenance"
 # Campaign deliveries that exhausted their attempts go to dead_letter_stream(CAMPAIGN_DELIVERIES_STREAM).
 CAMPAIGN_DELIVERIES_STREAM = "campaign:deliveries"
 
@@ -61,6 +64,27 @@ LANES = ("instant", "bulk")
 def notify_stream(channel: str, lane: str) -> str:
     """Work queue of one lane of one channel (`channel` is the channel key `<namespace>.<name>`)."""
     return f"notify:{channel}:{lane}"
+
+
+GROUP_MAINTENANCE_LANE = "group-maintenance"
+GROUP_POSTS_LANE = "group-posts"
+GROUP_STREAM_MAXLEN = 10_000
+"""Approximate cap of a group lane's stream: periodic work that nobody read is made again next period."""
+
+
+def group_maintenance_stream(channel: str) -> str:
+    """ManagedGroup maintenance work of one channel's groups (a worker lane of its own, ADR 0010)."""
+    return notify_stream(channel, GROUP_MAINTENANCE_LANE)
+
+
+def group_posts_stream(channel: str) -> str:
+    """Group posts due on one channel's groups (a worker lane of its own, ADR 0010)."""
+    return notify_stream(channel, GROUP_POSTS_LANE)
+
+
+def group_task_dedup_key(stream: str, group_id: int, kind: str, slot: int) -> str:
+    """Set (NX, with a TTL) by whoever adds the task of `kind` for period `slot`: the first adds it."""
+    return f"{stream}:dedup:{group_id}:{kind}:{slot}"
 
 
 def notification_status_stream(channel: str) -> str:
@@ -173,6 +197,40 @@ class NotificationEvent(BaseModel):
         return cls.model_validate_json(fields[b"e"])
 
 
+class GroupTaskKind(StrEnum):
+    """What a group-maintenance entry asks the worker to do (ADR 0010). Each is idempotent: doing it
+    twice in one period changes nothing the first did not."""
+
+    INACTIVITY_SWEEP = "inactivity-sweep"
+    """Warn members silent past warnAfterDays, remove (ban then unban) those past removeAfterDays."""
+    ROTATE_INVITE = "rotate-invite"
+    """Create the period's invite link (expiry, member limit) and revoke the previous one."""
+    JOIN_REQUEST_SWEEP = "join-request-sweep"
+    """Decline join requests whose rules question went unanswered in time."""
+
+
+class GroupTask(BaseModel):
+    """One unit of group maintenance: the group's row, its chat, the kind and the period it is for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group_id: int
+    namespace: str = Field(max_length=63)
+    name: str = Field(max_length=253)
+    chat_id: int
+    kind: GroupTaskKind
+    slot: int
+    """The period: floor(enqueue time / the kind's period in seconds)."""
+    trace_id: str = Field(max_length=64)
+
+    def to_fields(self) -> dict[str, bytes]:
+        return {"e": self.model_dump_json().encode()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> GroupTask:
+        return cls.model_validate_json(fields[b"e"])
+
+
 async def add_tasks(redis: Any, tasks: Iterable[tuple[str, NotificationTask]]) -> None:
     """Put each (stream, task) on its stream, all in one pipelined round trip. Raises what Redis raised;
     the caller decides (a stored row's entry that fails is the workers' replayer's to add later)."""
@@ -180,3 +238,24 @@ async def add_tasks(redis: Any, tasks: Iterable[tuple[str, NotificationTask]]) -
         for stream, task in tasks:
             pipe.xadd(stream, task.to_fields())
         await pipe.execute()
+
+
+# SET the dedup key NX with a TTL; only when that set it, XADD (approximate MAXLEN). One script, so a
+# tick is added exactly once however many operator passes race for it, and never marked without entry.
+_ADD_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+    return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[3])
+end
+return false
+"""
+
+
+async def add_group_task(redis: Any, stream: str, task: GroupTask, period_seconds: float) -> bool:
+    """Add `task` to `stream` unless this (group, kind, slot) was added already; True when added.
+
+    The dedup key lives two periods, so a slot is never added twice while its neighbours can be.
+    """
+    key = group_task_dedup_key(stream, task.group_id, task.kind, task.slot)
+    ttl = max(1, int(2 * period_seconds))
+    added = await redis.eval(_ADD_ONCE, 2, stream, key, ttl, GROUP_STREAM_MAXLEN, task.to_fields()["e"])
+    return added is not None

@@ -60,7 +60,7 @@ CHECKS = counter("clarion_operator_channel_checks_total",
                  ["type", "reason"])
 
 
-async def _secret_value(ctx: Context, namespace: str, ref: SecretKeyRef) -> str | Verdict:
+async def secret_value(ctx: Context, namespace: str, ref: SecretKeyRef) -> str | Verdict:
     """The referenced Secret value, or the Verdict that explains why it cannot be read."""
     data = await ctx.kube.read_secret(namespace, ref.name)
     if data is None:
@@ -87,20 +87,20 @@ async def _webhook_secret(ctx: Context, channel: NotificationChannel, body: kopf
     """The webhook secret token (from the referenced Secret, else from the generated one the channel
     owns) and the name of the Secret that holds it."""
     if ref is not None:
-        return await _secret_value(ctx, channel.namespace, ref), ref.name
+        return await secret_value(ctx, channel.namespace, ref), ref.name
     owned = SecretKeyRef(name=builders.webhook_secret_name(channel.name), key=builders.WEBHOOK_SECRET_KEY)
-    found = await _secret_value(ctx, channel.namespace, owned)
+    found = await secret_value(ctx, channel.namespace, owned)
     if isinstance(found, str):
         return found, owned.name
     secret = builders.webhook_secret(channel.namespace, channel.name, secrets.token_urlsafe(48))
     kopf.append_owner_reference(secret, owner=body)
     await ctx.kube.create_secret(secret)
-    return await _secret_value(ctx, channel.namespace, owned), owned.name
+    return await secret_value(ctx, channel.namespace, owned), owned.name
 
 
 async def _check_telegram(ctx: Context, channel: NotificationChannel, body: kopf.Body,
                           telegram: TelegramSettings, *, register: bool) -> _Checked:
-    token = await _secret_value(ctx, channel.namespace, telegram.bot_token_secret_ref)
+    token = await secret_value(ctx, channel.namespace, telegram.bot_token_secret_ref)
     if isinstance(token, Verdict):
         return _Checked(ChannelCheck(token))
     webhook = telegram.webhook
@@ -128,10 +128,10 @@ async def _check_telegram(ctx: Context, channel: NotificationChannel, body: kopf
 async def _check_email(ctx: Context, namespace: str, email: EmailSettings) -> ChannelCheck:
     username = password = None
     if email.username_secret_ref is not None and email.password_secret_ref is not None:
-        user = await _secret_value(ctx, namespace, email.username_secret_ref)
+        user = await secret_value(ctx, namespace, email.username_secret_ref)
         if isinstance(user, Verdict):
             return ChannelCheck(user)
-        word = await _secret_value(ctx, namespace, email.password_secret_ref)
+        word = await secret_value(ctx, namespace, email.password_secret_ref)
         if isinstance(word, Verdict):
             return ChannelCheck(word)
         username, password = user, word
@@ -141,7 +141,7 @@ async def _check_email(ctx: Context, namespace: str, email: EmailSettings) -> Ch
 
 
 async def _check_webpush(ctx: Context, namespace: str, webpush: WebPushSettings) -> ChannelCheck:
-    key = await _secret_value(ctx, namespace, webpush.vapid_private_key_secret_ref)
+    key = await secret_value(ctx, namespace, webpush.vapid_private_key_secret_ref)
     if isinstance(key, Verdict):
         return ChannelCheck(key)
     return ChannelCheck(Verdict.passed(ChannelReason.KEY_PRESENT, "the VAPID private key is readable"))
@@ -326,7 +326,7 @@ async def channel_deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: 
         return
     telegram = channel.spec.telegram
     if telegram is not None:
-        token = await _secret_value(ctx, channel.namespace, telegram.bot_token_secret_ref)
+        token = await secret_value(ctx, channel.namespace, telegram.bot_token_secret_ref)
         if isinstance(token, Verdict):
             logger.warning("webhook of %s left in place: %s", channel.key, token.message)
         else:

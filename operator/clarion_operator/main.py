@@ -1,4 +1,4 @@
-"""`clarion-operator`: the kopf operator for NotificationChannel and BroadcastCampaign."""
+"""`clarion-operator`: the kopf operator for NotificationChannel, BroadcastCampaign and ManagedGroup."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from clarion_operator.settings import OperatorSettings
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clarion-operator",
-        description="Reconciles Clarion's custom resources: NotificationChannel and BroadcastCampaign. "
-                    "Settings come from CLARION_* environment variables (database, Redis, image, ...); "
-                    "the Kubernetes API from the in-cluster service account or KUBECONFIG.",
+        description="Reconciles Clarion's custom resources: NotificationChannel, BroadcastCampaign and "
+                    "ManagedGroup. Settings come from CLARION_* environment variables (database, Redis, "
+                    "image, ...); the Kubernetes API from the in-cluster service account or KUBECONFIG.",
     )
     parser.add_argument("-n", "--namespace", action="append", default=[],
                         help="namespace to watch (repeatable); default: CLARION_NAMESPACES, else all")
@@ -34,9 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import clarion_operator.indexes
     import clarion_operator.scaler
     import clarion_operator.startup  # noqa: F401  (handlers register on import)
-    from clarion_operator import api_keys, campaigns  # noqa: F401  (api_keys after startup: it uses its pools)
+    from clarion_operator import api_keys, campaigns, groups  # noqa: F401  (api_keys after startup: it uses its pools)
 
     campaigns.register(settings)
+    groups.register(settings)
 
     namespaces = list(args.namespace) or settings.namespace_list
     asyncio.run(kopf.operator(

@@ -76,6 +76,26 @@ class OperatorSettings(CommonSettings):
         default=300.0, ge=0, le=86400,
         description="How long a due campaign waits for its channel to be Ready before it is marked Failed.",
     )
+    group_check_seconds: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="Seconds between ManagedGroup passes: the channel and the bot's admin rights are checked "
+                    "again and due maintenance is put on the group-maintenance stream (ADR 0010).",
+    )
+    group_member_count_seconds: float = Field(
+        default=300.0, gt=0, le=86400, description="Seconds between getChatMemberCount reads of a group."
+    )
+    group_inactivity_sweep_seconds: float = Field(
+        default=3600.0, gt=0, le=604800,
+        description="Period of a group's inactivity-sweep task (Monitoring phase, inactivity policy set).",
+    )
+    group_invite_rotation_seconds: float = Field(
+        default=86400.0, gt=0, le=2592000,
+        description="Period of a group's rotate-invite task (Growth phase).",
+    )
+    group_join_request_sweep_seconds: float = Field(
+        default=60.0, gt=0, le=86400,
+        description="Period of a group's join-request-sweep task (join policy rules).",
+    )
     max_concurrent_reconciles: int = Field(
         default=16, ge=1, le=1000, description="Campaign and channel passes running at once (bounds memory)."
     )

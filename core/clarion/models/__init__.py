@@ -59,6 +59,8 @@ from clarion.models.channel import (
     WorkersStatus,
 )
 from clarion.models.group import (
+    GroupPhase,
+    GroupReason,
     Inactivity,
     JoinRequests,
     JoinRules,
@@ -119,6 +121,8 @@ __all__ = [
     "CustomObject",
     "Delivery",
     "EmailSettings",
+    "GroupPhase",
+    "GroupReason",
     "Inactivity",
     "InvalidApiKey",
     "InvalidSpec",

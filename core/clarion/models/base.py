@@ -149,6 +149,8 @@ class ConditionType(StrEnum):
     WEBHOOK_REGISTERED = "WebhookRegistered"
     TEMPLATES_VALID = "TemplatesValid"
     AUTOSCALER_READY = "AutoscalerReady"
+    CHANNEL_READY = "ChannelReady"
+    BOT_HAS_RIGHTS = "BotHasRights"
 
 
 class CommonReason(StrEnum):

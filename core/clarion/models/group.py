@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal, Self
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -26,6 +27,25 @@ GroupPhase = Literal["Growth", "Monitoring"]
 # Five cron fields: minute hour day-of-month month day-of-week.
 CRON = r"^\S+(\s+\S+){4}$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class GroupReason(StrEnum):
+    """Reasons of a ManagedGroup's conditions (ChannelReady, BotHasRights, Ready) and Events."""
+
+    CHANNEL_NOT_FOUND = "ChannelNotFound"
+    CHANNEL_NOT_TELEGRAM = "ChannelNotTelegram"
+    CHANNEL_NOT_READY = "ChannelNotReady"
+    CHANNEL_READY = "ChannelReady"
+    RIGHTS_GRANTED = "RightsGranted"
+    NOT_ADMINISTRATOR = "NotAdministrator"
+    MISSING_RIGHTS = "MissingRights"
+    CHAT_NOT_FOUND = "ChatNotFound"
+    CHAT_TAKEN = "ChatTaken"
+    TELEGRAM_ERROR = "TelegramError"
+    TELEGRAM_UNREACHABLE = "TelegramUnreachable"
+    NOT_CHECKED = "NotChecked"
+    GROUP_READY = "GroupReady"
+    PHASE_CHANGED = "PhaseChanged"
 
 
 class JoinRules(CamelModel):

@@ -88,6 +88,19 @@ def routes(emu: Emulator) -> dict[tuple[str, str], Handler]:
     async def migrate_group(args: dict[str, Any]) -> Any:
         return emu.group_chat(emu.migrate_group(_int(args, "chat_id"), _int(args, "new_chat_id")))
 
+    async def bot_rights(args: dict[str, Any]) -> Any:
+        rights = args.get("rights")
+        if rights is not None and not (isinstance(rights, list) and all(isinstance(r, str) for r in rights)):
+            raise ValueError("rights must be a list of right names, or null for a plain member")
+        emu.set_bot_rights(str(args["token"]), _int(args, "chat_id"), rights)
+        return True
+
+    async def join_by_link(args: dict[str, Any]) -> Any:
+        return await emu.join_by_link(str(args["invite_link"]), _int(args, "user_id"))
+
+    async def leave_group(args: dict[str, Any]) -> Any:
+        return list((await emu.leave_group(_int(args, "chat_id"), _int(args, "user_id"))).values())
+
     async def set_blocked(args: dict[str, Any]) -> Any:
         emu.set_blocked(str(args["token"]), _int(args, "user_id"), bool(args.get("blocked", True)))
         return True
@@ -179,6 +192,9 @@ def routes(emu: Emulator) -> dict[tuple[str, str], Handler]:
         ("POST", f"{p}/users"): _endpoint(add_users),
         ("POST", f"{p}/groups"): _endpoint(add_group),
         ("POST", f"{p}/groups/migrate"): _endpoint(migrate_group),
+        ("POST", f"{p}/groups/bot_rights"): _endpoint(bot_rights),
+        ("POST", f"{p}/join_by_link"): _endpoint(join_by_link),
+        ("POST", f"{p}/leave_group"): _endpoint(leave_group),
         ("POST", f"{p}/set_blocked"): _endpoint(set_blocked),
         ("POST", f"{p}/deactivate"): _endpoint(deactivate),
         ("POST", f"{p}/user_sends"): _endpoint(user_sends),

@@ -17,10 +17,12 @@ from urllib.parse import urlsplit
 from clarion_dev.telegram import markup
 from clarion_dev.telegram.limits import Refused
 from clarion_dev.telegram.world import (
+    ADMIN_RIGHTS,
     ApiError,
     BotState,
     ChatLog,
     Group,
+    InviteLink,
     RetryAfterEvent,
     SentMessage,
     StoredMessage,
@@ -357,7 +359,7 @@ def delete_message(emu: Emulator, bot: BotState, p: Params) -> Any:
         raise bad_request("message to delete not found")
     group = target.group
     own = message.from_bot and message.sender_id == bot.info.id
-    if group is not None and not own and not group.bot_is_admin:
+    if group is not None and not own and "can_delete_messages" not in (group.rights_of(bot.info.id) or ()):
         raise bad_request("message can't be deleted")
     del target.log.messages[mid]
     return True
@@ -461,11 +463,12 @@ def get_me(emu: Emulator, bot: BotState, p: Params) -> Any:
             "supports_inline_queries": False, "can_connect_to_business": False, "has_main_web_app": False}
 
 
-def _group_for_admin(emu: Emulator, bot: BotState, p: Params, rights: str) -> Group:
+def _group_for_admin(emu: Emulator, bot: BotState, p: Params, rights: str, right: str) -> Group:
+    """The group of `chat_id`, when the bot is an administrator there with `right`."""
     target = read_target(emu, bot, _chat_id(p))
     if target.group is None:
         raise bad_request("method is available for supergroup and channel chats only")
-    if not target.group.bot_is_admin:
+    if right not in (target.group.rights_of(bot.info.id) or ()):
         raise bad_request(f"not enough rights to {rights}")
     return target.group
 
@@ -477,51 +480,129 @@ def _user_id(emu: Emulator, p: Params) -> int:
     return uid
 
 
+_JOIN_REQUESTS = "manage chat join requests"
+_RESTRICT = "restrict/unrestrict chat member"
+_INVITE_LINKS = "manage chat invite links"
+
+
 def approve_chat_join_request(emu: Emulator, bot: BotState, p: Params) -> Any:
-    group = _group_for_admin(emu, bot, p, "manage chat join requests")
+    group = _group_for_admin(emu, bot, p, _JOIN_REQUESTS, "can_invite_users")
     uid = _user_id(emu, p)
     if uid not in group.join_requests:
         raise bad_request("HIDE_REQUESTER_MISSING")
     if uid in group.members:
         raise bad_request("USER_ALREADY_PARTICIPANT")
     del group.join_requests[uid]
-    group.members.add(uid)
+    link = group.invite_links.get(group.join_request_links.pop(uid, ""))
+    if link is not None:
+        link.joined.add(uid)
+    emu.member_changed(group, uid, "left", "member", actor=bot.user_dict, invite_link=link,
+                       via_join_request=True)
     return True
 
 
 def decline_chat_join_request(emu: Emulator, bot: BotState, p: Params) -> Any:
-    group = _group_for_admin(emu, bot, p, "manage chat join requests")
+    group = _group_for_admin(emu, bot, p, _JOIN_REQUESTS, "can_invite_users")
     uid = _user_id(emu, p)
     if group.join_requests.pop(uid, None) is None:
         raise bad_request("HIDE_REQUESTER_MISSING")
+    group.join_request_links.pop(uid, None)
     return True
 
 
 def ban_chat_member(emu: Emulator, bot: BotState, p: Params) -> Any:
-    group = _group_for_admin(emu, bot, p, "restrict/unrestrict chat member")
+    group = _group_for_admin(emu, bot, p, _RESTRICT, "can_restrict_members")
     uid = _user_id(emu, p)
     if group.admins and uid == group.admins[0]:
         raise bad_request("can't remove chat owner")
     if uid in group.admins:
         raise bad_request("user is an administrator of the chat")
-    group.members.discard(uid)
     group.join_requests.pop(uid, None)
-    group.banned.add(uid)
+    group.join_request_links.pop(uid, None)
+    if uid not in group.banned:
+        old = "member" if uid in group.members else "left"
+        emu.member_changed(group, uid, old, "kicked", actor=bot.user_dict)
     return True
 
 
 def unban_chat_member(emu: Emulator, bot: BotState, p: Params) -> Any:
-    group = _group_for_admin(emu, bot, p, "restrict/unrestrict chat member")
+    group = _group_for_admin(emu, bot, p, _RESTRICT, "can_restrict_members")
     uid = _user_id(emu, p)
     if uid in group.banned:
-        group.banned.discard(uid)
+        emu.member_changed(group, uid, "kicked", "left", actor=bot.user_dict)
     elif not p_bool(p, "only_if_banned"):
         if group.admins and uid == group.admins[0]:
             raise bad_request("can't remove chat owner")
         if uid in group.admins:
             raise bad_request("user is an administrator of the chat")
-        group.members.discard(uid)
+        if uid in group.members:
+            emu.member_changed(group, uid, "member", "left", actor=bot.user_dict)
     return True
+
+
+INVITE_LINK_PREFIX = "https://t.me/+"
+_LINK_NAME_MAX = 32
+
+
+def _link_options(p: Params, link: InviteLink | None, now: int) -> dict[str, Any]:
+    """name, expire_date, member_limit, creates_join_request as given (the link's own where absent),
+    checked the way Telegram checks them."""
+    name = p_str(p, "name") if _present(p, "name") else (link.name if link else None)
+    if name is not None and len(name) > _LINK_NAME_MAX:
+        raise bad_request("invite link name is too long")
+    expire = p_int(p, "expire_date") if _present(p, "expire_date") else (link.expire_date if link else None)
+    if expire is not None and expire != 0 and expire <= now:
+        raise bad_request("EXPIRE_DATE_INVALID")
+    limit = p_int(p, "member_limit") if _present(p, "member_limit") else (link.member_limit if link else None)
+    if limit is not None and limit != 0 and not 1 <= limit <= 99999:
+        raise bad_request("USAGE_LIMIT_INVALID")
+    joins = p_bool(p, "creates_join_request") if _present(p, "creates_join_request") else (
+        link.creates_join_request if link else False)
+    if joins and limit:
+        raise bad_request("member limit can't be specified for links requiring administrator approval")
+    return {"name": name or None, "expire_date": expire or None, "member_limit": limit or None,
+            "creates_join_request": joins}
+
+
+def link_dict(emu: Emulator, group: Group, link: InviteLink) -> dict[str, Any]:
+    creator = next((b.user_dict for b in emu.bot_states() if b.info.id == link.creator_id),
+                   {"id": link.creator_id, "is_bot": True, "first_name": "bot"})
+    pending = sum(1 for url in group.join_request_links.values() if url == link.link)
+    return link.as_dict(creator, pending)
+
+
+def create_chat_invite_link(emu: Emulator, bot: BotState, p: Params) -> Any:
+    group = _group_for_admin(emu, bot, p, _INVITE_LINKS, "can_invite_users")
+    options = _link_options(p, None, int(time.time()))
+    link = InviteLink(INVITE_LINK_PREFIX + emu.new_link_hash(), bot.info.id, **options)
+    group.invite_links[link.link] = link
+    return link_dict(emu, group, link)
+
+
+def _own_link(emu: Emulator, bot: BotState, p: Params) -> tuple[Group, InviteLink]:
+    group = _group_for_admin(emu, bot, p, _INVITE_LINKS, "can_invite_users")
+    url = p_str(p, "invite_link")
+    if not url:
+        raise bad_request("invite_link is empty")
+    link = group.invite_links.get(url)
+    if link is None:
+        raise bad_request("INVITE_HASH_EXPIRED")
+    return group, link
+
+
+def edit_chat_invite_link(emu: Emulator, bot: BotState, p: Params) -> Any:
+    group, link = _own_link(emu, bot, p)
+    if link.revoked:
+        raise bad_request("INVITE_HASH_EXPIRED")
+    for key, value in _link_options(p, link, int(time.time())).items():
+        setattr(link, key, value)
+    return link_dict(emu, group, link)
+
+
+def revoke_chat_invite_link(emu: Emulator, bot: BotState, p: Params) -> Any:
+    group, link = _own_link(emu, bot, p)
+    link.revoked = True
+    return link_dict(emu, group, link)
 
 
 _NO_GIFTS = {"unlimited_gifts": False, "limited_gifts": False, "unique_gifts": False,
@@ -536,17 +617,11 @@ def get_chat(emu: Emulator, bot: BotState, p: Params) -> Any:
     return {**target.chat, **extra}
 
 
-_ADMIN_RIGHTS = {"can_be_edited": False, "is_anonymous": False, "can_manage_chat": True,
-                 "can_delete_messages": True, "can_manage_video_chats": True, "can_restrict_members": True,
-                 "can_promote_members": False, "can_change_info": True, "can_invite_users": True,
-                 "can_post_stories": False, "can_edit_stories": False, "can_delete_stories": False,
-                 "can_send_welcome_messages": True, "can_pin_messages": True}
-
-
 def _member(emu: Emulator, bot: BotState, group: Group, uid: int) -> dict[str, Any]:
     if uid == bot.info.id:
-        if group.bot_is_admin:
-            return {"status": "administrator", "user": bot.user_dict, **_ADMIN_RIGHTS}
+        rights = group.rights_of(uid)
+        if rights is not None:
+            return administrator(bot.user_dict, rights)
         return {"status": "member", "user": bot.user_dict}
     user = emu.users.get(uid)
     if user is None:
@@ -555,12 +630,18 @@ def _member(emu: Emulator, bot: BotState, group: Group, uid: int) -> dict[str, A
     if group.admins and uid == group.admins[0]:
         return {"status": "creator", "user": u, "is_anonymous": False}
     if uid in group.admins:
-        return {"status": "administrator", "user": u, **_ADMIN_RIGHTS}
+        return administrator(u, frozenset(ADMIN_RIGHTS) - {"can_promote_members"})
     if uid in group.banned:
         return {"status": "kicked", "user": u, "until_date": 0}
     if uid in group.members:
         return {"status": "member", "user": u}
     return {"status": "left", "user": u}
+
+
+def administrator(user: dict[str, Any], rights: frozenset[str]) -> dict[str, Any]:
+    """A ChatMemberAdministrator with exactly `rights` among the boolean rights."""
+    return {"status": "administrator", "user": user, "can_be_edited": False, "is_anonymous": False,
+            **{right: right in rights for right in ADMIN_RIGHTS}}
 
 
 def get_chat_member(emu: Emulator, bot: BotState, p: Params) -> Any:
@@ -589,7 +670,7 @@ def get_chat_administrators(emu: Emulator, bot: BotState, p: Params) -> Any:
     if group is None:
         raise bad_request("there are no administrators in the private chat")
     out = [_member(emu, bot, group, uid) for uid in group.admins]
-    if group.bot_is_admin:
+    if group.rights_of(bot.info.id) is not None:
         out.append(_member(emu, bot, group, bot.info.id))
     return out
 
@@ -615,10 +696,14 @@ METHODS: dict[str, Callable[..., Any | Awaitable[Any]]] = {
     "getchatmember": get_chat_member,
     "getchatmembercount": get_chat_member_count,
     "getchatadministrators": get_chat_administrators,
+    "createchatinvitelink": create_chat_invite_link,
+    "editchatinvitelink": edit_chat_invite_link,
+    "revokechatinvitelink": revoke_chat_invite_link,
 }
 ASYNC_METHODS = frozenset({"getupdates"})
 CANONICAL = {name.lower(): name for name in (
     "getMe", "setWebhook", "deleteWebhook", "getWebhookInfo", "getUpdates", "sendMessage", "sendPhoto",
     "copyMessage", "editMessageText", "editMessageReplyMarkup", "deleteMessage", "answerCallbackQuery",
     "approveChatJoinRequest", "declineChatJoinRequest", "banChatMember", "unbanChatMember", "getChat",
-    "getChatMember", "getChatMemberCount", "getChatAdministrators")}
+    "getChatMember", "getChatMemberCount", "getChatAdministrators", "createChatInviteLink",
+    "editChatInviteLink", "revokeChatInviteLink")}

@@ -24,10 +24,12 @@ from clarion_dev.telegram.limits import BotLimiter, RateLimits
 from clarion_dev.telegram.markup import command_entities
 from clarion_dev.telegram.webhook import WebhookRetry, deliver_loop
 from clarion_dev.telegram.world import (
+    ADMIN_RIGHTS,
     ApiError,
     BotInfo,
     BotState,
     Group,
+    InviteLink,
     MethodStats,
     RetryAfterEvent,
     SentMessage,
@@ -279,6 +281,9 @@ class Emulator:
     def bots(self) -> list[BotInfo]:
         return [bot.info for bot in self._bots.values()]
 
+    def bot_states(self) -> list[BotState]:
+        return list(self._bots.values())
+
     def bot(self, token: str) -> BotState:
         bot = self._bots.get(token)
         if bot is None:
@@ -354,6 +359,99 @@ class Emulator:
         if username:
             self.groups_by_username[username.lower()] = group
         return group
+
+    def set_bot_rights(self, token: str, chat_id: int, rights: Iterable[str] | None) -> None:
+        """Make the bot an administrator of the group with exactly `rights` (ChatMemberAdministrator
+        field names, e.g. "can_invite_users"), or a plain member with None; changeable at any time."""
+        bot = self.bot(token)
+        group = self._live_group(chat_id)
+        if rights is None:
+            group.bot_rights[bot.info.id] = None
+            return
+        chosen = frozenset(rights)
+        unknown = sorted(chosen - set(ADMIN_RIGHTS))
+        if unknown:
+            raise ValueError(f"unknown administrator rights {unknown}; known: {list(ADMIN_RIGHTS)}")
+        group.bot_rights[bot.info.id] = chosen
+
+    def _live_group(self, chat_id: int) -> Group:
+        group = self.groups.get(chat_id)
+        if group is None or group.migrated_to is not None:
+            raise ValueError(f"unknown or migrated group {chat_id}")
+        return group
+
+    def new_link_hash(self) -> str:
+        return "".join(self._rng.choice(_SECRET_ALPHABET) for _ in range(16))
+
+    def member_changed(self, group: Group, user_id: int, old: str, new: str, *, actor: dict[str, Any],
+                       invite_link: InviteLink | None = None,
+                       via_join_request: bool = False) -> dict[int, dict[str, Any]]:
+        """Move the user from `old` to `new` ("member", "left", "kicked") and send `chat_member` to every
+        bot that is an administrator of the group (queued if it asked for chat_member in allowed_updates).
+        Returns each such bot's update by bot id."""
+        if new == "member":
+            group.members.add(user_id)
+            group.banned.discard(user_id)
+        else:
+            group.members.discard(user_id)
+            for link in group.invite_links.values():
+                link.joined.discard(user_id)
+            if new == "kicked":
+                group.banned.add(user_id)
+            else:
+                group.banned.discard(user_id)
+        user = self._user(user_id).as_dict()
+
+        def state(status: str) -> dict[str, Any]:
+            return {"status": status, "user": user, **({"until_date": 0} if status == "kicked" else {})}
+
+        payload: dict[str, Any] = {"chat": self.group_chat(group), "from": actor, "date": int(time.time()),
+                                   "old_chat_member": state(old), "new_chat_member": state(new)}
+        if invite_link is not None:
+            payload["invite_link"] = methods.link_dict(self, group, invite_link)
+        if via_join_request:
+            payload["via_join_request"] = True
+        return {bot.info.id: self._enqueue(bot, "chat_member", payload) for bot in self._bots.values()
+                if group.rights_of(bot.info.id) is not None}
+
+    async def join_by_link(self, invite_link: str, user_id: int) -> dict[str, Any] | None:
+        """The user opens an invite link: joins at once, or (creates_join_request) asks to join. Returns
+        the update the link's creator got (chat_member or chat_join_request), None if it got none."""
+        user = self._user(user_id)
+        group = next((g for g in self.groups.values() if invite_link in g.invite_links), None)
+        if group is None or group.migrated_to is not None:
+            raise ValueError("INVITE_HASH_INVALID: no such invite link")
+        link = group.invite_links[invite_link]
+        if link.revoked or (link.expire_date is not None and link.expire_date <= time.time()):
+            raise ValueError("INVITE_HASH_EXPIRED: the link was revoked or has expired")
+        if user_id in group.members or user_id in group.banned:
+            raise ValueError(f"user {user_id} is already a member of, or banned from, {group.id}")
+        if link.member_limit is not None and len(link.joined & group.members) >= link.member_limit:
+            raise ValueError("USERS_TOO_MUCH: the link's member limit is reached")
+        if link.creates_join_request:
+            now = int(time.time())
+            group.join_requests[user_id] = now
+            group.join_request_links[user_id] = link.link
+            payload = {"chat": self.group_chat(group), "from": user.as_dict(), "user_chat_id": user_id,
+                       "date": now, "invite_link": methods.link_dict(self, group, link)}
+            sent = {b.info.id: self._enqueue(b, "chat_join_request", payload) for b in self._bots.values()
+                    if "can_invite_users" in (group.rights_of(b.info.id) or ())}
+            return sent.get(link.creator_id)
+        link.joined.add(user_id)
+        joined = self.member_changed(group, user_id, "left", "member", actor=user.as_dict(),
+                                     invite_link=link)
+        return joined.get(link.creator_id)
+
+    async def leave_group(self, chat_id: int, user_id: int) -> dict[int, dict[str, Any]]:
+        """The user leaves the group: `chat_member` member -> left to the administrator bots (their
+        updates by bot id)."""
+        group = self._live_group(chat_id)
+        user = self._user(user_id)
+        if user_id not in group.members:
+            raise ValueError(f"user {user_id} is not a member of {chat_id}")
+        if group.admins and user_id == group.admins[0]:
+            raise ValueError("the owner cannot leave in the emulator")
+        return self.member_changed(group, user_id, "member", "left", actor=user.as_dict())
 
     def migrate_group(self, chat_id: int, new_chat_id: int) -> Group:
         """Upgrade a basic group to a supergroup with a new id; the old id then answers 400."""

@@ -111,6 +111,44 @@ class ChatLog:
         return mid
 
 
+ADMIN_RIGHTS = ("can_manage_chat", "can_delete_messages", "can_manage_video_chats", "can_restrict_members",
+                "can_promote_members", "can_change_info", "can_invite_users", "can_post_stories",
+                "can_edit_stories", "can_delete_stories", "can_send_welcome_messages", "can_pin_messages")
+"""The boolean rights of a ChatMemberAdministrator (Bot API, "ChatMemberAdministrator")."""
+DEFAULT_BOT_RIGHTS = frozenset(ADMIN_RIGHTS) - {"can_promote_members", "can_post_stories", "can_edit_stories",
+                                                "can_delete_stories"}
+"""What a bot made administrator gets unless a test says otherwise."""
+
+
+@dataclass
+class InviteLink:
+    """A ChatInviteLink a bot created (createChatInviteLink)."""
+
+    link: str
+    creator_id: int
+    name: str | None = None
+    expire_date: int | None = None
+    member_limit: int | None = None
+    creates_join_request: bool = False
+    revoked: bool = False
+    joined: set[int] = field(default_factory=set)
+    """Users who joined through the link (member_limit counts those still members)."""
+
+    def as_dict(self, creator: dict[str, Any], pending: int = 0) -> dict[str, Any]:
+        out: dict[str, Any] = {"invite_link": self.link, "creator": creator,
+                               "creates_join_request": self.creates_join_request, "is_primary": False,
+                               "is_revoked": self.revoked}
+        if self.name:
+            out["name"] = self.name
+        if self.expire_date is not None:
+            out["expire_date"] = self.expire_date
+        if self.member_limit is not None:
+            out["member_limit"] = self.member_limit
+        if self.creates_join_request:
+            out["pending_join_request_count"] = pending
+        return out
+
+
 @dataclass
 class Group:
     id: int
@@ -124,6 +162,18 @@ class Group:
     join_requests: dict[int, int] = field(default_factory=dict)
     banned: set[int] = field(default_factory=set)
     log: ChatLog = field(default_factory=ChatLog)
+    bot_rights: dict[int, frozenset[str] | None] = field(default_factory=dict)
+    """Per bot id: its administrator rights, or None when it is a plain member. A bot not listed is an
+    administrator with DEFAULT_BOT_RIGHTS when bot_is_admin, else a member."""
+    invite_links: dict[str, InviteLink] = field(default_factory=dict)
+    join_request_links: dict[int, str] = field(default_factory=dict)
+    """Pending join requests that came through an invite link: user id -> the link."""
+
+    def rights_of(self, bot_id: int) -> frozenset[str] | None:
+        """The bot's administrator rights in this group; None when it is not an administrator."""
+        if bot_id in self.bot_rights:
+            return self.bot_rights[bot_id]
+        return DEFAULT_BOT_RIGHTS if self.bot_is_admin else None
 
     def chat(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "type": self.type, "title": self.title}
