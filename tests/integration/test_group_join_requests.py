@@ -146,7 +146,7 @@ async def test_manual_card_is_decided_by_an_admin_and_refused_to_anyone_else(sta
         await emu.press_button(stack.token, ADMIN, card.message_id, approve["callback_data"], chat_id=DESK)
         row = await decided(db, USER)
         edited = await until(lambda: (m := emu.message(stack.token, DESK, card.message_id)) is not None
-                             and m.text.startswith("✅") and m, timeout=20, what="the card edited")
+                             and (m.text or "").startswith("✅") and m, timeout=20, what="the card edited")
     assert (row["status"], row["decided_by"], row["member"]) == ("approved", f"telegram:{ADMIN}", "member")
     assert edited.text == f"✅ Approved by Ada\n\n{card.text}" and edited.reply_markup is None
     assert calls(stack, "approveChatJoinRequest") == 1 and USER in members(stack)
