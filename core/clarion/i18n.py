@@ -194,6 +194,50 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "Error: {message}",
         "ru": "Ошибка: {message}",
     },
+    "groups.card": {
+        "en": "Join request to {group}:\n{name} ({username}, id {user_id}, language {language})",
+        "ru": "Заявка на вступление в {group}:\n{name} ({username}, id {user_id}, язык {language})",
+    },
+    "groups.approve_button": {
+        "en": "Approve",
+        "ru": "Принять",
+    },
+    "groups.decline_button": {
+        "en": "Decline",
+        "ru": "Отклонить",
+    },
+    "groups.approved_by": {
+        "en": "✅ Approved by {admin}",
+        "ru": "✅ Принял(а) {admin}",
+    },
+    "groups.declined_by": {
+        "en": "❌ Declined by {admin}",
+        "ru": "❌ Отклонил(а) {admin}",
+    },
+    "groups.not_admin": {
+        "en": "Only the bot's admins can decide join requests.",
+        "ru": "Решать по заявкам могут только администраторы бота.",
+    },
+    "groups.already_decided": {
+        "en": "This request is already decided.",
+        "ru": "По этой заявке уже есть решение.",
+    },
+    "groups.question": {
+        "en": "To join {group}, please answer within {minutes} min:\n\n{question}",
+        "ru": "Чтобы вступить в {group}, ответьте в течение {minutes} мин.:\n\n{question}",
+    },
+    "groups.answer_approved": {
+        "en": "Thank you! Your request to join is approved.",
+        "ru": "Спасибо! Ваша заявка на вступление одобрена.",
+    },
+    "groups.answer_declined": {
+        "en": "Sorry, your request to join is declined.",
+        "ru": "К сожалению, ваша заявка на вступление отклонена.",
+    },
+    "groups.answer_late": {
+        "en": "Your join request was already decided.",
+        "ru": "По вашей заявке на вступление уже есть решение.",
+    },
 }
 
 

@@ -103,6 +103,12 @@ def support_sweep_key(channel: str) -> str:
     return f"support:sweep:{channel}"
 
 
+def groups_sweep_key(channel: str) -> str:
+    """Held by the one bot replica of the channel that runs the managed groups' sweep this period (under
+    `tg:lease:<channel>:`, so a namespace's Redis user already reaches it)."""
+    return f"tg:lease:{channel}:groups-sweep"
+
+
 def dead_letter_stream(stream: str) -> str:
     return f"{stream}:dead"
 

@@ -99,11 +99,18 @@ async def test_updates_no_handler_takes_cost_no_postgres_statement_and_a_handled
                 "message_id": 1, "from": user.as_dict(), "chat": emu.private_chat(user), "date": now - 60,
                 "edit_date": now, "text": "hello, edited"}},
             await emu.user_sends_in_group(info.token, -100500, USER, "hello everyone"),
-            await emu.request_join(info.token, -100600, USER),
         ]
         for update in unhandled:
             assert await dp.feed_raw_update(bot, update) is UNHANDLED, update
         assert await statements.sent_since_last_call(pool) == []
+
+        # a join request is looked up among the managed groups (remembered a few seconds): not managed here
+        for _ in range(2):
+            await dp.feed_raw_update(bot, await emu.request_join(info.token, -100600, USER))
+            emu.groups[-100600].join_requests.clear()
+        sent = await statements.sent_since_last_call(pool)
+        assert sum("FROM managed_groups" in query for query in sent) == 1
+        assert emu.groups[-100600].members == set()
 
         await dp.feed_raw_update(bot, await emu.user_sends(info.token, USER, "/start"))
         await dp.feed_raw_update(bot, await emu.user_sends(info.token, USER, "/help"))

@@ -194,6 +194,9 @@ async def test_a_namespace_role_reads_and_writes_only_its_own_rows_in_every_tabl
             if table == "deliveries":
                 namespaces = {await db.fetchval("SELECT namespace FROM campaigns WHERE id = $1",
                                                 r["campaign_id"]) for r in rows}
+            if table == "group_members":
+                namespaces = {await db.fetchval("SELECT namespace FROM managed_groups WHERE id = $1",
+                                                r["group_id"]) for r in rows}
             assert rows and namespaces == {"team-a"}, (table, namespaces)
 
         # B's rows cannot be changed, even by naming them

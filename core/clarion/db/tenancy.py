@@ -5,7 +5,8 @@ other half, the privileges of the group role `clarion_tenant` every tenant role 
 role lifecycle the operator drives (`clarion_operator.tenancy`, docs/tenancy.md).
 
 What the tenant pods run, and so what `TENANT_PRIVILEGES` grants (nothing else); bot = the queries of
-`clarion.db.channels`, `.subscribers`, `.support`; sender = those of `clarion.db.campaigns` it calls:
+`clarion.db.channels`, `.subscribers`, `.support`, `.groups`; sender = those of `clarion.db.campaigns` it
+calls:
 
 - channels: SELECT (bot `get_channel`, sender `load_campaign`);
 - campaigns: SELECT (sender `load_campaign` reads `c.*`, `campaign_phase`);
@@ -18,7 +19,12 @@ What the tenant pods run, and so what `TENANT_PRIVILEGES` grants (nothing else);
 - tenants: the role's own mapping row (`clarion_tenant_namespace()` runs as the caller);
 - notifications: SELECT, UPDATE of the send columns (worker `claim`, `settle`, `retry_later`, the
   replayer's `due_for_enqueue` and `mark_enqueued`); no INSERT (the API accepts as the system role);
-- nothing on api_keys, idempotency_keys, managed_groups, group_members, audit_log, schema_migrations.
+- managed_groups: SELECT (bot: the group of a join request); group_members: SELECT, INSERT, UPDATE of
+  the status and times (bot: pending, member, declined); group_join_requests: SELECT, INSERT, UPDATE (bot:
+  the requests and their decisions); group_welcomes: SELECT, INSERT, DELETE (bot: welcomes to delete);
+- audit_log: INSERT only, of rows naming one of the namespace's channels in `details.channel` (the bot's
+  join decisions; migration 0014's policy), and its id sequence; never SELECT;
+- nothing on api_keys, idempotency_keys, schema_migrations.
 
 Passwords never reach the server in clear: roles get a SCRAM-SHA-256 verifier computed here, so a
 statement log shows no password and the role authenticates with scram whatever `password_encryption` is.
@@ -63,6 +69,22 @@ TENANT_PRIVILEGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
                                    "reply_notification_id", "last_error", "admin_message_id", "updated_at",
                                    "post_shown_at")),
     ("SELECT", "tenants", ("namespace", "role_a", "role_b")),
+    # the bot: managed groups' join requests, members and welcomes (clarion.db.groups)
+    ("SELECT", "managed_groups", None),
+    ("SELECT", "group_members", None),
+    ("INSERT", "group_members", ("group_id", "user_id", "status")),
+    ("UPDATE", "group_members", ("status", "joined_at", "last_activity_at")),
+    ("SELECT", "group_join_requests", None),
+    ("INSERT", "group_join_requests", ("group_id", "user_id", "user_chat_id", "first_name", "username",
+                                       "language", "request_date")),
+    ("UPDATE", "group_join_requests", ("user_chat_id", "first_name", "username", "language", "request_date",
+                                       "status", "deadline", "card_chat_id", "card_message_id", "card_text",
+                                       "decided_by", "decided_by_name", "reason", "decided_at", "applied_at",
+                                       "created_at")),
+    ("SELECT", "group_welcomes", None),
+    ("INSERT", "group_welcomes", ("group_id", "chat_id", "message_id", "delete_at")),
+    ("DELETE", "group_welcomes", None),
+    ("INSERT", "audit_log", ("actor", "action", "subject", "details")),
     # the notification worker: claim, settle, retry, replay (clarion.db.notifications)
     ("SELECT", "notifications", None),
     ("UPDATE", "notifications", ("status", "attempts", "last_error", "provider_message_id", "sent_at",
@@ -70,7 +92,7 @@ TENANT_PRIVILEGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
                                  "updated_at")),
 )
 #: Sequences a tenant calls nextval on.
-TENANT_SEQUENCES = ("support_threads_id_seq",)
+TENANT_SEQUENCES = ("support_threads_id_seq", "audit_log_id_seq")
 
 _LOCK_PREFIX = "clarion-tenant:"
 _SCRAM_ITERATIONS = 4096

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -48,6 +48,31 @@ class GroupReason(StrEnum):
     PHASE_CHANGED = "PhaseChanged"
 
 
+AnswerText = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class JoinQuestion(CamelModel):
+    """A question the bot asks the requester in a direct message (the request's user_chat_id)."""
+
+    text: str = Field(min_length=1, max_length=TEXT_MAX, description="The question.")
+    answer_within_minutes: int = Field(
+        default=10, ge=1, le=1440, description="Minutes to answer; no answer in time declines the request."
+    )
+    accepted_answers: list[AnswerText] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Answers that approve (case and surrounding spaces ignored); any other declines. "
+        "Empty: any answer approves.",
+    )
+
+    def accepts(self, answer: str) -> bool:
+        """Whether `answer` approves the request."""
+        if not self.accepted_answers:
+            return True
+        given = answer.strip().casefold()
+        return any(given == accepted.strip().casefold() for accepted in self.accepted_answers)
+
+
 class JoinRules(CamelModel):
     """Checks applied to a join request under policy rules; a request passing all of them is approved."""
 
@@ -59,6 +84,9 @@ class JoinRules(CamelModel):
     )
     decline_message: str | None = Field(
         default=None, max_length=TEXT_MAX, description="Direct message sent to a declined user."
+    )
+    question: JoinQuestion | None = Field(
+        default=None, description="Asked in a direct message once the checks above passed."
     )
 
 
@@ -81,6 +109,11 @@ class JoinRequests(CamelModel):
         description="approve: all; decline: all; manual: leave to admins; rules: apply rules.",
     )
     rules: JoinRules | None = Field(default=None, description="The checks for policy rules.")
+    admin_chat_id: ChatId | None = Field(
+        default=None,
+        description="Chat where policy manual posts each request with Approve and Decline buttons "
+        "(pressed by the channel's adminChatIds). Absent: the channel's supportChatId.",
+    )
 
     @model_validator(mode="after")
     def _rules_present(self) -> Self:
@@ -89,16 +122,47 @@ class JoinRequests(CamelModel):
         return self
 
 
+class WelcomeTranslation(CamelModel):
+    """The welcome in one language."""
+
+    language: LanguageCode = Field(description="Telegram language code of the members it is for.")
+    text: str = Field(min_length=1, max_length=TEXT_MAX, description="Text, as `text`.")
+
+
 class WelcomeMessage(CamelModel):
     """Message posted in the group when someone joins."""
 
     text: str = Field(
         min_length=1, max_length=TEXT_MAX, description="Text; {name} is replaced by the member's first name."
     )
+    translations: list[WelcomeTranslation] = Field(
+        default_factory=list,
+        max_length=20,
+        description="The text in other languages, picked by the member's Telegram language; others get text.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["language"]},
+    )
     parse_mode: ParseMode = Field(default="None", description="HTML, MarkdownV2, or None for plain text.")
     delete_after_seconds: int | None = Field(
         default=None, ge=1, le=172800, description="Delete the welcome after this many seconds (max 48 h)."
     )
+
+    @field_validator("translations")
+    @classmethod
+    def _one_per_language(cls, translations: list[WelcomeTranslation]) -> list[WelcomeTranslation]:
+        languages = [t.language for t in translations]
+        if len(set(languages)) != len(languages):
+            raise ValueError("one translation per language")
+        return translations
+
+    def text_for(self, language: str | None) -> str:
+        """The text for a member whose Telegram language is `language` (its base language too: pt-br → pt)."""
+        if language:
+            by_language = {t.language.lower(): t.text for t in self.translations}
+            code = language.lower()
+            for candidate in (code, code.split("-")[0]):
+                if candidate in by_language:
+                    return by_language[candidate]
+        return self.text
 
 
 class Inactivity(CamelModel):

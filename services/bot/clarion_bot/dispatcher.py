@@ -15,6 +15,7 @@ from aiogram.methods.base import Response
 from clarion.models import PUBLIC_BOT_API
 
 from clarion_bot.context import ChannelHolder, install_context
+from clarion_bot.group_joins import GroupCache
 from clarion_bot.handlers import routers
 
 # aiogram asks pydantic for `Response[<result type>]` on every call, and pydantic caches parametrised
@@ -25,11 +26,12 @@ RESPONSE_TYPES = tuple(Response[m.__returning__]  # type: ignore[name-defined]
 
 
 def build_dispatcher(*, db: Any, redis: aioredis.Redis, holder: ChannelHolder) -> Dispatcher:
-    """Handlers get `db` (asyncpg pool), `channel`, `language` and `t` injected by keyword."""
+    """Handlers get `db` (asyncpg pool), `group_cache`, `channel`, `language` and `t` injected by keyword."""
     storage = RedisStorage(redis, key_builder=DefaultKeyBuilder(prefix=f"fsm:{holder.current.key}"))
     dp = Dispatcher(storage=storage)
     dp["db"] = db
     dp["holder"] = holder
+    dp["group_cache"] = GroupCache()
     dp.include_routers(*routers())
     install_context(dp, holder)
     return dp

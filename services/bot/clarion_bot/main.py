@@ -25,6 +25,7 @@ from clarion.telegram.limiter import RateLimiter, RateLimits
 from clarion_bot.consumer import UpdateConsumer
 from clarion_bot.context import ChannelHolder
 from clarion_bot.dispatcher import build_bot, build_dispatcher
+from clarion_bot.group_joins import GroupSweep
 from clarion_bot.limits import SharedRateLimit
 from clarion_bot.migrated import FollowMigratedChat
 from clarion_bot.settings import BotSettings
@@ -107,12 +108,15 @@ async def run(settings: BotSettings, stop: asyncio.Event | None = None, *,
         refresher = asyncio.create_task(
             refresh_channel(db, holder, settings.bot_channel_refresh_seconds, stop))
         follower = asyncio.create_task(outcomes.run(stop), name="support-outcomes")
+        group_sweep = GroupSweep(redis=redis, db=db, bot=bot, holder=holder, storage=dp.storage,
+                                 replica_id=replica_id, sweep_seconds=settings.bot_groups_sweep_seconds)
+        sweeper = asyncio.create_task(group_sweep.run(stop), name="group-sweep")
         try:
             await consumer.run(stop)
         finally:
             refresher.cancel()
             stop.set()
-            await asyncio.wait([follower])  # it returns once `stop` is set, after the entry in hand
+            await asyncio.wait([follower, sweeper])  # they return once `stop` is set, after the work in hand
             await limiter.close()
             await bot.session.close()
         log.info("bot_stopped", channel=channel.key, replica=replica_id)

@@ -43,3 +43,7 @@ class BotSettings(CommonSettings):
     bot_support_claim_idle_ms: int = Field(default=30_000, ge=100, le=3_600_000,
                                            description="Idle time after which a support status event left "
                                                        "pending (a dead replica's) is taken over.")
+    bot_groups_sweep_seconds: float = Field(default=5.0, ge=0.05, le=3600,
+                                            description="How often one replica sweeps Postgres for managed "
+                                                        "groups' join questions past their deadline, "
+                                                        "unapplied decisions and welcomes due for deletion.")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from clarion_bot.handlers import commands, diagnostics, language, membership, support
+from clarion_bot.handlers import commands, diagnostics, join_requests, language, membership, support
 
 
 def routers() -> list[Router]:
-    """Diagnostics and commands first; the support inbox last, since it takes any other private message."""
-    return [module.build_router() for module in (diagnostics, language, commands, membership, support)]
+    """Diagnostics and commands first (a command is never an answer to a join question); the support inbox
+    last, since it takes any other private message."""
+    return [module.build_router()
+            for module in (diagnostics, language, commands, join_requests, membership, support)]
