@@ -165,7 +165,8 @@ REJECTED = [
         "button with url and callbackData",
         "BroadcastCampaign",
         "winter-release",
-        "spec.message.buttons[0][0]: Invalid value: exactly one of url or callbackData must be set",
+        "spec.message.buttons[0][0]: Invalid value: "
+        "exactly one of url, callbackData or webAppUrl must be set",
     ),
     (
         "empty audience",
