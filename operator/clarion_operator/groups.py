@@ -19,7 +19,7 @@ from typing import Any, get_args
 import kopf
 from clarion.db import groups as group_rows
 from clarion.db.channels import get_channel
-from clarion.db.groups import GroupActivity, GroupRow, GroupTaken
+from clarion.db.groups import GroupActivity, GroupRecord, GroupTaken
 from clarion.keys import channel_key
 from clarion.metrics import counter
 from clarion.models import (
@@ -136,7 +136,7 @@ def _phase(stored: str) -> GroupPhase | None:
     return next((p for p in get_args(GroupPhase) if p == stored), None)
 
 
-async def _enqueue(ctx: Context, bot: _Bot, group: ManagedGroup, row: GroupRow, phase: GroupPhase,
+async def _enqueue(ctx: Context, bot: _Bot, group: ManagedGroup, row: GroupRecord, phase: GroupPhase,
                    now: datetime) -> None:
     settings = ctx.settings
     periods = Periods(settings.group_inactivity_sweep_seconds, settings.group_invite_rotation_seconds,

@@ -30,12 +30,18 @@ Decision = Literal["approved", "declined"]
 
 @dataclass(frozen=True)
 class GroupRecord:
+    """A `managed_groups` row: the operator writes it, the bot and the workers read it."""
+
     id: int
     namespace: str
     name: str
     channel_id: int
     chat_id: int
     spec: ManagedGroupSpec
+    phase: str
+    title: str | None
+    member_count: int
+    member_count_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ _REQUEST_COLUMNS = """group_id, user_id, user_chat_id, first_name, username, lan
                       decided_at, applied_at"""
 # Column lists are constants: the f-strings below (noqa S608) put no outside value into SQL.
 _R_COLUMNS = ", ".join("r." + column.strip() for column in _REQUEST_COLUMNS.split(","))
-_GROUP_COLUMNS = "id, namespace, name, channel_id, chat_id, spec"
+_GROUP_COLUMNS = "id, namespace, name, channel_id, chat_id, spec, phase, title, member_count, member_count_at"
 
 
 def _group(row: object) -> GroupRecord:
@@ -253,19 +259,6 @@ async def forget_welcome(db: Db, chat_id: int, message_id: int) -> None:
 # --- the operator's side ----------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class GroupRow:
-    """The parts of a `managed_groups` row the operator reads."""
-
-    id: int
-    channel_id: int
-    chat_id: int
-    phase: str
-    member_count: int
-    member_count_at: datetime | None
-    title: str | None
-
-
-@dataclass(frozen=True)
 class GroupTaken:
     """The chat is already run by another live ManagedGroup through the same channel."""
 
@@ -283,14 +276,8 @@ class GroupActivity:
     last_activity_at: datetime | None = None
 
 
-def _row(record: Any) -> GroupRow:
-    return GroupRow(id=record["id"], channel_id=record["channel_id"], chat_id=record["chat_id"],
-                    phase=record["phase"], member_count=record["member_count"],
-                    member_count_at=record["member_count_at"], title=record["title"])
-
-
 async def upsert_group(db: asyncpg.Pool, *, namespace: str, name: str, uid: str, channel_id: int,
-                       chat_id: int, spec: dict[str, Any], phase: str) -> GroupRow | GroupTaken:
+                       chat_id: int, spec: dict[str, Any], phase: str) -> GroupRecord | GroupTaken:
     """Insert or refresh the group's row (reviving a deleted one), in one transaction. `phase` is the
     phase a new (or revived) row starts in; a live row keeps its own (the operator moves it).
 
@@ -309,7 +296,7 @@ async def upsert_group(db: asyncpg.Pool, *, namespace: str, name: str, uid: str,
             await conn.execute("DELETE FROM managed_groups WHERE channel_id = $1 AND chat_id = $2",
                                channel_id, chat_id)
         record = await conn.fetchrow(
-            """INSERT INTO managed_groups (namespace, name, uid, channel_id, chat_id, spec, phase)
+            f"""INSERT INTO managed_groups (namespace, name, uid, channel_id, chat_id, spec, phase)
                VALUES ($1, $2, $3, $4, $5, $6, $7)
                ON CONFLICT (namespace, name) DO UPDATE SET
                    uid = EXCLUDED.uid, channel_id = EXCLUDED.channel_id, chat_id = EXCLUDED.chat_id,
@@ -318,9 +305,9 @@ async def upsert_group(db: asyncpg.Pool, *, namespace: str, name: str, uid: str,
                                 ELSE EXCLUDED.phase END,
                    member_count_at = CASE WHEN managed_groups.chat_id = EXCLUDED.chat_id
                                           THEN managed_groups.member_count_at END
-               RETURNING *""",
+               RETURNING {_GROUP_COLUMNS}""",  # noqa: S608
             namespace, name, uid, channel_id, chat_id, spec, phase)
-    return _row(record)
+    return _group(record)
 
 
 async def record_chat(db: Db, group_id: int, *, title: str | None, member_count: int | None) -> None:
