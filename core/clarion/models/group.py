@@ -187,7 +187,15 @@ class Inactivity(CamelModel):
     warning_text: str | None = Field(
         default=None,
         max_length=TEXT_MAX,
-        description="Warning posted to the member. Absent: a built-in text.",
+        description="Warning posted in the group, mentioning the member; {name} is the member's first name. "
+        "Absent: a built-in text in the member's language.",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="Warn and remove nobody: list the members who would be removed in status and an Event.",
+    )
+    removals_per_minute: int = Field(
+        default=10, ge=1, le=60, description="At most this many removals per minute in the group."
     )
 
     @model_validator(mode="after")
@@ -198,16 +206,90 @@ class Inactivity(CamelModel):
 
 
 class Lifecycle(CamelModel):
-    """Growth (gather members) then Monitoring (enforce inactivity), switched by thresholds."""
+    """Growth (gather members) then Monitoring (enforce inactivity), switched by thresholds.
+
+    Growth → Monitoring when any Growth threshold set is reached; Monitoring → Growth when the member
+    count falls below `regrowBelowMembers`. No threshold set: the group stays in its phase.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "!has(self.regrowBelowMembers) || !has(self.growthUntilMembers)"
+                " || self.regrowBelowMembers < self.growthUntilMembers",
+                "regrowBelowMembers must be less than growthUntilMembers",
+                field_path=".regrowBelowMembers",
+                reason="FieldValueInvalid",
+            )
+        )
+    )
 
     phase: GroupPhase = Field(default="Growth", description="Phase the group starts in.")
     growth_until_members: int | None = Field(
         default=None,
         ge=1,
         le=200000,
-        description="Switch to Monitoring when the group reaches this many members.",
+        description="The Growth target: switch to Monitoring when the group reaches this many members.",
     )
     growth_until: Timestamp | None = Field(default=None, description="Switch to Monitoring at this time.")
+    growth_for_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=3650,
+        description="Switch to Monitoring once the group has been in Growth this many days.",
+    )
+    min_growth_per_day: float | None = Field(
+        default=None,
+        ge=0.01,
+        le=100000,
+        description="Switch to Monitoring when the group gained fewer members per day than this over the "
+        "last growthWindowDays (measured once it has been in Growth that long).",
+    )
+    growth_window_days: int = Field(
+        default=7, ge=1, le=90, description="Days over which minGrowthPerDay is measured."
+    )
+    regrow_below_members: int | None = Field(
+        default=None,
+        ge=1,
+        le=200000,
+        description="Switch back from Monitoring to Growth when the member count falls below this.",
+    )
+    monitoring_join_requests: JoinRequests | None = Field(
+        default=None,
+        description="Join request handling in Monitoring (stricter rules). Absent: joinRequests.",
+    )
+
+    @model_validator(mode="after")
+    def _regrow_below_target(self) -> Self:
+        if (
+            self.regrow_below_members is not None
+            and self.growth_until_members is not None
+            and self.regrow_below_members >= self.growth_until_members
+        ):
+            raise ValueError("regrowBelowMembers must be less than growthUntilMembers")
+        return self
+
+
+class InviteLinks(CamelModel):
+    """Invite links the bot creates (createChatInviteLink) and rotates, revoking the previous one.
+
+    In Growth a link admits whoever opens it (up to memberLimit); in Monitoring the link creates join
+    requests, decided by the phase's join policy.
+    """
+
+    rotate_every_hours: int = Field(
+        default=24, ge=1, le=8760, description="A new link every this many hours; the old one is revoked."
+    )
+    expire_after_hours: int | None = Field(
+        default=None,
+        ge=1,
+        le=8760,
+        description="The link expires this many hours after it is made. Absent: at the next rotation.",
+    )
+    member_limit: int | None = Field(
+        default=None, ge=1, le=99999, description="Members who may join through one link (Growth only)."
+    )
+    name: str = Field(default="clarion", max_length=32, description="Name of the link, shown to admins.")
 
 
 class ScheduledPost(CamelModel):
@@ -280,12 +362,29 @@ class ManagedGroupSpec(CamelModel):
     lifecycle: Lifecycle = Field(
         default_factory=Lifecycle, description="Lifecycle phases.", json_schema_extra={"default": {}}
     )
+    invite_links: InviteLinks | None = Field(
+        default=None, description="Rotated invite links, the current one in status. Absent: none made."
+    )
+    rules_text: str | None = Field(
+        default=None, max_length=TEXT_MAX, description="The group's rules, the bot's answer to /rules."
+    )
+    report_chat_id: ChatId | None = Field(
+        default=None,
+        description="Chat that /report (a reply to a message in the group) goes to. Absent: "
+        "joinRequests.adminChatId, else the channel's supportChatId.",
+    )
     scheduled_posts: list[ScheduledPost] = Field(
         default_factory=list,
         max_length=50,
         description="Posts the bot makes in the group, unique by name.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+
+    def join_requests_in(self, phase: str) -> JoinRequests:
+        """The join handling of `phase`: Monitoring's own when set, else joinRequests."""
+        if phase == "Monitoring" and self.lifecycle.monitoring_join_requests is not None:
+            return self.lifecycle.monitoring_join_requests
+        return self.join_requests
 
     @field_validator("scheduled_posts")
     @classmethod
@@ -313,4 +412,18 @@ class ManagedGroupStatus(ResourceStatus):
     )
     last_activity_at: Timestamp | None = Field(
         default=None, description="Latest message or join in the group."
+    )
+    phase_since: Timestamp | None = Field(default=None, description="When the group entered its phase.")
+    target_members: Count | None = Field(
+        default=None, description="The Growth target (lifecycle.growthUntilMembers)."
+    )
+    invite_link: str | None = Field(default=None, max_length=255, description="The current invite link.")
+    invite_link_expires_at: Timestamp | None = Field(default=None, description="When it expires.")
+    dry_run_candidates: list[ChatId] | None = Field(
+        default=None,
+        max_length=100,
+        description="Dry run: user ids the inactivity policy would remove now (the first 100).",
+    )
+    dry_run_candidate_count: Count | None = Field(
+        default=None, description="Dry run: how many members the inactivity policy would remove now."
     )
