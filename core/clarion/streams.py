@@ -2,8 +2,8 @@
 
 - `tg:updates:{channel}:{partition}`: Telegram updates of one channel, partitioned by chat id so one
   chat's updates stay in order; read by the bot through the consumer group `bot`.
-- `notify:{channel}:{lane}`: notification ids of one channel's lane (`instant`, `bulk`; the outbox rows
-  live in Postgres); read by the channel's workers through the consumer group `workers`.
+- `notify:{channel}:{lane}`: notification ids of one channel's lane (`instant`, `bulk`, `group-posts`;
+  the outbox rows live in Postgres); read by the channel's workers through the consumer group `workers`.
 - `notify:{channel}:status`: every final outcome of the channel's notifications (`NotificationEvent`);
   a Telegram channel's bot follows its own and its reply email channel's through the group
   `support:{channel}` (support posts and replies, docs/webhook-and-bot.md).
@@ -58,9 +58,6 @@ def bot_replicas_key(channel: str) -> str:
     return f"tg:replicas:{channel}"
 
 
-LANES = ("instant", "bulk")
-
-
 def notify_stream(channel: str, lane: str) -> str:
     """Work queue of one lane of one channel (`channel` is the channel key `<namespace>.<name>`)."""
     return f"notify:{channel}:{lane}"
@@ -68,6 +65,8 @@ def notify_stream(channel: str, lane: str) -> str:
 
 GROUP_MAINTENANCE_LANE = "group-maintenance"
 GROUP_POSTS_LANE = "group-posts"
+#: The lanes of notification rows (`clarion.models.NotificationLane`): what the notification worker reads.
+LANES = ("instant", "bulk", GROUP_POSTS_LANE)
 GROUP_STREAM_MAXLEN = 10_000
 """Approximate cap of a group lane's stream: periodic work that nobody read is made again next period."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clarion.keys import channel_key
-from clarion.models import Lane, ScalingPolicy, SecretKeyRef
+from clarion.models import ScalingPolicy, SecretKeyRef, WorkerLane
 from clarion.streams import WORKER_GROUP, notify_stream
 from redis.connection import SSLConnection, parse_url
 
@@ -57,8 +57,8 @@ def bot_deployment_name(channel: str) -> str:
     return bounded_name(channel, "-bot")
 
 
-def worker_deployment_name(channel: str, lane: Lane) -> str:
-    """`<channel>-workers-<lane>`: one worker Deployment per channel and lane (ADR 0008)."""
+def worker_deployment_name(channel: str, lane: WorkerLane) -> str:
+    """`<channel>-workers-<lane>`: one worker Deployment per channel and lane (ADRs 0008, 0010)."""
     return bounded_name(channel, f"-workers-{lane}")
 
 
@@ -216,7 +216,7 @@ def bot_deployment(
             resources=_channel_resources()))
 
 
-def worker_labels(channel: str, lane: Lane) -> dict[str, str]:
+def worker_labels(channel: str, lane: WorkerLane) -> dict[str, str]:
     return {"app.kubernetes.io/name": "clarion", "app.kubernetes.io/component": "worker",
             "clarion.io/channel": channel, "clarion.io/lane": lane}
 
@@ -225,7 +225,7 @@ def worker_deployment(
     *,
     namespace: str,
     channel: str,
-    lane: Lane,
+    lane: WorkerLane,
     secrets: dict[str, SecretKeyRef],
     replicas: int,
     concurrency: int,
@@ -288,7 +288,7 @@ class RedisAddress:
                    tls=parts.get("connection_class") is SSLConnection)
 
 
-def keda_trigger_authentication(*, namespace: str, channel: str, lane: Lane,
+def keda_trigger_authentication(*, namespace: str, channel: str, lane: WorkerLane,
                                 runtime_secret_name: str) -> dict[str, Any]:
     """The TriggerAuthentication of a lane's ScaledObject: the namespace's Redis user and password from
     its runtime Secret (ADR 0005), so KEDA reads the lane's stream with the tenant's own ACL user."""
@@ -304,7 +304,7 @@ def keda_trigger_authentication(*, namespace: str, channel: str, lane: Lane,
     }
 
 
-def keda_scaled_object(*, namespace: str, channel: str, lane: Lane, policy: ScalingPolicy,
+def keda_scaled_object(*, namespace: str, channel: str, lane: WorkerLane, policy: ScalingPolicy,
                        redis: RedisAddress) -> dict[str, Any]:
     """The KEDA ScaledObject of one lane's worker Deployment (engine `keda`, ADR 0008).
 

@@ -15,11 +15,11 @@ from clarion.models import (
     Condition,
     ConditionType,
     EmailSettings,
-    Lane,
     NotificationChannelSpec,
     NotificationChannelStatus,
     TelegramSettings,
     WebPushSettings,
+    WorkerLane,
     merge_conditions,
 )
 from clarion.models.base import ConditionStatus
@@ -107,7 +107,7 @@ class ChannelCheck:
         return self.webhook is None or not self.webhook_configured or self.webhook.status != "False"
 
 
-def autoscaler_verdict(keda_lanes: Sequence[Lane]) -> Verdict:
+def autoscaler_verdict(keda_lanes: Sequence[WorkerLane]) -> Verdict:
     """AutoscalerReady when every lane's scaler is in place: the operator's, or KEDA's ScaledObject."""
     if not keda_lanes:
         return Verdict.passed(ChannelReason.OPERATOR_SCALING, "the operator scales every lane's workers")

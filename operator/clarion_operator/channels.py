@@ -12,7 +12,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, get_args
+from typing import Any
 
 import kopf
 from clarion.metrics import counter
@@ -22,14 +22,15 @@ from clarion.models import (
     ConditionType,
     EmailSettings,
     InvalidSpec,
-    Lane,
     NotificationChannel,
     ResourceKey,
     SecretKeyRef,
     TelegramSettings,
     WebPushSettings,
+    WorkerLane,
     changed_conditions,
     find_condition,
+    worker_lanes,
 )
 from clarion.telegram import botapi
 from clarion.telegram.webapp import webapp_secret
@@ -160,9 +161,10 @@ async def _ensure_bot(ctx: Context, channel: NotificationChannel, body: kopf.Bod
 
 
 async def _ensure_workers(ctx: Context, channel: NotificationChannel, body: kopf.Body) -> Verdict:
-    """The channel's worker Deployments, one per lane (docs/notifications.md, ADR 0008): created at
-    the lane's minReplicas, their size left to the scaler afterwards; the one Deployment of both
-    lanes that came before is deleted. Then each lane's KEDA objects (`_ensure_keda`)."""
+    """The channel's worker Deployments, one per lane of its type (`worker_lanes`: a telegram channel
+    also has the group-posts and group-maintenance lanes; docs/notifications.md, ADRs 0008 and 0010):
+    created at the lane's minReplicas, their size left to the scaler afterwards; the one Deployment of
+    both lanes that came before is deleted. Then each lane's KEDA objects (`_ensure_keda`)."""
     spec = channel.spec
     secrets: dict[str, SecretKeyRef] = {}
     if spec.telegram is not None:
@@ -172,7 +174,7 @@ async def _ensure_workers(ctx: Context, channel: NotificationChannel, body: kopf
         secrets["CLARION_SMTP_PASSWORD"] = spec.email.password_secret_ref
     credentials = await tenancy.ensure_runtime_secret(ctx, channel.namespace)
     policies = {lane: spec.workers.autoscaling.policy(lane, ctx.settings.worker_autoscaling)
-                for lane in get_args(Lane)}
+                for lane in worker_lanes(spec.type)}
     for lane, policy in policies.items():
         deployment = builders.worker_deployment(
             namespace=channel.namespace, channel=channel.name, lane=lane, secrets=secrets,
@@ -202,7 +204,7 @@ def _refusal(exc: ApiException) -> str:
 
 
 async def _ensure_keda(ctx: Context, channel: NotificationChannel, body: kopf.Body,
-                       keda_lanes: list[Lane]) -> Verdict:
+                       keda_lanes: list[WorkerLane]) -> Verdict:
     """A ScaledObject and its TriggerAuthentication for each lane with engine keda (owned by the
     channel, named like the lane's Deployment), none for the others: KEDA then owns the keda lanes'
     replicas, the operator's scaler the others'. KEDA's CRDs missing, or a refusal of the API server,
@@ -215,7 +217,7 @@ async def _ensure_keda(ctx: Context, channel: NotificationChannel, body: kopf.Bo
     except ValueError as exc:
         return Verdict.failed(ChannelReason.REDIS_ADDRESS_UNSUPPORTED, f"engine keda (lane {lanes}): {exc}")
     try:
-        for lane in get_args(Lane):
+        for lane in worker_lanes(channel.spec.type):
             name = builders.worker_deployment_name(channel.name, lane)
             if redis is None or lane not in keda_lanes:
                 for plural in (builders.SCALED_OBJECTS, builders.TRIGGER_AUTHENTICATIONS):

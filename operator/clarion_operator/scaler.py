@@ -1,7 +1,8 @@
-"""The worker autoscaler (engine `operator`, ADR 0008): every 2 s, for each lane of a telegram or email
-channel, read the lane's backlog, decide (`scaling_logic.decide`) and set the lane's worker Deployment
-through its scale subresource when the count changes, with an Event that says why. Lanes with engine
-`keda` are measured and reported the same way, and never resized.
+"""The worker autoscaler (engine `operator`, ADR 0008): every 2 s, for each worker lane of a telegram or
+email channel (`worker_lanes`: a telegram channel's group lanes too, ADR 0010), read the lane's
+backlog, decide (`scaling_logic.decide`) and set the lane's worker Deployment through its scale
+subresource when the count changes, with an Event that says why. Lanes with engine `keda` are measured
+and reported the same way, and never resized.
 
 Every poll sets the lane's gauges; the channel's `status.workers` gets the lane's replicas, backlog
 and last resize under `scaling_logic.settle_measured`'s rule (a busy lane's lag every 10 s at most).
@@ -21,7 +22,13 @@ import redis.asyncio as aioredis
 from clarion.backlog import Backlog, read_backlog
 from clarion.keys import channel_key
 from clarion.metrics import counter, forget, gauge
-from clarion.models import Lane, LaneWorkersStatus, NotificationChannel, WorkersStatus
+from clarion.models import (
+    LaneWorkersStatus,
+    NotificationChannel,
+    WorkerLane,
+    WorkersStatus,
+    worker_lanes,
+)
 from clarion.streams import WORKER_GROUP, notify_stream
 
 from clarion_operator import builders
@@ -61,14 +68,14 @@ class LaneMemo:
     measured_at: datetime | None = None
 
 
-def _lane_memos(memo: Any) -> dict[Lane, LaneMemo]:
-    found: dict[Lane, LaneMemo] | None = memo.get("scaler")
+def _lane_memos(memo: Any) -> dict[WorkerLane, LaneMemo]:
+    found: dict[WorkerLane, LaneMemo] | None = memo.get("scaler")
     if found is None:
         found = memo["scaler"] = {}
     return found
 
 
-def _forget_lane(key: str, lane: Lane) -> None:
+def _forget_lane(key: str, lane: WorkerLane) -> None:
     for metric in _LANE_GAUGES:
         forget(metric, key, lane)
 
@@ -81,8 +88,8 @@ async def scale_workers(channel: NotificationChannel, *, body: kopf.Body, patch:
     "Worker autoscaling")."""
     memos = _lane_memos(memo)
     old = channel.status.workers or WorkersStatus()
-    lanes: dict[str, LaneWorkersStatus] = {}
-    for lane in get_args(Lane):
+    lanes: dict[WorkerLane, LaneWorkersStatus] = {}
+    for lane in worker_lanes(channel.spec.type):
         status = await _poll_lane(context(memo), channel, body, logger, lane,
                                   memos.setdefault(lane, LaneMemo()), old.of(lane))
         if status is not None:
@@ -90,12 +97,12 @@ async def scale_workers(channel: NotificationChannel, *, body: kopf.Body, patch:
     if body.metadata.deletion_timestamp is not None:  # deleted during the poll: after forget_channel_metrics
         _forget_channel(channel.namespace, channel.name)
         return
-    workers = WorkersStatus.model_validate(lanes) if lanes else None
+    workers = WorkersStatus.of_lanes(lanes) if lanes else None
     write_status(patch, channel.status, channel.status.model_copy(update={"workers": workers}))
 
 
 async def _poll_lane(ctx: Context, channel: NotificationChannel, body: kopf.Body, logger: kopf.Logger,
-                     lane: Lane, memo: LaneMemo,
+                     lane: WorkerLane, memo: LaneMemo,
                      previous: LaneWorkersStatus | None) -> LaneWorkersStatus | None:
     """Measure one lane, resize it when its engine is `operator` and the decision says so, set its
     gauges; its status (None while it has no Deployment)."""
@@ -127,8 +134,8 @@ async def _poll_lane(ctx: Context, channel: NotificationChannel, body: kopf.Body
     return status
 
 
-async def _resize(ctx: Context, body: kopf.Body, logger: kopf.Logger, namespace: str, name: str, lane: Lane,
-                  current: int, decision: Decision, backlog: Backlog | None) -> None:
+async def _resize(ctx: Context, body: kopf.Body, logger: kopf.Logger, namespace: str, name: str,
+                  lane: WorkerLane, current: int, decision: Decision, backlog: Backlog | None) -> None:
     """Set the Deployment's scale, count it and say so in an Event."""
     await ctx.kube.scale_deployment(namespace, name, decision.replicas)
     SCALINGS.labels(lane, decision.reason).inc()
@@ -138,7 +145,8 @@ async def _resize(ctx: Context, body: kopf.Body, logger: kopf.Logger, namespace:
     logger.info("scaled %s", message)
 
 
-def _set_gauges(key: str, lane: Lane, status: LaneWorkersStatus, measured: bool, max_replicas: int) -> None:
+def _set_gauges(key: str, lane: WorkerLane, status: LaneWorkersStatus, measured: bool,
+                max_replicas: int) -> None:
     """This poll's figures (the status before `settle_measured`); a backlog Redis could not give
     leaves the last ones, a lane KEDA scales has no desired count."""
     if measured:
@@ -154,7 +162,7 @@ def _set_gauges(key: str, lane: Lane, status: LaneWorkersStatus, measured: bool,
 
 def _forget_channel(namespace: str, name: str) -> None:
     key = channel_key(namespace, name)
-    for lane in get_args(Lane):
+    for lane in get_args(WorkerLane):
         _forget_lane(key, lane)
 
 

@@ -9,7 +9,15 @@ from typing import get_args
 
 import pytest
 from clarion.backlog import Backlog
-from clarion.models import LagSource, Lane, ScaleReason, ScalingPolicy, WorkerAutoscaling
+from clarion.models import (
+    LagSource,
+    ScaleReason,
+    ScalingPolicy,
+    WorkerAutoscaling,
+    WorkerLane,
+    lane_field,
+    worker_lanes,
+)
 from clarion.models.channel import LaneAutoscaling, LaneOverrides
 from clarion_operator.scaling_logic import Decision, ScalerState, decide, needed_replicas
 from pydantic import ValidationError
@@ -205,7 +213,22 @@ def test_a_lane_with_max_replicas_zero_is_off_whatever_waits() -> None:
 
 
 def test_every_lane_can_be_overridden() -> None:
-    assert set(LaneOverrides.model_fields) == set(get_args(Lane))
+    assert set(LaneOverrides.model_fields) == {lane_field(lane) for lane in get_args(WorkerLane)}
+
+
+def test_a_group_lane_override_is_read_by_its_camel_case_name_and_inherits_the_rest() -> None:
+    channel = WorkerAutoscaling.model_validate(
+        {"maxReplicas": 4,
+         "lanes": {"groupPosts": {"minReplicas": 1}, "groupMaintenance": {"maxReplicas": 1}}})
+    posts, maintenance = channel.policy("group-posts"), channel.policy("group-maintenance")
+    assert (posts.min_replicas, posts.max_replicas) == (1, 4)
+    assert (maintenance.min_replicas, maintenance.max_replicas) == (0, 1)
+
+
+def test_only_telegram_channels_have_the_group_lanes() -> None:
+    assert worker_lanes("telegram") == ("instant", "bulk", "group-posts", "group-maintenance")
+    assert worker_lanes("email") == ("instant", "bulk")
+    assert worker_lanes("webpush") == ()
 
 
 @pytest.mark.parametrize("raw", [

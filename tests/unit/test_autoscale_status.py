@@ -12,13 +12,14 @@ import pytest
 from clarion.backlog import Backlog
 from clarion.models import (
     LagSource,
-    Lane,
     LaneWorkersStatus,
     NotificationChannelStatus,
     ScaleEvent,
     ScaleReason,
     ScalingPolicy,
+    WorkerLane,
     WorkersStatus,
+    lane_field,
 )
 from clarion_operator.scaling_logic import LAG_REFRESH, ScalerState, decide, lane_status, settle_measured
 from clarion_operator.status import write_status
@@ -35,9 +36,12 @@ def reported(lag: int, pending: int = 0) -> Backlog:
 
 
 def test_the_workers_status_has_one_field_per_lane() -> None:
-    assert set(WorkersStatus.model_fields) == set(get_args(Lane))
+    assert set(WorkersStatus.model_fields) == {lane_field(lane) for lane in get_args(WorkerLane)}
     lane = LaneWorkersStatus(engine="operator", replicas=2)
     assert WorkersStatus.model_validate({"bulk": lane}).of("bulk") == lane
+    posts = WorkersStatus.of_lanes({"group-posts": lane})
+    assert posts.of("group-posts") == lane
+    assert posts.to_k8s()["groupPosts"]["replicas"] == 2
 
 
 def test_a_scale_up_shows_the_new_replicas_the_backlog_and_the_decision_from_to_and_why() -> None:

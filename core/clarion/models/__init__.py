@@ -35,6 +35,7 @@ from clarion.models.campaign import (
     Schedule,
 )
 from clarion.models.channel import (
+    GROUP_LANES,
     PUBLIC_BOT_API,
     AutoscalingEngine,
     ChannelReason,
@@ -46,6 +47,7 @@ from clarion.models.channel import (
     MiniApp,
     NotificationChannelSpec,
     NotificationChannelStatus,
+    NotificationLane,
     ScaleEvent,
     ScaleReason,
     ScalingPolicy,
@@ -56,7 +58,10 @@ from clarion.models.channel import (
     WebPushSettings,
     WorkerAutoscaling,
     WorkerDeployment,
+    WorkerLane,
     WorkersStatus,
+    lane_field,
+    worker_lanes,
 )
 from clarion.models.group import (
     GroupPhase,
@@ -100,6 +105,7 @@ __all__ = [
     "CATEGORY",
     "FINISHED_PHASES",
     "GROUP",
+    "GROUP_LANES",
     "MANAGED_GROUP",
     "NOTIFICATION_CHANNEL",
     "PLURALS",
@@ -145,6 +151,7 @@ __all__ = [
     "NotificationChannel",
     "NotificationChannelSpec",
     "NotificationChannelStatus",
+    "NotificationLane",
     "ObjectMeta",
     "Phase",
     "Resource",
@@ -164,8 +171,11 @@ __all__ = [
     "WelcomeMessage",
     "WorkerAutoscaling",
     "WorkerDeployment",
+    "WorkerLane",
     "WorkersStatus",
     "changed_conditions",
     "find_condition",
+    "lane_field",
     "merge_conditions",
+    "worker_lanes",
 ]

@@ -219,8 +219,33 @@ class BotDeployment(CamelModel):
     )
 
 
-#: A lane of a channel's notifications: a stream, a consumer group, and (ADR 0008) a worker Deployment.
+#: A lane of a channel's notifications as the public API takes it: instant or bulk.
 Lane = Literal["instant", "bulk"]
+#: A lane of notification rows: the API's two, and `group-posts` (ManagedGroup posts, ADR 0010), which
+#: only Clarion itself fills (`clarion.db.group_posts`); `clarion.streams.LANES` lists the same names.
+NotificationLane = Literal["instant", "bulk", "group-posts"]
+#: A lane of a channel's workers: a stream, the consumer group `workers`, and (ADR 0008) a worker
+#: Deployment `<channel>-workers-<lane>`. The notification lanes, and `group-maintenance` (GroupTask
+#: entries, ADR 0010); the two group lanes only for telegram channels (`worker_lanes`).
+WorkerLane = Literal["instant", "bulk", "group-posts", "group-maintenance"]
+GROUP_LANES: tuple[WorkerLane, ...] = ("group-posts", "group-maintenance")
+
+
+def worker_lanes(channel_type: str) -> tuple[WorkerLane, ...]:
+    """The worker lanes a channel of `channel_type` has: every one for telegram (its groups), the API's
+    two for email, none for the others (web push has no workers)."""
+    if channel_type == "telegram":
+        return get_args(WorkerLane)
+    if channel_type == "email":
+        return get_args(Lane)
+    return ()
+
+
+def lane_field(lane: WorkerLane) -> str:
+    """The field of a worker lane in `LaneOverrides` and `WorkersStatus` (`group-posts`: group_posts)."""
+    return lane.replace("-", "_")
+
+
 #: Who scales a lane's worker Deployment: the operator itself, or KEDA through a ScaledObject it emits.
 AutoscalingEngine = Literal["operator", "keda"]
 MAX_WORKER_REPLICAS = 50
@@ -281,9 +306,13 @@ class LaneOverrides(CamelModel):
 
     instant: LaneAutoscaling | None = Field(default=None, description="The instant lane's overrides.")
     bulk: LaneAutoscaling | None = Field(default=None, description="The bulk lane's overrides.")
+    group_posts: LaneAutoscaling | None = Field(
+        default=None, description="The group-posts lane's overrides (telegram channels).")
+    group_maintenance: LaneAutoscaling | None = Field(
+        default=None, description="The group-maintenance lane's overrides (telegram channels).")
 
-    def of(self, lane: Lane) -> LaneAutoscaling | None:
-        found: LaneAutoscaling | None = getattr(self, lane)
+    def of(self, lane: WorkerLane) -> LaneAutoscaling | None:
+        found: LaneAutoscaling | None = getattr(self, lane_field(lane))
         return found
 
 
@@ -321,7 +350,7 @@ class WorkerAutoscaling(LaneAutoscaling):
     lanes: LaneOverrides | None = Field(
         default=None, description="Per-lane settings that differ from the ones above.")
 
-    def policy(self, lane: Lane, cluster: WorkerAutoscaling | None = None) -> ScalingPolicy:
+    def policy(self, lane: WorkerLane, cluster: WorkerAutoscaling | None = None) -> ScalingPolicy:
         """The settings of `lane`: each field from the most specific level that sets it (this lane's
         overrides, this object, the cluster's lane overrides, the cluster's own, `ScalingPolicy`).
 
@@ -398,14 +427,22 @@ class LaneWorkersStatus(StatusModel):
 
 
 class WorkersStatus(StatusModel):
-    """Each lane's workers, one field per `Lane`; absent until the lane's Deployment exists."""
+    """Each lane's workers, one field per `WorkerLane`; absent until the lane's Deployment exists."""
 
     instant: LaneWorkersStatus | None = Field(default=None, description="The instant lane's workers.")
     bulk: LaneWorkersStatus | None = Field(default=None, description="The bulk lane's workers.")
+    group_posts: LaneWorkersStatus | None = Field(
+        default=None, description="The group-posts lane's workers (telegram channels).")
+    group_maintenance: LaneWorkersStatus | None = Field(
+        default=None, description="The group-maintenance lane's workers (telegram channels).")
 
-    def of(self, lane: Lane) -> LaneWorkersStatus | None:
-        found: LaneWorkersStatus | None = getattr(self, lane)
+    def of(self, lane: WorkerLane) -> LaneWorkersStatus | None:
+        found: LaneWorkersStatus | None = getattr(self, lane_field(lane))
         return found
+
+    @classmethod
+    def of_lanes(cls, lanes: dict[WorkerLane, LaneWorkersStatus]) -> WorkersStatus:
+        return cls.model_validate({lane_field(lane): status for lane, status in lanes.items()})
 
 
 class TelegramSettings(CamelModel):

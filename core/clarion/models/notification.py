@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from clarion.models.base import CamelModel
 from clarion.models.campaign import LANGUAGE_CODE, ButtonRow, ParseMode
-from clarion.models.channel import TEMPLATE_NAME, Lane
+from clarion.models.channel import TEMPLATE_NAME, Lane, NotificationLane
 
 NotificationState = Literal["created", "queued", "sending", "sent", "failed", "blocked", "cancelled"]
 
@@ -187,7 +187,7 @@ class NotificationView(CamelModel):
 
     id: str
     channel: str
-    lane: Lane
+    lane: NotificationLane = Field(description="instant or bulk; group-posts for a ManagedGroup's posts.")
     status: NotificationState
     recipient: str
     reference: str | None = None
