@@ -10,9 +10,9 @@ processes:
   id: a second drain of one entry reads the row back.
 - `claim` moves a row to `sending` only from `queued` (or from `sending` whose lease ran out): a
   duplicate stream entry, or one for a row already settled, claims nothing.
-- `settle` and `retry_later` change only rows the caller still holds (`claimed_by`); `dead_letter` and
-  `schedule_retry` are the same changes with their audit row in one statement, so neither is written
-  without the other.
+- `settle`, `retry_later` and `extend_lease` change only rows the caller still holds (`claimed_by`);
+  `dead_letter` and `schedule_retry` are the same changes with their audit row in one statement, so
+  neither is written without the other.
 - `due_for_enqueue` locks the rows it returns (`FOR UPDATE SKIP LOCKED`), so two replayers never
   enqueue the same row in one pass; enqueuing a row twice costs one skipped claim.
 """
@@ -327,6 +327,16 @@ async def retry_later(conn: Db, notification_id: uuid.UUID, worker: str, error: 
     """Back to `queued`, off the stream, due in `delay_seconds` (the replayer enqueues it then)."""
     result: str = await conn.execute(_RETRY_LATER, notification_id, worker, error, float(delay_seconds),
                                      1 if count_attempt else 0)
+    return result.endswith(" 1")
+
+
+async def extend_lease(conn: Db, notification_id: uuid.UUID, worker: str, lease_seconds: float) -> bool:
+    """Renew the lease of a row `worker` holds and has not sent yet (it waits for the rate limiter);
+    False if it no longer holds it."""
+    result: str = await conn.execute(
+        """UPDATE notifications SET claimed_until = now() + make_interval(secs => $3)
+           WHERE id = $1 AND claimed_by = $2 AND status = 'sending'""",
+        notification_id, worker, float(lease_seconds))
     return result.endswith(" 1")
 
 

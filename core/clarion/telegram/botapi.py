@@ -148,3 +148,10 @@ class BotApi:
 
     async def delete_webhook(self) -> None:
         await self.call("deleteWebhook")
+
+    async def pin_chat_message(self, chat_id: int, message_id: int, *,
+                               disable_notification: bool = True) -> None:
+        """Pin a message in a chat (in a group the bot needs the can_pin_messages right); silently by
+        default, so the pin itself does not notify every member again."""
+        await self.call("pinChatMessage", chat_id=chat_id, message_id=message_id,
+                        disable_notification=disable_notification)

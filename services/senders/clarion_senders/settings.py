@@ -88,3 +88,9 @@ class WorkerSettings(CommonSettings):
         default=600.0, gt=0, le=86400,
         description="A consumer of the streams' group that holds nothing and has not read for this long "
                     "(a worker killed before it could leave) is removed.")
+    group_task_concurrency: int = Field(default=4, ge=1, le=64,
+                                        description="Group-maintenance tasks handled at once (lane "
+                                                    "group-maintenance).")
+    group_task_attempts: int = Field(default=3, ge=1, le=20,
+                                     description="Attempts at a group-maintenance task before it is "
+                                                 "dead-lettered.")

@@ -1,7 +1,8 @@
 """`clarion-worker`: sends one channel's transactional notifications (docs/notifications.md).
 
-It reads the channel's lane streams (`notify:<channel>:instant`, `notify:<channel>:bulk`) through the
-consumer group `workers`; instant entries are always read before bulk ones. For each entry:
+It reads the channel's lane streams (`notify:<channel>:instant`, `notify:<channel>:bulk`, and for a
+telegram channel's ManagedGroup posts `notify:<channel>:group-posts`, ADR 0010) through the consumer
+group `workers`; instant entries are always read before the others. For each entry:
 
 1. claim the row in Postgres (`queued` → `sending`, with a lease). A duplicate entry, or one for a row
    that is settled or not due, claims nothing and is acknowledged;
@@ -13,7 +14,9 @@ Failure paths (GC Notify's three, and ours):
   off the stream, due after exponential backoff with jitter; the replayer enqueues it when due. After
   `max_attempts` it is `failed` and dead-lettered (`<stream>:dead`) with the reason;
 - a worker that dies mid-send leaves its entries pending: another worker reclaims them (XAUTOCLAIM)
-  once idle for the lease, and its claim of the row succeeds once the row's lease has run out;
+  once idle for the lease, and its claim of the row succeeds once the row's lease has run out. A row
+  waiting for the rate limiter (a group's posts wait their turn, 20 a minute) is no dead worker's:
+  its worker renews the row's lease and the entry's idle time meanwhile;
 - Redis losing an entry (or everything): the replayer finds rows that should be on a stream
   (`created`/`queued` and due, not enqueued for `replay_after` seconds, or `sending` with a lapsed
   lease) and enqueues them again;
@@ -62,6 +65,8 @@ from clarion.streams import (
     notify_stream,
 )
 from clarion.telegram.errors import backoff_seconds
+
+from clarion_senders.consumer_groups import ensure_group, forget_departed, keep_pending, leave_group, text
 
 log = structlog.get_logger("clarion.worker")
 
@@ -149,6 +154,7 @@ class NotificationWorker:
         self._slots = asyncio.Semaphore(options.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._admitting: set[asyncio.Task[Any]] = set()  # claimed, waiting for the right to send
+        self._in_flight: set[tuple[str, bytes]] = set()  # (stream, entry id) being handled here
         self._stopping = asyncio.Event()
         self._fatal: str | None = None
 
@@ -193,13 +199,7 @@ class NotificationWorker:
     async def _leave_group(self) -> None:
         """Remove this worker's consumer from each lane's group when it holds no entry there."""
         for stream in self.streams.values():
-            try:
-                held: Any = await self.redis.xpending_range(stream, WORKER_GROUP, min="-", max="+", count=1,
-                                                            consumername=self.consumer)
-                if not held:
-                    await self.redis.xgroup_delconsumer(stream, WORKER_GROUP, self.consumer)
-            except Exception as exc:  # a consumer left behind is removed by the others' reclaimers
-                log.warning("worker.leave_group_failed", stream=stream, error=repr(exc)[:300])
+            await leave_group(self.redis, stream, self.consumer)
 
     # --- Postgres and Redis, waiting out outages -------------------------------------------------------
 
@@ -214,11 +214,7 @@ class NotificationWorker:
         return await ride_out(what, call, tolerance=self.options.outage_tolerance)
 
     async def _create_group(self, stream: str) -> None:
-        try:
-            await self.redis.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
-        except aioredis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await ensure_group(self.redis, stream)
 
     # --- reading --------------------------------------------------------------------------------------
 
@@ -261,12 +257,16 @@ class NotificationWorker:
                 if not fields:  # trimmed away while pending
                     await self._ack(name, entry_id)
                     continue
+                if (name, entry_id) in self._in_flight:  # reclaimed while this worker still handles it
+                    continue
                 await self._slots.acquire()
+                self._in_flight.add((name, entry_id))
                 task = asyncio.create_task(self._handle(name, entry_id, fields))
+                task.add_done_callback(functools.partial(self._done, (name, entry_id)))
                 self._tasks.add(task)
-                task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, entry: tuple[str, bytes], task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(entry)
         self._tasks.discard(task)
         self._slots.release()
         if not task.cancelled() and task.exception() is not None:
@@ -310,6 +310,7 @@ class NotificationWorker:
         me = asyncio.current_task()
         assert me is not None
         self._admitting.add(me)
+        keeper = asyncio.create_task(self._keep_claim(row, stream, entry_id), name="keep-claim")
         try:
             await self.transport.admit(row)
             return True
@@ -319,6 +320,9 @@ class NotificationWorker:
             me.uncancel()
         finally:
             self._admitting.discard(me)
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await keeper
         if await self._db("release", lambda conn: q.release(conn, row.id, self.consumer)):
             async def requeue() -> None:  # the new entry and the old one's ack in one MULTI
                 new_stream, task = row.entry()
@@ -331,6 +335,19 @@ class NotificationWorker:
         else:  # the lease ran out and another worker holds it: the entry is nothing of ours any more
             await self._ack(stream, entry_id)
         return False
+
+    async def _keep_claim(self, row: q.Row, stream: str, entry_id: bytes) -> None:
+        """While the row waits for the right to send (a group's posts wait minutes for their turn, 20 a
+        minute), renew its lease and its entry's idle time every third of the lease, so that neither this
+        worker's nor another's reclaimer takes it over as the entry of a dead worker."""
+        lease, me = self.options.lease_seconds, self.consumer
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                await self._db("extend_lease", lambda conn: q.extend_lease(conn, row.id, me, lease))
+                await keep_pending(self.redis, stream, self.consumer, [entry_id])
+            except Exception as exc:  # the next round tries again; the lease outlives two misses
+                log.warning("worker.keep_claim_failed", error=repr(exc)[:300])
 
     async def _record(self, row: q.Row, stream: str, result: SendResult) -> NotificationEvent | None:
         """Write the outcome to Postgres; the status event of a final outcome to publish, else None."""
@@ -410,7 +427,7 @@ class NotificationWorker:
                 groups: Any = await self.redis.xinfo_groups(notify_stream(self.channel_key, lane))
             except aioredis.ResponseError:  # no such stream
                 groups = []
-            found[lane] = next((g for g in groups if _text(g.get("name")) == WORKER_GROUP), None)
+            found[lane] = next((g for g in groups if text(g.get("name")) == WORKER_GROUP), None)
         return found
 
     def _lost_before(self, groups: dict[str, dict[str, Any] | None]) -> dict[str, datetime]:
@@ -427,7 +444,7 @@ class NotificationWorker:
             before = now - margin
             group = groups.get(lane)
             if group is not None and group.get("lag") != 0:
-                last_read_ms = int(_text(group.get("last-delivered-id")).partition("-")[0] or 0)
+                last_read_ms = int(text(group.get("last-delivered-id")).partition("-")[0] or 0)
                 before = min(before, datetime.fromtimestamp(last_read_ms / 1000, UTC) - margin)
             found[lane] = before
         return found
@@ -438,11 +455,11 @@ class NotificationWorker:
         record, and a stream that kept every entry would grow with every notification ever sent."""
         for lane, stream in self.streams.items():
             group = groups.get(lane)
-            last = _text(group.get("last-delivered-id")) if group is not None else ""
+            last = text(group.get("last-delivered-id")) if group is not None else ""
             if not last or last == "0-0":
                 continue
             pending: Any = await self.redis.xpending(stream, WORKER_GROUP)
-            oldest = _text(pending.get("min")) if pending.get("pending") else None
+            oldest = text(pending.get("min")) if pending.get("pending") else None
             keep_from = min(last, oldest, key=_entry_order) if oldest else last
             await self.redis.xtrim(stream, minid=keep_from, approximate=False)
 
@@ -477,24 +494,7 @@ class NotificationWorker:
                 await self._forget_departed(stream)
 
     async def _forget_departed(self, stream: str) -> None:
-        """Remove consumers that hold nothing and have not read for `stale_consumer_seconds`: workers that
-        were killed before they could leave (a live one reads every `block_ms`)."""
-        stale_ms = self.options.stale_consumer_seconds * 1000
-        try:
-            consumers: Any = await self.redis.xinfo_consumers(stream, WORKER_GROUP)
-            for consumer in consumers:
-                name = _text(consumer.get("name"))
-                gone = not consumer.get("pending") and consumer.get("idle", 0) > stale_ms
-                if gone and name != self.consumer:
-                    await self.redis.xgroup_delconsumer(stream, WORKER_GROUP, name)
-                    log.info("worker.consumer_forgotten", stream=stream, consumer=name)
-        except Exception as exc:
-            log.warning("worker.forget_failed", stream=stream, error=repr(exc)[:300])
-
-
-def _text(value: object) -> str:
-    """A Redis reply field as text (bytes or str, by the client's decoding)."""
-    return value.decode() if isinstance(value, bytes) else str(value or "")
+        await forget_departed(self.redis, stream, self.consumer, self.options.stale_consumer_seconds)
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:
