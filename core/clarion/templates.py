@@ -273,11 +273,13 @@ def render_template(channel: ChannelRecord, name: str, language: str | None,
 
 def request_content(channel: ChannelRecord, request: NotificationRequest) -> dict[str, Any]:
     """The outbox `content` of an API request: literal content as it is, a template rendered (with the
-    request's disableNotification). Raises TemplateProblem as `render_template` does."""
+    request's disableNotification and pin). Raises TemplateProblem as `render_template` does."""
     ref = request.content.template
     if ref is None:
         return outbox_content(request)
     content = render_template(channel, ref.name, ref.language, ref.variables)
     if request.content.disable_notification and channel.type == "telegram":
         content["disableNotification"] = True
+    if request.content.pin and channel.type == "telegram":
+        content["pin"] = True
     return content

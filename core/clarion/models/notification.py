@@ -78,7 +78,7 @@ class TemplateUse(TemplateRef):
 class Content(CamelModel):
     """What is sent: literal content or a template, exactly one. Telegram: text (parseMode, inline
     buttons). Email: subject, text, optional html. A template gives all of those itself;
-    disableNotification may be set with either."""
+    disableNotification and pin may be set with either."""
 
     text: str | None = Field(default=None, min_length=1, max_length=EMAIL_TEXT_MAX,
                              description="Message text (Telegram: at most 4096 characters, in parseMode).")
@@ -86,6 +86,10 @@ class Content(CamelModel):
     buttons: list[ButtonRow] = Field(default_factory=list, max_length=10,
                                      description="Telegram: inline keyboard, up to 10 rows of 8 buttons.")
     disable_notification: bool = Field(default=False, description="Telegram: deliver silently.")
+    # Stored only when true: the outbox content of a message that is not pinned stays as it was.
+    pin: bool = Field(default=False, exclude_if=lambda pin: not pin,
+                      description="Telegram: pin the message in its chat once sent, silently (in a group "
+                                  "the bot needs the can_pin_messages right).")
     subject: str | None = Field(default=None, min_length=1, max_length=998,
                                 pattern=r"^[^\r\n]*$", description="Email: subject line (required).")
     html: str | None = Field(default=None, min_length=1, max_length=EMAIL_TEXT_MAX,
@@ -137,9 +141,13 @@ class ThroughChannel(ChannelRef):
 
     @model_validator(mode="after")
     def _aware_time(self) -> Self:
-        if self.scheduled_for is not None and self.scheduled_for.tzinfo is None:
-            raise ValueError("scheduledFor needs a UTC offset (e.g. 2026-12-05T09:00:00Z)")
+        _check_aware(self.scheduled_for)
         return self
+
+
+def _check_aware(when: datetime | None) -> None:
+    if when is not None and when.tzinfo is None:
+        raise ValueError("scheduledFor needs a UTC offset (e.g. 2026-12-05T09:00:00Z)")
 
 
 class NotificationRequest(ThroughChannel):
@@ -162,10 +170,30 @@ class NotificationRequest(ThroughChannel):
         if self.recipient.kind != channel_type:
             wanted = "recipient.chatId" if channel_type == "telegram" else "recipient.email"
             return "recipient", f"channel {self.channel} is a {channel_type} channel: set {wanted}"
+        if self.content.pin and channel_type != "telegram":
+            return "content.pin", "only a Telegram message can be pinned"
         problem = None if self.content.template is not None else self.content.problem_for(channel_type)
         if problem is not None:
             return f"content.{problem[0]}", problem[1]
         return None
+
+
+class GroupPostRequest(CamelModel):
+    """`POST /api/v1/groups/{name}/posts`: a one-off post in a ManagedGroup of your namespace, sent by
+    its channel on the lane group-posts (at most 20 a minute per group; ADR 0010)."""
+
+    text: str = Field(min_length=1, max_length=TELEGRAM_TEXT_MAX, pattern=_NO_NUL,
+                      description="The post, in parseMode (at most 4096 characters).")
+    parse_mode: ParseMode = Field(default="None", description="HTML, MarkdownV2 or None.")
+    pin: bool = Field(default=False, description="Pin the post once sent, silently (the bot needs the "
+                                                 "can_pin_messages right in the group).")
+    scheduled_for: datetime | None = Field(default=None, description="Post at or after this time (RFC 3339 "
+                                                                     "with an offset). Absent: now.")
+
+    @model_validator(mode="after")
+    def _aware_time(self) -> Self:
+        _check_aware(self.scheduled_for)
+        return self
 
 
 def _nul_field(value: Any, path: str = "") -> str | None:

@@ -365,6 +365,25 @@ def delete_message(emu: Emulator, bot: BotState, p: Params) -> Any:
     return True
 
 
+def pin_chat_message(emu: Emulator, bot: BotState, p: Params) -> Any:
+    """Pin one of the chat's messages: in a private chat any, in a group only as an administrator with
+    can_pin_messages (Bot API, "pinChatMessage"). Pinning is no send: no limit applies."""
+    if _present(p, "business_connection_id"):
+        raise bad_request("business connection not found")
+    target = read_target(emu, bot, _chat_id(p))
+    group = target.group
+    if group is not None and "can_pin_messages" not in (group.rights_of(bot.info.id) or ()):
+        raise bad_request("not enough rights to manage pinned messages in the chat")
+    mid = p_int(p, "message_id", missing="message identifier is not specified")
+    if mid is None or mid not in target.log.messages:
+        raise bad_request("message to pin not found")
+    p_bool(p, "disable_notification")
+    if mid in target.log.pinned:
+        target.log.pinned.remove(mid)
+    target.log.pinned.append(mid)
+    return True
+
+
 CALLBACK_ANSWER_TIMEOUT_S = 15.0
 
 
@@ -687,6 +706,7 @@ METHODS: dict[str, Callable[..., Any | Awaitable[Any]]] = {
     "editmessagetext": edit_message_text,
     "editmessagereplymarkup": edit_message_reply_markup,
     "deletemessage": delete_message,
+    "pinchatmessage": pin_chat_message,
     "answercallbackquery": answer_callback_query,
     "approvechatjoinrequest": approve_chat_join_request,
     "declinechatjoinrequest": decline_chat_join_request,
@@ -706,4 +726,5 @@ CANONICAL = {name.lower(): name for name in (
     "copyMessage", "editMessageText", "editMessageReplyMarkup", "deleteMessage", "answerCallbackQuery",
     "approveChatJoinRequest", "declineChatJoinRequest", "banChatMember", "unbanChatMember", "getChat",
     "getChatMember", "getChatMemberCount", "getChatAdministrators", "createChatInviteLink",
-    "editChatInviteLink", "revokeChatInviteLink")}
+    "editChatInviteLink", "revokeChatInviteLink",
+    "pinChatMessage")}

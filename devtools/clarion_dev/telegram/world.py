@@ -104,6 +104,8 @@ class ChatLog:
 
     next_id: int = 1
     messages: dict[int, StoredMessage] = field(default_factory=dict)
+    pinned: list[int] = field(default_factory=list)
+    """Ids of the pinned messages, the latest pin last (pinChatMessage)."""
 
     def allocate(self) -> int:
         mid = self.next_id

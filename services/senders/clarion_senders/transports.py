@@ -7,6 +7,8 @@ the same tables the campaign sender uses (`clarion.telegram.errors.classify` for
 
 from __future__ import annotations
 
+import asyncio
+
 from clarion.db import notifications as q
 from clarion.mail import MailOutcome, MailSender, MailSendError, OutgoingEmail
 from clarion.models import Message
@@ -19,6 +21,8 @@ from clarion.telegram.limiter import Priority, RateLimiter
 from clarion_senders.render import MessageRenderer
 from clarion_senders.worker import Outcome, SendResult
 
+#: Tries at pinning a sent message (`TelegramTransport._pin`).
+PIN_ATTEMPTS = 3
 _TELEGRAM_OUTCOMES = {
     TelegramOutcome.BLOCKED: Outcome.BLOCKED,
     TelegramOutcome.FAILED: Outcome.FAILED,
@@ -30,7 +34,8 @@ _TELEGRAM_OUTCOMES = {
 
 class TelegramTransport:
     """`sendMessage` through the bot's limiter, which every campaign sender and worker of the bot shares;
-    the instant lane's sends go first (`Priority.INSTANT`), the bulk lane's queue with the campaigns'."""
+    the instant lane's sends go first (`Priority.INSTANT`), the bulk and group-posts lanes' queue with
+    the campaigns'. Content with `pin` is pinned once sent (pinChatMessage, silently)."""
 
     def __init__(self, api: BotApi, limiter: RateLimiter, *, outage_tolerance: float = 300.0) -> None:
         self.api, self.limiter, self.outage_tolerance = api, limiter, outage_tolerance
@@ -57,7 +62,29 @@ class TelegramTransport:
                 return SendResult(Outcome.RATE_LIMITED, found.error, retry_after=found.retry_after)
             return SendResult(_TELEGRAM_OUTCOMES[found.outcome], found.error)
         message_id = result.get("message_id") if isinstance(result, dict) else None
-        return SendResult(Outcome.SENT, provider_message_id=None if message_id is None else str(message_id))
+        pin_error = None
+        if row.content.get("pin") and message_id is not None:
+            pin_error = await self._pin(chat_id, int(message_id))
+        return SendResult(Outcome.SENT, pin_error,
+                          provider_message_id=None if message_id is None else str(message_id))
+
+    async def _pin(self, chat_id: int, message_id: int) -> str | None:
+        """Pin the message just sent, silently; what went wrong (kept as the sent row's last error:
+        the message is out, sending it again would only duplicate it), else None. A 429 is waited out
+        (up to `PIN_ATTEMPTS` tries), a 5xx or a lost connection tried again likewise."""
+        error = ""
+        for _ in range(PIN_ATTEMPTS):
+            try:
+                await self.api.pin_chat_message(chat_id, message_id)
+                return None
+            except Exception as exc:  # every failure is classified
+                found = classify(exc)
+                error = found.error
+                if found.outcome is TelegramOutcome.RATE_LIMITED:
+                    await asyncio.sleep(found.retry_after)
+                elif found.outcome is not TelegramOutcome.RETRY:
+                    break
+        return f"sent, not pinned: {error}"
 
     async def close(self) -> None:
         await self.api.close()

@@ -426,6 +426,9 @@ def create_api() -> FastAPI:
     from clarion_webhook.support import add_support_api  # POST /requests (docs/support.md)
 
     add_support_api(api)
+    from clarion_webhook.group_posts import add_group_posts_api  # POST /groups/{name}/posts (ADR 0010)
+
+    add_group_posts_api(api)
     return api
 
 
