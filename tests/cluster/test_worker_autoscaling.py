@@ -2,7 +2,8 @@
 channel's instant stream scales `<channel>-workers-instant` up; once the backlog is consumed and a
 cooldown has passed, back to its minimum. The bulk lane, with nothing waiting, stays as it is. The
 channel's status, `kubectl get nc` and the operator's /metrics show each lane's pods, backlog and last
-resize."""
+resize. A telegram channel also has the two group lanes (ADR 0010), scaled the same way; an email
+channel has not."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from clarion.streams import WORKER_GROUP, notify_stream
+from clarion.streams import WORKER_GROUP, group_posts_stream, notify_stream
 from clarion_dev.cluster import ControlPlane
 from clarion_dev.net import free_port
+from clarion_dev.smtp_sink import SmtpSink
 from clarion_dev.telegram import Emulator
 from clarion_dev.testing.operator import Operator, OperatorFactory
 from clarion_dev.testing.waiting import async_wait_for
@@ -212,3 +214,80 @@ async def test_a_reconcile_keeps_the_replicas_someone_else_set_and_removes_the_o
     assert (reported["engine"], reported["lag"], reported["pending"], reported["lagSource"]) == (
         "keda", 0, 0, "NoStream")
     assert "desired" not in reported and "lastScale" not in reported
+
+
+async def test_a_telegram_channel_has_both_group_lanes_scaled_on_their_backlog_and_an_email_channel_none(
+    telegram_emulator: Emulator, smtp_sink: SmtpSink, operator: Operator, control_plane: ControlPlane,
+    kube_namespace: str, redis: aioredis.Redis,
+) -> None:
+    bot = telegram_emulator.add_bot(username="groups_bot")
+    _bot_secret(control_plane, kube_namespace, bot.token)
+    _apply(control_plane, kube_namespace, {
+        "apiVersion": f"{GROUP}/v1alpha1", "kind": "NotificationChannel", "metadata": {"name": "groups"},
+        "spec": {"type": "telegram",
+                 "telegram": {"botTokenSecretRef": {"name": "bot-token", "key": "token"},
+                              "apiBaseUrl": telegram_emulator.base_url, "bot": {"replicas": 0}},
+                 "workers": {"autoscaling": {"maxReplicas": 4, "targetLagPerReplica": 10,
+                                             "scaleDownCooldownSeconds": 5,
+                                             "lanes": {"groupMaintenance": {"minReplicas": 1}}}}},
+    })
+    _apply(control_plane, kube_namespace, {
+        "apiVersion": f"{GROUP}/v1alpha1", "kind": "NotificationChannel", "metadata": {"name": "mail"},
+        "spec": {"type": "email",
+                 "email": {"host": "127.0.0.1", "port": smtp_sink.port, "tls": "none",
+                           "from": "Shop <shop@example.org>"}},
+    })
+
+    def replicas(name: str) -> int | None:
+        found = _deployment(control_plane, kube_namespace, name)
+        return None if found is None else int(found["spec"]["replicas"])
+
+    def lanes_of(channel: str) -> dict[str, Any]:
+        found = _kubectl_json(control_plane, kube_namespace, "get", "notificationchannel", channel)
+        assert found is not None
+        workers: dict[str, Any] = found.get("status", {}).get("workers") or {}
+        return workers
+
+    four = {"instant", "bulk", "groupPosts", "groupMaintenance"}
+    await _until(operator, "the telegram channel's four lanes in status",
+                 lambda: set(lanes_of("groups")) == four or None)
+    assert replicas("groups-workers-group-posts") == 0
+    assert replicas("groups-workers-group-maintenance") == 1  # its own lane's minReplicas
+    posts = _deployment(control_plane, kube_namespace, "groups-workers-group-posts")
+    assert posts is not None
+    [container] = posts["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["clarion-worker", "--channel", f"{kube_namespace}.groups",
+                                    "--lanes", "group-posts"]
+    assert posts["metadata"]["labels"]["clarion.io/lane"] == "group-posts"
+
+    await _until(operator, "the email channel's two lanes in status",
+                 lambda: set(lanes_of("mail")) == {"instant", "bulk"} or None)
+    for lane in ("group-posts", "group-maintenance"):
+        assert _deployment(control_plane, kube_namespace, f"mail-workers-{lane}") is None
+
+    # 25 posts waiting at 10 per pod: 3 pods, on the group-posts lane only
+    stream = group_posts_stream(f"{kube_namespace}.groups")
+    await redis.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+    for n in range(25):
+        await redis.xadd(stream, {"notification_id": str(n)})
+    await _until(operator, "the group-posts lane scaled to 3 pods",
+                 lambda: replicas("groups-workers-group-posts") == 3 or None)
+    assert replicas("groups-workers-instant") == 0
+    assert replicas("groups-workers-group-maintenance") == 1
+    status = await _until(operator, "the scale-up in the channel's status",
+                          lambda: lanes_of("groups")["groupPosts"]
+                          if lanes_of("groups")["groupPosts"].get("replicas") == 3 else None)
+    assert (status["lag"], status["desired"], status["lastScale"]["reason"]) == (25, 3, "ScaledFromZero")
+    events = _kubectl_json(control_plane, kube_namespace, "get", "events",
+                           "--field-selector", "reason=ScaledFromZero")
+    assert events is not None
+    assert any("groups-workers-group-posts: 0 -> 3 pods (25 entries waiting)" in e["message"]
+               for e in events["items"])
+
+    wide = control_plane.kubectl("-n", kube_namespace, "get", "notificationchannel", "groups", "-o", "wide",
+                                 check=False)
+    assert wide.returncode == 0, wide.stdout + wide.stderr
+    header, row = (line.split("  ") for line in wide.stdout.strip().splitlines())
+    columns = dict(zip([h.strip() for h in header if h.strip()], [r.strip() for r in row if r.strip()],
+                       strict=False))
+    assert (columns["GROUP POSTS"], columns["GROUP MAINT"]) == ("3", "1")
