@@ -144,12 +144,12 @@ async def test_a_failing_task_is_tried_again_and_dead_lettered_with_its_error_af
 async def test_a_killed_consumer_s_task_is_taken_over_by_another_after_the_lease(
     consumers: Consumers, redis: aioredis.Redis,
 ) -> None:
-    await redis.sadd(f"{STREAM}:test:hold", "doomed")  # type: ignore[misc]
+    await redis.sadd(f"{STREAM}:test:hold", "doomed")
     doomed = await consumers.start("doomed", lease=2)
     await _add(redis, _task(5, kind=GroupTaskKind.ROTATE_INVITE))
 
     async def started() -> bool:
-        return bool(await redis.llen(f"{STREAM}:test:started"))  # type: ignore[misc]
+        return bool(await redis.llen(f"{STREAM}:test:started"))
 
     await _until(consumers, "the doomed consumer working on the task", started)
     doomed.kill()
