@@ -96,8 +96,8 @@ async def make_channel(k8s: KubeApis, namespace: str, emulator: Emulator, operat
                        paid_per_second: int = 1000, workers: int = 0,
                        autoscaling: dict[str, Any] | None = None) -> Channel:
     """A Secret with a fresh emulator bot's token and a Telegram channel (no bot pods, and `workers`
-    notification worker pods per lane, fixed: minReplicas = maxReplicas, unless `autoscaling` is
-    given); waits for Ready."""
+    notification worker pods per lane, fixed: minReplicas = maxReplicas, and the group lanes off, unless
+    `autoscaling` is given); waits for Ready."""
     bot = emulator.add_bot(username=f"{name}_bot")
     core: Any = k8s.core
     core.create_namespaced_secret(namespace, {
@@ -110,7 +110,10 @@ async def make_channel(k8s: KubeApis, namespace: str, emulator: Emulator, operat
             "apiBaseUrl": emulator.base_url,
             "rateLimits": {"globalPerSecond": global_per_second, "paidBroadcastPerSecond": paid_per_second},
             "bot": {"replicas": 0},
-        }, "workers": {"autoscaling": autoscaling or {"minReplicas": workers, "maxReplicas": workers}}},
+        }, "workers": {"autoscaling": autoscaling or {
+            "minReplicas": workers, "maxReplicas": workers,
+            "lanes": {lane: {"minReplicas": 0, "maxReplicas": 0}
+                      for lane in ("groupPosts", "groupMaintenance")}}}},
     })
 
     async def ready() -> Any:
