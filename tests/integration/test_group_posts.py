@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -97,6 +98,7 @@ class Workers:
         self.env = {**os.environ, "CLARION_DATABASE_URL": database_url, "CLARION_REDIS_URL": redis_url,
                     "CLARION_BOT_TOKEN": world.token, "CLARION_WORKER_CHANNEL": CHANNEL,
                     "CLARION_LOG_FORMAT": "json", "CLARION_REPLAY_AFTER_SECONDS": "2",
+                    "CLARION_STOP_GRACE_SECONDS": "1",
                     # a short lease: a post waiting minutes for its turn must keep it all along
                     "CLARION_CLAIM_LEASE_SECONDS": "6"}
         self.tmp_path = tmp_path
@@ -219,6 +221,34 @@ async def test_a_post_the_bot_may_not_pin_is_sent_and_its_row_says_it_was_not_pi
     assert "not pinned" in found["last_error"] and "not enough rights" in found["last_error"]
     assert [m.text for m in world.received()] == ["Read this"]
     assert world.emu.groups[CHAT].log.pinned == []
+
+
+async def test_a_stopped_group_posts_worker_gives_back_the_posts_waiting_for_their_turn(
+    world: World, workers: Workers,
+) -> None:
+    texts = [f"news {n}" for n in range(5)]
+    for text in texts:
+        await world.queue(text)
+    await workers.start("leaving")
+    leaving = workers.procs["leaving"]
+    await _until(workers, "the first post sent", lambda: len(world.received()) >= 1 or None)
+    leaving.send_signal(signal.SIGTERM)  # the others wait for the group's next slot, 3 s apart
+    assert await asyncio.wait_for(leaving.wait(), 60) == 0
+    sent_by_it = len(world.received())
+    assert sent_by_it < 5
+    assert await world.statuses() == {"sent": sent_by_it, "queued": 5 - sent_by_it}
+    consumers: Any = await world.redis.xinfo_consumers(group_posts_stream(CHANNEL), "workers")
+    assert consumers == []
+
+    await workers.start("staying")
+    await _until(workers, "every post sent", lambda: len(world.received()) >= 5 or None)
+    assert sorted(m.text for m in world.received()) == texts  # each once
+
+    async def all_sent() -> dict[str, int] | None:
+        counts = await world.statuses()
+        return counts if counts == {"sent": 5} else None
+
+    await _until(workers, "every row sent", all_sent)
 
 
 async def test_a_scheduled_occurrence_is_stored_once_and_sent_when_due(
