@@ -4,9 +4,10 @@
 The group is a ManagedGroup of the key's namespace; the post is a notification on the lane
 `group-posts` of the group's channel (`clarion.db.group_posts.queue_post`), so it is sent by the
 channel's group-posts workers within the group's 20 messages a minute, and read back like any
-notification (`GET /api/v1/notifications/{id}`). Refusals, in order: 401/429 (the key), 404 (no such
-live group in the namespace), 403 (the key may not use the group's channel), 409 (that channel is
-not ready), 422 (the body). Nothing is stored on a refusal. An Idempotency-Key works as for
+notification (`GET /api/v1/notifications/{id}`). Refusals, in order: 401/429 (the key), 422 (the
+body), 404 (no such live group in the namespace), 403 (the key may not use the group's channel), 409
+(that channel is not ready), 503 (Postgres away: unlike `POST /api/v1/notifications` there is no
+inbox to fall back on). Nothing is stored on a refusal. An Idempotency-Key works as for
 `POST /api/v1/notifications`: its record is written in the transaction that stores the post.
 """
 
