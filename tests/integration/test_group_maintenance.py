@@ -20,8 +20,8 @@ from clarion.db import channels as chq
 from clarion.db import create_pool
 from clarion.db import groups as gq
 from clarion.redis import create_redis
-from clarion.streams import GroupTask, GroupTaskKind, rate_key
-from clarion.telegram.botapi import BotApi
+from clarion.streams import GroupTask, GroupTaskKind, bot_pause_key, rate_key
+from clarion.telegram.botapi import BotApi, BotApiError
 from clarion.telegram.limiter import RateLimiter, RateLimits
 from clarion_dev.telegram import Emulator
 from clarion_operator import tenancy
@@ -57,6 +57,9 @@ class World:
     """The system role: the test's own look at the rows."""
     maintenance: GroupMaintenance
     api: BotApi
+    pool: asyncpg.Pool
+    """The tenant role's pool and Redis client, as the worker has them."""
+    redis: aioredis.Redis
 
     async def manage(self, *, phase: str = "Monitoring", **spec: Any) -> int:
         """The group's row as the operator writes it."""
@@ -125,7 +128,8 @@ async def world(telegram_emulator: Emulator, ctx: Context, db: asyncpg.Pool) -> 
         channel = await chq.get_channel(pool, KEY)
         assert channel is not None
         yield World(emu, info.token, info.id, channel_id, db,
-                    GroupMaintenance(pool=pool, redis=redis, api=api, limiter=limiter, channel=channel), api)
+                    GroupMaintenance(pool=pool, redis=redis, api=api, limiter=limiter, channel=channel), api,
+                    pool, redis)
     finally:
         await api.close()
         await limiter.close()
@@ -332,3 +336,30 @@ async def test_monitoring_links_ask_to_join_without_a_member_limit(world: World)
         "SELECT round(extract(epoch FROM invite_link_expires_at - now()) / 3600) FROM managed_groups") == 2
     update = await world.emu.join_by_link(link.link, GONE)
     assert update is not None and "chat_join_request" in update
+
+
+@pytest.mark.emulator(limits="scaled", scale=0.1)  # the group: a burst of 3, then 2 messages a minute
+async def test_too_many_requests_pauses_the_bot_and_raises_and_the_retry_warns_nobody_twice(
+        world: World) -> None:
+    world.emu.add_user(831, "Fay", None, "en")
+    world.emu.groups[GROUP].members.add(831)
+    group_id = await world.manage(inactivity=INACTIVITY)
+    for uid in (QUIET, SLEEPY, CHATTY, 831):
+        await world.silent(group_id, uid, 8)
+
+    with pytest.raises(BotApiError) as refused:
+        await world.sweep(group_id)
+
+    assert refused.value.status == 429
+    assert world.maintenance.limiter.paused_for() > 0  # every process of the bot waits it out
+    assert sorted((await world.statuses(group_id)).values()) == ["member"] + ["warned"] * 3
+    # the pause over (its key expired: the simulated clock), the entry is retried by a worker
+    world.emu.set_limits("off")
+    await world.redis.delete(bot_pause_key(world.bot_id))
+    old = world.maintenance
+    world.maintenance = GroupMaintenance(pool=world.pool, redis=world.redis, api=world.api,
+                                         limiter=RateLimiter(world.redis, world.bot_id, old.limiter.limits),
+                                         channel=old.channel)
+    await world.sweep(group_id)
+    assert sorted((await world.statuses(group_id)).values()) == ["warned"] * 4
+    assert len(world.emu.sent(world.token, GROUP)) == 4
