@@ -87,7 +87,8 @@ async def test_window_allows_at_most_the_limit_in_any_window_and_frees_as_the_ol
         async def allowed_now() -> bool:
             return (await a.allow_in_window(key, 3, 1.0))[0]
 
-        assert await async_wait_for(allowed_now, timeout=5, interval=0.01, what="a slot freed")
+        freed: bool = await async_wait_for(allowed_now, timeout=5, interval=0.01, what="a slot freed")
+        assert freed
         assert not (await b.allow_in_window(key, 1, 1.0))[0]  # a smaller limit sees the same record
     finally:
         await a_client.aclose()
