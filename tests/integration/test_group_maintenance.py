@@ -363,3 +363,22 @@ async def test_too_many_requests_pauses_the_bot_and_raises_and_the_retry_warns_n
     await world.sweep(group_id)
     assert sorted((await world.statuses(group_id)).values()) == ["warned"] * 4
     assert len(world.emu.sent(world.token, GROUP)) == 4
+
+
+async def test_a_removal_cut_short_after_the_ban_is_finished_and_an_admins_ban_is_left_alone(
+        world: World) -> None:
+    group_id = await world.manage(inactivity=INACTIVITY)
+    await world.silent(group_id, QUIET, 40)
+    await world.silent(group_id, SLEEPY, 40)
+    # a worker began removing QUIET and died after the ban; an administrator banned SLEEPY themselves
+    await world.db.execute("UPDATE group_members SET removed_at = now() WHERE user_id = $1", QUIET)
+    await world.api.ban_chat_member(GROUP, QUIET)
+    await world.api.ban_chat_member(GROUP, SLEEPY)
+
+    await world.sweep(group_id)
+
+    assert await world.statuses(group_id) == {QUIET: "removed", SLEEPY: "left"}
+    club = world.emu.groups[GROUP]
+    assert QUIET not in club.banned and SLEEPY in club.banned
+    assert [(e["action"], e["subject"]) for e in await world.audit()] == [
+        ("group.member.removed", f"telegram:{QUIET}")]

@@ -37,12 +37,15 @@ class Silent:
     """From the member's join request, when they joined through one."""
     language: str | None
     """From the join request, else the member's subscriber row of the channel."""
+    removing: bool = False
+    """A removal was begun (`begin_removal`) and not finished: the ban may stand without its unban."""
 
 
 # A warned member counts as silent from the time they were last seen; one who spoke after the warning is
 # a member again (readmit). `days_silent` is whole days.
 _SILENT = """SELECT m.user_id, m.status, floor(extract(epoch FROM now() - m.last_activity_at) / 86400)::int
-                    AS days_silent, r.first_name, coalesce(r.language, s.language) AS language
+                    AS days_silent, r.first_name, coalesce(r.language, s.language) AS language,
+                    coalesce(m.removed_at >= m.last_activity_at, false) AS removing
              FROM group_members m
              JOIN managed_groups g ON g.id = m.group_id
              LEFT JOIN group_join_requests r ON r.group_id = m.group_id AND r.user_id = m.user_id
@@ -91,6 +94,15 @@ async def mark_warned(db: Db, group_id: int, user_id: int, warn_after_days: int,
         if warned:
             await audit(conn, ACTOR, "group.member.warned", f"telegram:{user_id}", details)
     return bool(warned)
+
+
+async def begin_removal(db: Db, group_id: int, user_id: int) -> None:
+    """Note that the member is being removed (`removed_at`, status unchanged) before the ban, so that a
+    run cut short between ban and unban is finished by the next one rather than taken for an
+    administrator's ban. A member seen again later (`last_activity_at` after it) is not being removed."""
+    await db.execute(
+        """UPDATE group_members SET removed_at = now()
+           WHERE group_id = $1 AND user_id = $2 AND status IN ('member', 'warned')""", group_id, user_id)
 
 
 async def mark_removed(db: Db, group_id: int, user_id: int, details: dict[str, Any]) -> bool:

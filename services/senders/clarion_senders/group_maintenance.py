@@ -169,18 +169,35 @@ class GroupMaintenance:
                 "days_silent": member.days_silent}
 
     async def _member(self, group: GroupRecord, silent: q.Silent) -> ChatMember | None:
-        """The member as Telegram sees them now; None (and the row marked left) when gone from the chat."""
+        """The member as Telegram sees them now; None (and the row marked left) when gone from the chat.
+
+        Banned with a removal of ours begun (a run cut short between ban and unban): the unban and the
+        row's `removed` are finished here. Banned otherwise (an administrator's ban): left alone, `left`.
+        """
         try:
             member = await self._call(self.api.get_chat_member, group.chat_id, silent.user_id)
         except BotApiError as exc:
             if not _not_in_chat(exc):
                 raise
             member = None
+        if member is not None and member.status == "kicked" and silent.removing:
+            await self._call(self.api.unban_chat_member, group.chat_id, silent.user_id)
+            await self._removed(group, silent)
+            return None
         if member is None or not member.in_chat:
             await q.mark_left(self.pool, group.id, silent.user_id)
             ACTIONS.labels(str(GroupTaskKind.INACTIVITY_SWEEP), "left").inc()
             return None
         return member
+
+    async def _removed(self, group: GroupRecord, silent: q.Silent) -> bool:
+        policy = group.spec.inactivity
+        assert policy is not None
+        details = self._details(group, silent) | {"remove_after_days": policy.remove_after_days}
+        if not await q.mark_removed(self.pool, group.id, silent.user_id, details):
+            return False
+        ACTIONS.labels(str(GroupTaskKind.INACTIVITY_SWEEP), "removed").inc()
+        return True
 
     async def _remove(self, group: GroupRecord, policy: Inactivity, excluded: list[int], bound: Any) -> int:
         kind = str(GroupTaskKind.INACTIVITY_SWEEP)
@@ -196,6 +213,7 @@ class GroupMaintenance:
                 bound.info("group_removals_capped", per_minute=policy.removals_per_minute)
                 ACTIONS.labels(kind, "capped").inc()
                 break
+            await q.begin_removal(self.pool, group.id, silent.user_id)
             try:
                 await self._call(self.api.ban_chat_member, group.chat_id, silent.user_id)
                 await self._call(self.api.unban_chat_member, group.chat_id, silent.user_id)
@@ -206,10 +224,7 @@ class GroupMaintenance:
                 if _protected(exc):
                     continue
                 raise
-            details = self._details(group, silent) | {"remove_after_days": policy.remove_after_days}
-            if await q.mark_removed(self.pool, group.id, silent.user_id, details):
-                removed += 1
-                ACTIONS.labels(kind, "removed").inc()
+            removed += await self._removed(group, silent)
         return removed
 
     async def _warn(self, group: GroupRecord, policy: Inactivity, excluded: list[int]) -> int:
