@@ -22,8 +22,12 @@ calls:
 - managed_groups: SELECT (bot: the group of a join request); group_members: SELECT, INSERT, UPDATE of
   the status and times (bot: pending, member, declined); group_join_requests: SELECT, INSERT, UPDATE (bot:
   the requests and their decisions); group_welcomes: SELECT, INSERT, DELETE (bot: welcomes to delete);
+- group-maintenance workers (`clarion.db.group_maintenance`): group_members UPDATE of `status`,
+  `warned_at`, `removed_at` (warned, removed, left, readmitted); managed_groups UPDATE of the invite link
+  and dry-run columns only (never spec, phase or the operator's figures);
 - audit_log: INSERT only, of rows naming one of the namespace's channels in `details.channel` (the bot's
-  join decisions; migration 0014's policy), and its id sequence; never SELECT;
+  join decisions, the workers' warnings and removals; migration 0014's policy), and its id sequence;
+  never SELECT;
 - nothing on api_keys, idempotency_keys, schema_migrations.
 
 Passwords never reach the server in clear: roles get a SCRAM-SHA-256 verifier computed here, so a
@@ -85,6 +89,11 @@ TENANT_PRIVILEGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("INSERT", "group_welcomes", ("group_id", "chat_id", "message_id", "delete_at")),
     ("DELETE", "group_welcomes", None),
     ("INSERT", "audit_log", ("actor", "action", "subject", "details")),
+    # the group-maintenance workers: inactivity warnings and removals, dry runs, invite links
+    # (clarion.db.group_maintenance; their audit rows use the INSERT on audit_log above)
+    ("UPDATE", "group_members", ("warned_at", "removed_at")),
+    ("UPDATE", "managed_groups", ("invite_link", "invite_link_expires_at", "invite_link_slot",
+                                  "dry_run_candidates", "dry_run_candidate_count", "dry_run_at")),
     # the notification worker: claim, settle, retry, replay (clarion.db.notifications)
     ("SELECT", "notifications", None),
     ("UPDATE", "notifications", ("status", "attempts", "last_error", "provider_message_id", "sent_at",

@@ -389,6 +389,7 @@ class Emulator:
         """Move the user from `old` to `new` ("member", "left", "kicked") and send `chat_member` to every
         bot that is an administrator of the group (queued if it asked for chat_member in allowed_updates).
         Returns each such bot's update by bot id."""
+        group.member_changes.append((user_id, old, new))
         if new == "member":
             group.members.add(user_id)
             group.banned.discard(user_id)
