@@ -34,7 +34,6 @@ from zoneinfo import ZoneInfo
 import kopf
 import structlog
 from clarion.db import groups as group_rows
-from clarion.db import notifications
 from clarion.db.groups import GroupRecord
 from clarion.metrics import counter
 from clarion.models import MANAGED_GROUP, ConditionType, GroupReason, ManagedGroup, ScheduledPost
@@ -120,13 +119,14 @@ async def queue_post(ctx: Context, group: GroupRecord, post: ScheduledPost,
     """Store the occurrence as a notification on lane group-posts and put it on the channel's
     group-posts stream; its id, or None when the occurrence was queued before.
 
-    As the API does with an accepted notification: the row is committed first, then added to the
-    stream (`add_tasks`) and marked enqueued (`mark_enqueued`). An XADD that fails leaves the row to
-    the workers' replayer, which adds every stored row whose entry is missing.
+    As the API does with an accepted notification: the row is committed (`queued`, as on its stream),
+    then added to the stream (`add_tasks`); an XADD that fails leaves the row to the workers'
+    replayer, which adds a `queued` row whose entry was not read in time.
     """
+    # On branch i16-lanes until the merge; then this import moves to the top of the module.
     from clarion.db.group_posts import queue_post as store_post
 
-    async with ctx.db.acquire() as conn, conn.transaction():
+    async with ctx.db.acquire() as conn:
         row = await store_post(conn, group, name=post.name, due_at=due_at, text=post.text,
                                parse_mode=post.parse_mode, pin=post.pin, trace_id=uuid.uuid4().hex)
     if row is None:
@@ -135,8 +135,6 @@ async def queue_post(ctx: Context, group: GroupRecord, post: ScheduledPost,
         await add_tasks(ctx.redis, [row.entry()])
     except Exception as exc:  # the row is stored: the replayer adds it
         log.warning("group_post_enqueue_failed", notification_id=str(row.id), error=type(exc).__name__)
-    else:
-        await notifications.mark_enqueued(ctx.db, [row.id])
     post_id: uuid.UUID = row.id
     return post_id
 
