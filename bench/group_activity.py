@@ -77,7 +77,7 @@ async def transactions(pool: Any) -> int:
     return value
 
 
-def burst(chat_id: int, title: str, first_update: int, count: int, members: int) -> list[dict[bytes, bytes]]:
+def burst(chat_id: int, title: str, first_update: int, count: int, members: int) -> list[dict[str, bytes]]:
     now = int(time.time())
     chat = {"id": chat_id, "type": "supergroup", "title": title}
     entries = []
@@ -91,7 +91,7 @@ def burst(chat_id: int, title: str, first_update: int, count: int, members: int)
     return entries
 
 
-async def absorb(redis: Any, chat_id: int, entries: list[dict[bytes, bytes]], deadline: float) -> float:
+async def absorb(redis: Any, chat_id: int, entries: list[dict[str, bytes]], deadline: float) -> float:
     """Put the entries on the chat's partition; seconds until the bot read and acknowledged them all."""
     stream = updates_stream(KEY, update_partition(chat_id, DEFAULT_PARTITIONS))
     groups = await redis.xinfo_groups(stream)
