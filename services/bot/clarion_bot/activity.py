@@ -11,8 +11,9 @@ transaction for every entry it covers.
 
 What a crash loses: nothing. An entry is acknowledged only after the flush that wrote its time, so a
 replica killed with times still in memory leaves their entries pending, and the next holder of the
-partition handles them again (the write is idempotent: GREATEST). A graceful stop flushes what is left
-after the consumer has stopped; if Postgres is away then too, the entries stay pending the same way.
+partition handles them again (the write is idempotent: GREATEST). A partition given back (a graceful
+stop, a rebalance) is flushed first (`UpdateConsumer.before_release`), so that its next holder does not
+handle its entries again; if Postgres is away then, they stay pending the same way.
 
 Postgres away: a flush rides the outage out (`clarion.outages.ride_out`); a flush that gives up puts its
 times and entries back into the buffer (nothing is dropped) and the next round tries again. New messages
@@ -128,7 +129,8 @@ class ActivityBuffer:
                             error=repr(exc)[:300])
 
     async def close(self, tolerance: float = 10.0) -> None:
-        """The last flush, once nothing records any more (graceful stop)."""
+        """Flush what is held, giving up (entries left pending) after `tolerance` s of outage: before a
+        partition is given back, and the last one at a graceful stop."""
         try:
             await self.flush(tolerance)
         except Exception as exc:  # the entries stay pending: the partition's next holder handles them

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -259,7 +259,11 @@ class UpdateConsumer:
                  replica_id: str, partitions: int, lease_ttl_ms: int, read_count: int = 50,
                  max_attempts: int = 3, max_deliveries: int = 5, lag_report_seconds: float = 5.0,
                  max_waiting: int = 1000, retry_base_seconds: float = 0.5,
-                 retry_max_seconds: float = 15.0) -> None:
+                 retry_max_seconds: float = 15.0,
+                 before_release: Callable[[], Awaitable[None]] | None = None) -> None:
+        """`before_release` runs after a partition's worker stopped and before its lease is given back
+        (the activity buffer's flush: the entries it holds are acknowledged before another replica
+        takes the partition over, so that it does not handle them again)."""
         self.redis: Any = redis  # redis-py's stream reply types are too loose to be useful
         self.dispatcher = dispatcher
         self.bot = bot
@@ -273,6 +277,7 @@ class UpdateConsumer:
         self.max_waiting = max_waiting
         self.retry_base_s = retry_base_seconds
         self.retry_max_s = retry_max_seconds
+        self.before_release = before_release
         self.leases = Leases(redis, channel, replica_id, lease_ttl_ms)
         self.ttl_s = lease_ttl_ms / 1000
         self.tick_s = self.ttl_s / 3
@@ -334,6 +339,8 @@ class UpdateConsumer:
     async def _give_back(self, partition: int) -> None:
         worker = self.workers.pop(partition)
         await worker.stop()
+        if self.before_release is not None:
+            await self.before_release()
         with contextlib.suppress(RedisError, OSError):
             await self.leases.release(partition)
         log.info("partition_released", partition=partition)

@@ -103,6 +103,7 @@ async def run(settings: BotSettings, stop: asyncio.Event | None = None, *,
             max_deliveries=settings.bot_max_deliveries, lag_report_seconds=settings.bot_lag_report_seconds,
             max_waiting=settings.bot_max_waiting, retry_base_seconds=settings.bot_retry_base_seconds,
             retry_max_seconds=settings.bot_retry_max_seconds,
+            before_release=lambda: activity.close(tolerance=1.0),  # short: leases kept must be renewed
         )
         log.info("bot_starting", channel=channel.key, replica=replica_id,
                  partitions=settings.update_partitions)
