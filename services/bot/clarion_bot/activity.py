@@ -140,7 +140,9 @@ class ActivityBuffer:
 
 class ActivityMiddleware(BaseMiddleware):
     """Outer middleware of `message`: a member's message in a managed group is recorded in the buffer
-    (and the entry acknowledged by the flush), whatever handler, if any, then takes the message."""
+    (and the entry acknowledged by the flush), whatever handler, if any, then takes the message. Bots'
+    messages and messages sent on behalf of a chat (an anonymous admin, a linked channel) are not a
+    member's."""
 
     def __init__(self, holder: ChannelHolder, buffer: ActivityBuffer) -> None:
         self.holder = holder
@@ -150,7 +152,7 @@ class ActivityMiddleware(BaseMiddleware):
                        event: TelegramObject, data: dict[str, Any]) -> Any:
         if isinstance(event, Message) and event.chat.type in GROUP_CHATS:
             user = event.from_user
-            if user is not None and not user.is_bot:
+            if user is not None and not user.is_bot and event.sender_chat is None:  # not on a chat's behalf
                 group = await data["group_cache"].get(data["db"], self.holder.current.id, event.chat.id)
                 if group is not None:
                     self.buffer.record(group.id, user.id, event.date)
