@@ -245,6 +245,33 @@ CATALOG: dict[str, dict[str, str]] = {
         "ru": "{name}, вы не писали здесь уже {days} дн. Участники, молчащие {remove_days} дн., "
               "удаляются из группы; напишите сообщение, чтобы остаться.",
     },
+    # group commands (clarion_bot.handlers.group_commands)
+    "groups.no_rules": {
+        "en": "This group has no rules set.",
+        "ru": "Для этой группы правила не заданы.",
+    },
+    "groups.report_usage": {
+        "en": "To report a message, reply to it with /report.",
+        "ru": "Чтобы пожаловаться на сообщение, ответьте на него командой /report.",
+    },
+    "groups.report_sent": {
+        "en": "Thank you, the admins have your report.",
+        "ru": "Спасибо, администраторы получили вашу жалобу.",
+    },
+    "groups.report_limited": {
+        "en": "You can send one report a minute. Please try again later.",
+        "ru": "Жалобу можно отправлять раз в минуту. Попробуйте позже.",
+    },
+    "groups.report_unavailable": {
+        "en": "Reports cannot be sent from this group.",
+        "ru": "Из этой группы жалобы отправить нельзя.",
+    },
+    "groups.report": {
+        "en": "Report in {group} by {reporter} (id {reporter_id}) about {author} (id {author_id}):\n\n"
+              "{text}\n\n{link}",
+        "ru": "Жалоба в {group} от {reporter} (id {reporter_id}) на {author} (id {author_id}):\n\n"
+              "{text}\n\n{link}",
+    },
 }
 
 

@@ -109,6 +109,12 @@ def groups_sweep_key(channel: str) -> str:
     return f"tg:lease:{channel}:groups-sweep"
 
 
+def report_limit_key(channel: str, user_id: int) -> str:
+    """Set for a minute when a user's /report went to the admins: one report a minute per user (under
+    `tg:lease:<channel>:`, the prefix a namespace's Redis user already reaches)."""
+    return f"tg:lease:{channel}:report:{user_id}"
+
+
 def dead_letter_stream(stream: str) -> str:
     return f"{stream}:dead"
 

@@ -48,7 +48,9 @@ async def test_a_campaign_to_a_managed_group_reaches_its_active_members_and_nobo
     # The member rows as the bot writes them (joins, leaves, the workers' warnings and removals).
     for user, member_status in [(MEMBER, "member"), (WARNED, "warned"), (LEFT, "left"), (REMOVED, "removed"),
                          (PENDING, "pending"), (NEVER_STARTED, "member")]:
-        await group_rows.set_member(db, group.id, user, member_status)
+        await db.execute("""INSERT INTO group_members (group_id, user_id, status) VALUES ($1, $2, $3)
+                            ON CONFLICT (group_id, user_id) DO UPDATE SET status = EXCLUDED.status""",
+                         group.id, user, member_status)
     # Everyone but NEVER_STARTED has started the bot; OUTSIDER is a subscriber outside the group.
     await add_subscribers(db, channel, [MEMBER, WARNED, LEFT, REMOVED, PENDING, OUTSIDER])
 

@@ -197,12 +197,8 @@ async def mark_applied(db: Db, request: JoinRequest, *, channel_key: str, policy
     return True
 
 
-async def set_member(db: Db, group_id: int, user_id: int, status: str) -> None:
-    """Upsert the member row (`member` also restarts joined and last-seen times)."""
-    await _set_member(db, group_id, user_id, status)
-
-
 async def _set_member(conn: Db, group_id: int, user_id: int, status: str) -> None:
+    """Upsert the member row (`member` also restarts joined and last-seen times)."""
     await conn.execute(
         """INSERT INTO group_members (group_id, user_id, status) VALUES ($1, $2, $3)
            ON CONFLICT (group_id, user_id) DO UPDATE SET status = EXCLUDED.status,
