@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from clarion_dev.cluster import ControlPlane
 from clarion_dev.cluster.launcher import repo_manifests
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.smtp_sink import SmtpSink
+from clarion_dev.testing.processes import stop_popen
 from kubernetes import client as k8s_client
 from kubernetes.client import ApiException
 
@@ -210,12 +210,8 @@ async def run(args: argparse.Namespace) -> None:
         finally:
             if runner is not None:
                 await asyncio.to_thread(runner.stop)
-            if operator is not None and operator.poll() is None:
-                operator.send_signal(signal.SIGTERM)
-                try:
-                    operator.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    operator.kill()
+            if operator is not None:
+                stop_popen(operator)
             await asyncio.to_thread(plane.stop)
             await sink.stop()
 

@@ -43,6 +43,7 @@ from clarion.db import apply_migrations
 from clarion_dev.cluster import ControlPlane
 from clarion_dev.cluster.launcher import repo_manifests
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.processes import stop_popen
 from kubernetes import client as k8s_client
 
 BASE_DSN = os.environ.get("CLARION_DATABASE_URL", "postgresql://clarion@127.0.0.1:55432/postgres")
@@ -222,12 +223,8 @@ async def run(campaigns: int, subscribers: int, steady: float, timeout: float) -
               f"({campaigns / created:.0f}/s), {campaigns} status patches in {patched:.1f}s "
               f"({campaigns / patched:.0f}/s)")
     finally:
-        if operator is not None and operator.poll() is None:
-            operator.send_signal(signal.SIGTERM)
-            try:
-                operator.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                operator.kill()
+        if operator is not None:
+            stop_popen(operator)
         await asyncio.to_thread(plane.stop)
         await emulator.stop()
         admin = await asyncpg.connect(BASE_DSN)

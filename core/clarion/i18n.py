@@ -1,6 +1,7 @@
 # ruff: noqa: RUF001  (Russian text is Cyrillic on purpose)
-"""Every text the bot and the support flow send (the bot's handlers, the webhook's support requests), in
-each language of `BOT_LANGUAGES`, and the translator handlers get as `t`.
+"""Every text the bot and the support flow send (the bot's handlers, the webhook's support requests, the
+group-maintenance workers' inactivity warnings), in each language of `BOT_LANGUAGES`, and the translator
+handlers get as `t`.
 
 A plain catalog rather than gettext: aiogram's I18n middleware needs Babel and compiled `.mo` files,
 which would add a build step for two languages (docs/webhook-and-bot.md).
@@ -237,6 +238,39 @@ CATALOG: dict[str, dict[str, str]] = {
     "groups.answer_late": {
         "en": "Your join request was already decided.",
         "ru": "По вашей заявке на вступление уже есть решение.",
+    },
+    "groups.inactivity_warning": {
+        "en": "{name}, we have not heard from you here for {days} days. Members silent for "
+              "{remove_days} days are removed from the group; write a message to stay.",
+        "ru": "{name}, вы не писали здесь уже {days} дн. Участники, молчащие {remove_days} дн., "
+              "удаляются из группы; напишите сообщение, чтобы остаться.",
+    },
+    # group commands (clarion_bot.handlers.group_commands)
+    "groups.no_rules": {
+        "en": "This group has no rules set.",
+        "ru": "Для этой группы правила не заданы.",
+    },
+    "groups.report_usage": {
+        "en": "To report a message, reply to it with /report.",
+        "ru": "Чтобы пожаловаться на сообщение, ответьте на него командой /report.",
+    },
+    "groups.report_sent": {
+        "en": "Thank you, the admins have your report.",
+        "ru": "Спасибо, администраторы получили вашу жалобу.",
+    },
+    "groups.report_limited": {
+        "en": "You can send one report a minute. Please try again later.",
+        "ru": "Жалобу можно отправлять раз в минуту. Попробуйте позже.",
+    },
+    "groups.report_unavailable": {
+        "en": "Reports cannot be sent from this group.",
+        "ru": "Из этой группы жалобы отправить нельзя.",
+    },
+    "groups.report": {
+        "en": "Report in {group} by {reporter} (id {reporter_id}) about {author} (id {author_id}):\n\n"
+              "{text}\n\n{link}",
+        "ru": "Жалоба в {group} от {reporter} (id {reporter_id}) на {author} (id {author_id}):\n\n"
+              "{text}\n\n{link}",
     },
 }
 

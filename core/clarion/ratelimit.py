@@ -9,11 +9,17 @@ A refused request changes nothing and learns when the next one will be allowed.
 The clock is Redis's (`TIME`), so every replica decides against the same clock and the same state,
 and the decision is atomic: two webhook replicas share one budget exactly. The key expires when the
 TAT has passed, so an idle limit costs no memory. One round trip per decision, no retry loop.
+
+`allow_in_window` is the strict cousin for slow, audited actions (a group's inactivity removals): at
+most `limit` in any `window` seconds, kept as a sorted set of the allowed moments (Redis's clock),
+pruned on each call and expiring one window after the last. GCRA would let up to 2·limit - 1 through in
+one window after an idle spell; this never lets more than `limit`.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 
 import redis.asyncio as aioredis
 
@@ -32,11 +38,28 @@ return {1, 0}
 """
 
 
+_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= limit then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, tonumber(oldest[2]) + window - now}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], math.floor(window / 1000) + 1)
+return {1, 0}
+"""
+
+
 class SharedRateLimit:
     """`allow(key, rate_per_minute, burst)` against state in Redis; safe to share by every task."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._gcra = redis.register_script(_GCRA)
+        self._window = redis.register_script(_WINDOW)
 
     async def allow(self, key: str, rate_per_minute: float, burst: int) -> tuple[bool, float]:
         """(allowed, retry_after_seconds): whether one request under `key` may go now, and if not, how
@@ -47,4 +70,15 @@ class SharedRateLimit:
             raise ValueError(f"burst must be at least 1, got {burst!r}")
         interval_us = max(1, round(60e6 / rate_per_minute))
         allowed, wait_us = await self._gcra(keys=[key], args=[interval_us, burst])
+        return bool(int(allowed)), int(wait_us) / 1e6
+
+    async def allow_in_window(self, key: str, limit: int, window_seconds: float) -> tuple[bool, float]:
+        """(allowed, retry_after_seconds): whether one more action under `key` keeps it at most `limit`
+        in any `window_seconds`; an allowed one is counted. Raises redis errors as they come."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        if not window_seconds > 0 or math.isinf(window_seconds):
+            raise ValueError(f"window_seconds must be a positive number, got {window_seconds!r}")
+        allowed, wait_us = await self._window(keys=[key], args=[max(1, round(window_seconds * 1e6)), limit,
+                                                                secrets.token_hex(8)])
         return bool(int(allowed)), int(wait_us) / 1e6

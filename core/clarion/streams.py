@@ -108,6 +108,12 @@ def groups_sweep_key(channel: str) -> str:
     return f"tg:lease:{channel}:groups-sweep"
 
 
+def report_limit_key(channel: str, user_id: int) -> str:
+    """Set for a minute when a user's /report went to the admins: one report a minute per user (under
+    `tg:lease:<channel>:`, the prefix a namespace's Redis user already reaches)."""
+    return f"tg:lease:{channel}:report:{user_id}"
+
+
 def dead_letter_stream(stream: str) -> str:
     return f"{stream}:dead"
 
@@ -210,8 +216,6 @@ class GroupTaskKind(StrEnum):
     """Warn members silent past warnAfterDays, remove (ban then unban) those past removeAfterDays."""
     ROTATE_INVITE = "rotate-invite"
     """Create the period's invite link (expiry, member limit) and revoke the previous one."""
-    JOIN_REQUEST_SWEEP = "join-request-sweep"
-    """Decline join requests whose rules question went unanswered in time."""
 
 
 class GroupTask(BaseModel):
@@ -225,7 +229,8 @@ class GroupTask(BaseModel):
     chat_id: int
     kind: GroupTaskKind
     slot: int
-    """The period: floor(enqueue time / the kind's period in seconds)."""
+    """The period: the Unix time (s) it began. Periods are counted from the group's phase_since, so a
+    phase change starts new ones; a later period always has a larger slot, across phases too."""
     trace_id: str = Field(max_length=64)
 
     def to_fields(self) -> dict[str, bytes]:

@@ -2,11 +2,13 @@
 status, and put due maintenance on the channel's group-maintenance stream (ADR 0010).
 
 Each pass observes (the channel's row and token, getChatMember on the bot itself, getChat, and
-getChatMemberCount when due, the member rows' counts), decides with `group_logic`, writes the row and
-the status `group_status` builds. An expected refusal (no channel, a missing right, the chat taken,
-Telegram down) is a condition, not an exception: the timer checks again every `group_check_seconds`,
-so granting a right or readying the channel recovers the group without a spec change. The operator
-never acts on members; the workers do, from the stream.
+getChatMemberCount when due, the member rows' counts, the row's lifecycle fields), decides with
+`group_logic`, writes the row (the count into its history, the phase when a threshold moves it) and
+the status `group_status` builds (with the workers' invite link and dry run from the row). An
+expected refusal (no channel, a missing right, the chat taken, Telegram down) is a condition, not an
+exception: the timer checks again every `group_check_seconds`, so granting a right or readying the
+channel recovers the group without a spec change. The operator never acts on members; the workers
+do, from the stream. Scheduled posts have their own timer (`group_schedule`).
 """
 
 from __future__ import annotations
@@ -39,8 +41,11 @@ from clarion_operator.channels import secret_value
 from clarion_operator.context import Context, context, object_lock
 from clarion_operator.group_logic import (
     Check,
-    Periods,
+    CountSample,
+    PhaseObservation,
+    Recorded,
     decide_phase,
+    dry_run_news,
     due_tasks,
     group_conditions,
     group_status,
@@ -137,16 +142,45 @@ def _phase(stored: str) -> GroupPhase | None:
 
 
 async def _enqueue(ctx: Context, bot: _Bot, group: ManagedGroup, row: GroupRecord, phase: GroupPhase,
-                   now: datetime) -> None:
-    settings = ctx.settings
-    periods = Periods(settings.group_inactivity_sweep_seconds, settings.group_invite_rotation_seconds,
-                      settings.group_join_request_sweep_seconds)
+                   phase_since: datetime, now: datetime) -> None:
     stream = group_maintenance_stream(bot.channel)
-    for due in due_tasks(group.spec, phase, periods, now):
+    for due in due_tasks(group.spec, phase, phase_since,
+                         inactivity_sweep_seconds=ctx.settings.group_inactivity_sweep_seconds, now=now):
         task = GroupTask(group_id=row.id, namespace=group.namespace, name=group.name, chat_id=row.chat_id,
                          kind=due.kind, slot=due.slot, trace_id=uuid.uuid4().hex)
         if await add_group_task(ctx.redis, stream, task, due.period_seconds):
             TASKS.labels(due.kind.value).inc()
+
+
+async def _lifecycle(ctx: Context, body: kopf.Body, group: ManagedGroup, row: GroupRecord,
+                     member_count: int | None, now: datetime) -> tuple[GroupPhase, Recorded]:
+    """Record the count for the growth rate, move the phase when a threshold says so (a PhaseChanged
+    Event), and read what the row holds for status."""
+    if member_count is not None:
+        await group_rows.record_member_count(ctx.db, row.id, member_count)
+    lifecycle = group.spec.lifecycle
+    stored = await group_rows.lifecycle(ctx.db, row.id, lifecycle.growth_window_days)
+    if stored is None:  # deleted under us: the delete handler has it
+        return _phase(row.phase) or lifecycle.phase, Recorded()
+    sample = None
+    if stored.window_start_at is not None and stored.window_start_count is not None:
+        sample = CountSample(stored.window_start_at, stored.window_start_count)
+    known = member_count if member_count is not None else row.member_count
+    current = _phase(row.phase)
+    decision = decide_phase(group.spec, PhaseObservation(current, stored.phase_since, known, sample), now)
+    since = stored.phase_since
+    if decision.changed_because is not None:
+        moved = await group_rows.set_phase(ctx.db, row.id, decision.phase)
+        if moved is not None:
+            since = moved
+            moves = f"{current or lifecycle.phase} -> {decision.phase}"
+            kopf.event(body, type="Normal", reason=GroupReason.PHASE_CHANGED,
+                       message=f"{moves}: {decision.changed_because}")
+    recorded = Recorded(phase_since=since, invite_link=stored.invite_link,
+                        invite_link_expires_at=stored.invite_link_expires_at,
+                        dry_run_candidates=stored.dry_run_candidates,
+                        dry_run_candidate_count=stored.dry_run_candidate_count)
+    return decision.phase, recorded
 
 
 async def reconcile_group(group: ManagedGroup, body: kopf.Body, memo: Any, patch: kopf.Patch,
@@ -161,6 +195,7 @@ async def reconcile_group(group: ManagedGroup, body: kopf.Body, memo: Any, patch
     phase = group.status.phase
     title = member_count = None
     activity: GroupActivity | None = None
+    recorded: Recorded | None = None
     if isinstance(bot, Check):
         channel = bot
     else:
@@ -181,21 +216,18 @@ async def reconcile_group(group: ManagedGroup, body: kopf.Body, memo: Any, patch
                                        timeout_seconds=settings.telegram_timeout_seconds)
             rights, title, member_count = chat.rights, chat.title, chat.member_count
             await group_rows.record_chat(ctx.db, row.id, title=title, member_count=member_count)
-            known = member_count if member_count is not None else row.member_count
-            decision = decide_phase(group.spec, _phase(row.phase), known, now)
-            phase = decision.phase
-            if phase != row.phase:
-                await group_rows.set_phase(ctx.db, row.id, phase)
-            if decision.changed_because is not None:
-                kopf.event(body, type="Normal", reason=GroupReason.PHASE_CHANGED,
-                           message=f"phase {decision.phase}: {decision.changed_because}")
+            phase, recorded = await _lifecycle(ctx, body, group, row, member_count, now)
             activity = await group_rows.activity(ctx.db, row.id)
-            if rights.ok:
-                await _enqueue(ctx, bot, group, row, phase, now)
+            if rights.ok and recorded.phase_since is not None:
+                await _enqueue(ctx, bot, group, row, phase, recorded.phase_since, now)
     fresh = group_conditions(channel, rights, taken)
-    status = group_status(group.status, fresh, phase=phase, title=title, member_count=member_count,
-                          activity=activity, generation=group.generation, now=now)
+    status = group_status(group.status, fresh, spec=group.spec, phase=phase, title=title,
+                          member_count=member_count, activity=activity, recorded=recorded,
+                          generation=group.generation, now=now)
     write_status(patch, group.status, status)
+    dry_run = dry_run_news(group.spec, group.status, status)
+    if dry_run is not None:
+        kopf.event(body, type="Normal", reason=GroupReason.DRY_RUN, message=dry_run)
     for cond in changed_conditions(group.status.conditions, fresh):
         if cond.type == ConditionType.READY or cond.status == "False":
             kopf.event(body, type="Normal" if cond.is_true else "Warning", reason=cond.reason,

@@ -88,13 +88,14 @@ class OperatorSettings(CommonSettings):
         default=3600.0, gt=0, le=604800,
         description="Period of a group's inactivity-sweep task (Monitoring phase, inactivity policy set).",
     )
-    group_invite_rotation_seconds: float = Field(
-        default=86400.0, gt=0, le=2592000,
-        description="Period of a group's rotate-invite task (Growth phase).",
+    group_posts_check_seconds: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="Seconds between passes that queue a group's scheduled posts that have come due.",
     )
-    group_join_request_sweep_seconds: float = Field(
-        default=60.0, gt=0, le=86400,
-        description="Period of a group's join-request-sweep task (join policy rules).",
+    group_posts_catch_up_seconds: float = Field(
+        default=3600.0, gt=0, le=604800,
+        description="A scheduled post's occurrence found later than this after its time (the operator was "
+                    "down, the group not Ready) is skipped with a Warning Event instead of posted late.",
     )
     max_concurrent_reconciles: int = Field(
         default=16, ge=1, le=1000, description="Campaign and channel passes running at once (bounds memory)."

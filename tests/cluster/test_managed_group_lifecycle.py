@@ -121,12 +121,13 @@ async def test_group_becomes_ready_with_its_member_count_row_and_maintenance_the
     cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bot-token"},
                    "stringData": {"token": token}})
     cluster.apply(_channel(telegram_emulator))
-    cluster.apply(_group("runners"))
+    cluster.apply(_group("runners", inviteLinks={"rotateEveryHours": 24}))
 
     obj = await cluster.condition("runners", "Ready", "True", "GroupReady")
 
     status = obj["status"]
     assert (status["phase"], status["title"], status["memberCount"]) == ("Growth", "Runners", 4)
+    assert "phaseSince" in status and "targetMembers" not in status
     assert _condition(obj, "ChannelReady")["status"] == "True"
     assert "can_invite_users" in _condition(obj, "BotHasRights")["message"]
     row = await db.fetchrow("SELECT * FROM managed_groups WHERE namespace = $1 AND name = 'runners'",
@@ -147,7 +148,7 @@ async def test_group_becomes_ready_with_its_member_count_row_and_maintenance_the
         await admin.session.close()
     await cluster.until("memberCount 5", lambda: _status(cluster, "runners").get("memberCount") == 5)
 
-    # Growth: one rotate-invite entry per period, however many passes ran in it.
+    # inviteLinks: one rotate-invite entry per period, however many passes ran in it.
     start = _passes(operator, kube_namespace, "runners")
     await cluster.until("three more passes",
                         lambda: _passes(operator, kube_namespace, "runners") >= start + 3)
@@ -223,3 +224,97 @@ async def test_a_missing_admin_right_is_named_without_a_crash_loop_and_granting_
     log = operator.log(100_000)
     assert "Traceback" not in log
     assert operator.proc is not None and operator.proc.poll() is None
+
+
+def _events(cluster: Cluster, name: str, reason: str) -> list[str]:
+    found = sorted((e for e in cluster.events(name) if e["reason"] == reason),
+                   key=lambda e: e["metadata"]["creationTimestamp"])
+    return [e["message"] for e in found]
+
+
+def _phase_changes(cluster: Cluster, count: int) -> list[str] | None:
+    """The group club's PhaseChanged messages, oldest first, once there are `count`."""
+    found = _events(cluster, "club", "PhaseChanged")
+    return found if len(found) >= count else None
+
+
+def _status_with(cluster: Cluster, key: str, value: Any) -> dict[str, Any] | None:
+    status = _status(cluster, "club")
+    return status if status.get(key) == value else None
+
+
+async def test_phase_moves_at_its_thresholds_both_ways_with_events_a_new_link_and_the_dry_run_in_status(
+    telegram_emulator: Emulator, operator_factory: OperatorFactory, control_plane: ControlPlane,
+    kube_namespace: str, db: asyncpg.Pool, redis: aioredis.Redis,
+) -> None:
+    token = _world(telegram_emulator)
+    operator = operator_factory(FAST)
+    cluster = Cluster(control_plane, kube_namespace, operator)
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bot-token"},
+                   "stringData": {"token": token}})
+    cluster.apply(_channel(telegram_emulator))
+    lifecycle = {"growthUntilMembers": 10, "growthForDays": 30, "regrowBelowMembers": 4}
+    spec = {"inviteLinks": {"rotateEveryHours": 24},
+            "inactivity": {"warnAfterDays": 7, "removeAfterDays": 14, "dryRun": True}}
+    cluster.apply(_group("club", lifecycle=lifecycle, **spec))
+    obj = await cluster.condition("club", "Ready", "True", "GroupReady")
+    assert (obj["status"]["phase"], obj["status"]["targetMembers"], obj["status"]["memberCount"]) == (
+        "Growth", 10, 4)
+    group_id = await db.fetchval("SELECT id FROM managed_groups WHERE namespace = $1 AND name = 'club'",
+                                 kube_namespace)
+    assert await db.fetchval("SELECT count(*) FROM group_member_counts WHERE group_id = $1", group_id) == 1
+
+    # 31 days in Growth (the clock moved by moving phase_since back): growthForDays moves it.
+    await db.execute("UPDATE managed_groups SET phase_since = now() - interval '31 days' WHERE id = $1",
+                     group_id)
+    moved = await cluster.until("PhaseChanged to Monitoring", lambda: _phase_changes(cluster, 1))
+    assert moved == ["Growth -> Monitoring: 31.0 days in Growth reached growthForDays (30)"]
+    status = await cluster.until("status phase Monitoring",
+                                 lambda: _status_with(cluster, "phase", "Monitoring"))
+    since = await db.fetchval("SELECT phase_since FROM managed_groups WHERE id = $1", group_id)
+    assert status["phaseSince"] == since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    async def kinds(count: int) -> Any:
+        tasks = await _tasks(redis, kube_namespace)
+        return tasks if len(tasks) >= count else None
+
+    # A new link at once for the new phase (a later slot), and Monitoring's sweep (a dry run: it lists).
+    tasks = await cluster.until("the new phase's tasks", lambda: kinds(3))
+    assert [t.kind for t in tasks] == [GroupTaskKind.ROTATE_INVITE, GroupTaskKind.ROTATE_INVITE,
+                                       GroupTaskKind.INACTIVITY_SWEEP]
+    assert tasks[1].slot > tasks[0].slot and tasks[2].slot == tasks[1].slot
+
+    # What the maintenance worker records (the link it made, the dry run's list) shows in status.
+    await db.execute(
+        """UPDATE managed_groups SET invite_link = 'https://t.me/+clarionTest', invite_link_slot = $2,
+                  invite_link_expires_at = '2031-01-01T00:00:00Z', dry_run_candidates = '{702,703}',
+                  dry_run_candidate_count = 2, dry_run_at = now() WHERE id = $1""", group_id, tasks[1].slot)
+    status = await cluster.until("the dry run in status",
+                                 lambda: _status_with(cluster, "dryRunCandidateCount", 2))
+    assert status["dryRunCandidates"] == [BOB, DAVE]
+    assert (status["inviteLink"], status["inviteLinkExpiresAt"]) == ("https://t.me/+clarionTest",
+                                                                     "2031-01-01T00:00:00Z")
+    assert _events(cluster, "club", "DryRun") == [f"would remove 2 members: {BOB}, {DAVE}"]
+
+    # Dave leaves: 3 members, below regrowBelowMembers (4): back to Growth, and another new link.
+    await telegram_emulator.leave_group(CHAT, DAVE)
+    regrown = await cluster.until("PhaseChanged back to Growth", lambda: _phase_changes(cluster, 2))
+    assert regrown[1] == "Monitoring -> Growth: 3 members fell below regrowBelowMembers (4)"
+    tasks = await cluster.until("the regrown phase's link", lambda: kinds(4))
+    assert tasks[3].kind == GroupTaskKind.ROTATE_INVITE and tasks[3].slot > tasks[2].slot
+
+    # Growth rate: a week in Growth and 3 members a week ago as now: below minGrowthPerDay.
+    cluster.apply(_group("club", lifecycle={"minGrowthPerDay": 1, "growthWindowDays": 7}, **spec))
+    await db.execute(
+        """INSERT INTO group_member_counts (group_id, at, member_count)
+           VALUES ($1, now() - interval '7 days' + interval '1 minute', 3)""", group_id)
+    await db.execute("UPDATE managed_groups SET phase_since = now() - interval '8 days' WHERE id = $1",
+                     group_id)
+    slowed = await cluster.until("PhaseChanged on the growth rate", lambda: _phase_changes(cluster, 3))
+    assert slowed[2] == ("Growth -> Monitoring: grew 0.00 members/day over the last 7.0 days (3 -> 3), "
+                         "below minGrowthPerDay (1)")
+    final = await cluster.until("status phase Monitoring again",
+                                lambda: _status_with(cluster, "phase", "Monitoring"))
+    assert "targetMembers" not in final  # growthUntilMembers is gone from the spec
+    log = operator.log(100_000)
+    assert "Traceback" not in log

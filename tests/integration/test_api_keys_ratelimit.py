@@ -71,3 +71,25 @@ async def test_nonsense_limits_are_refused(redis: aioredis.Redis) -> None:
         await limit.allow("k", 0, 1)
     with pytest.raises(ValueError, match="burst"):
         await limit.allow("k", 10, 0)
+
+
+async def test_window_allows_at_most_the_limit_in_any_window_and_frees_as_the_oldest_ages_out(
+        redis_url: str) -> None:
+    a_client, b_client = aioredis.Redis.from_url(redis_url), aioredis.Redis.from_url(redis_url)
+    try:
+        a, b = SharedRateLimit(a_client), SharedRateLimit(b_client)
+        key = "tg:rl:1:group-removals:-100"
+        answers = [await (a if i % 2 else b).allow_in_window(key, 3, 1.0) for i in range(6)]
+        assert [ok for ok, _ in answers] == [True] * 3 + [False] * 3  # however many replicas ask
+        assert all(0 < wait <= 1.0 for ok, wait in answers if not ok)
+        assert 0 < await a_client.pttl(key) <= 2000  # the record goes with the window
+
+        async def allowed_now() -> bool:
+            return (await a.allow_in_window(key, 3, 1.0))[0]
+
+        freed: bool = await async_wait_for(allowed_now, timeout=5, interval=0.01, what="a slot freed")
+        assert freed
+        assert not (await b.allow_in_window(key, 1, 1.0))[0]  # a smaller limit sees the same record
+    finally:
+        await a_client.aclose()
+        await b_client.aclose()

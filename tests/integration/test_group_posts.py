@@ -22,7 +22,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from clarion.db import api_keys as keys
-from clarion.db import group_posts
+from clarion.db import group_posts, groups
 from clarion.db.groups import GroupRecord
 from clarion.models import ApiKeySecret
 from clarion.streams import add_tasks, group_posts_stream
@@ -86,7 +86,7 @@ async def world(db: asyncpg.Pool, redis: aioredis.Redis, telegram_emulator: Emul
             "VALUES ('shop', $1, $2, $3, $4)",
             name, channel, chat, {"channelRef": {"name": "alerts" if channel == channel_id else "other"},
                                   "chatId": chat})
-    group = await group_posts.live_group(db, "shop", "club")
+    group = await groups.get_group_by_name(db, "shop", "club")
     assert group is not None
     return World(db, redis, telegram_emulator, bot.token, channel_id, group)
 

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from clarion.db import campaigns as cq
 from clarion.db import channels as chq
-from clarion.db import create_pool, subscribers, support
+from clarion.db import create_pool, group_activity, subscribers, support
 from clarion.db import tenancy as q
 from clarion.redis import create_redis
 from clarion.streams import (
@@ -287,6 +287,29 @@ async def test_a_namespace_role_runs_every_bot_and_sender_query(ctx: Context, db
                              channel_id) == 1  # the migrated group's row moved
     assert await db.fetchval("SELECT status FROM deliveries WHERE campaign_id = $1 AND chat_id = 12",
                              campaign_id) == "blocked"
+
+
+async def test_a_namespace_role_records_group_activity_of_its_own_groups_only(
+        ctx: Context, db: asyncpg.Pool) -> None:
+    a, b = await seed(db, "team-a", BOT_A), await seed(db, "team-b", BOT_B)
+    await db.execute("UPDATE group_members SET status = 'warned', warned_at = now() - interval '1 day', "
+                     "last_activity_at = now() - interval '40 days'")
+    await tenancy.ensure_runtime_secret(ctx, "team-a")
+    pool = await create_pool(secret_of(ctx, "team-a")["database-url"], min_size=1, max_size=2)
+    now = datetime.now(UTC)
+    try:
+        await group_activity.record_seen(pool, [a["group"], a["group"]], [11, 12], [now, now])
+        await group_activity.member_joined(pool, a["group"], 13)
+        await group_activity.member_left(pool, a["group"], 12)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):  # another namespace's group: row security
+            await group_activity.member_joined(pool, b["group"], 13)
+        await group_activity.record_seen(pool, [b["group"]], [11], [now])  # skipped: not its group
+    finally:
+        await pool.close()
+    rows = {(r["group_id"], r["user_id"]): (r["status"], r["warned_at"] is None) for r in await db.fetch(
+        "SELECT group_id, user_id, status, warned_at FROM group_members")}
+    assert rows == {(a["group"], 11): ("member", True), (a["group"], 12): ("left", True),
+                    (a["group"], 13): ("member", True), (b["group"], 11): ("warned", False)}
 
 
 async def test_the_sender_claim_keeps_its_index_under_row_security(ctx: Context, db: asyncpg.Pool) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import string
 
 import pytest
+from aiogram.types import Chat
 from clarion.db.channels import ChannelRecord
 from clarion.i18n import CATALOG, Translator, pick_language
 from clarion.keys import split_channel_key
 from clarion.models.channel import BOT_LANGUAGES
+from clarion_bot.handlers.group_commands import message_link
 from clarion_bot.handlers.language import LanguageChoice, language_keyboard
 from clarion_bot.leases import fair_share, preferred_order
 from clarion_bot.limits import takes_a_slot
@@ -84,3 +86,13 @@ def test_support_references_name_the_thread_and_nothing_else_parses_as_one() -> 
     assert support.parse_reference(support.reference("reply", 7)) == ("reply", 7)
     for other in (None, "", "order-17", "support-reply:", "support-reply:x1", "support-other:3"):
         assert support.parse_reference(other) is None
+
+
+@pytest.mark.parametrize(("chat", "link"), [
+    ({"id": -1001234567, "type": "supergroup", "username": "bookclub"}, "https://t.me/bookclub/42"),
+    ({"id": -1001234567, "type": "supergroup"}, "https://t.me/c/1234567/42"),
+    ({"id": -4001, "type": "group"}, None),
+])
+def test_a_reported_message_links_by_username_else_by_the_supergroups_id(
+        chat: dict[str, object], link: str | None) -> None:
+    assert message_link(Chat.model_validate(chat), 42) == link

@@ -18,7 +18,7 @@ import uuid
 from datetime import datetime
 
 from clarion.db import notifications as q
-from clarion.db.groups import _GROUP_COLUMNS, GroupRecord, _group
+from clarion.db.groups import GroupRecord
 from clarion.db.subscribers import Db
 from clarion.models.campaign import ParseMode
 from clarion.models.notification import Content
@@ -68,11 +68,3 @@ async def queue_post(conn: Db, group: GroupRecord, *, name: str | None, due_at: 
     except _Taken:
         return None
     return row
-
-
-async def live_group(db: Db, namespace: str, name: str) -> GroupRecord | None:
-    """The live (not deleted) ManagedGroup row of `namespace`/`name`, if any."""
-    row = await db.fetchrow(
-        f"""SELECT {_GROUP_COLUMNS} FROM managed_groups
-            WHERE namespace = $1 AND name = $2 AND deleted_at IS NULL""", namespace, name)  # noqa: S608
-    return _group(row) if row is not None else None

@@ -197,12 +197,8 @@ async def mark_applied(db: Db, request: JoinRequest, *, channel_key: str, policy
     return True
 
 
-async def set_member(db: Db, group_id: int, user_id: int, status: str) -> None:
-    """Upsert the member row (`member` also restarts joined and last-seen times)."""
-    await _set_member(db, group_id, user_id, status)
-
-
 async def _set_member(conn: Db, group_id: int, user_id: int, status: str) -> None:
+    """Upsert the member row (`member` also restarts joined and last-seen times)."""
     await conn.execute(
         """INSERT INTO group_members (group_id, user_id, status) VALUES ($1, $2, $3)
            ON CONFLICT (group_id, user_id) DO UPDATE SET status = EXCLUDED.status,
@@ -321,12 +317,6 @@ async def record_chat(db: Db, group_id: int, *, title: str | None, member_count:
         group_id, title, member_count)
 
 
-async def set_phase(db: Db, group_id: int, phase: str) -> None:
-    """The lifecycle phase the workers act on (inactivity is enforced in Monitoring)."""
-    await db.execute("UPDATE managed_groups SET phase = $2, updated_at = now() WHERE id = $1 AND phase <> $2",
-                     group_id, phase)
-
-
 async def activity(db: Db, group_id: int) -> GroupActivity:
     """Counts of the group's member rows by status, and the latest activity of any member."""
     record = await db.fetchrow(
@@ -351,3 +341,87 @@ async def mark_group_deleted(db: asyncpg.Pool, namespace: str, name: str, uid: s
             return False
         await conn.execute("DELETE FROM group_members WHERE group_id = $1", group_id)
     return True
+
+
+# --- the operator's side: lifecycle, counts history, scheduled posts --------------------------
+
+@dataclass(frozen=True)
+class GroupLifecycle:
+    """The row's lifecycle fields: when the phase began, what the maintenance workers recorded (the
+    invite link, the dry run's candidates), up to when posts were looked for, and the oldest member
+    count within the growth window."""
+
+    phase_since: datetime
+    invite_link: str | None
+    invite_link_expires_at: datetime | None
+    dry_run_candidates: list[int] | None
+    dry_run_candidate_count: int | None
+    posts_checked_at: datetime
+    window_start_at: datetime | None
+    window_start_count: int | None
+
+
+MEMBER_COUNT_KEEP_DAYS = 90
+"""group_member_counts rows older than this are dropped (growthWindowDays is at most 90)."""
+
+
+async def lifecycle(db: Db, group_id: int, window_days: int) -> GroupLifecycle | None:
+    """The row's lifecycle fields; the window's oldest count is the first recorded in the last
+    `window_days` (Postgres's clock)."""
+    record = await db.fetchrow(
+        """SELECT g.phase_since, g.invite_link, g.invite_link_expires_at, g.dry_run_candidates,
+                  g.dry_run_candidate_count, g.posts_checked_at, c.at AS window_start_at,
+                  c.member_count AS window_start_count
+           FROM managed_groups g
+           LEFT JOIN LATERAL (SELECT at, member_count FROM group_member_counts
+                              WHERE group_id = g.id AND at >= now() - make_interval(days => $2)
+                              ORDER BY at LIMIT 1) c ON true
+           WHERE g.id = $1""",
+        group_id, window_days)
+    return GroupLifecycle(**dict(record)) if record is not None else None
+
+
+async def record_member_count(db: Db, group_id: int, member_count: int) -> None:
+    """Keep the count for the growth rate: at most one row per hour per group (a count read within the
+    hour after the last row is not kept), and rows older than MEMBER_COUNT_KEEP_DAYS dropped."""
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """INSERT INTO group_member_counts (group_id, member_count)
+               SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM group_member_counts
+                                               WHERE group_id = $1 AND at > now() - interval '1 hour')""",
+            group_id, member_count)
+        await conn.execute(
+            """DELETE FROM group_member_counts
+               WHERE group_id = $1 AND at < now() - make_interval(days => $2)""",
+            group_id, MEMBER_COUNT_KEEP_DAYS)
+
+
+async def set_phase(db: Db, group_id: int, phase: str) -> datetime | None:
+    """Move the lifecycle phase the workers act on (inactivity is enforced in Monitoring); phase_since
+    becomes now. Returns the new phase_since, None when the row was in `phase` already."""
+    since: datetime | None = await db.fetchval(
+        """UPDATE managed_groups SET phase = $2, phase_since = now(), updated_at = now()
+           WHERE id = $1 AND phase <> $2 RETURNING phase_since""",
+        group_id, phase)
+    return since
+
+
+async def get_group_by_name(db: Db, namespace: str, name: str) -> GroupRecord | None:
+    """The live row of ManagedGroup namespace/name."""
+    row = await db.fetchrow(
+        f"""SELECT {_GROUP_COLUMNS} FROM managed_groups
+            WHERE namespace = $1 AND name = $2 AND deleted_at IS NULL""", namespace, name)  # noqa: S608
+    return _group(row) if row is not None else None
+
+
+async def posts_checked_at(db: Db, group_id: int) -> datetime | None:
+    checked: datetime | None = await db.fetchval(
+        "SELECT posts_checked_at FROM managed_groups WHERE id = $1", group_id)
+    return checked
+
+
+async def set_posts_checked(db: Db, group_id: int, checked_at: datetime) -> None:
+    """Due occurrences up to `checked_at` have been queued (or skipped); never moves backwards."""
+    await db.execute(
+        """UPDATE managed_groups SET posts_checked_at = $2
+           WHERE id = $1 AND posts_checked_at < $2""", group_id, checked_at)

@@ -19,11 +19,16 @@ calls:
 - tenants: the role's own mapping row (`clarion_tenant_namespace()` runs as the caller);
 - notifications: SELECT, UPDATE of the send columns (worker `claim`, `settle`, `retry_later`, the
   replayer's `due_for_enqueue` and `mark_enqueued`); no INSERT (the API accepts as the system role);
-- managed_groups: SELECT (bot: the group of a join request); group_members: SELECT, INSERT, UPDATE of
-  the status and times (bot: pending, member, declined); group_join_requests: SELECT, INSERT, UPDATE (bot:
+- managed_groups: SELECT (bot: the group of a join request or message); group_members: SELECT, INSERT,
+  UPDATE of the status and times (bot: pending, member, declined, left; last-seen times; a warned member
+  who speaks again); group_join_requests: SELECT, INSERT, UPDATE (bot:
   the requests and their decisions); group_welcomes: SELECT, INSERT, DELETE (bot: welcomes to delete);
+- group-maintenance workers (`clarion.db.group_maintenance`): group_members UPDATE of `status`,
+  `warned_at`, `removed_at` (warned, removed, left, readmitted); managed_groups UPDATE of the invite link
+  and dry-run columns only (never spec, phase or the operator's figures);
 - audit_log: INSERT only, of rows naming one of the namespace's channels in `details.channel` (the bot's
-  join decisions; migration 0014's policy), and its id sequence; never SELECT;
+  join decisions, the workers' warnings and removals; migration 0014's policy), and its id sequence;
+  never SELECT;
 - nothing on api_keys, idempotency_keys, schema_migrations.
 
 Passwords never reach the server in clear: roles get a SCRAM-SHA-256 verifier computed here, so a
@@ -85,6 +90,15 @@ TENANT_PRIVILEGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("INSERT", "group_welcomes", ("group_id", "chat_id", "message_id", "delete_at")),
     ("DELETE", "group_welcomes", None),
     ("INSERT", "audit_log", ("actor", "action", "subject", "details")),
+    # the group-maintenance workers: inactivity warnings and removals, dry runs, invite links
+    # (clarion.db.group_maintenance; their audit rows use the INSERT on audit_log above)
+    ("UPDATE", "group_members", ("warned_at", "removed_at")),
+    ("UPDATE", "managed_groups", ("invite_link", "invite_link_expires_at", "invite_link_slot",
+                                  "dry_run_candidates", "dry_run_candidate_count", "dry_run_at")),
+    # the bot: group members' last-seen times and membership (clarion.db.group_activity): a member row
+    # created with its joined and seen times; a warned member who speaks again is a member (warned_at,
+    # granted above)
+    ("INSERT", "group_members", ("joined_at", "last_activity_at")),
     # the notification worker: claim, settle, retry, replay (clarion.db.notifications)
     ("SELECT", "notifications", None),
     ("UPDATE", "notifications", ("status", "attempts", "last_error", "provider_message_id", "sent_at",

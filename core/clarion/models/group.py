@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
+from croniter import CroniterError, croniter
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from clarion.models.base import (
@@ -46,6 +48,9 @@ class GroupReason(StrEnum):
     NOT_CHECKED = "NotChecked"
     GROUP_READY = "GroupReady"
     PHASE_CHANGED = "PhaseChanged"
+    DRY_RUN = "DryRun"
+    POST_QUEUED = "PostQueued"
+    POST_SKIPPED = "PostSkipped"
 
 
 AnswerText = Annotated[str, Field(min_length=1, max_length=200)]
@@ -342,7 +347,19 @@ class ScheduledPost(CamelModel):
             raise ValueError("exactly one of at or cron must be set")
         if self.at is not None:
             parse_schedule_time(self.at, self.time_zone)
+        if self.cron is not None:
+            _check_cron(self.cron)
         return self
+
+
+def _check_cron(cron: str) -> None:
+    """A schedule croniter reads and that comes at least once (not "0 9 31 2 *")."""
+    if not croniter.is_valid(cron):
+        raise ValueError(f"cron {cron!r} is not a valid five-field schedule")
+    try:
+        croniter(cron, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
+    except CroniterError as exc:
+        raise ValueError(f"cron {cron!r} never comes") from exc
 
 
 class ManagedGroupSpec(CamelModel):

@@ -4,10 +4,12 @@ Every call is a JSON POST to `<apiBaseUrl>/bot<token>/<method>`; the answer's `r
 plain JSON, and anything but `ok: true` raises `BotApiError` with Telegram's `error_code`,
 `description` and `parameters` (`retry_after`, `migrate_to_chat_id`).
 
-The operator (getMe, getWebhookInfo, setWebhook, deleteWebhook) and the campaign sender
-(sendMessage, sendPhoto) use it instead of aiogram's `Bot`: aiogram builds a pydantic model for every
-request and validates every answer into a full `Message`, which measured as most of the sender's CPU
-per message, and importing it costs ~1.3 s of CPU and ~150 MB per process (docs/sender.md,
+The operator (getMe, getWebhookInfo, setWebhook, deleteWebhook, getChatMember, getChat), the campaign
+sender (sendMessage, sendPhoto), the notification workers (sendMessage, pinChatMessage) and the group-
+maintenance workers (sendMessage, getChatMember, getChatAdministrators, banChatMember, unbanChatMember,
+createChatInviteLink, revokeChatInviteLink) use it instead of aiogram's `Bot`: aiogram builds a pydantic
+model for every request and validates every answer into a full `Message`, which measured as most of the
+sender's CPU per message, and importing it costs ~1.3 s of CPU and ~150 MB per process (docs/sender.md,
 docs/operator.md). The bot service, which handles updates, stays on aiogram.
 """
 
@@ -149,9 +151,73 @@ class BotApi:
     async def delete_webhook(self) -> None:
         await self.call("deleteWebhook")
 
+    # --- group administration (the group-maintenance workers; the bot does the same through aiogram) ---
+
+    async def send_message(self, chat_id: int, text: str, *, parse_mode: str | None = None) -> int:
+        """Send a text message; its message_id."""
+        message = await self.call("sendMessage", chat_id=chat_id, text=text, parse_mode=parse_mode)
+        return int(message["message_id"])
+
+    async def get_chat_member(self, chat_id: int, user_id: int) -> ChatMember:
+        return ChatMember.from_api(await self.call("getChatMember", chat_id=chat_id, user_id=user_id))
+
+    async def get_chat_administrators(self, chat_id: int) -> list[ChatMember]:
+        """The chat's administrators and its creator (bots among them)."""
+        return [ChatMember.from_api(m) for m in await self.call("getChatAdministrators", chat_id=chat_id)]
+
+    async def ban_chat_member(self, chat_id: int, user_id: int) -> None:
+        """Remove the user from the group and keep them out until unbanned."""
+        await self.call("banChatMember", chat_id=chat_id, user_id=user_id)
+
+    async def unban_chat_member(self, chat_id: int, user_id: int, *, only_if_banned: bool = True) -> None:
+        """Lift a ban so the user may join again (only_if_banned: never remove a current member)."""
+        await self.call("unbanChatMember", chat_id=chat_id, user_id=user_id, only_if_banned=only_if_banned)
+
+    async def create_chat_invite_link(self, chat_id: int, *, name: str | None = None,
+                                      expire_date: int | None = None, member_limit: int | None = None,
+                                      creates_join_request: bool | None = None) -> str:
+        """A new additional invite link; Telegram refuses member_limit with creates_join_request."""
+        link = await self.call("createChatInviteLink", chat_id=chat_id, name=name, expire_date=expire_date,
+                               member_limit=member_limit, creates_join_request=creates_join_request)
+        return str(link["invite_link"])
+
+    async def revoke_chat_invite_link(self, chat_id: int, invite_link: str) -> None:
+        await self.call("revokeChatInviteLink", chat_id=chat_id, invite_link=invite_link)
+
     async def pin_chat_message(self, chat_id: int, message_id: int, *,
                                disable_notification: bool = True) -> None:
         """Pin a message in a chat (in a group the bot needs the can_pin_messages right); silently by
         default, so the pin itself does not notify every member again."""
         await self.call("pinChatMessage", chat_id=chat_id, message_id=message_id,
                         disable_notification=disable_notification)
+
+
+@dataclass(frozen=True)
+class ChatMember:
+    """The part of a ChatMember object Clarion reads: who, and their status in the chat
+    (creator, administrator, member, restricted, left, kicked)."""
+
+    user_id: int
+    status: str
+    first_name: str
+    is_bot: bool = False
+    language_code: str | None = None
+    is_member: bool = True
+    """For status restricted: whether the user is still in the chat."""
+
+    @classmethod
+    def from_api(cls, member: dict[str, Any]) -> ChatMember:
+        user = member.get("user") or {}
+        return cls(user_id=int(user["id"]), status=str(member.get("status") or ""),
+                   first_name=str(user.get("first_name") or ""), is_bot=bool(user.get("is_bot")),
+                   language_code=user.get("language_code"), is_member=bool(member.get("is_member", True)))
+
+    @property
+    def in_chat(self) -> bool:
+        """Still in the chat."""
+        return self.status in ("creator", "administrator", "member") or (
+            self.status == "restricted" and self.is_member)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.status in ("creator", "administrator")

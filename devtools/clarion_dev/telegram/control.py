@@ -113,8 +113,10 @@ def routes(emu: Emulator) -> dict[tuple[str, str], Handler]:
         return await emu.user_sends(str(args["token"]), _int(args, "user_id"), str(args["text"]))
 
     async def user_sends_in_group(args: dict[str, Any]) -> Any:
+        reply_to = args.get("reply_to")
         return await emu.user_sends_in_group(str(args["token"]), _int(args, "chat_id"),
-                                             _int(args, "user_id"), str(args["text"]))
+                                             _int(args, "user_id"), str(args["text"]),
+                                             None if reply_to is None else _int(args, "reply_to"))
 
     async def press_button(args: dict[str, Any]) -> Any:
         chat_id = args.get("chat_id")

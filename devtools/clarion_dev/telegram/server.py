@@ -389,6 +389,7 @@ class Emulator:
         """Move the user from `old` to `new` ("member", "left", "kicked") and send `chat_member` to every
         bot that is an administrator of the group (queued if it asked for chat_member in allowed_updates).
         Returns each such bot's update by bot id."""
+        group.member_changes.append((user_id, old, new))
         if new == "member":
             group.members.add(user_id)
             group.banned.discard(user_id)
@@ -543,7 +544,9 @@ class Emulator:
         payload = self._message_payload(bot, self.private_chat(user), log, user, text)
         return self._enqueue(bot, "message", payload)
 
-    async def user_sends_in_group(self, token: str, chat_id: int, user_id: int, text: str) -> dict[str, Any]:
+    async def user_sends_in_group(self, token: str, chat_id: int, user_id: int, text: str,
+                                  reply_to: int | None = None) -> dict[str, Any]:
+        """A member writes in the group (`reply_to`: as a reply to that message of the group)."""
         bot = self.bot(token)
         user = self._user(user_id)
         group = self.groups.get(chat_id)
@@ -551,7 +554,18 @@ class Emulator:
             raise ValueError(f"unknown or migrated group {chat_id}")
         if user_id not in group.members:
             raise ValueError(f"user {user_id} is not a member of {chat_id}")
-        payload = self._message_payload(bot, self.group_chat(group), group.log, user, text)
+        chat = self.group_chat(group)
+        replied = None
+        if reply_to is not None:
+            replied = group.log.messages.get(reply_to)
+            if replied is None:
+                raise ValueError(f"no message {reply_to} in {chat_id}")
+        payload = self._message_payload(bot, chat, group.log, user, text)
+        if replied is not None:
+            author = ({"id": replied.sender_id, "is_bot": True, "first_name": "bot"} if replied.from_bot
+                      else self._user(replied.sender_id).as_dict())
+            payload["reply_to_message"] = {"message_id": replied.message_id, "from": author, "chat": chat,
+                                           "date": replied.date, "text": replied.text or ""}
         return self._enqueue(bot, "message", payload)
 
     async def press_button(self, token: str, user_id: int, message_id: int, data: str,

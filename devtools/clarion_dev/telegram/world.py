@@ -170,6 +170,10 @@ class Group:
     invite_links: dict[str, InviteLink] = field(default_factory=dict)
     join_request_links: dict[int, str] = field(default_factory=dict)
     """Pending join requests that came through an invite link: user id -> the link."""
+    member_changes: list[tuple[int, str, str]] = field(default_factory=list)
+    """Every membership change, in order: (user id, old status, new status), statuses as in chat_member
+    ("member", "left", "kicked"); e.g. a ban then unban of a member is (id, member, kicked),
+    (id, kicked, left)."""
 
     def rights_of(self, bot_id: int) -> frozenset[str] | None:
         """The bot's administrator rights in this group; None when it is not an administrator."""

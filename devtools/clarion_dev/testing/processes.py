@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 from collections.abc import Iterable
+from typing import Any
 
 
 async def stop_processes(procs: Iterable[asyncio.subprocess.Process], grace: float = 20.0) -> None:
@@ -20,3 +22,16 @@ async def stop_processes(procs: Iterable[asyncio.subprocess.Process], grace: flo
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+def stop_popen(proc: subprocess.Popen[Any], grace: float = 20.0) -> None:
+    """`stop_processes` for one `subprocess.Popen`: SIGTERM if it still runs, wait up to `grace`
+    seconds, then SIGKILL. It has exited when this returns."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

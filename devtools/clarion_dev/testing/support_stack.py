@@ -44,7 +44,7 @@ import httpx
 from clarion.db import api_keys as keys
 from clarion.keys import channel_key
 from clarion.models import ApiKeySecret, EmailSettings
-from clarion.models.channel import TelegramSettings
+from clarion.models.channel import DEFAULT_ALLOWED_UPDATES, TelegramSettings
 from clarion.telegram.webapp import sign_init_data, webapp_secret
 from clarion_operator import store
 from clarion_operator.channel_logic import stored_config
@@ -308,7 +308,8 @@ async def support_stack(emulator: Emulator, sink: SmtpSink, db: asyncpg.Pool, da
         assert ready
         bot = aiogram_bot(emulator, token)
         try:  # what the operator does for a channel with spec.telegram.webhook
-            await bot.set_webhook(f"{base_url}/tg/webhook/{DESK_KEY}", secret_token=WEBHOOK_SECRET)
+            await bot.set_webhook(f"{base_url}/tg/webhook/{DESK_KEY}", secret_token=WEBHOOK_SECRET,
+                                  allowed_updates=list(DEFAULT_ALLOWED_UPDATES))
         finally:
             await bot.session.close()
         await processes.start("worker-desk", str(BIN / "clarion-worker"), "--channel", DESK_KEY)

@@ -10,6 +10,9 @@ unreachable) leaves the entry pending and holds it back in memory with every lat
 other chats' entries go on being handled (those whose handlers need no Postgres are answered). The
 held-back chats are tried again, head first, with backoff, until their entries go through; a worker
 holding `max_waiting` entries stops reading new ones until some went through.
+
+A handler may take over an entry's acknowledgement (`Receipt.holder`): the group activity buffer does,
+and acknowledges its entries after the flush that wrote them to Postgres (clarion_bot.activity).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import structlog
@@ -58,6 +62,36 @@ log = get_logger("clarion.bot")
 _IDLE_CONSUMER_MS = 10 * 60 * 1000
 _ATTEMPTS_TTL_MS = 7 * 24 * 3600 * 1000
 _RETRY_AFTER_CAP_S = 60.0
+
+
+class AckHolder(Protocol):
+    def hold(self, receipt: Receipt) -> None:
+        """Acknowledge the entry later (after its own durable write)."""
+
+
+@dataclass
+class Receipt:
+    """The entry a handling is about, passed to handlers as `receipt`: a handler that sets `holder`
+    acknowledges it itself; the consumer hands it over once the handling went through."""
+
+    stream: str
+    entry_id: bytes
+    recovered: bool
+    holder: AckHolder | None = None
+
+
+async def ack_entries(redis: Any, receipts: Sequence[Receipt]) -> None:
+    """XACK the entries (one transaction), forgetting the delivery counts of those taken over."""
+    by_stream: dict[str, list[Receipt]] = {}
+    for receipt in receipts:
+        by_stream.setdefault(receipt.stream, []).append(receipt)
+    async with redis.pipeline(transaction=True) as pipe:
+        for stream, mine in by_stream.items():
+            pipe.xack(stream, BOT_GROUP, *(r.entry_id for r in mine))
+            recovered = [r.entry_id for r in mine if r.recovered]
+            if recovered:
+                pipe.hdel(attempts_key(stream), *recovered)
+        await pipe.execute()
 
 
 @dataclass
@@ -225,7 +259,11 @@ class UpdateConsumer:
                  replica_id: str, partitions: int, lease_ttl_ms: int, read_count: int = 50,
                  max_attempts: int = 3, max_deliveries: int = 5, lag_report_seconds: float = 5.0,
                  max_waiting: int = 1000, retry_base_seconds: float = 0.5,
-                 retry_max_seconds: float = 15.0) -> None:
+                 retry_max_seconds: float = 15.0,
+                 before_release: Callable[[], Awaitable[None]] | None = None) -> None:
+        """`before_release` runs after a partition's worker stopped and before its lease is given back
+        (the activity buffer's flush: the entries it holds are acknowledged before another replica
+        takes the partition over, so that it does not handle them again)."""
         self.redis: Any = redis  # redis-py's stream reply types are too loose to be useful
         self.dispatcher = dispatcher
         self.bot = bot
@@ -239,6 +277,7 @@ class UpdateConsumer:
         self.max_waiting = max_waiting
         self.retry_base_s = retry_base_seconds
         self.retry_max_s = retry_max_seconds
+        self.before_release = before_release
         self.leases = Leases(redis, channel, replica_id, lease_ttl_ms)
         self.ttl_s = lease_ttl_ms / 1000
         self.tick_s = self.ttl_s / 3
@@ -300,6 +339,8 @@ class UpdateConsumer:
     async def _give_back(self, partition: int) -> None:
         worker = self.workers.pop(partition)
         await worker.stop()
+        if self.before_release is not None:
+            await self.before_release()
         with contextlib.suppress(RedisError, OSError):
             await self.leases.release(partition)
         log.info("partition_released", partition=partition)
@@ -330,11 +371,12 @@ class UpdateConsumer:
                 await self._dead_letter(stream, entry_id, fields, "too_many_deliveries",
                                         f"handling started {tries} times")
                 return True
+        receipt = Receipt(stream, entry_id, recovered)
         attempt = 0
         while True:
             attempt += 1
             try:
-                result = await self.dispatcher.feed_raw_update(self.bot, envelope.update)
+                result = await self.dispatcher.feed_raw_update(self.bot, envelope.update, receipt=receipt)
             except Exception as exc:
                 failure = judge(exc)
                 if failure.verdict is Verdict.WAIT:  # the whole bot is throttled: wait, do not count it
@@ -356,7 +398,10 @@ class UpdateConsumer:
                 HANDLING_SECONDS.observe(time.perf_counter() - started)
                 return True
             break
-        await self._ack(stream, entry_id, recovered)
+        if receipt.holder is not None:
+            receipt.holder.hold(receipt)
+        else:
+            await self._ack(stream, entry_id, recovered)
         outcome = "unhandled" if result is UNHANDLED else "handled"
         UPDATES_HANDLED.labels(outcome).inc()
         HANDLING_SECONDS.observe(time.perf_counter() - started)
@@ -379,10 +424,7 @@ class UpdateConsumer:
         if not recovered:
             await self.redis.xack(stream, BOT_GROUP, entry_id)
             return
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(stream, BOT_GROUP, entry_id)
-            pipe.hdel(attempts_key(stream), entry_id)
-            await pipe.execute()
+        await ack_entries(self.redis, [Receipt(stream, entry_id, recovered)])
 
     async def _dead_letter(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes],
                            reason: str, error: str) -> None:

@@ -14,6 +14,7 @@ from aiogram.methods import AnswerCallbackQuery, CopyMessage, EditMessageText, S
 from aiogram.methods.base import Response
 from clarion.models import PUBLIC_BOT_API
 
+from clarion_bot.activity import ActivityBuffer, ActivityMiddleware
 from clarion_bot.context import ChannelHolder, install_context
 from clarion_bot.group_joins import GroupCache
 from clarion_bot.handlers import routers
@@ -25,13 +26,19 @@ RESPONSE_TYPES = tuple(Response[m.__returning__]  # type: ignore[name-defined]
                        for m in (SendMessage, EditMessageText, AnswerCallbackQuery, CopyMessage))
 
 
-def build_dispatcher(*, db: Any, redis: aioredis.Redis, holder: ChannelHolder) -> Dispatcher:
-    """Handlers get `db` (asyncpg pool), `group_cache`, `channel`, `language` and `t` injected by keyword."""
+def build_dispatcher(*, db: Any, redis: aioredis.Redis, holder: ChannelHolder,
+                     activity: ActivityBuffer | None = None) -> Dispatcher:
+    """Handlers get `db` (asyncpg pool), `redis`, `group_cache`, `channel`, `language` and `t` injected by
+    keyword. Group members' messages are recorded in `activity` (a buffer of its own when not given;
+    whoever runs the dispatcher flushes it: `dp["activity"]`)."""
     storage = RedisStorage(redis, key_builder=DefaultKeyBuilder(prefix=f"fsm:{holder.current.key}"))
     dp = Dispatcher(storage=storage)
     dp["db"] = db
+    dp["redis"] = redis
     dp["holder"] = holder
     dp["group_cache"] = GroupCache()
+    dp["activity"] = activity or ActivityBuffer(db=db, redis=redis)
+    dp.message.outer_middleware(ActivityMiddleware(holder, dp["activity"]))
     dp.include_routers(*routers())
     install_context(dp, holder)
     return dp

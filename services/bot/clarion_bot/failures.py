@@ -2,7 +2,8 @@
 
 - `WAIT` — 429 (`TelegramRetryAfter`; the session middleware already paused the bot in every pod):
   wait retry_after, run the handler again; not counted.
-- `OUTAGE` — Postgres unreachable (`clarion.outages.database_unavailable`);
+- `OUTAGE` — Postgres unreachable (`clarion.outages.database_unavailable`); the group activity buffer
+  full of entries waiting for a flush (`ActivityBacklog`: Postgres away, clarion_bot.activity);
   Telegram 5xx, network errors, timeouts, undecodable answers; 401 (a revoked token: nothing can be
   answered until it is replaced). The entry stays pending and is tried again with backoff until it
   goes through; not counted toward any limit.
@@ -34,6 +35,10 @@ class Verdict(enum.Enum):
     ERROR = "error"
 
 
+class ActivityBacklog(Exception):
+    """Too many entries wait for a group activity flush (Postgres away): this one is held back."""
+
+
 @dataclass(frozen=True)
 class Failure:
     """A verdict with its reason (a metric label value and the dead letter's `reason`) and the error text."""
@@ -59,4 +64,6 @@ def judge(exc: BaseException) -> Failure:
         return Failure(Verdict.PERMANENT, f"telegram_{outcome.value}", classified.error)
     if database_unavailable(exc):
         return Failure(Verdict.OUTAGE, "database_unavailable", error)
+    if isinstance(exc, ActivityBacklog):
+        return Failure(Verdict.OUTAGE, "activity_backlog", error)
     return Failure(Verdict.ERROR, "handler_error", error)

@@ -34,6 +34,7 @@ from clarion.db.groups import Decision, GroupRecord, JoinRequest
 from clarion.i18n import Translator, pick_language
 from clarion.logging import get_logger
 from clarion.metrics import counter
+from clarion.models.group import JoinRequests
 from clarion.streams import groups_sweep_key
 
 from clarion_bot.context import ChannelHolder
@@ -100,14 +101,19 @@ def card_keyboard(group: GroupRecord, user_id: int, staff: Translator) -> Inline
     ]])
 
 
+def join_policy(group: GroupRecord) -> JoinRequests:
+    """The join handling of the group's current phase (Monitoring's stricter one when the spec sets it)."""
+    return group.spec.join_requests_in(group.phase)
+
+
 def card_chat(group: GroupRecord, channel: ChannelRecord) -> int | None:
     """Where policy manual's cards go: the group's adminChatId, else the channel's supportChatId."""
-    return group.spec.join_requests.admin_chat_id or channel.support_chat_id
+    return join_policy(group).admin_chat_id or channel.support_chat_id
 
 
 def rules_verdict(group: GroupRecord, requester: Requester) -> str | None:
     """The reason policy rules declines the requester for, or None when the checks pass."""
-    rules = group.spec.join_requests.rules
+    rules = join_policy(group).rules
     if rules is None:
         return None
     if rules.require_username and not requester.username:
@@ -180,7 +186,7 @@ async def apply(bot: Bot, db: Any, channel: ChannelRecord, group: GroupRecord, r
         if not any(marker in exc.message for marker in _DONE_ALREADY):
             raise
         log.info("join_request_gone", group=group.id, error=exc.message)
-    policy = group.spec.join_requests.policy
+    policy = join_policy(group).policy
     if not await groups.mark_applied(db, request, channel_key=channel.key, policy=policy):
         return  # another handler applied it first
     JOIN_DECISIONS.labels(policy, request.status).inc()
@@ -189,7 +195,7 @@ async def apply(bot: Bot, db: Any, channel: ChannelRecord, group: GroupRecord, r
     if approved:
         await send_welcome(bot, db, group, request.first_name, request.language)
     else:
-        rules = group.spec.join_requests.rules
+        rules = join_policy(group).rules
         if rules is not None and rules.decline_message and policy == "rules":
             with contextlib.suppress(TelegramForbiddenError, TelegramBadRequest):  # the DM window closed
                 await bot.send_message(request.user_chat_id, rules.decline_message)

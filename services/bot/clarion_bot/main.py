@@ -22,6 +22,7 @@ from clarion.metrics import serve_metrics
 from clarion.redis import create_redis
 from clarion.telegram.limiter import RateLimiter, RateLimits
 
+from clarion_bot.activity import ActivityBuffer
 from clarion_bot.consumer import UpdateConsumer
 from clarion_bot.context import ChannelHolder
 from clarion_bot.dispatcher import build_bot, build_dispatcher
@@ -91,7 +92,10 @@ async def run(settings: BotSettings, stop: asyncio.Event | None = None, *,
         bot.session.middleware(FollowMigratedChat())  # outermost: the call again at the new id is limited
         bot.session.middleware(SharedRateLimit(limiter))
         holder = ChannelHolder(channel)
-        dp = build_dispatcher(db=db, redis=redis, holder=holder)
+        activity = ActivityBuffer(db=db, redis=redis, flush_seconds=settings.bot_activity_flush_seconds,
+                                  flush_entries=settings.bot_activity_flush_entries,
+                                  max_held=settings.bot_activity_max_held)
+        dp = build_dispatcher(db=db, redis=redis, holder=holder, activity=activity)
         consumer = UpdateConsumer(
             redis=redis, dispatcher=dp, bot=bot, channel=channel.key, replica_id=replica_id,
             partitions=settings.update_partitions, lease_ttl_ms=settings.bot_lease_ttl_ms,
@@ -99,6 +103,7 @@ async def run(settings: BotSettings, stop: asyncio.Event | None = None, *,
             max_deliveries=settings.bot_max_deliveries, lag_report_seconds=settings.bot_lag_report_seconds,
             max_waiting=settings.bot_max_waiting, retry_base_seconds=settings.bot_retry_base_seconds,
             retry_max_seconds=settings.bot_retry_max_seconds,
+            before_release=lambda: activity.close(tolerance=1.0),  # short: leases kept must be renewed
         )
         log.info("bot_starting", channel=channel.key, replica=replica_id,
                  partitions=settings.update_partitions)
@@ -111,12 +116,14 @@ async def run(settings: BotSettings, stop: asyncio.Event | None = None, *,
         group_sweep = GroupSweep(redis=redis, db=db, bot=bot, holder=holder, storage=dp.storage,
                                  replica_id=replica_id, sweep_seconds=settings.bot_groups_sweep_seconds)
         sweeper = asyncio.create_task(group_sweep.run(stop), name="group-sweep")
+        flusher = asyncio.create_task(activity.run(stop), name="group-activity")
         try:
             await consumer.run(stop)
         finally:
             refresher.cancel()
             stop.set()
-            await asyncio.wait([follower, sweeper])  # they return once `stop` is set, after the work in hand
+            await asyncio.wait([follower, sweeper, flusher])  # they return once `stop` is set
+            await activity.close()  # the consumer has stopped: nothing records any more
             await limiter.close()
             await bot.session.close()
         log.info("bot_stopped", channel=channel.key, replica=replica_id)

@@ -47,3 +47,12 @@ class BotSettings(CommonSettings):
                                             description="How often one replica sweeps Postgres for managed "
                                                         "groups' join questions past their deadline, "
                                                         "unapplied decisions and welcomes due for deletion.")
+    bot_activity_flush_seconds: float = Field(default=1.0, gt=0, le=60,
+                                              description="How often group members' last-seen times are "
+                                                          "written to Postgres (one statement a flush).")
+    bot_activity_flush_entries: int = Field(default=2000, ge=1, le=100_000,
+                                            description="Members (or updates) buffered that start a flush "
+                                                        "before the period ends.")
+    bot_activity_max_held: int = Field(default=50_000, ge=1, le=1_000_000,
+                                       description="Group updates waiting for a flush (Postgres away) "
+                                                   "after which more are held back as in an outage.")

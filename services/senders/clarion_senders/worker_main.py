@@ -31,13 +31,14 @@ from clarion.metrics import serve_metrics
 from clarion.models import GROUP_LANES, PUBLIC_BOT_API, EmailSettings, WorkerLane
 from clarion.outages import ride_out
 from clarion.redis import create_redis
-from clarion.streams import GROUP_MAINTENANCE_LANE, LANES, GroupTask, group_maintenance_stream
+from clarion.streams import GROUP_MAINTENANCE_LANE, LANES, group_maintenance_stream
 from clarion.telegram.botapi import BotApi, InvalidTokenFormat
 from clarion.telegram.limiter import RateLimiter, RateLimits
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from clarion_senders.group_lanes import GroupLaneConsumer, GroupLaneOptions, GroupTaskHandler
+from clarion_senders.group_maintenance import GroupMaintenance
 from clarion_senders.settings import WorkerSettings
 from clarion_senders.transports import EmailTransport, TelegramTransport
 from clarion_senders.worker import FatalWorkerError, NotificationWorker, Transport, WorkerOptions
@@ -138,21 +139,8 @@ def _email_transport(settings: WorkerSettings, channel: ChannelRecord) -> EmailT
 
 def group_task_handler(*, pool: asyncpg.Pool, redis: Redis, api: BotApi, limiter: RateLimiter,
                        channel: ChannelRecord) -> GroupTaskHandler:
-    """The handler of the group-maintenance lane's tasks (ADR 0010).
-
-    MERGE POINT: `clarion_senders.group_maintenance.GroupMaintenance(pool=pool, redis=redis, api=api,
-    limiter=limiter, channel=channel)` is the handler; it is built on another branch. Until it is
-    plugged in here, every task fails with `NoGroupMaintenance` and is dead-lettered after its
-    attempts (nothing is lost: the operator's timers add each period's tasks again).
-    """
-    return NoGroupMaintenance()
-
-
-class NoGroupMaintenance:
-    """Refuses every task: this build has no group maintenance (see `group_task_handler`)."""
-
-    async def handle(self, task: GroupTask) -> None:
-        raise RuntimeError(f"this worker cannot do {task.kind}: it has no group maintenance handler")
+    """The handler of the group-maintenance lane's tasks (ADR 0010): the ManagedGroup maintenance."""
+    return GroupMaintenance(pool=pool, redis=redis, api=api, limiter=limiter, channel=channel)
 
 
 async def run_worker(settings: WorkerSettings, lanes: tuple[str, ...]) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import asyncpg
-from clarion.db import group_posts
+from clarion.db import group_posts, groups
 from clarion.db import notifications as q
 from clarion.db.api_keys import ApiKeyRow
 from clarion.logging import get_logger
@@ -86,7 +86,7 @@ async def _accept(request: Request, name: str, body: GroupPostRequest, caller: A
     namespace = caller.namespace
     try:
         async with state.db.acquire() as conn:
-            group = await group_posts.live_group(conn, namespace, name)
+            group = await groups.get_group_by_name(conn, namespace, name)
         channel = None if group is None else await state.channels.get_by_id(group.channel_id)
     except _DB_ERRORS as exc:
         raise _unavailable() from exc

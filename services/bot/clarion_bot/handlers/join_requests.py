@@ -12,7 +12,7 @@ from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.fsm.storage.base import BaseStorage
 from aiogram.types import CallbackQuery, ChatJoinRequest, ChatMemberUpdated, Message
-from clarion.db import groups
+from clarion.db import group_activity, groups
 from clarion.db.channels import ChannelRecord
 from clarion.db.groups import GroupRecord
 from clarion.i18n import Translator
@@ -26,6 +26,7 @@ from clarion_bot.group_joins import (
     card_chat,
     card_keyboard,
     decide,
+    join_policy,
     question_key,
     rules_verdict,
     send_welcome,
@@ -53,7 +54,7 @@ async def join_request(event: ChatJoinRequest, bot: Bot, db: Any, channel: Chann
     request = await groups.record_request(
         db, group.id, user_id=user.id, user_chat_id=event.user_chat_id, first_name=user.first_name,
         username=user.username, language=user.language_code, request_date=int(event.date.timestamp()))
-    policy = group.spec.join_requests.policy
+    policy = join_policy(group).policy
     if request.status in ("approved", "declined"):  # handled before (this update again): finish the job
         if request.applied_at is None:
             await apply(bot, db, channel, group, request)
@@ -66,7 +67,7 @@ async def join_request(event: ChatJoinRequest, bot: Bot, db: Any, channel: Chann
             await post_card(bot, db, channel, group, event)
     elif request.status == "pending":  # rules; an asked request (this update again) waits for its answer
         reason = rules_verdict(group, requester)
-        rules = group.spec.join_requests.rules
+        rules = join_policy(group).rules
         question = rules.question if rules is not None else None
         if reason is not None:
             await decide(bot, db, channel, group, user.id, "declined", reason=reason)
@@ -138,7 +139,7 @@ async def question_answered(message: Message, state: FSMContext, bot: Bot, db: A
         return
     request = waiting[0]
     group = await groups.get_group_by_id(db, request.group_id)
-    rules = group.spec.join_requests.rules if group is not None else None
+    rules = join_policy(group).rules if group is not None else None
     question = rules.question if rules is not None else None
     if group is None or question is None:
         await state.clear()
@@ -157,12 +158,13 @@ async def question_answered(message: Message, state: FSMContext, bot: Bot, db: A
 
 async def member_joined(event: ChatMemberUpdated, bot: Bot, db: Any, channel: ChannelRecord,
                         group_cache: GroupCache) -> None:
-    """A member joined without a request the bot approved (invite link, added by an admin): welcome."""
+    """A member joined (or came back): `member` from now; welcomed unless the bot approved the request
+    (it welcomed then)."""
     group = await group_cache.get(db, channel.id, event.chat.id)
     if group is None:
         return
     user = event.new_chat_member.user
-    await groups.set_member(db, group.id, user.id, "member")
+    await group_activity.member_joined(db, group.id, user.id)
     if not event.via_join_request:  # approved joins were welcomed when approved
         await send_welcome(bot, db, group, user.first_name, user.language_code)
 
