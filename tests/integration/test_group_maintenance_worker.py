@@ -64,7 +64,7 @@ async def test_a_rotate_invite_task_makes_the_period_s_link_and_the_stopped_work
             return row if row["invite_link"] is not None else None
 
         try:
-            row = await async_wait_for(rotated, timeout=60, interval=0.2, what="the invite link made")
+            row: Any = await async_wait_for(rotated, timeout=60, interval=0.2, what="the invite link made")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{log_path.read_text(errors='replace')}") from None
         [link] = telegram_emulator.groups[CHAT].invite_links.values()
@@ -75,7 +75,8 @@ async def test_a_rotate_invite_task_makes_the_period_s_link_and_the_stopped_work
             summary: Any = await redis.xpending(stream, WORKER_GROUP)
             return int(summary["pending"]) == 0 or None
 
-        await async_wait_for(acknowledged, timeout=30, interval=0.2, what="the entry acknowledged")
+        done: bool = await async_wait_for(acknowledged, timeout=30, what="the entry acknowledged")
+        assert done
         worker.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(worker.wait(), 30) == 0, log_path.read_text(errors="replace")
         assert await redis.xinfo_consumers(stream, WORKER_GROUP) == []
