@@ -184,6 +184,18 @@ def test_each_field_comes_from_the_most_specific_level_that_sets_it() -> None:
         engine="keda", max_replicas=6, target_lag_per_replica=1000, scale_down_cooldown_seconds=30)
 
 
+def test_a_group_lane_idles_at_zero_unless_its_own_overrides_set_a_floor() -> None:
+    cluster = WorkerAutoscaling.model_validate({"minReplicas": 2,
+                                                "lanes": {"groupMaintenance": {"minReplicas": 1}}})
+    channel = WorkerAutoscaling.model_validate({"minReplicas": 1, "maxReplicas": 4,
+                                                "lanes": {"groupPosts": {"minReplicas": 3}}})
+    assert channel.policy("instant", cluster).min_replicas == 1
+    assert channel.policy("group-posts", cluster).min_replicas == 3
+    assert channel.policy("group-maintenance", cluster).min_replicas == 1
+    assert WorkerAutoscaling(min_replicas=2).policy("group-maintenance").min_replicas == 0
+    assert WorkerAutoscaling(min_replicas=2).policy("group-maintenance").max_replicas == 10
+
+
 def test_the_engine_can_differ_per_lane() -> None:
     channel = WorkerAutoscaling.model_validate({"lanes": {"bulk": {"engine": "keda"}}})
     assert (channel.policy("instant").engine, channel.policy("bulk").engine) == ("operator", "keda")

@@ -354,17 +354,24 @@ class WorkerAutoscaling(LaneAutoscaling):
         """The settings of `lane`: each field from the most specific level that sets it (this lane's
         overrides, this object, the cluster's lane overrides, the cluster's own, `ScalingPolicy`).
 
+        A group lane (group-posts, group-maintenance) takes minReplicas only from its own overrides
+        (the channel's `lanes`, then the cluster's), else 0: a channel's floor for its notification
+        lanes does not keep idle pods for groups it may not have.
+
         minReplicas and maxReplicas found on different levels may disagree (a channel's maxReplicas 3
         under a cluster's minReplicas 5): the bound set on the more specific level wins and the other
         one moves to it, so every combination of valid levels resolves.
         """
-        levels = [level for level in (self.lanes and self.lanes.of(lane), self,
-                                      cluster and cluster.lanes and cluster.lanes.of(lane), cluster)
-                  if level is not None]
+        candidates = ((self.lanes and self.lanes.of(lane), True), (self, False),
+                      (cluster and cluster.lanes and cluster.lanes.of(lane), True), (cluster, False),
+                      (ScalingPolicy(), False))
+        levels = [(level, own) for level, own in candidates if level is not None]
         found: dict[str, object] = {}
         rank: dict[str, int] = {}
-        for depth, level in enumerate([*levels, ScalingPolicy()]):
+        for depth, (level, own) in enumerate(levels):
             for name, value in level.model_dump(exclude_none=True, exclude={"lanes"}).items():
+                if name == "min_replicas" and lane in GROUP_LANES and not own and depth < len(levels) - 1:
+                    continue  # a group lane idles at zero unless its own overrides say otherwise
                 if name not in found:
                     found[name], rank[name] = value, depth
         low, high = found["min_replicas"], found["max_replicas"]
