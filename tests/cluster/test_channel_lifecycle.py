@@ -19,6 +19,7 @@ from clarion.telegram.webapp import webapp_secret
 from clarion_dev.cluster import ControlPlane
 from clarion_dev.smtp_sink import SmtpSink
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.cluster import Kubectl
 from clarion_dev.testing.operator import Operator, OperatorFactory
 from clarion_dev.testing.waiting import async_wait_for, wait_for
 
@@ -26,23 +27,6 @@ pytestmark = pytest.mark.cluster
 
 GROUP = "clarion.io"
 HOOK_BASE = "https://hooks.clarion.test/"
-
-
-class Kubectl:
-    def __init__(self, control_plane: ControlPlane, namespace: str) -> None:
-        self.control_plane, self.namespace = control_plane, namespace
-
-    def run(self, *args: str, input_text: str | None = None) -> str:
-        result = self.control_plane.kubectl("-n", self.namespace, *args, check=False, input_text=input_text)
-        assert result.returncode == 0, result.stdout + result.stderr
-        return str(result.stdout)
-
-    def apply(self, obj: dict[str, Any]) -> None:
-        self.run("apply", "-f", "-", input_text=json.dumps(obj))
-
-    def get(self, resource: str, name: str) -> dict[str, Any] | None:
-        out = self.run("get", resource, name, "-o", "json", "--ignore-not-found")
-        return json.loads(out) if out.strip() else None
 
 
 @pytest.fixture

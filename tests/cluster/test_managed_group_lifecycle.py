@@ -16,6 +16,7 @@ from clarion.keys import channel_key
 from clarion.streams import GroupTask, GroupTaskKind, group_maintenance_stream
 from clarion_dev.cluster import ControlPlane
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.cluster import Kubectl
 from clarion_dev.testing.operator import Operator, OperatorFactory
 from clarion_dev.testing.telegram import aiogram_bot
 from clarion_dev.testing.waiting import async_wait_for
@@ -29,23 +30,12 @@ OWNER, BOB, DAVE, ERIN = 701, 702, 703, 704
 FAST = {"CLARION_GROUP_CHECK_SECONDS": "1", "CLARION_GROUP_MEMBER_COUNT_SECONDS": "1"}
 
 
-class Cluster:
+class Cluster(Kubectl):
     """kubectl in the test's namespace, and waits that show the operator's log when they fail."""
 
     def __init__(self, control_plane: ControlPlane, namespace: str, operator: Operator) -> None:
-        self.control_plane, self.namespace, self.operator = control_plane, namespace, operator
-
-    def run(self, *args: str, input_text: str | None = None) -> str:
-        result = self.control_plane.kubectl("-n", self.namespace, *args, check=False, input_text=input_text)
-        assert result.returncode == 0, result.stdout + result.stderr
-        return str(result.stdout)
-
-    def apply(self, obj: dict[str, Any]) -> None:
-        self.run("apply", "-f", "-", input_text=json.dumps(obj))
-
-    def get(self, resource: str, name: str) -> dict[str, Any] | None:
-        out = self.run("get", resource, name, "-o", "json", "--ignore-not-found")
-        return json.loads(out) if out.strip() else None
+        super().__init__(control_plane, namespace)
+        self.operator = operator
 
     def events(self, name: str) -> list[dict[str, Any]]:
         out = self.run("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")

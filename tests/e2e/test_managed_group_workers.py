@@ -14,10 +14,10 @@ from clarion_dev.cluster import ControlPlane
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.telegram import Emulator
 from clarion_dev.testing.cluster import KubeApis
-from clarion_dev.testing.operator import OperatorFactory
+from clarion_dev.testing.operator import Operator, OperatorFactory
 
 from tests.cluster.test_managed_group_lifecycle import GROUPS, Cluster, _condition
-from tests.e2e.conftest import make_channel
+from tests.e2e.conftest import Channel, make_channel
 
 pytestmark = pytest.mark.e2e
 
@@ -48,10 +48,16 @@ async def _members(db: asyncpg.Pool, namespace: str, name: str, rows: list[tuple
     return group_id
 
 
-def _world(emulator: Emulator) -> None:
+async def _community(emulator: Emulator, operator: Operator, k8s: KubeApis, control_plane: ControlPlane,
+                     namespace: str, db: asyncpg.Pool) -> tuple[Channel, Cluster]:
+    """The channel `community` (its group lanes from zero to one pod) and the group Runners in Telegram:
+    Olga its owner, four members, the channel's bot an administrator."""
+    channel = await make_channel(k8s, namespace, emulator, operator, db, name="community",
+                                 autoscaling=SCALING)
     for user, name in ((OWNER, "Olga"), (ACTIVE, "Ann"), (IDLE, "Ivan"), (GONE, "Gus"), (EXEMPT, "Eve")):
         emulator.add_user(user, name)
     emulator.add_group(CHAT, "Runners", members=[ACTIVE, IDLE, GONE, EXEMPT], admins=[OWNER])
+    return channel, Cluster(control_plane, namespace, operator)
 
 
 async def test_the_workers_warn_and_remove_idle_members_rotate_the_link_and_post_on_schedule(
@@ -59,10 +65,7 @@ async def test_the_workers_warn_and_remove_idle_members_rotate_the_link_and_post
     control_plane: ControlPlane, kube_namespace: str, db: asyncpg.Pool,
 ) -> None:
     operator = operator_factory(FAST)
-    channel = await make_channel(k8s, kube_namespace, telegram_emulator, operator, db, name="community",
-                                 autoscaling=SCALING)
-    _world(telegram_emulator)
-    cluster = Cluster(control_plane, kube_namespace, operator)
+    channel, cluster = await _community(telegram_emulator, operator, k8s, control_plane, kube_namespace, db)
     soon = (datetime.now(UTC) + timedelta(seconds=15)).strftime("%Y-%m-%dT%H:%M:%SZ")
     cluster.apply(_group(
         "runners", lifecycle={"phase": "Monitoring"},
@@ -121,10 +124,7 @@ async def test_a_dry_run_lists_whom_it_would_remove_in_status_and_an_event_and_r
     control_plane: ControlPlane, kube_namespace: str, db: asyncpg.Pool,
 ) -> None:
     operator = operator_factory(FAST)
-    channel = await make_channel(k8s, kube_namespace, telegram_emulator, operator, db, name="community",
-                                 autoscaling=SCALING)
-    _world(telegram_emulator)
-    cluster = Cluster(control_plane, kube_namespace, operator)
+    channel, cluster = await _community(telegram_emulator, operator, k8s, control_plane, kube_namespace, db)
     cluster.apply(_group("runners", lifecycle={"phase": "Monitoring"},
                          inactivity={"warnAfterDays": 7, "removeAfterDays": 30, "dryRun": True,
                                      "exemptUserIds": [EXEMPT]}))

@@ -16,6 +16,7 @@ developer machine and fail in CI (CI=true). A control plane that has binaries bu
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -196,3 +197,23 @@ def pytest_runtest_makereport(
         for path in sorted(runner.logs_dir.glob("*.log")):
             report.sections.append((f"pod log {path.name}", tail(path, 40)))
     return report
+
+
+class Kubectl:
+    """kubectl in one namespace of a control plane, as a person would run it; a failed command fails
+    the test with kubectl's own output."""
+
+    def __init__(self, control_plane: ControlPlane, namespace: str) -> None:
+        self.control_plane, self.namespace = control_plane, namespace
+
+    def run(self, *args: str, input_text: str | None = None) -> str:
+        result = self.control_plane.kubectl("-n", self.namespace, *args, check=False, input_text=input_text)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return str(result.stdout)
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        self.run("apply", "-f", "-", input_text=json.dumps(obj))
+
+    def get(self, resource: str, name: str) -> dict[str, Any] | None:
+        out = self.run("get", resource, name, "-o", "json", "--ignore-not-found")
+        return json.loads(out) if out.strip() else None
