@@ -19,6 +19,7 @@ from clarion.db import apply_migrations
 pytest_plugins = [
     "clarion_dev.testing.telegram",
     "clarion_dev.testing.smtp",
+    "clarion_dev.testing.push",
     "clarion_dev.testing.cluster",
     "clarion_dev.testing.operator",
     "clarion_dev.testing.servers",

@@ -33,15 +33,18 @@ def webhook_endpoint(base_url: str, namespace: str, name: str) -> str:
     return f"{base_url.rstrip('/')}/tg/webhook/{channel_key(namespace, name)}"
 
 
-def stored_config(section: Section) -> dict[str, Any]:
+def stored_config(section: Section, vapid_public_key: str | None = None) -> dict[str, Any]:
     """The channel's section as stored in `channels.config`: camelCase, every default filled in, no
-    Secret references."""
+    Secret references; a webpush channel's also holds its VAPID public key (`vapidPublicKey`), once
+    the key was found valid."""
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items() if not k.endswith("SecretRef")}
         return value
 
     config: dict[str, Any] = strip(section.to_k8s())
+    if vapid_public_key is not None:
+        config["vapidPublicKey"] = vapid_public_key
     return config
 
 
@@ -97,6 +100,7 @@ class ChannelCheck:
     bot_id: int | None = None
     bot_username: str | None = None
     webhook_url: str | None = None
+    vapid_public_key: str | None = None  # web push: the public key of a valid VAPID private key
 
     @property
     def ready(self) -> bool:
@@ -154,6 +158,7 @@ def channel_status(old: NotificationChannelStatus, check: ChannelCheck, conditio
         "bot_username": check.bot_username if check.bot_id is not None else old.bot_username,
         "webhook_url": check.webhook_url if telegram else None,
         "webhook_secret_name": webhook_secret_name,
+        "vapid_public_key": check.vapid_public_key,
     })
 
 

@@ -142,10 +142,11 @@ async def _check_email(ctx: Context, namespace: str, email: EmailSettings) -> Ch
 
 
 async def _check_webpush(ctx: Context, namespace: str, webpush: WebPushSettings) -> ChannelCheck:
-    key = await secret_value(ctx, namespace, webpush.vapid_private_key_secret_ref)
+    ref = webpush.vapid_private_key_secret_ref
+    key = await secret_value(ctx, namespace, ref)
     if isinstance(key, Verdict):
         return ChannelCheck(key)
-    return ChannelCheck(Verdict.passed(ChannelReason.KEY_PRESENT, "the VAPID private key is readable"))
+    return credential_checks.check_vapid_key(key, f"{namespace}/{ref.name} key {ref.key!r}")
 
 
 async def _ensure_bot(ctx: Context, channel: NotificationChannel, body: kopf.Body,
@@ -172,6 +173,8 @@ async def _ensure_workers(ctx: Context, channel: NotificationChannel, body: kopf
     if spec.email is not None and spec.email.username_secret_ref and spec.email.password_secret_ref:
         secrets["CLARION_SMTP_USERNAME"] = spec.email.username_secret_ref
         secrets["CLARION_SMTP_PASSWORD"] = spec.email.password_secret_ref
+    if spec.webpush is not None:
+        secrets["CLARION_VAPID_PRIVATE_KEY"] = spec.webpush.vapid_private_key_secret_ref
     credentials = await tenancy.ensure_runtime_secret(ctx, channel.namespace)
     policies = {lane: spec.workers.autoscaling.policy(lane, ctx.settings.worker_autoscaling)
                 for lane in worker_lanes(spec.type)}
@@ -264,12 +267,13 @@ async def reconcile_channel(channel: NotificationChannel, body: kopf.Body, memo:
         ctx.db, namespace=channel.namespace, name=channel.name, type_=spec.type, uid=channel.uid,
         bot_id=check.bot_id, bot_username=check.bot_username,
         api_base_url=spec.telegram.api_base_url if spec.telegram else None,
-        webhook_secret_sha256=checked.webhook_secret_sha256, config=stored_config(section),
+        webhook_secret_sha256=checked.webhook_secret_sha256,
+        config=stored_config(section, check.vapid_public_key),
         webapp_secret=checked.webapp_secret, templates=[t.to_json() for t in templates], ready=check.ready)
     if spec.telegram is not None and check.credentials.status == "True":
         await _ensure_bot(ctx, channel, body, spec.telegram)
     autoscaler = None
-    if spec.type in ("telegram", "email") and check.credentials.status == "True":
+    if check.credentials.status == "True":
         autoscaler = await _ensure_workers(ctx, channel, body)
     fresh = channel_conditions(check, templates, autoscaler)
     status = channel_status(channel.status, check, fresh, telegram=spec.telegram is not None,

@@ -1,5 +1,6 @@
 """Checks a channel's credentials against the services it names: the Telegram Bot API (getMe,
-setWebhook through `botapi`) and SMTP servers (a handshake, with login when credentials are given)."""
+setWebhook through `botapi`) and SMTP servers (a handshake, with login when credentials are given); a
+web push channel's VAPID key is checked on its own (push services have nothing to ask)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ssl
 from dataclasses import dataclass
 
 import aiosmtplib
+from clarion import webpush
 from clarion.models import ChannelReason, EmailSettings
 from clarion.telegram.botapi import UNREACHABLE, BotApi, BotApiError, InvalidTokenFormat
 
@@ -119,3 +121,18 @@ async def check_smtp(
             client.close()
     action = "authenticated" if username is not None else "accepted the connection"
     return ChannelCheck(Verdict.passed(ChannelReason.HANDSHAKE_SUCCEEDED, f"{where} {action} ({tls})"))
+
+
+def check_vapid_key(value: str, where: str) -> ChannelCheck:
+    """The Secret's value (`where`: namespace/name key) must be a VAPID private key: the 32-byte P-256
+    scalar, base64url. Valid: its public key, the applicationServerKey browsers subscribe with."""
+    try:
+        key = webpush.vapid_key(value)
+    except webpush.KeyProblem as exc:
+        return ChannelCheck(Verdict.failed(
+            ChannelReason.INVALID_VAPID_KEY,
+            f"Secret {where} is not a VAPID private key: it {exc} (expected the 32-byte P-256 private key, "
+            "base64url, as `npx web-push generate-vapid-keys` prints it)"))
+    public = key.public_key
+    return ChannelCheck(Verdict.passed(ChannelReason.VAPID_KEY_VALID, f"VAPID public key {public}"),
+                        vapid_public_key=public)

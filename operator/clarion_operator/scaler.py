@@ -1,5 +1,5 @@
-"""The worker autoscaler (engine `operator`, ADR 0008): every 2 s, for each worker lane of a telegram or
-email channel (`worker_lanes`: a telegram channel's group lanes too, ADR 0010), read the lane's
+"""The worker autoscaler (engine `operator`, ADR 0008): every 2 s, for each worker lane of a channel
+(`worker_lanes`: a telegram channel's group lanes too, ADR 0010), read the lane's
 backlog, decide (`scaling_logic.decide`) and set the lane's worker Deployment through its scale
 subresource when the count changes, with an Event that says why. Lanes with engine `keda` are measured
 and reported the same way, and never resized.
@@ -29,6 +29,7 @@ from clarion.models import (
     WorkersStatus,
     worker_lanes,
 )
+from clarion.models.channel import ChannelType
 from clarion.streams import WORKER_GROUP, notify_stream
 
 from clarion_operator import builders
@@ -57,7 +58,7 @@ _LANE_GAUGES = (LAG, PENDING, REPLICAS, DESIRED, MAX_REPLICAS)
 
 
 def _scaled_types(spec: Any, **_: Any) -> bool:
-    return spec.get("type") in ("telegram", "email")
+    return spec.get("type") in get_args(ChannelType)
 
 
 @dataclass

@@ -240,7 +240,7 @@ def test_a_group_lane_override_is_read_by_its_camel_case_name_and_inherits_the_r
 def test_only_telegram_channels_have_the_group_lanes() -> None:
     assert worker_lanes("telegram") == ("instant", "bulk", "group-posts", "group-maintenance")
     assert worker_lanes("email") == ("instant", "bulk")
-    assert worker_lanes("webpush") == ()
+    assert worker_lanes("webpush") == ("instant", "bulk")
 
 
 @pytest.mark.parametrize("raw", [

@@ -29,6 +29,9 @@ calls:
 - audit_log: INSERT only, of rows naming one of the namespace's channels in `details.channel` (the bot's
   join decisions, the workers' warnings and removals; migration 0014's policy), and its id sequence;
   never SELECT;
+- push_subscriptions: SELECT, UPDATE of last_sent_at, DELETE (the webpush worker: the subscription of
+  a row, a push service's 404 or 410 removes it; `clarion.db.push_subscriptions`); no INSERT (the API
+  registers as the system role);
 - nothing on api_keys, idempotency_keys, schema_migrations.
 
 Passwords never reach the server in clear: roles get a SCRAM-SHA-256 verifier computed here, so a
@@ -104,6 +107,10 @@ TENANT_PRIVILEGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("UPDATE", "notifications", ("status", "attempts", "last_error", "provider_message_id", "sent_at",
                                  "next_attempt_at", "enqueued_at", "claimed_by", "claimed_until",
                                  "updated_at")),
+    # the webpush worker: a row's subscription, its last send, its removal (clarion.db.push_subscriptions)
+    ("SELECT", "push_subscriptions", None),
+    ("UPDATE", "push_subscriptions", ("last_sent_at",)),
+    ("DELETE", "push_subscriptions", None),
 )
 #: Sequences a tenant calls nextval on.
 TENANT_SEQUENCES = ("support_threads_id_seq", "audit_log_id_seq")

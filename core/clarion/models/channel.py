@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Literal, Self, get_args
+from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -43,7 +44,8 @@ class ChannelReason(StrEnum):
     AUTHENTICATION_FAILED = "AuthenticationFailed"
     SMTP_UNREACHABLE = "SmtpUnreachable"
     HANDSHAKE_SUCCEEDED = "HandshakeSucceeded"
-    KEY_PRESENT = "KeyPresent"
+    VAPID_KEY_VALID = "VapidKeyValid"
+    INVALID_VAPID_KEY = "InvalidVapidKey"
     CHANNEL_READY = "ChannelReady"
     TEMPLATES_COMPILED = "TemplatesCompiled"
     TEMPLATE_INVALID = "TemplateInvalid"
@@ -233,12 +235,10 @@ GROUP_LANES: tuple[WorkerLane, ...] = ("group-posts", "group-maintenance")
 
 def worker_lanes(channel_type: str) -> tuple[WorkerLane, ...]:
     """The worker lanes a channel of `channel_type` has: every one for telegram (its groups), the API's
-    two for email, none for the others (web push has no workers)."""
+    two for email and web push."""
     if channel_type == "telegram":
         return get_args(WorkerLane)
-    if channel_type == "email":
-        return get_args(Lane)
-    return ()
+    return get_args(Lane)
 
 
 def lane_field(lane: WorkerLane) -> str:
@@ -544,17 +544,42 @@ class EmailSettings(CamelModel):
         return self
 
 
-class WebPushSettings(CamelModel):
-    """A VAPID identity for web push."""
+#: RFC 8030 §5.3: how urgently the push service should deliver (a device on battery may wait for `low`).
+PushUrgency = Literal["very-low", "low", "normal", "high"]
+#: The longest TTL a push service is asked to keep a message for: 28 days (FCM's and Mozilla's cap).
+MAX_PUSH_TTL_SECONDS = 2_419_200
 
-    vapid_private_key_secret_ref: SecretKeyRef = Field(
-        description="Secret key holding the VAPID private key (PEM or base64url)."
-    )
+
+class WebPushDelivery(CamelModel):
+    """How a web push channel's messages are sent: the VAPID subject and the defaults of the TTL and
+    Urgency headers (a notification's `ttl` and `urgency` override them). `channels.config` of a
+    webpush channel holds these, with the public key (`vapidPublicKey`) and no Secret reference."""
+
     subject: str = Field(
         min_length=8,
         max_length=2048,
         pattern=r"^(mailto:[^\s]+|https://[^\s]+)$",
-        description="VAPID subject: a mailto: or https: contact for push services.",
+        description="VAPID subject (RFC 8292 §2.1): a mailto: or https: contact for push services.",
+    )
+    ttl_seconds: int = Field(
+        default=86400, ge=0, le=MAX_PUSH_TTL_SECONDS,
+        description="TTL header (RFC 8030 §5.2): seconds the push service keeps an undelivered message; "
+                    "0: deliver now or drop.")
+    urgency: PushUrgency = Field(default="normal", description="Urgency header (RFC 8030 §5.3).")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> WebPushDelivery:
+        """The settings as a webpush channel's row stores them (`channels.config`)."""
+        names = {field.alias or name for name, field in cls.model_fields.items()}
+        return cls.model_validate({k: v for k, v in config.items() if k in names})
+
+
+class WebPushSettings(WebPushDelivery):
+    """A VAPID identity for web push (RFC 8292; docs/notifications.md, "Web push")."""
+
+    vapid_private_key_secret_ref: SecretKeyRef = Field(
+        description="Secret key holding the VAPID private key: the 32-byte P-256 private scalar, "
+                    "base64url (what `npx web-push generate-vapid-keys` prints as the private key).",
     )
 
 
@@ -726,11 +751,11 @@ class NotificationChannelSpec(CamelModel):
         default=300,
         ge=30,
         le=86400,
-        description="Seconds between credential checks (getMe, SMTP handshake).",
+        description="Seconds between credential checks (getMe, SMTP handshake, the VAPID key).",
     )
     workers: WorkerDeployment = Field(
         default_factory=WorkerDeployment,
-        description="Notification workers of the channel (telegram and email channels).",
+        description="Notification workers of the channel.",
     )
     templates: list[ChannelTemplate] = Field(
         default_factory=list, max_length=MAX_TEMPLATES,
@@ -792,3 +817,7 @@ class NotificationChannelStatus(ResourceStatus):
     workers: WorkersStatus | None = Field(
         default=None,
         description="Each lane's worker Deployment and backlog, as the autoscaler last saw them.")
+    vapid_public_key: str | None = Field(
+        default=None, max_length=128,
+        description="Web push: the VAPID public key (uncompressed P-256 point, base64url), the "
+                    "applicationServerKey a browser subscribes with (pushManager.subscribe).")

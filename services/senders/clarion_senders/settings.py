@@ -58,6 +58,8 @@ class WorkerSettings(CommonSettings):
     bot_token: SecretStr | None = Field(default=None, description="Bot API token (telegram channels).")
     smtp_username: SecretStr | None = Field(default=None, description="SMTP user (email channels with AUTH).")
     smtp_password: SecretStr | None = Field(default=None, description="SMTP password.")
+    vapid_private_key: SecretStr | None = Field(
+        default=None, description="VAPID private key, the 32-byte P-256 scalar base64url (webpush channels).")
     smtp_pool_size: int = Field(default=4, ge=1, le=64, description="SMTP connections per worker.")
     smtp_ca_file: str | None = Field(default=None, description="CA bundle trusted for SMTP TLS besides "
                                                                "the system's (self-signed relays).")

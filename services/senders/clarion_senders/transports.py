@@ -2,16 +2,25 @@
 
 A transport never raises for a send that failed: it says what the failure means (`SendResult`), with
 the same tables the campaign sender uses (`clarion.telegram.errors.classify` for the Bot API,
-`clarion.mail` for SMTP).
+`clarion.mail` for SMTP, `push_outcome` for push services).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
 
+import aiohttp
+import asyncpg
+from clarion import webpush
 from clarion.db import notifications as q
+from clarion.db import push_subscriptions as subs
 from clarion.mail import MailOutcome, MailSender, MailSendError, OutgoingEmail
-from clarion.models import Message
+from clarion.models import Message, WebPushDelivery
 from clarion.outages import ride_out
 from clarion.telegram.botapi import BotApi
 from clarion.telegram.errors import Outcome as TelegramOutcome
@@ -123,3 +132,120 @@ class EmailTransport:
 
     async def close(self) -> None:
         await self.mail.close()
+
+
+#: Wait before retrying a 429 that named no Retry-After.
+DEFAULT_PUSH_RETRY_AFTER = 60.0
+#: The longest Retry-After a 429 is waited out for (a longer one is waited this long).
+MAX_PUSH_RETRY_AFTER = 3600.0
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float:
+    """A Retry-After header (seconds or an HTTP date) as seconds to wait, within 0..`MAX_PUSH_RETRY_AFTER`;
+    `DEFAULT_PUSH_RETRY_AFTER` when absent or unreadable."""
+    if not value:
+        return DEFAULT_PUSH_RETRY_AFTER
+    text = value.strip()
+    if text.isdigit():
+        return min(float(text), MAX_PUSH_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return DEFAULT_PUSH_RETRY_AFTER
+    wait = (when - (now or datetime.now(UTC))).total_seconds()
+    return min(max(wait, 0.0), MAX_PUSH_RETRY_AFTER)
+
+
+def push_outcome(status: int, reason: str, retry_after: str | None, *, size: int) -> SendResult:
+    """What a push service's answer (RFC 8030 §5, RFC 8292 §4) to a message of `size` encrypted bytes
+    means. 404/410 are handled by the caller before this (the subscription is gone).
+
+    | answer        | outcome                                                         |
+    |---------------|-----------------------------------------------------------------|
+    | 2xx           | sent                                                            |
+    | 413           | failed: the payload is too large (not worth a retry)            |
+    | 429           | rate limited: retried after Retry-After, no attempt counted     |
+    | 5xx           | retry (capped attempts, then dead letter)                       |
+    | other 4xx     | failed (400 malformed, 401/403 VAPID refused for this endpoint) |
+    """
+    if 200 <= status < 300:
+        return SendResult(Outcome.SENT)
+    said = f"push service answered {status} {reason}".strip()
+    if status == 413:
+        return SendResult(Outcome.FAILED, f"{said}: the payload is too large ({size} bytes encrypted, "
+                                          f"push services must take {webpush.MAX_ENCRYPTED_BYTES}); "
+                                          "shorten the title, body or url")
+    if status == 429:
+        wait = retry_after_seconds(retry_after)
+        return SendResult(Outcome.RATE_LIMITED, f"{said}; retry after {wait:.0f} s", retry_after=wait)
+    if status >= 500:
+        return SendResult(Outcome.RETRY, said)
+    return SendResult(Outcome.FAILED, said)
+
+
+class WebPushTransport:
+    """Web push (RFC 8030) to the subscription a row names (`recipient` = the subscription id): the
+    payload `{"title", "body", "url"?}` as JSON, encrypted aes128gcm (RFC 8291), signed with the
+    channel's VAPID key (RFC 8292), with the TTL and Urgency headers (the row's, else the channel's).
+    A 404 or 410 deletes the subscription and the row is `blocked`; see `push_outcome` for the rest."""
+
+    def __init__(self, pool: asyncpg.Pool, channel_id: int, key: webpush.VapidKey, delivery: WebPushDelivery,
+                 *, timeout_seconds: float = 30.0, connections: int = 64) -> None:
+        self.pool, self.channel_id, self.key, self.delivery = pool, channel_id, key, delivery
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout_seconds),
+            connector=aiohttp.TCPConnector(limit=connections))
+
+    async def admit(self, row: q.Row) -> None:
+        """Nothing to wait for: a push service's limits answer as 429 (waited out by Retry-After)."""
+
+    async def send(self, row: q.Row) -> SendResult:
+        try:
+            ident = uuid.UUID(row.recipient)
+        except ValueError:
+            return SendResult(Outcome.FAILED,
+                              f"recipient {row.recipient[:64]!r} is not a push subscription id")
+        async with self.pool.acquire() as conn:
+            found = await subs.get(conn, self.channel_id, ident)
+        if found is None:
+            return SendResult(Outcome.BLOCKED, f"push subscription {ident} no longer exists")
+        try:
+            keys = webpush.subscription_keys(found.p256dh, found.auth)
+        except webpush.KeyProblem as exc:  # the API checks keys; a row that still fails is permanent
+            return SendResult(Outcome.FAILED, f"push subscription {ident}: {exc}")
+        body = webpush.encrypt(self._payload(row), keys)
+        headers = {
+            "Content-Encoding": webpush.CONTENT_ENCODING,
+            "Content-Type": "application/octet-stream",
+            "TTL": str(int(row.content.get("ttl", self.delivery.ttl_seconds))),
+            "Urgency": str(row.content.get("urgency", self.delivery.urgency)),
+            "Authorization": self.key.authorization(found.endpoint, self.delivery.subject),
+        }
+        try:
+            async with self.session.post(found.endpoint, data=body, headers=headers) as response:
+                status, reason = response.status, response.reason or ""
+                retry_after, location = response.headers.get("Retry-After"), response.headers.get("Location")
+                await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return SendResult(Outcome.RETRY, f"push service unreachable: {exc!r}"[:500])
+        if status in (404, 410):
+            async with self.pool.acquire() as conn:
+                await subs.delete(conn, self.channel_id, ident)
+            return SendResult(Outcome.BLOCKED,
+                              f"push service answered {status}: subscription {ident} is gone and was removed")
+        result = push_outcome(status, reason, retry_after, size=len(body))
+        if result.outcome == Outcome.SENT:
+            async with self.pool.acquire() as conn:
+                await subs.mark_sent(conn, self.channel_id, ident)
+            return SendResult(Outcome.SENT, provider_message_id=location)
+        return result
+
+    @staticmethod
+    def _payload(row: q.Row) -> bytes:
+        """What the service worker's push event reads (`event.data.json()`)."""
+        content: dict[str, Any] = {k: row.content[k] for k in ("title", "body", "url") if k in row.content}
+        content["id"] = str(row.id)
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+    async def close(self) -> None:
+        await self.session.close()

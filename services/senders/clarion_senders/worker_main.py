@@ -7,7 +7,7 @@ Lanes: `instant`, `bulk` and (telegram channels) `group-posts` are notification 
 channel's GroupTask stream. The operator runs one lane per Deployment; several at once work too.
 
 Exit status: 0 after SIGTERM/SIGINT (sends in flight finish and are recorded first); 1 when the channel
-does not exist or is of a type this worker cannot send, or its credentials are refused (nothing can be
+does not exist, or its credentials are missing or refused (nothing can be
 sent until they are fixed); 2 on bad usage.
 """
 
@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from typing import Protocol, get_args
 
 import asyncpg
+from clarion import webpush
 from clarion.db import create_pool
 from clarion.db.channels import ChannelRecord, get_channel
 from clarion.logging import configure_logging, get_logger
 from clarion.mail import MailSender
 from clarion.metrics import serve_metrics
-from clarion.models import GROUP_LANES, PUBLIC_BOT_API, EmailSettings, WorkerLane
+from clarion.models import GROUP_LANES, PUBLIC_BOT_API, EmailSettings, WebPushDelivery, WorkerLane
 from clarion.outages import ride_out
 from clarion.redis import create_redis
 from clarion.streams import GROUP_MAINTENANCE_LANE, LANES, group_maintenance_stream
@@ -40,7 +41,7 @@ from redis.asyncio import Redis
 from clarion_senders.group_lanes import GroupLaneConsumer, GroupLaneOptions, GroupTaskHandler
 from clarion_senders.group_maintenance import GroupMaintenance
 from clarion_senders.settings import WorkerSettings
-from clarion_senders.transports import EmailTransport, TelegramTransport
+from clarion_senders.transports import EmailTransport, TelegramTransport, WebPushTransport
 from clarion_senders.worker import FatalWorkerError, NotificationWorker, Transport, WorkerOptions
 
 log = get_logger("clarion.worker")
@@ -137,6 +138,21 @@ def _email_transport(settings: WorkerSettings, channel: ChannelRecord) -> EmailT
     return EmailTransport(mail)
 
 
+def _webpush_transport(settings: WorkerSettings, channel: ChannelRecord,
+                       pool: asyncpg.Pool) -> WebPushTransport | None:
+    if settings.vapid_private_key is None:
+        log.error("worker.config", error="CLARION_VAPID_PRIVATE_KEY is not set")
+        return None
+    try:
+        key = webpush.vapid_key(settings.vapid_private_key.get_secret_value())
+    except webpush.KeyProblem as exc:
+        log.error("worker.config", error=f"CLARION_VAPID_PRIVATE_KEY: {exc}")
+        return None
+    return WebPushTransport(pool, channel.id, key, WebPushDelivery.from_config(channel.config),
+                            timeout_seconds=settings.request_timeout_seconds,
+                            connections=settings.worker_concurrency + 4)
+
+
 def group_task_handler(*, pool: asyncpg.Pool, redis: Redis, api: BotApi, limiter: RateLimiter,
                        channel: ChannelRecord) -> GroupTaskHandler:
     """The handler of the group-maintenance lane's tasks (ADR 0010): the ManagedGroup maintenance."""
@@ -171,9 +187,9 @@ async def run_worker(settings: WorkerSettings, lanes: tuple[str, ...]) -> int:
             if transport is None:
                 return 1
         else:
-            log.error("worker.config", error=f"channel {channel.key} is of type {channel.type}, "
-                                             "which this worker does not send yet")
-            return 1
+            transport = _webpush_transport(settings, channel, pool)
+            if transport is None:
+                return 1
         serve_metrics(settings.metrics_port)
         runners: list[_Runner] = []
         notification_lanes = tuple(lane for lane in lanes if lane in LANES)
