@@ -131,13 +131,16 @@ async def test_a_push_reaches_the_browser_decrypted_with_its_title_body_and_head
     assert (message.ttl, message.urgency) == (3600, "high")
     assert (message.vapid_subject, message.vapid_key) == (SUBJECT, world.public_key)
     assert row["provider_message_id"].startswith(f"{world.push.origin}/message/")
-    stored = await world.db.fetchrow("SELECT last_sent_at FROM push_subscriptions WHERE id = $1", subscription)
-    assert stored["last_sent_at"] is not None
+    last_sent = await world.db.fetchval("SELECT last_sent_at FROM push_subscriptions WHERE id = $1",
+                                        subscription)
+    assert last_sent is not None
 
 
-async def test_410_removes_the_subscription_and_blocks_the_notification(world: World, workers: Workers) -> None:
+async def test_410_removes_the_subscription_and_blocks_the_notification(
+    world: World, workers: Workers,
+) -> None:
     gone, gone_id = await world.subscribe("client-1")
-    kept, kept_id = await world.subscribe("client-1")
+    _, kept_id = await world.subscribe("client-1")
     world.push.unsubscribe(gone)  # the stand-in answers 410 for endpoints it does not know
 
     blocked = await world.settled(await world.notify(gone_id, {"title": "t", "body": "b"}), workers)
@@ -177,7 +180,9 @@ async def test_429_is_waited_out_for_retry_after_then_sent_without_spending_an_a
     assert row["attempts"] == 1
 
 
-async def test_5xx_is_retried_and_exhausted_attempts_are_dead_lettered(world: World, workers: Workers) -> None:
+async def test_5xx_is_retried_and_exhausted_attempts_are_dead_lettered(
+    world: World, workers: Workers,
+) -> None:
     flaky, flaky_id = await world.subscribe("a")
     flaky.answer(503, times=2)
     down, down_id = await world.subscribe("b")
@@ -189,8 +194,8 @@ async def test_5xx_is_retried_and_exhausted_attempts_are_dead_lettered(world: Wo
     assert (recovered["status"], recovered["attempts"]) == ("sent", 3)
     assert (doomed["status"], doomed["attempts"]) == ("failed", 3)
     assert "500" in doomed["last_error"]
-    dead = await world.redis.xrange(dead_letter_stream(notify_stream(CHANNEL, "instant")))
-    assert [fields[b"reason"] for _, fields in dead] == [b"attempts_exhausted"]  # type: ignore[index]
+    dead: Any = await world.redis.xrange(dead_letter_stream(notify_stream(CHANNEL, "instant")))
+    assert [fields[b"reason"] for _, fields in dead] == [b"attempts_exhausted"]
     assert await world.db.fetchval("SELECT count(*) FROM push_subscriptions") == 2  # 5xx removes nothing
 
 
