@@ -429,6 +429,9 @@ def create_api() -> FastAPI:
     from clarion_webhook.group_posts import add_group_posts_api  # POST /groups/{name}/posts (ADR 0010)
 
     add_group_posts_api(api)
+    from clarion_webhook.push_subscriptions import add_push_subscriptions_api  # web push (issue 17)
+
+    add_push_subscriptions_api(api)
     return api
 
 
