@@ -7,6 +7,7 @@ kubeconfig, a fresh Postgres database and Redis, watching only the test's namesp
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from collections.abc import Iterator
@@ -299,3 +300,58 @@ async def test_a_broken_template_is_reported_on_the_channel_and_stored_as_broken
                                kube_namespace)
     assert [t["error"] for t in stored] == [None, None]
     assert stored[1]["template"]["variants"][0]["text"] == "Order {{ orderId }} is late"
+
+
+# RFC 8291's example application server key: a valid P-256 private key and its public point.
+VAPID_PRIVATE = "yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw"
+VAPID_PUBLIC = "BP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A8"
+
+
+def _webpush_channel(name: str, secret: str) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NotificationChannel", "metadata": {"name": name},
+            "spec": {"type": "webpush", "webpush": {
+                "vapidPrivateKeySecretRef": {"name": secret, "key": "private"},
+                "subject": "mailto:ops@clarion.test", "urgency": "high"}}}
+
+
+async def test_webpush_channel_with_a_valid_key_is_ready_shows_its_public_key_and_runs_workers(
+    operator: Operator, kubectl: Kubectl, kube_namespace: str, db: asyncpg.Pool,
+) -> None:
+    kubectl.apply(_secret("vapid", private=VAPID_PRIVATE))
+    kubectl.apply(_webpush_channel("push", "vapid"))
+
+    ready = await _wait_condition(kubectl, operator, "push", "Ready", "True")
+
+    assert _condition(ready, "CredentialsValid")["reason"] == "VapidKeyValid"
+    assert ready["status"]["vapidPublicKey"] == VAPID_PUBLIC
+    row = await db.fetchrow("SELECT type, ready, config FROM channels WHERE namespace = $1 AND name = 'push'",
+                            kube_namespace)
+    assert (row["type"], row["ready"]) == ("webpush", True)
+    assert row["config"] == {"subject": "mailto:ops@clarion.test", "ttlSeconds": 86400, "urgency": "high",
+                             "vapidPublicKey": VAPID_PUBLIC}
+    for lane in ("instant", "bulk"):
+        name = f"push-workers-{lane}"
+        deployment = wait_for(functools.partial(kubectl.get, "deployments.apps", name), timeout=30, what=name)
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "CLARION_VAPID_PRIVATE_KEY",
+                "valueFrom": {"secretKeyRef": {"name": "vapid", "key": "private"}}} in env
+        assert VAPID_PRIVATE not in json.dumps(deployment)
+
+
+async def test_webpush_channel_with_a_bad_key_says_why_and_recovers_once_the_secret_is_fixed(
+    operator: Operator, kubectl: Kubectl, kube_namespace: str, db: asyncpg.Pool,
+) -> None:
+    kubectl.apply(_secret("vapid-bad", private="not-a-key"))
+    kubectl.apply(_webpush_channel("push-bad", "vapid-bad"))
+
+    bad = await _wait_condition(kubectl, operator, "push-bad", "CredentialsValid", "False", "InvalidVapidKey")
+
+    message = _condition(bad, "CredentialsValid")["message"]
+    assert "vapid-bad" in message and "32-byte P-256 private key" in message and "not-a-key" not in message
+    assert _condition(bad, "Ready")["reason"] == "InvalidVapidKey"
+    assert not (bad.get("status") or {}).get("vapidPublicKey")
+    assert kubectl.get("deployments.apps", "push-bad-workers-instant") is None
+
+    kubectl.apply(_secret("vapid-bad", private=VAPID_PRIVATE))
+    fixed = await _wait_condition(kubectl, operator, "push-bad", "Ready", "True")
+    assert fixed["status"]["vapidPublicKey"] == VAPID_PUBLIC
