@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from clarion.db import campaigns as cq
 from clarion.db import channels as chq
 from clarion.db import create_pool, group_activity, subscribers, support
+from clarion.db import push_subscriptions as push
 from clarion.db import tenancy as q
 from clarion.redis import create_redis
 from clarion.streams import (
@@ -45,7 +46,8 @@ pytestmark = pytest.mark.integration
 SECRET = "clarion-runtime"
 BOT_A, BOT_B = 7001, 7002
 TABLES = ("channels", "subscribers", "campaigns", "deliveries", "notifications", "managed_groups",
-          "group_members", "support_threads", "audit_log", "api_keys", "idempotency_keys")
+          "group_members", "support_threads", "audit_log", "api_keys", "idempotency_keys",
+          "push_subscriptions")
 
 
 class SecretStore:
@@ -139,6 +141,10 @@ async def seed(db: asyncpg.Pool, namespace: str, bot_id: int) -> dict[str, int]:
         """INSERT INTO support_threads (channel_id, user_chat_id, admin_chat_id, admin_message_id)
            VALUES ($1, 11, 900, 1)""", channel)
     await db.execute("INSERT INTO audit_log (actor, action, subject) VALUES ('op', 'x', $1)", namespace)
+    await db.execute(
+        """INSERT INTO push_subscriptions (id, channel_id, recipient, endpoint, p256dh, auth)
+           VALUES (gen_random_uuid(), $1, 'client', 'https://push.example/' || $2, 'k', 'a')""",
+        channel, namespace)
     return {"channel": channel, "campaign": campaign, "group": group}
 
 
@@ -287,6 +293,31 @@ async def test_a_namespace_role_runs_every_bot_and_sender_query(ctx: Context, db
                              channel_id) == 1  # the migrated group's row moved
     assert await db.fetchval("SELECT status FROM deliveries WHERE campaign_id = $1 AND chat_id = 12",
                              campaign_id) == "blocked"
+
+
+async def test_a_namespace_role_runs_the_webpush_worker_s_subscription_queries_on_its_own_rows_only(
+        ctx: Context, db: asyncpg.Pool) -> None:
+    a, b = await seed(db, "team-a", BOT_A), await seed(db, "team-b", BOT_B)
+    mine = await db.fetchval("SELECT id FROM push_subscriptions WHERE channel_id = $1", a["channel"])
+    theirs = await db.fetchval("SELECT id FROM push_subscriptions WHERE channel_id = $1", b["channel"])
+    await tenancy.ensure_runtime_secret(ctx, "team-a")
+    pool = await create_pool(secret_of(ctx, "team-a")["database-url"], min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            assert (await push.get(conn, a["channel"], mine)) is not None
+            assert await push.get(conn, b["channel"], theirs) is None
+            assert [s.id for s in await push.for_recipient(conn, a["channel"], "client")] == [mine]
+            await push.mark_sent(conn, a["channel"], mine)
+            await push.mark_sent(conn, b["channel"], theirs)
+            assert not await push.delete(conn, b["channel"], theirs)
+            assert await push.delete(conn, a["channel"], mine)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # the API registers, as the system
+                await push.register(conn, channel_id=a["channel"], recipient="x", endpoint="https://p/x",
+                                    p256dh="k", auth="a", expires_at=None)
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM push_subscriptions WHERE id = $1", mine) == 0
+    assert await db.fetchval("SELECT last_sent_at FROM push_subscriptions WHERE id = $1", theirs) is None
 
 
 async def test_a_namespace_role_records_group_activity_of_its_own_groups_only(
