@@ -47,11 +47,13 @@ ANONYMOUS = ("--max-examples", "30", "--phases", "examples,coverage,fuzzing")
 
 @pytest.fixture
 async def webhook(db: asyncpg.Pool, database_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[str]:
-    """A `clarion-webhook` process with a Telegram and an email channel and one unlimited API key."""
+    """A `clarion-webhook` process with a Telegram, an email and a webpush channel and one unlimited API
+    key."""
     await db.execute(
         """INSERT INTO channels (namespace, name, type, bot_id, api_base_url, config, ready)
            VALUES ('shop', 'alerts', 'telegram', 1, 'http://127.0.0.1:9', '{}', true),
-                  ('shop', 'mail', 'email', NULL, NULL, $1, true)""",
+                  ('shop', 'mail', 'email', NULL, NULL, $1, true),
+                  ('shop', 'push', 'webpush', NULL, NULL, '{"subject": "mailto:ops@shop.example"}', true)""",
         {"host": "127.0.0.1", "port": 2525, "from": "shop@example.org"})
     await keys.sync_api_key(db, ApiKeySecret(
         namespace="shop", name="backend", uid="uid-backend",

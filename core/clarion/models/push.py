@@ -12,7 +12,7 @@ from clarion.models.base import CamelModel
 from clarion.models.notification import ChannelRef
 
 #: A push endpoint: an https URL of the push service (RFC 8030 §5).
-PUSH_ENDPOINT = r"^https://[^\s/?#]+/[^\s]*$"
+PUSH_ENDPOINT = r"^https://[^\s/?#\x00]+/[^\s\x00]*$"
 
 
 class PushSubscriptionKeys(CamelModel):

@@ -20,7 +20,7 @@ from clarion.logging import get_logger
 from clarion.metrics import counter
 from clarion.models.notification import ErrorAnswer
 from clarion.models.push import PushSubscriptionRequest, PushSubscriptionView
-from fastapi import APIRouter, FastAPI, Path, Request
+from fastapi import APIRouter, Body, FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from clarion_webhook.api import Caller, _state, channel_for
@@ -36,6 +36,13 @@ _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 PATH = "/push-subscriptions"
 
 router = APIRouter()
+#: The request example of the OpenAPI document (RFC 8291's example browser keys).
+EXAMPLES = {"browser": {"summary": "A browser's PushSubscription.toJSON()", "value": {
+    "channel": "shop/push", "recipient": "client-42", "subscription": {
+        "endpoint": "https://push.example.net/wpush/v2/gAAAAABh", "expirationTime": None,
+        "keys": {"p256dh": "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-"
+                           "AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
+                 "auth": "BTBZMqHH6r4Tts7J_aSIgg"}}}}}
 
 
 def _unavailable() -> Refused:
@@ -57,8 +64,10 @@ def _view(row: subs.Subscription, channel: str) -> PushSubscriptionView:
                         400: {"model": ErrorAnswer, "description": "The body is not UTF-8 JSON."},
                         403: {"model": ErrorAnswer}, 413: {"model": ErrorAnswer}, 415: {"model": ErrorAnswer},
                         422: {"model": ErrorAnswer}, 503: {"model": ErrorAnswer}})
-async def register_push_subscription(request: Request, body: PushSubscriptionRequest,
-                                     caller: Caller) -> JSONResponse:
+async def register_push_subscription(
+    request: Request, body: Annotated[PushSubscriptionRequest, Body(openapi_examples=EXAMPLES)],
+    caller: Caller,
+) -> JSONResponse:
     """Register a browser's push subscription for a recipient on a webpush channel; the answer's id is
     the recipient of web push notifications to that browser."""
     try:
