@@ -117,6 +117,7 @@ def test_kubectl_get_clarion_lists_every_kind_with_printer_columns(cluster: Clus
     assert {
         "notificationchannel.clarion.io/clarion-bot",
         "notificationchannel.clarion.io/clarion-mail",
+        "notificationchannel.clarion.io/clarion-push",
         "broadcastcampaign.clarion.io/winter-release",
         "broadcastcampaign.clarion.io/maintenance-notice",
         "managedgroup.clarion.io/community",
@@ -207,6 +208,24 @@ REJECTED = [
         "spec.workers.autoscaling.lanes.bulk.minReplicas: Invalid value: minReplicas must not exceed "
         "maxReplicas",
     ),
+    (
+        "web push urgency urgent",
+        "NotificationChannel",
+        "clarion-push",
+        'spec.webpush.urgency: Unsupported value: "urgent"',
+    ),
+    (
+        "web push TTL over 28 days",
+        "NotificationChannel",
+        "clarion-push",
+        "spec.webpush.ttlSeconds: Invalid value: 2419201",
+    ),
+    (
+        "web push subject not mailto or https",
+        "NotificationChannel",
+        "clarion-push",
+        "spec.webpush.subject: Invalid value: \"http://example.com\"",
+    ),
 ]
 MUTATIONS: dict[str, Callable[[dict[str, Any]], object]] = {
     "missing channelRef": lambda s: s.pop("channelRef"),
@@ -225,6 +244,9 @@ MUTATIONS: dict[str, Callable[[dict[str, Any]], object]] = {
     "template default language without a variant": lambda s: s["templates"][0].update(defaultLanguage="fr"),
     "lane minReplicas above its maxReplicas": lambda s: s.setdefault("workers", {}).update(
         autoscaling={"lanes": {"bulk": {"minReplicas": 3, "maxReplicas": 2}}}),
+    "web push urgency urgent": lambda s: s["webpush"].update(urgency="urgent"),
+    "web push TTL over 28 days": lambda s: s["webpush"].update(ttlSeconds=2_419_201),
+    "web push subject not mailto or https": lambda s: s["webpush"].update(subject="http://example.com"),
 }
 
 
