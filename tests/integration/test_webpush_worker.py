@@ -205,3 +205,23 @@ async def test_413_fails_at_once_saying_the_payload_is_too_large(world: World, w
     assert (row["status"], row["attempts"]) == ("failed", 1)
     assert "413" in row["last_error"] and "too large" in row["last_error"]
     assert world.push.received(browser) == []
+
+
+@pytest.mark.parametrize(("key", "says"), [
+    (None, "CLARION_VAPID_PRIVATE_KEY is not set"),
+    ("bm90IGEga2V5", "CLARION_VAPID_PRIVATE_KEY: must be a 32-byte P-256 private key, not 9 bytes"),
+])
+async def test_a_worker_without_a_usable_vapid_key_exits_1_saying_why(
+    world: World, database_url: str, redis_url: str, tmp_path: Path, key: str | None, says: str,
+) -> None:
+    env = {**os.environ, "CLARION_DATABASE_URL": database_url, "CLARION_REDIS_URL": redis_url,
+           "CLARION_WORKER_CHANNEL": CHANNEL, "CLARION_LOG_FORMAT": "json"}
+    env.pop("CLARION_VAPID_PRIVATE_KEY", None)
+    if key is not None:
+        env["CLARION_VAPID_PRIVATE_KEY"] = key
+    proc = await asyncio.create_subprocess_exec(WORKER, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 1
+    assert says in out.decode()
+    assert key is None or key not in out.decode().replace(says, "")
