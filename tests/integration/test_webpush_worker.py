@@ -207,6 +207,17 @@ async def test_413_fails_at_once_saying_the_payload_is_too_large(world: World, w
     assert world.push.received(browser) == []
 
 
+async def test_content_with_an_invalid_urgency_fails_at_once_without_a_request(
+    world: World, workers: Workers,
+) -> None:
+    browser, subscription = await world.subscribe()
+    row = await world.settled(await world.notify(subscription, {"title": "t", "body": "b",
+                                                                "urgency": "urgent"}), workers)
+    assert (row["status"], row["attempts"]) == ("failed", 1)
+    assert "content.urgency must be one of very-low, low, normal, high" in row["last_error"]
+    assert browser.token not in world.push.attempts
+
+
 @pytest.mark.parametrize(("key", "says"), [
     (None, "CLARION_VAPID_PRIVATE_KEY is not set"),
     ("bm90IGEga2V5", "CLARION_VAPID_PRIVATE_KEY: must be a 32-byte P-256 private key, not 9 bytes"),

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar, get_args
 
 import aiohttp
 import asyncpg
@@ -21,15 +22,18 @@ from clarion.db import notifications as q
 from clarion.db import push_subscriptions as subs
 from clarion.mail import MailOutcome, MailSender, MailSendError, OutgoingEmail
 from clarion.models import Message, WebPushDelivery
+from clarion.models.channel import MAX_PUSH_TTL_SECONDS, PushUrgency
 from clarion.outages import ride_out
 from clarion.telegram.botapi import BotApi
 from clarion.telegram.errors import Outcome as TelegramOutcome
 from clarion.telegram.errors import classify
 from clarion.telegram.limiter import Priority, RateLimiter
+from py_vapid import VapidException
 
 from clarion_senders.render import MessageRenderer
 from clarion_senders.worker import Outcome, SendResult
 
+T = TypeVar("T")
 #: Tries at pinning a sent message (`TelegramTransport._pin`).
 PIN_ATTEMPTS = 3
 _TELEGRAM_OUTCOMES = {
@@ -190,8 +194,10 @@ class WebPushTransport:
     A 404 or 410 deletes the subscription and the row is `blocked`; see `push_outcome` for the rest."""
 
     def __init__(self, pool: asyncpg.Pool, channel_id: int, key: webpush.VapidKey, delivery: WebPushDelivery,
-                 *, timeout_seconds: float = 30.0, connections: int = 64) -> None:
+                 *, timeout_seconds: float = 30.0, connections: int = 64, outage_tolerance: float = 300.0,
+                 ) -> None:
         self.pool, self.channel_id, self.key, self.delivery = pool, channel_id, key, delivery
+        self.outage_tolerance = outage_tolerance
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_seconds),
             connector=aiohttp.TCPConnector(limit=connections))
@@ -205,22 +211,19 @@ class WebPushTransport:
         except ValueError:
             return SendResult(Outcome.FAILED,
                               f"recipient {row.recipient[:64]!r} is not a push subscription id")
-        async with self.pool.acquire() as conn:
-            found = await subs.get(conn, self.channel_id, ident)
+        found = await self._db("push_subscriptions.get", lambda conn: subs.get(conn, self.channel_id, ident))
         if found is None:
             return SendResult(Outcome.BLOCKED, f"push subscription {ident} no longer exists")
         try:
             keys = webpush.subscription_keys(found.p256dh, found.auth)
-        except webpush.KeyProblem as exc:  # the API checks keys; a row that still fails is permanent
-            return SendResult(Outcome.FAILED, f"push subscription {ident}: {exc}")
+            ttl, urgency = self._headers(row)
+            authorization = self.key.authorization(found.endpoint, self.delivery.subject)
+        except (webpush.KeyProblem, ValueError, VapidException) as exc:  # the API and the events API
+            # check what they accept; a row that still fails is permanent
+            return SendResult(Outcome.FAILED, f"push subscription {ident}: {exc}"[:500])
         body = webpush.encrypt(self._payload(row), keys)
-        headers = {
-            "Content-Encoding": webpush.CONTENT_ENCODING,
-            "Content-Type": "application/octet-stream",
-            "TTL": str(int(row.content.get("ttl", self.delivery.ttl_seconds))),
-            "Urgency": str(row.content.get("urgency", self.delivery.urgency)),
-            "Authorization": self.key.authorization(found.endpoint, self.delivery.subject),
-        }
+        headers = {"Content-Encoding": webpush.CONTENT_ENCODING, "Content-Type": "application/octet-stream",
+                   "TTL": str(ttl), "Urgency": urgency, "Authorization": authorization}
         try:
             async with self.session.post(found.endpoint, data=body, headers=headers) as response:
                 status, reason = response.status, response.reason or ""
@@ -229,16 +232,35 @@ class WebPushTransport:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return SendResult(Outcome.RETRY, f"push service unreachable: {exc!r}"[:500])
         if status in (404, 410):
-            async with self.pool.acquire() as conn:
-                await subs.delete(conn, self.channel_id, ident)
+            await self._db("push_subscriptions.delete",
+                           lambda conn: subs.delete(conn, self.channel_id, ident))
             return SendResult(Outcome.BLOCKED,
                               f"push service answered {status}: subscription {ident} is gone and was removed")
         result = push_outcome(status, reason, retry_after, size=len(body))
         if result.outcome == Outcome.SENT:
-            async with self.pool.acquire() as conn:
-                await subs.mark_sent(conn, self.channel_id, ident)
+            await self._db("push_subscriptions.mark_sent",
+                           lambda conn: subs.mark_sent(conn, self.channel_id, ident))
             return SendResult(Outcome.SENT, provider_message_id=location)
         return result
+
+    async def _db(self, what: str, query: Callable[[Any], Awaitable[T]]) -> T:
+        """`query` on a pooled connection, waiting out a Postgres outage like the worker's own calls."""
+        async def call() -> T:
+            async with self.pool.acquire() as conn:
+                return await query(conn)
+
+        return await ride_out(what, call, tolerance=self.outage_tolerance)
+
+    def _headers(self, row: q.Row) -> tuple[int, PushUrgency]:
+        """TTL and Urgency: the row's `ttl` and `urgency`, else the channel's; ValueError if invalid."""
+        ttl = row.content.get("ttl", self.delivery.ttl_seconds)
+        urgency = row.content.get("urgency", self.delivery.urgency)
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= MAX_PUSH_TTL_SECONDS:
+            raise ValueError(f"content.ttl must be 0..{MAX_PUSH_TTL_SECONDS} seconds, not {ttl!r}")
+        if urgency not in get_args(PushUrgency):
+            allowed = ", ".join(get_args(PushUrgency))
+            raise ValueError(f"content.urgency must be one of {allowed}, not {urgency!r}")
+        return ttl, urgency
 
     @staticmethod
     def _payload(row: q.Row) -> bytes:

@@ -150,7 +150,8 @@ def _webpush_transport(settings: WorkerSettings, channel: ChannelRecord,
         return None
     return WebPushTransport(pool, channel.id, key, WebPushDelivery.from_config(channel.config),
                             timeout_seconds=settings.request_timeout_seconds,
-                            connections=settings.worker_concurrency + 4)
+                            connections=settings.worker_concurrency + 4,
+                            outage_tolerance=settings.outage_tolerance_seconds)
 
 
 def group_task_handler(*, pool: asyncpg.Pool, redis: Redis, api: BotApi, limiter: RateLimiter,
