@@ -395,6 +395,7 @@ def test_api_constants() -> None:
         "NotificationChannel": "notificationchannels",
         "BroadcastCampaign": "broadcastcampaigns",
         "ManagedGroup": "managedgroups",
+        "NotificationRoute": "notificationroutes",
     }
 
 

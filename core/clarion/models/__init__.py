@@ -82,6 +82,7 @@ from clarion.models.objects import (
     InvalidSpec,
     ManagedGroup,
     NotificationChannel,
+    NotificationRoute,
     ObjectMeta,
     ResourceKey,
 )
@@ -92,10 +93,16 @@ from clarion.models.resources import (
     GROUP,
     MANAGED_GROUP,
     NOTIFICATION_CHANNEL,
+    NOTIFICATION_ROUTE,
     PLURALS,
     RESOURCES,
     VERSION,
     Resource,
+)
+from clarion.models.route import (
+    NotificationRouteSpec,
+    NotificationRouteStatus,
+    RouteReason,
 )
 
 __all__ = [
@@ -108,6 +115,7 @@ __all__ = [
     "GROUP_LANES",
     "MANAGED_GROUP",
     "NOTIFICATION_CHANNEL",
+    "NOTIFICATION_ROUTE",
     "PLURALS",
     "PUBLIC_BOT_API",
     "RESOURCES",
@@ -152,11 +160,15 @@ __all__ = [
     "NotificationChannelSpec",
     "NotificationChannelStatus",
     "NotificationLane",
+    "NotificationRoute",
+    "NotificationRouteSpec",
+    "NotificationRouteStatus",
     "ObjectMeta",
     "Phase",
     "Resource",
     "ResourceKey",
     "Retention",
+    "RouteReason",
     "ScaleEvent",
     "ScaleReason",
     "ScalingPolicy",
