@@ -21,6 +21,7 @@ from clarion.models import (
     ManagedGroupSpec,
     Message,
     NotificationChannelSpec,
+    NotificationRouteSpec,
     Schedule,
     changed_conditions,
     merge_conditions,
@@ -34,6 +35,7 @@ SPECS: dict[str, type[BaseModel]] = {
     "NotificationChannel": NotificationChannelSpec,
     "BroadcastCampaign": BroadcastCampaignSpec,
     "ManagedGroup": ManagedGroupSpec,
+    "NotificationRoute": NotificationRouteSpec,
 }
 
 

@@ -91,7 +91,8 @@ class RouteRecipient(CamelModel):
                     "pushSubscriptionId).")
     buttons: list[FollowUpButton] = Field(
         default_factory=list, max_length=4,
-        description="Telegram: one row of buttons under the message; a press records a follow-up event.")
+        description="Telegram: one row of buttons under the message; a press records a follow-up event.",
+        json_schema_extra={"default": []})
 
 
 class QuietHours(CamelModel):
@@ -151,7 +152,8 @@ class NotificationRouteSpec(CamelModel):
         description="Templates of this route, the same shape as a channel's (ADR 0007); a recipient "
                     "channel names one (or one of its channel's). Web push channels need one here: "
                     "subject renders the title, text the body.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                           "default": []})
     footer: str | None = Field(
         default=None, min_length=1, max_length=63, pattern=TEMPLATE_NAME,
         description="A template (of this route, else of the channel) whose text is appended to every "
