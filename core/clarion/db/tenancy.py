@@ -29,6 +29,8 @@ calls:
 - audit_log: INSERT only, of rows naming one of the namespace's channels in `details.channel` (the bot's
   join decisions, the workers' warnings and removals; migration 0014's policy), and its id sequence;
   never SELECT;
+- events: SELECT, INSERT (bot: a press of an event card's button records the follow-up event;
+  migration 0022's policy keeps it in the namespace);
 - nothing on api_keys, idempotency_keys, schema_migrations.
 
 Passwords never reach the server in clear: roles get a SCRAM-SHA-256 verifier computed here, so a
@@ -104,6 +106,9 @@ TENANT_PRIVILEGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("UPDATE", "notifications", ("status", "attempts", "last_error", "provider_message_id", "sent_at",
                                  "next_attempt_at", "enqueued_at", "claimed_by", "claimed_until",
                                  "updated_at")),
+    # the bot: a press of an event card's button records the follow-up event (clarion.db.events)
+    ("SELECT", "events", None),
+    ("INSERT", "events", ("id", "namespace", "event_id", "type", "reference", "initiator", "data", "result")),
 )
 #: Sequences a tenant calls nextval on.
 TENANT_SEQUENCES = ("support_threads_id_seq", "audit_log_id_seq")

@@ -429,6 +429,9 @@ def create_api() -> FastAPI:
     from clarion_webhook.group_posts import add_group_posts_api  # POST /groups/{name}/posts (ADR 0010)
 
     add_group_posts_api(api)
+    from clarion_webhook.events import add_events_api  # POST /events, GET /events (docs/events.md)
+
+    add_events_api(api)
     return api
 
 
