@@ -211,7 +211,8 @@ def test_the_client_s_confirmation_carries_the_footer_in_their_language() -> Non
     (delivery,) = decided.outcomes
     assert isinstance(delivery, Delivery)
     assert delivery.content["text"] == (
-        "Ваша запись на Haircut 5 Dec 10:00 подтверждена.\n\nЗаписывайтесь на Haircut снова на example.com"
+        "Ваша запись на Haircut 5 Dec 10:00 подтверждена.\n\n"
+        "Записывайтесь на Haircut снова на example.com"
     )
     assert delivery.address == "1"
 
