@@ -132,9 +132,8 @@ async def _accept(request: Request, body: EventRequest, caller: ApiKeyRow) -> JS
     except _DB_ERRORS as exc:
         raise _unavailable() from exc
     event_uuid = uuid.uuid4()
-    now = datetime.now(UTC)
     try:
-        decided = plan(body, routes, channels, push_known, now, event_uuid)
+        decided = plan(body, routes, channels, push_known, datetime.now(UTC), event_uuid)
     except FanOutProblem as problem:
         raise Refused(422, "invalid_template", f"{problem.field}: {problem.message}",
                       field=problem.field) from problem
@@ -156,7 +155,8 @@ async def _accept(request: Request, body: EventRequest, caller: ApiKeyRow) -> JS
                     raise _unavailable()  # one transaction, kept as a guard
                 return _replayed(row)
             stored = await q.accept_many(conn, news) if news else []
-            answer = _answer(body, now, decided, {i: r for (i, _), r in zip(deliveries, stored, strict=True)})
+            by_outcome = {i: r for (i, _), r in zip(deliveries, stored, strict=True)}
+            answer = _answer(body, row.received_at, decided, by_outcome)
             dumped = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
             await ev.finish_event(conn, event_uuid, {"recipients": dumped["recipients"]}, decided.follow_ups)
     except _DB_ERRORS as exc:
