@@ -88,6 +88,7 @@ class Skip:
 class Plan:
     outcomes: list[Delivery | Skip]
     follow_ups: list[str]  # the event types of the card's buttons (one card's worth), in order
+    callback_route: str | None = None  # the card's route, when it has a callback
 
 
 def _reachable(entry: RouteChannel, recipient: EventRecipient, channels: Mapping[str, ChannelRecord],
@@ -146,6 +147,7 @@ def plan(event: EventRequest, routes: Sequence[RouteRow], channels: Mapping[str,
     variables: dict[str, object] = {**event.data, "eventId": event.id, "eventType": event.type}
     outcomes: list[Delivery | Skip] = []
     follow_ups: list[str] = []
+    callback_route: str | None = None
     for index, recipient in enumerate(event.recipients):
         if (recipient.role, recipient.id) == (event.initiator.role, event.initiator.id):
             outcomes.append(Skip(index, None, "initiator"))
@@ -170,7 +172,8 @@ def plan(event: EventRequest, routes: Sequence[RouteRow], channels: Mapping[str,
                                                             f"{problem.message}") from problem
             if content.get("buttons") and role.buttons and not follow_ups:
                 follow_ups = [b.event_type for b in role.buttons]
+                callback_route = route.name if route.spec.callback is not None else None
             quiet = route.spec.quiet_hours
             until = None if quiet is None else quiet.quiet_until(now, ZoneInfo(recipient.time_zone or "UTC"))
             outcomes.append(Delivery(index, route.name, channel, address, content, until))
-    return Plan(outcomes, follow_ups)
+    return Plan(outcomes, follow_ups, callback_route)

@@ -1,7 +1,8 @@
 """NotificationRoute handlers: store the route for the API, check its channels and templates, report
 status (docs/events.md).
 
-Every pass stores the spec in `notification_routes` (the API reads routes from there; a route that is
+Every pass reads the callback's Secret (a change to it is seen by the next timer pass), stores the
+spec and the callback's signing key in `notification_routes` (the API reads routes from there; a route that is
 not Ready is stored too, see `routes_logic`), reads the channel rows it names and writes the status
 `routes_logic` builds, with an Event when Ready changes. The timer checks again every
 `route_check_seconds`, so a channel becoming Ready makes the route Ready without a spec change. Delete
@@ -17,8 +18,9 @@ import kopf
 from clarion.db import events as rows
 from clarion.db.channels import ChannelRecord, get_channel
 from clarion.keys import channel_key
-from clarion.models import NOTIFICATION_ROUTE, InvalidSpec, NotificationRoute, changed_conditions
+from clarion.models import NOTIFICATION_ROUTE, InvalidSpec, NotificationRoute, RouteReason, changed_conditions
 
+from clarion_operator.channels import secret_value
 from clarion_operator.context import context, object_lock
 from clarion_operator.routes_logic import ready_condition, route_problems, route_status
 from clarion_operator.settings import OperatorSettings
@@ -30,12 +32,19 @@ ROUTES = NOTIFICATION_ROUTE.selector
 async def reconcile_route(route: NotificationRoute, body: kopf.Body, memo: Any, patch: kopf.Patch,
                           logger: kopf.Logger) -> None:
     ctx = context(memo)
+    secret, callback_problem = None, None
+    if route.spec.callback is not None:
+        value = await secret_value(ctx, route.namespace, route.spec.callback.secret_ref)
+        if isinstance(value, str):
+            secret = value.encode()
+        else:
+            callback_problem = RouteReason(value.reason.value), value.message
     await rows.upsert_route(ctx.db, namespace=route.namespace, name=route.name, uid=route.uid,
-                            spec=route.spec)
+                            spec=route.spec, callback_secret=secret)
     names = {entry.channel_ref for role in route.spec.recipients for entry in role.channels}
     channels: dict[str, ChannelRecord | None] = {
         name: await get_channel(ctx.db, channel_key(route.namespace, name)) for name in sorted(names)}
-    ready = ready_condition(route_problems(route.spec, channels))
+    ready = ready_condition(route_problems(route.spec, channels, callback_problem))
     status = route_status(route.status, ready, generation=route.generation, now=datetime.now(UTC))
     write_status(patch, route.status, status)
     for cond in changed_conditions(route.status.conditions, [ready]):

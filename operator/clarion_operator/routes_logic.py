@@ -1,9 +1,10 @@
 """What a NotificationRoute's status should say: a pure function of its spec and the channel rows it names.
 
-The route is Ready when every channel it names exists and is Ready and every template it names (its
-recipients' and its footer) is one of its own that compiles, or one of that channel's that compiles. The
-first problem found, in the spec's order, is Ready's reason: ChannelNotFound, ChannelNotReady,
-TemplateNotFound, TemplateInvalid; the message lists every problem. A route that is not Ready is still
+The route is Ready when every channel it names exists and is Ready, every template it names (its
+recipients' and its footer) is one of its own that compiles, or one of that channel's that compiles, and
+its callback's Secret key can be read. The first problem found, in the spec's order, is Ready's reason:
+ChannelNotFound, ChannelNotReady, TemplateNotFound, TemplateInvalid, SecretNotFound, SecretKeyNotFound;
+the message lists every problem. A route that is not Ready is still
 stored and used: `POST /api/v1/events` skips the channels it cannot use (no_reachable_channel) and
 refuses an event whose template does not render.
 """
@@ -34,10 +35,10 @@ def _template_problem(spec: NotificationRouteSpec, name: str, channel: ChannelRe
     return None
 
 
-def route_problems(spec: NotificationRouteSpec,
-                   channels: Mapping[str, ChannelRecord | None]) -> list[tuple[RouteReason, str]]:
+def route_problems(spec: NotificationRouteSpec, channels: Mapping[str, ChannelRecord | None],
+                   callback_problem: tuple[RouteReason, str] | None = None) -> list[tuple[RouteReason, str]]:
     """Every problem of the route, in spec order; `channels` has each channel the route names (None: no
-    such channel)."""
+    such channel); `callback_problem`: why the callback's Secret cannot be read (checked last)."""
     problems: list[tuple[RouteReason, str]] = []
     for template in spec.templates:
         why = template_problem(template)
@@ -58,8 +59,9 @@ def route_problems(spec: NotificationRouteSpec,
                 found = _template_problem(spec, name, channel, entry.channel_ref)
                 if found is not None:
                     problems.append((found[0], f"role {role.role}: {found[1]}"))
-    unique = list(dict.fromkeys(problems))
-    return unique
+    if callback_problem is not None:
+        problems.append((callback_problem[0], f"callback: {callback_problem[1]}"))
+    return list(dict.fromkeys(problems))
 
 
 def ready_condition(problems: list[tuple[RouteReason, str]]) -> Condition:

@@ -38,16 +38,21 @@ class RouteRow:
     spec: NotificationRouteSpec
 
 
-async def upsert_route(db: Db, *, namespace: str, name: str, uid: str, spec: NotificationRouteSpec) -> None:
-    """Store the route's current spec (revives a deleted row of the same name)."""
+async def upsert_route(db: Db, *, namespace: str, name: str, uid: str, spec: NotificationRouteSpec,
+                       callback_secret: bytes | None = None) -> None:
+    """Store the route's current spec and its callback's signing key (None: no callback, or its Secret
+    cannot be read); revives a deleted row of the same name."""
     await db.execute(
-        """INSERT INTO notification_routes (namespace, name, uid, event_type, initiator_role, enabled, spec)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
+        """INSERT INTO notification_routes (namespace, name, uid, event_type, initiator_role, enabled, spec,
+                                            callback_url, callback_secret)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
            ON CONFLICT (namespace, name) DO UPDATE SET
                uid = EXCLUDED.uid, event_type = EXCLUDED.event_type,
                initiator_role = EXCLUDED.initiator_role, enabled = EXCLUDED.enabled, spec = EXCLUDED.spec,
+               callback_url = EXCLUDED.callback_url, callback_secret = EXCLUDED.callback_secret,
                updated_at = now(), deleted_at = NULL""",
-        namespace, name, uid, spec.event_type, spec.initiator_role, spec.enabled, json.dumps(spec.to_k8s()))
+        namespace, name, uid, spec.event_type, spec.initiator_role, spec.enabled, json.dumps(spec.to_k8s()),
+        spec.callback.url if spec.callback else None, callback_secret)
 
 
 async def mark_route_deleted(db: Db, namespace: str, name: str, uid: str) -> bool:
@@ -96,6 +101,7 @@ class EventRow:
     initiator: dict[str, Any]
     data: dict[str, Any]
     follow_ups: list[str]
+    callback_route: str | None
     received_at: datetime
     result: dict[str, Any] | None
 
@@ -108,11 +114,13 @@ def _event(record: asyncpg.Record) -> EventRow:
     return EventRow(
         id=record["id"], namespace=record["namespace"], event_id=record["event_id"], type=record["type"],
         reference=record["reference"], initiator=_json(record["initiator"]), data=_json(record["data"]),
-        follow_ups=_json(record["follow_ups"]), received_at=record["received_at"],
+        follow_ups=_json(record["follow_ups"]), callback_route=record["callback_route"],
+        received_at=record["received_at"],
         result=_json(record["result"]))
 
 
-_EVENT = "id, namespace, event_id, type, reference, initiator, data, follow_ups, received_at, result"
+_EVENT = ("id, namespace, event_id, type, reference, initiator, data, follow_ups, callback_route, "
+          "received_at, result")
 
 
 async def claim_event(conn: Db, *, id: uuid.UUID, namespace: str, event_id: str, type: str,
@@ -135,10 +143,12 @@ async def claim_event(conn: Db, *, id: uuid.UUID, namespace: str, event_id: str,
     return existing, False
 
 
-async def finish_event(conn: Db, id: uuid.UUID, result: dict[str, Any], follow_ups: list[str]) -> None:
-    """Keep the answer of the event's fan-out and the event types of its card's buttons."""
-    await conn.execute("UPDATE events SET result = $2, follow_ups = $3 WHERE id = $1",
-                       id, json.dumps(result), json.dumps(follow_ups))
+async def finish_event(conn: Db, id: uuid.UUID, result: dict[str, Any], follow_ups: list[str],
+                       callback_route: str | None) -> None:
+    """Keep the answer of the event's fan-out, the event types of its card's buttons and the route whose
+    callback receives them."""
+    await conn.execute("UPDATE events SET result = $2, follow_ups = $3, callback_route = $4 WHERE id = $1",
+                       id, json.dumps(result), json.dumps(follow_ups), callback_route)
 
 
 async def get_event(db: Db, namespace: str, event_id: str) -> EventRow | None:
@@ -176,8 +186,49 @@ async def record_follow_up(conn: Db, card: EventRow, button: int, *, by: str,
         return None
     event_type = card.follow_ups[button]
     async with conn.transaction():
-        return await claim_event(
+        row, new = await claim_event(
             conn, id=uuid.uuid4(), namespace=card.namespace, event_id=follow_up_id(card.event_id, event_type),
             type=event_type, initiator={"role": "admin", "id": by}, data=data, api_key_id=None,
             reference=card.event_id, result={"recipients": []})
+        if new and card.callback_route is not None:  # the callback's outbox row, with the event
+            await conn.execute("INSERT INTO event_deliveries (event_id, namespace, route) "
+                               "VALUES ($1, $2, $3)", row.id, card.namespace, card.callback_route)
+        return row, new
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    """A follow-up event whose callback is due: the event, where to and the signing key (None: the
+    route has no callback now, or its Secret could not be read)."""
+
+    event: EventRow
+    attempts: int
+    url: str | None
+    secret: bytes | None
+
+
+async def due_deliveries(conn: Db, limit: int) -> list[DueDelivery]:
+    """Due callbacks, locked for this transaction (`FOR UPDATE SKIP LOCKED`: two webhook replicas never
+    send the same one at once)."""
+    rows = await conn.fetch(
+        f"""SELECT {', '.join('e.' + c.strip() for c in _EVENT.split(','))}, d.attempts,
+                   r.callback_url, r.callback_secret
+            FROM event_deliveries d JOIN events e ON e.id = d.event_id
+            LEFT JOIN notification_routes r ON r.namespace = d.namespace AND r.name = d.route
+                                            AND r.deleted_at IS NULL
+            WHERE d.delivered_at IS NULL AND d.next_attempt_at <= now()
+            ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED""", limit)  # noqa: S608
+    return [DueDelivery(_event(r), r["attempts"], r["callback_url"], r["callback_secret"]) for r in rows]
+
+
+async def delivered(conn: Db, event_id: uuid.UUID) -> None:
+    await conn.execute("UPDATE event_deliveries SET delivered_at = now(), attempts = attempts + 1, "
+                       "last_error = NULL WHERE event_id = $1", event_id)
+
+
+async def delivery_failed(conn: Db, event_id: uuid.UUID, error: str, retry_in_seconds: float) -> None:
+    await conn.execute(
+        """UPDATE event_deliveries SET attempts = attempts + 1, last_error = $2,
+               next_attempt_at = now() + make_interval(secs => $3) WHERE event_id = $1""",
+        event_id, error[:1000], retry_in_seconds)
 

@@ -29,8 +29,9 @@ calls:
 - audit_log: INSERT only, of rows naming one of the namespace's channels in `details.channel` (the bot's
   join decisions, the workers' warnings and removals; migration 0014's policy), and its id sequence;
   never SELECT;
-- events: SELECT, INSERT (bot: a press of an event card's button records the follow-up event;
-  migration 0022's policy keeps it in the namespace);
+- events: SELECT, INSERT; event_deliveries: INSERT (bot: a press of an event card's button records the
+  follow-up event and, when its route has a callback, the delivery's outbox row; migration 0022's
+  policies keep both in the namespace);
 - nothing on api_keys, idempotency_keys, schema_migrations.
 
 Passwords never reach the server in clear: roles get a SCRAM-SHA-256 verifier computed here, so a
@@ -109,6 +110,7 @@ TENANT_PRIVILEGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     # the bot: a press of an event card's button records the follow-up event (clarion.db.events)
     ("SELECT", "events", None),
     ("INSERT", "events", ("id", "namespace", "event_id", "type", "reference", "initiator", "data", "result")),
+    ("INSERT", "event_deliveries", ("event_id", "namespace", "route")),
 )
 #: Sequences a tenant calls nextval on.
 TENANT_SEQUENCES = ("support_threads_id_seq", "audit_log_id_seq")

@@ -18,8 +18,10 @@ from pydantic import ConfigDict, Field, model_validator
 
 from clarion.models.base import (
     DNS_SUBDOMAIN,
+    HTTP_URL,
     CamelModel,
     ResourceStatus,
+    SecretKeyRef,
     cel,
     rules,
 )
@@ -44,6 +46,8 @@ class RouteReason(StrEnum):
     CHANNEL_NOT_READY = "ChannelNotReady"
     TEMPLATE_NOT_FOUND = "TemplateNotFound"
     TEMPLATE_INVALID = "TemplateInvalid"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
 
 
 class ButtonLabel(CamelModel):
@@ -135,6 +139,16 @@ class QuietHours(CamelModel):
         return moment.astimezone(ZoneInfo("UTC"))
 
 
+class RouteCallback(CamelModel):
+    """Where the follow-up events of this route's cards are POSTed (docs/events.md, "Callbacks")."""
+
+    url: str = Field(min_length=9, max_length=2048, pattern=HTTP_URL,
+                     description="The backend's URL; each follow-up event is POSTed to it as JSON until it "
+                                 "answers 2xx (retried with backoff up to an hour apart).")
+    secret_ref: SecretKeyRef = Field(
+        description="Secret key whose value signs each body: X-Clarion-Signature: sha256=<hex HMAC-SHA256>.")
+
+
 class NotificationRouteSpec(CamelModel):
     """An event type from one initiator role, and who of its recipients is notified how."""
 
@@ -158,6 +172,9 @@ class NotificationRouteSpec(CamelModel):
         default=None, min_length=1, max_length=63, pattern=TEMPLATE_NAME,
         description="A template (of this route, else of the channel) whose text is appended to every "
                     "message after a blank line: e.g. an advertisement, per language.")
+    callback: RouteCallback | None = Field(
+        default=None, description="POST the follow-up events of this route's cards to the backend. Absent: "
+                                  "read them with GET /api/v1/events?reference=<event id>.")
     quiet_hours: QuietHours | None = Field(
         default=None, description="No sending in this window of the recipient's local time "
                                   "(timeZone of the recipient, UTC when absent).")

@@ -89,7 +89,7 @@ def _answer(body: EventRequest, received_at: datetime, decided: Plan,
                        received_at=received_at, recipients=outcomes)
 
 
-def _stored_answer(row: ev.EventRow) -> EventAnswer:
+def stored_answer(row: ev.EventRow) -> EventAnswer:
     """The answer of a stored event: its result's outcomes with the event's own fields."""
     result = row.result or {}
     return EventAnswer(id=row.event_id, type=row.type, reference=row.reference,
@@ -158,7 +158,8 @@ async def _accept(request: Request, body: EventRequest, caller: ApiKeyRow) -> JS
             by_outcome = {i: r for (i, _), r in zip(deliveries, stored, strict=True)}
             answer = _answer(body, row.received_at, decided, by_outcome)
             dumped = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
-            await ev.finish_event(conn, event_uuid, {"recipients": dumped["recipients"]}, decided.follow_ups)
+            await ev.finish_event(conn, event_uuid, {"recipients": dumped["recipients"]}, decided.follow_ups,
+                                  decided.callback_route)
     except _DB_ERRORS as exc:
         raise _unavailable() from exc
     queued = [r for r in stored if r.status == "queued"]
@@ -177,7 +178,7 @@ async def _accept(request: Request, body: EventRequest, caller: ApiKeyRow) -> JS
 
 def _replayed(row: ev.EventRow) -> JSONResponse:
     EVENTS.labels("replayed").inc()
-    body = _stored_answer(row).model_dump(mode="json", by_alias=True, exclude_none=True)
+    body = stored_answer(row).model_dump(mode="json", by_alias=True, exclude_none=True)
     return JSONResponse(body, status_code=200, headers={"Idempotent-Replay": "true"})
 
 
@@ -192,7 +193,7 @@ async def get_event(request: Request, caller: Caller,
         raise _unavailable() from exc
     if row is None or row.result is None:
         raise Refused(404, "not_found", f"no event {event_id}", field="event_id")
-    return _stored_answer(row).model_dump(mode="json", by_alias=True, exclude_none=True)
+    return stored_answer(row).model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 @router.get("/events", response_model=EventPage, responses={503: {"model": ErrorAnswer}})
@@ -204,7 +205,7 @@ async def list_events(request: Request, caller: Caller,
         rows = await ev.list_by_reference(_state(request).db, caller.namespace, reference, limit)
     except _DB_ERRORS as exc:
         raise _unavailable() from exc
-    return EventPage(items=[_stored_answer(r) for r in rows]).model_dump(mode="json", by_alias=True,
+    return EventPage(items=[stored_answer(r) for r in rows]).model_dump(mode="json", by_alias=True,
                                                                           exclude_none=True)
 
 
