@@ -3,7 +3,8 @@
 `POST /api/v1/events` of the real webhook app (uvicorn), notifications sent by a real `clarion-worker`
 process to the Telegram emulator, and the booking_done card's button pressed by an emulator user, which
 reaches the bot through the webhook and records the follow-up event the backend reads with
-`GET /api/v1/events?reference=`.
+`GET /api/v1/events?reference=` and receives, signed, at the route's callback URL (a local HTTP server
+that refuses the first delivery, so the retry is seen).
 
 What is asserted is what each person received (the emulator's record) and the API's answers.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
+import json
 import os
 import sys
 from collections import Counter
@@ -26,6 +29,7 @@ import httpx
 import pytest
 import uvicorn
 import yaml
+from aiohttp import web
 from clarion.db import api_keys as keys
 from clarion.db import events
 from clarion.keys import channel_key
@@ -57,12 +61,25 @@ async def until(predicate: Callable[[], Any], timeout: float = 30, what: str = "
     return await async_wait_for(predicate, timeout=timeout, interval=0.05, what=what)
 
 
+class Backend:
+    """The backend's callback endpoint: answers 500 to the first POST, 204 after; keeps what it got."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[int, dict[str, str], bytes]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        status = 500 if not self.received else 204
+        self.received.append((status, dict(request.headers), await request.read()))
+        return web.Response(status=status)
+
+
 @dataclass
 class Stack:
     emu: Emulator
     token: str
     api: httpx.AsyncClient
     db: asyncpg.Pool
+    backend: Backend
 
     def texts(self, chat_id: int) -> list[str]:
         return [m.text for m in self.emu.sent(self.token, chat_id)]
@@ -123,15 +140,38 @@ async def stack(
             "rateLimits": {"globalPerSecond": 30, "perChatPerSecond": 30},
         },
     )
-    for doc in yaml.safe_load_all(EXAMPLES.read_text()):  # as the operator stores each route
-        if doc:
-            await events.upsert_route(
-                db,
-                namespace=NAMESPACE,
-                name=doc["metadata"]["name"],
-                uid=f"uid-{doc['metadata']['name']}",
-                spec=NotificationRouteSpec.model_validate(doc["spec"]),
+    backend = Backend()
+    receiver = web.Application()
+    receiver.router.add_post("/follow-ups", backend.handle)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    backend_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", backend_port).start()
+    docs = [doc for doc in yaml.safe_load_all(EXAMPLES.read_text()) if doc]
+    secrets = {doc["metadata"]["name"]: doc["stringData"] for doc in docs if doc["kind"] == "Secret"}
+    for doc in docs:  # as the operator stores each route: its spec and its callback's secret
+        if doc["kind"] != "NotificationRoute":
+            continue
+        spec = NotificationRouteSpec.model_validate(doc["spec"])
+        secret = None
+        if spec.callback is not None:
+            ref = spec.callback.secret_ref
+            secret = secrets[ref.name][ref.key].encode()
+            spec = spec.model_copy(
+                update={
+                    "callback": spec.callback.model_copy(
+                        update={"url": f"http://127.0.0.1:{backend_port}/follow-ups"}
+                    )
+                }
             )
+        await events.upsert_route(
+            db,
+            namespace=NAMESPACE,
+            name=doc["metadata"]["name"],
+            uid=f"uid-{doc['metadata']['name']}",
+            spec=spec,
+            callback_secret=secret,
+        )
     await keys.sync_api_key(
         db,
         ApiKeySecret(
@@ -145,7 +185,11 @@ async def stack(
     )
     port = free_port()
     settings = WebhookSettings(
-        database_url=database_url, redis_url=redis_url, webhook_port=port, channel_cache_seconds=0
+        database_url=database_url,
+        redis_url=redis_url,
+        webhook_port=port,
+        channel_cache_seconds=0,
+        callback_poll_seconds=0.2,
     )
     env = {
         **os.environ,
@@ -180,12 +224,13 @@ async def stack(
                 base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {API_KEY}"}
             ) as api:
                 try:
-                    yield Stack(emu, info.token, api, db)
+                    yield Stack(emu, info.token, api, db, backend)
                 finally:
                     stop.set()
                     assert await bot_task == 0
     finally:
         await stop_processes([worker])
+        await runner.cleanup()
 
 
 # The matrix of issue 17: (event, initiator) -> what each role receives (None: nothing, the initiator).
@@ -298,6 +343,19 @@ async def test_booking_done_sends_the_admin_a_card_whose_yes_becomes_booking_con
         return list(page.json()["items"])
 
     [follow_up] = await until(follow_ups, what="the follow-up event")
+    # the callback: refused once (500), delivered again, signed with the route's secret
+    await until(lambda: len(stack.backend.received) >= 2, what="the callback, retried after a 500")
+    (first, _, _), (status, headers, body) = stack.backend.received[:2]
+    assert (first, status) == (500, 204)
+    secret = b"replace-with-a-long-random-string"
+    assert headers["X-Clarion-Signature"] == "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    assert headers["X-Clarion-Event"] == "done-1:booking_confirmed"
+    pushed = json.loads(body)
+    assert (pushed["type"], pushed["reference"], pushed["initiator"]) == (
+        "booking_confirmed",
+        "done-1",
+        {"role": "admin", "id": str(ADMIN)},
+    )
     assert follow_up["type"] == "booking_confirmed"
     assert follow_up["id"] == "done-1:booking_confirmed"
     assert follow_up["reference"] == "done-1"
