@@ -33,7 +33,7 @@ def _routes() -> dict[str, RouteRow]:
             doc["metadata"]["name"], NotificationRouteSpec.model_validate(doc["spec"])
         )
         for doc in yaml.safe_load_all(EXAMPLES.read_text())
-        if doc
+        if doc and doc["kind"] == "NotificationRoute"
     }
 
 
