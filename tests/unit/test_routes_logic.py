@@ -3,6 +3,8 @@ fan-out table of `clarion.fanout.plan` over the example routes, and what the ope
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +21,7 @@ from clarion.models.channel import ChannelTemplate
 from clarion.models.event import EventRequest
 from clarion.models.route import QuietHours
 from clarion_operator.routes_logic import ready_condition, route_problems
+from clarion_webhook.callbacks import backoff_seconds, signature
 
 pytestmark = pytest.mark.unit
 
@@ -210,10 +213,8 @@ def test_the_client_s_confirmation_carries_the_footer_in_their_language() -> Non
     )
     (delivery,) = decided.outcomes
     assert isinstance(delivery, Delivery)
-    assert delivery.content["text"] == (
-        "Ваша запись на Haircut 5 Dec 10:00 подтверждена.\n\n"
-        "Записывайтесь на Haircut снова на example.com"
-    )
+    footer = "Записывайтесь на Haircut снова на example.com"
+    assert delivery.content["text"] == f"Ваша запись на Haircut 5 Dec 10:00 подтверждена.\n\n{footer}"
     assert delivery.address == "1"
 
 
@@ -367,3 +368,19 @@ def test_a_route_naming_a_channel_template_is_ready_when_that_template_compiles(
         spec, {"bot": _channel("bot", templates={"hello": StoredTemplate.of(good, "line 1")})}
     )
     assert broken[0][0] == RouteReason.TEMPLATE_INVALID
+
+
+def test_a_callback_whose_secret_cannot_be_read_is_named_last() -> None:
+    problems = route_problems(
+        _push_route().spec,
+        {"bot": _channel("bot"), "push": _channel("push", "webpush")},
+        (RouteReason.SECRET_NOT_FOUND, "Secret salon/hook does not exist"),
+    )
+    assert problems == [(RouteReason.SECRET_NOT_FOUND, "callback: Secret salon/hook does not exist")]
+
+
+def test_a_callback_is_signed_with_hmac_sha256_of_the_body_and_retried_up_to_the_cap() -> None:
+    body = b'{"id":"done-1:booking_confirmed"}'
+    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert signature(b"s3cret", body) == f"sha256={expected}"
+    assert [backoff_seconds(n, 3600) for n in (1, 2, 3, 11, 12, 40)] == [2, 4, 8, 2048, 3600, 3600]
