@@ -109,7 +109,8 @@ TENANT_PRIVILEGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
                                  "updated_at")),
     # the bot: a press of an event card's button records the follow-up event (clarion.db.events)
     ("SELECT", "events", None),
-    ("INSERT", "events", ("id", "namespace", "event_id", "type", "reference", "initiator", "data", "result")),
+    ("INSERT", "events", ("id", "namespace", "event_id", "type", "reference", "initiator", "data",
+                          "api_key_id", "result")),
     ("INSERT", "event_deliveries", ("event_id", "namespace", "route")),
 )
 #: Sequences a tenant calls nextval on.
