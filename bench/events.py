@@ -56,10 +56,11 @@ ROUTE = NotificationRouteSpec.model_validate({
 
 
 def event(i: int) -> bytes:
+    people = [{"role": "member", "id": f"m{r}", "telegramChatId": FIRST_CHAT + (i * RECIPIENTS + r) % 1000}
+              for r in range(RECIPIENTS)]
     return json.dumps({
         "type": "booking_created", "id": f"e{i}", "initiator": {"role": "admin", "id": "a"},
-        "recipients": [{"role": "member", "id": f"m{r}",
-                        "telegramChatId": FIRST_CHAT + (i * RECIPIENTS + r) % 1000} for r in range(RECIPIENTS)],
+        "recipients": people,
         "data": {"service": "Haircut", "when": "5 Dec 10:00"}}).encode()
 
 
