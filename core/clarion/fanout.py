@@ -33,7 +33,7 @@ from clarion.db.events import RouteRow
 from clarion.models.event import EventRecipient, EventRequest, SkipReason
 from clarion.models.notification import TELEGRAM_TEXT_MAX
 from clarion.models.route import RouteChannel, RouteRecipient
-from clarion.templates import TemplateProblem, render_stored, template_problem
+from clarion.templates import TemplateProblem, render_stored
 
 #: Callback data of a card's button: `ev:<the event's uuid, hex>:<button index>` (37 bytes, within 64).
 CALLBACK_PREFIX = "ev:"
@@ -108,8 +108,8 @@ def _reachable(entry: RouteChannel, recipient: EventRecipient, channels: Mapping
 
 def _stored(route: RouteRow, channel: ChannelRecord, name: str) -> tuple[StoredTemplate, str]:
     own = route.spec.template(name)
-    if own is not None:
-        return StoredTemplate.of(own, template_problem(own)), f"of route {route.name}"
+    if own is not None:  # compiled (and checked) once per revision by render_stored's cache
+        return StoredTemplate.of(own, None), f"of route {route.name}"
     stored = channel.templates.get(name)
     if stored is None:
         raise TemplateProblem("name", f"neither route {route.name} nor channel {channel.key} has a template "
