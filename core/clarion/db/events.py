@@ -207,17 +207,22 @@ class DueDelivery:
     secret: bytes | None
 
 
-async def due_deliveries(conn: Db, limit: int) -> list[DueDelivery]:
-    """Due callbacks, locked for this transaction (`FOR UPDATE SKIP LOCKED`: two webhook replicas never
-    send the same one at once)."""
-    rows = await conn.fetch(
-        f"""SELECT {', '.join('e.' + c.strip() for c in _EVENT.split(','))}, d.attempts,
-                   r.callback_url, r.callback_secret
-            FROM event_deliveries d JOIN events e ON e.id = d.event_id
-            LEFT JOIN notification_routes r ON r.namespace = d.namespace AND r.name = d.route
-                                            AND r.deleted_at IS NULL
-            WHERE d.delivered_at IS NULL AND d.next_attempt_at <= now()
-            ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED""", limit)  # noqa: S608
+async def claim_deliveries(db: Db, limit: int, lease_seconds: float) -> list[DueDelivery]:
+    """Take up to `limit` due callbacks for `lease_seconds` (their next attempt moved past the lease, in
+    one short statement; `SKIP LOCKED`: two webhook replicas never take the same one). A taker that dies
+    leaves them due again once the lease is over."""
+    columns = ", ".join("e." + c.strip() for c in _EVENT.split(","))
+    rows = await db.fetch(
+        f"""WITH taken AS (
+                UPDATE event_deliveries SET next_attempt_at = now() + make_interval(secs => $2)
+                WHERE event_id IN (SELECT event_id FROM event_deliveries
+                                   WHERE delivered_at IS NULL AND next_attempt_at <= now()
+                                   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+                RETURNING event_id, namespace, route, attempts)
+            SELECT {columns}, t.attempts, r.callback_url, r.callback_secret
+            FROM taken t JOIN events e ON e.id = t.event_id
+            LEFT JOIN notification_routes r ON r.namespace = t.namespace AND r.name = t.route
+                                            AND r.deleted_at IS NULL""", limit, lease_seconds)  # noqa: S608
     return [DueDelivery(_event(r), r["attempts"], r["callback_url"], r["callback_secret"]) for r in rows]
 
 

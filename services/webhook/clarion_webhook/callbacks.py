@@ -1,9 +1,11 @@
 """Follow-up events POSTed to the backend (docs/events.md, "Callbacks"): the webhook service delivers
 the outbox rows the bot writes with each follow-up (`event_deliveries`, migration 0022).
 
-Every `callback_poll_seconds` a replica takes the due rows, locked for its transaction (two replicas
-never send one at once), POSTs each event as the JSON `GET /api/v1/events/{id}` returns, signed with the
-route's callback secret (`X-Clarion-Signature: sha256=<hex HMAC-SHA256 of the body>`), and marks it
+Every `callback_poll_seconds` a replica takes the due rows for a lease (`claim_deliveries`: one short
+statement; two replicas never take one row, a replica that dies leaves its rows due again when the
+lease ends), POSTs each event (a batch at once, outside any transaction) as the JSON
+`GET /api/v1/events/{id}` returns, signed with the route's callback secret
+(`X-Clarion-Signature: sha256=<hex HMAC-SHA256 of the body>`), and marks it
 delivered on a 2xx. Anything else (an error status, a timeout, no route or secret now) is an attempt:
 the row is tried again after 2^attempts seconds, at most `callback_max_backoff_seconds` apart, for as
 long as it takes; the row is never dropped. A backend may therefore get an event twice (a 2xx lost on
@@ -79,22 +81,21 @@ class CallbackDeliverer:
                     await asyncio.wait_for(self._stopping.wait(), self.poll_seconds)
 
     async def deliver_due(self, session: aiohttp.ClientSession) -> int:
-        """One pass: every due row of one batch attempted; returns how many were delivered."""
-        sent = 0
-        async with self.db.acquire() as conn, conn.transaction():
-            for due in await ev.due_deliveries(conn, self.batch):
-                error = await self._post(session, due)
-                if error is None:
-                    await ev.delivered(conn, due.event.id)
-                    sent += 1
-                    CALLBACKS.labels("delivered").inc()
-                    continue
-                CALLBACKS.labels("failed").inc()
-                retry = backoff_seconds(due.attempts + 1, self.max_backoff_seconds)
-                log.info("event_callback_failed", event_id=due.event.event_id, attempts=due.attempts + 1,
-                         retry_in_seconds=retry, error=error)
-                await ev.delivery_failed(conn, due.event.id, error, retry)
-        return sent
+        """One pass: every row of one batch attempted at once; returns how many were delivered."""
+        lease = self.timeout.total or 10.0
+        taken = await ev.claim_deliveries(self.db, self.batch, lease * 2)
+        errors = await asyncio.gather(*(self._post(session, due) for due in taken))
+        for due, error in zip(taken, errors, strict=True):
+            if error is None:
+                await ev.delivered(self.db, due.event.id)
+                CALLBACKS.labels("delivered").inc()
+                continue
+            CALLBACKS.labels("failed").inc()
+            retry = backoff_seconds(due.attempts + 1, self.max_backoff_seconds)
+            log.info("event_callback_failed", event_id=due.event.event_id, attempts=due.attempts + 1,
+                     retry_in_seconds=retry, error=error)
+            await ev.delivery_failed(self.db, due.event.id, error, retry)
+        return errors.count(None)
 
     async def _post(self, session: aiohttp.ClientSession, due: ev.DueDelivery) -> str | None:
         """None when the backend took it (2xx), else what went wrong."""
