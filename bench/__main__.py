@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 #: In the order they are cheapest to read: single components first, whole paths last.
 BENCHMARKS = ("templates", "sender_limiter", "emulator_capacity", "email_sender", "webhook_ingest",
               "snapshot", "sender_rate", "sender_capacity", "instant_priority", "sender_kill",
-              "notifications", "support_reply", "join_requests", "group_activity", "operator_scale",
+              "notifications", "events", "support_reply", "join_requests", "group_activity", "operator_scale",
               "autoscale")
 
 

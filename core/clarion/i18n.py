@@ -219,6 +219,18 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "Only the bot's admins can decide join requests.",
         "ru": "Решать по заявкам могут только администраторы бота.",
     },
+    "events.recorded": {
+        "en": "Recorded: {answer}.",
+        "ru": "Записано: {answer}.",
+    },
+    "events.already_recorded": {
+        "en": "Already recorded: {answer}.",
+        "ru": "Уже записано: {answer}.",
+    },
+    "events.unknown_card": {
+        "en": "This card is no longer valid.",
+        "ru": "Эта карточка больше не действует.",
+    },
     "groups.already_decided": {
         "en": "This request is already decided.",
         "ru": "По этой заявке уже есть решение.",

@@ -233,9 +233,17 @@ def render_template(channel: ChannelRecord, name: str, language: str | None,
     stored = channel.templates.get(name)
     if stored is None:
         raise TemplateProblem("name", f"channel {_channel_name(channel)} has no template {name!r}")
+    return render_stored(stored, channel.type, f"of channel {_channel_name(channel)}", language, variables)
+
+
+def render_stored(stored: StoredTemplate, channel_type: str, owner: str, language: str | None,
+                  variables: Mapping[str, object]) -> dict[str, Any]:
+    """`render_template` for a template held elsewhere than in a channel row (a NotificationRoute's
+    `spec.templates`), its content checked against a channel of `channel_type`; `owner` says where the
+    template is in messages ("of channel shop/alerts", "of route shop/booking-done")."""
+    name = stored.name
     if stored.error is not None or stored.template is None:
-        raise TemplateProblem("name", f"template {name!r} of channel {_channel_name(channel)} does not "
-                                      f"compile: {stored.error}")
+        raise TemplateProblem("name", f"template {name!r} {owner} does not compile: {stored.error}")
     try:
         compiled = _compiled(stored, stored.template)
     except TemplateSyntaxError as exc:  # the operator has not checked this revision yet
@@ -263,7 +271,7 @@ def render_template(channel: ChannelRecord, name: str, language: str | None,
         where = ".".join(str(p) for p in error["loc"])
         raise TemplateProblem("variables", f"template {name!r} rendered an invalid {where}: "
                                            f"{error['msg']}") from exc
-    problem = content.problem_for(channel.type)
+    problem = content.problem_for(channel_type)
     if problem is not None:
         field, why = problem
         raise TemplateProblem("variables", f"template {name!r} rendered an invalid {field}: {why}")

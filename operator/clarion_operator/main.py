@@ -1,4 +1,5 @@
-"""`clarion-operator`: the kopf operator for NotificationChannel, BroadcastCampaign and ManagedGroup."""
+"""`clarion-operator`: the kopf operator for NotificationChannel, BroadcastCampaign, ManagedGroup and
+NotificationRoute."""
 
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import clarion_operator.indexes
     import clarion_operator.scaler
     import clarion_operator.startup  # noqa: F401  (handlers register on import)
-    from clarion_operator import api_keys, campaigns, group_schedule, groups  # noqa: F401  (api_keys after startup: it uses its pools)
+    from clarion_operator import api_keys, campaigns, group_schedule, groups, routes  # noqa: F401  (api_keys after startup: it uses its pools)
 
     campaigns.register(settings)
     groups.register(settings)
     group_schedule.register(settings)
+    routes.register(settings)
 
     namespaces = list(args.namespace) or settings.namespace_list
     asyncio.run(kopf.operator(

@@ -76,6 +76,11 @@ class OperatorSettings(CommonSettings):
         default=300.0, ge=0, le=86400,
         description="How long a due campaign waits for its channel to be Ready before it is marked Failed.",
     )
+    route_check_seconds: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="Seconds between NotificationRoute passes: its channels' readiness and templates are "
+                    "checked again (docs/events.md).",
+    )
     group_check_seconds: float = Field(
         default=60.0, gt=0, le=3600,
         description="Seconds between ManagedGroup passes: the channel and the bot's admin rights are checked "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clarion.models import PLURALS
 from clarion_dev.cluster.launcher import ControlPlane
 from clarion_dev.testing import chart
 from kubernetes import client as k8s_client
@@ -23,11 +24,11 @@ pytestmark = pytest.mark.cluster
 # (API group, resource[/subresource], verbs) the operator uses in every namespace it watches.
 NAMESPACED_NEEDS: list[tuple[str, str, tuple[str, ...]]] = [
     *[("clarion.io", plural, ("get", "list", "watch", "patch"))
-      for plural in ("notificationchannels", "broadcastcampaigns", "managedgroups")],
+      for plural in PLURALS.values()],
     *[("clarion.io", f"{plural}/status", ("get", "patch", "update"))
-      for plural in ("notificationchannels", "broadcastcampaigns", "managedgroups")],
+      for plural in PLURALS.values()],
     *[("clarion.io", f"{plural}/finalizers", ("update",))
-      for plural in ("notificationchannels", "broadcastcampaigns", "managedgroups")],
+      for plural in PLURALS.values()],
     ("", "events", ("create",)),
     ("", "secrets", ("get", "list", "watch", "create", "update", "patch")),
     ("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete")),

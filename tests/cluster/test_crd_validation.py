@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 import yaml
-from clarion.models import GROUP, VERSION, BroadcastCampaignSpec, ManagedGroupSpec, NotificationChannelSpec
+from clarion.models import (
+    GROUP,
+    VERSION,
+    BroadcastCampaignSpec,
+    ManagedGroupSpec,
+    NotificationChannelSpec,
+    NotificationRouteSpec,
+)
 from clarion.models.base import unknown_time_zone
 from clarion.models.timezones import TIME_ZONES
 from clarion_dev.cluster import ControlPlane
@@ -27,6 +34,7 @@ SPECS: dict[str, type[BaseModel]] = {
     "NotificationChannel": NotificationChannelSpec,
     "BroadcastCampaign": BroadcastCampaignSpec,
     "ManagedGroup": ManagedGroupSpec,
+    "NotificationRoute": NotificationRouteSpec,
 }
 STARTED_ERROR = (
     "spec.{field} cannot change after the campaign started (phase {phase}); create a new BroadcastCampaign"
@@ -121,11 +129,16 @@ def test_kubectl_get_clarion_lists_every_kind_with_printer_columns(cluster: Clus
         "broadcastcampaign.clarion.io/winter-release",
         "broadcastcampaign.clarion.io/maintenance-notice",
         "managedgroup.clarion.io/community",
+        *(f"notificationroute.clarion.io/{name}" for name in (
+            "booking-created-by-client", "booking-created-by-admin", "booking-cancelled-by-client",
+            "booking-cancelled-by-admin", "booking-cancelled-by-specialist", "booking-rescheduled-by-admin",
+            "booking-done")),
     } == set(out.split())
     columns = {
         "nc": ["NAME", "TYPE", "READY", "BOT", "INSTANT", "BULK", "LAG", "AGE"],
         "bc": ["NAME", "PHASE", "CHANNEL", "TOTAL", "SENT", "FAILED", "PROGRESS", "AGE"],
         "mg": ["NAME", "CHAT", "PHASE", "MEMBERS", "PENDING", "AGE"],
+        "nr": ["NAME", "EVENT", "INITIATOR", "ENABLED", "READY", "AGE"],
     }
     for short_name, header in columns.items():
         code, out = cluster.run("get", short_name)

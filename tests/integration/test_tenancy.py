@@ -8,6 +8,7 @@ that Secret, as the namespace's pods do.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -18,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from clarion.db import campaigns as cq
 from clarion.db import channels as chq
-from clarion.db import create_pool, group_activity, subscribers, support
+from clarion.db import create_pool, events, group_activity, subscribers, support
 from clarion.db import push_subscriptions as push
 from clarion.db import tenancy as q
 from clarion.redis import create_redis
@@ -318,6 +319,34 @@ async def test_a_namespace_role_runs_the_webpush_worker_s_subscription_queries_o
         await pool.close()
     assert await db.fetchval("SELECT count(*) FROM push_subscriptions WHERE id = $1", mine) == 0
     assert await db.fetchval("SELECT last_sent_at FROM push_subscriptions WHERE id = $1", theirs) is None
+
+
+async def test_a_namespace_role_records_follow_ups_of_its_own_cards_with_their_callback_row(
+        ctx: Context, db: asyncpg.Pool) -> None:
+    await seed(db, "team-a", BOT_A)
+    await seed(db, "team-b", BOT_B)
+    cards = {}
+    for namespace in ("team-a", "team-b"):
+        async with db.acquire() as conn, conn.transaction():
+            card, _ = await events.claim_event(conn, id=uuid.uuid4(), namespace=namespace, event_id="done-1",
+                                               type="booking_done", initiator={"role": "system", "id": "-"},
+                                               data={}, api_key_id=None)
+            await events.finish_event(conn, card.id, {"recipients": []}, ["booking_confirmed"],
+                                      "booking-done")
+        cards[namespace] = await events.get_event_by_uuid(db, card.id)
+    await tenancy.ensure_runtime_secret(ctx, "team-a")
+    pool = await create_pool(secret_of(ctx, "team-a")["database-url"], min_size=1, max_size=2)
+    try:
+        mine, theirs = cards["team-a"], cards["team-b"]
+        assert mine is not None and theirs is not None
+        assert await events.get_event_by_uuid(pool, theirs.id) is None  # another namespace's card
+        async with pool.acquire() as conn:
+            recorded = await events.record_follow_up(conn, mine, 0, by="900", data={})
+        assert recorded is not None and recorded[1]
+    finally:
+        await pool.close()
+    deliveries = await db.fetch("SELECT namespace, route FROM event_deliveries")
+    assert [tuple(d) for d in deliveries] == [("team-a", "booking-done")]
 
 
 async def test_a_namespace_role_records_group_activity_of_its_own_groups_only(

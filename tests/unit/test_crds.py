@@ -93,8 +93,8 @@ def test_crd_is_namespaced_with_short_name_category_and_status_subresource(resou
     assert conditions["items"]["required"] == ["type", "status"]
 
 
-def test_short_names_are_nc_bc_mg() -> None:
-    assert [r.short_names for r in RESOURCES] == [("nc",), ("bc",), ("mg",)]
+def test_short_names_are_nc_bc_mg_nr() -> None:
+    assert [r.short_names for r in RESOURCES] == [("nc",), ("bc",), ("mg",), ("nr",)]
 
 
 def test_campaign_printer_columns_show_phase_channel_counts_and_progress() -> None:

@@ -21,6 +21,7 @@ from clarion.models import (
     ManagedGroupSpec,
     Message,
     NotificationChannelSpec,
+    NotificationRouteSpec,
     Schedule,
     changed_conditions,
     merge_conditions,
@@ -34,6 +35,7 @@ SPECS: dict[str, type[BaseModel]] = {
     "NotificationChannel": NotificationChannelSpec,
     "BroadcastCampaign": BroadcastCampaignSpec,
     "ManagedGroup": ManagedGroupSpec,
+    "NotificationRoute": NotificationRouteSpec,
 }
 
 
@@ -395,6 +397,7 @@ def test_api_constants() -> None:
         "NotificationChannel": "notificationchannels",
         "BroadcastCampaign": "broadcastcampaigns",
         "ManagedGroup": "managedgroups",
+        "NotificationRoute": "notificationroutes",
     }
 
 

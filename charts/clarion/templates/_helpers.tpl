@@ -149,14 +149,14 @@ topologySpreadConstraints:
 {{- define "clarion.operatorNamespacedRules" -}}
 # Clarion's own resources: watch them, add finalizers and annotations (patch), write status.
 - apiGroups: ["clarion.io"]
-  resources: ["notificationchannels", "broadcastcampaigns", "managedgroups"]
+  resources: ["notificationchannels", "broadcastcampaigns", "managedgroups", "notificationroutes"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["clarion.io"]
-  resources: ["notificationchannels/status", "broadcastcampaigns/status", "managedgroups/status"]
+  resources: ["notificationchannels/status", "broadcastcampaigns/status", "managedgroups/status", "notificationroutes/status"]
   verbs: ["get", "patch", "update"]
 # Owner references with blockOwnerDeletion on children (kopf.adopt) need update on the owner's finalizers.
 - apiGroups: ["clarion.io"]
-  resources: ["notificationchannels/finalizers", "broadcastcampaigns/finalizers", "managedgroups/finalizers"]
+  resources: ["notificationchannels/finalizers", "broadcastcampaigns/finalizers", "managedgroups/finalizers", "notificationroutes/finalizers"]
   verbs: ["update"]
 # kopf posts Events about handler progress and errors.
 - apiGroups: [""]

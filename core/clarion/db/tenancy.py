@@ -32,6 +32,9 @@ calls:
 - push_subscriptions: SELECT, UPDATE of last_sent_at, DELETE (the webpush worker: the subscription of
   a row, a push service's 404 or 410 removes it; `clarion.db.push_subscriptions`); no INSERT (the API
   registers as the system role);
+- events: SELECT, INSERT; event_deliveries: INSERT (bot: a press of an event card's button records the
+  follow-up event and, when its route has a callback, the delivery's outbox row; migration 0022's
+  policies keep both in the namespace);
 - nothing on api_keys, idempotency_keys, schema_migrations.
 
 Passwords never reach the server in clear: roles get a SCRAM-SHA-256 verifier computed here, so a
@@ -111,6 +114,11 @@ TENANT_PRIVILEGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("SELECT", "push_subscriptions", None),
     ("UPDATE", "push_subscriptions", ("last_sent_at",)),
     ("DELETE", "push_subscriptions", None),
+    # the bot: a press of an event card's button records the follow-up event (clarion.db.events)
+    ("SELECT", "events", None),
+    ("INSERT", "events", ("id", "namespace", "event_id", "type", "reference", "initiator", "data",
+                          "api_key_id", "result")),
+    ("INSERT", "event_deliveries", ("event_id", "namespace", "route")),
 )
 #: Sequences a tenant calls nextval on.
 TENANT_SEQUENCES = ("support_threads_id_seq", "audit_log_id_seq")

@@ -83,6 +83,7 @@ from clarion.models.objects import (
     InvalidSpec,
     ManagedGroup,
     NotificationChannel,
+    NotificationRoute,
     ObjectMeta,
     ResourceKey,
 )
@@ -93,10 +94,16 @@ from clarion.models.resources import (
     GROUP,
     MANAGED_GROUP,
     NOTIFICATION_CHANNEL,
+    NOTIFICATION_ROUTE,
     PLURALS,
     RESOURCES,
     VERSION,
     Resource,
+)
+from clarion.models.route import (
+    NotificationRouteSpec,
+    NotificationRouteStatus,
+    RouteReason,
 )
 
 __all__ = [
@@ -109,6 +116,7 @@ __all__ = [
     "GROUP_LANES",
     "MANAGED_GROUP",
     "NOTIFICATION_CHANNEL",
+    "NOTIFICATION_ROUTE",
     "PLURALS",
     "PUBLIC_BOT_API",
     "RESOURCES",
@@ -153,11 +161,15 @@ __all__ = [
     "NotificationChannelSpec",
     "NotificationChannelStatus",
     "NotificationLane",
+    "NotificationRoute",
+    "NotificationRouteSpec",
+    "NotificationRouteStatus",
     "ObjectMeta",
     "Phase",
     "Resource",
     "ResourceKey",
     "Retention",
+    "RouteReason",
     "ScaleEvent",
     "ScaleReason",
     "ScalingPolicy",

@@ -19,6 +19,7 @@ from clarion.models.base import CamelModel, ResourceStatus, Timestamp
 from clarion.models.campaign import BroadcastCampaignSpec, BroadcastCampaignStatus
 from clarion.models.channel import NotificationChannelSpec, NotificationChannelStatus
 from clarion.models.group import ManagedGroupSpec, ManagedGroupStatus
+from clarion.models.route import NotificationRouteSpec, NotificationRouteStatus
 
 SpecT = TypeVar("SpecT", bound=CamelModel)
 StatusT = TypeVar("StatusT", bound=ResourceStatus)
@@ -136,3 +137,8 @@ class BroadcastCampaign(CustomObject[BroadcastCampaignSpec, BroadcastCampaignSta
 class ManagedGroup(CustomObject[ManagedGroupSpec, ManagedGroupStatus]):
     spec_model = ManagedGroupSpec
     status_model = ManagedGroupStatus
+
+
+class NotificationRoute(CustomObject[NotificationRouteSpec, NotificationRouteStatus]):
+    spec_model = NotificationRouteSpec
+    status_model = NotificationRouteStatus

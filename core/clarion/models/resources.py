@@ -1,4 +1,4 @@
-"""The three custom resources: names, models and printer columns, as the CRD generator renders them."""
+"""The custom resources: names, models and printer columns, as the CRD generator renders them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from clarion.models.campaign import BroadcastCampaignSpec, BroadcastCampaignStatus
 from clarion.models.channel import NotificationChannelSpec, NotificationChannelStatus
 from clarion.models.group import ManagedGroupSpec, ManagedGroupStatus
+from clarion.models.route import NotificationRouteSpec, NotificationRouteStatus
 
 GROUP = "clarion.io"
 VERSION = "v1alpha1"
@@ -122,5 +123,23 @@ MANAGED_GROUP = Resource(
     ),
 )
 
-RESOURCES: tuple[Resource, ...] = (NOTIFICATION_CHANNEL, BROADCAST_CAMPAIGN, MANAGED_GROUP)
+NOTIFICATION_ROUTE = Resource(
+    kind="NotificationRoute",
+    plural="notificationroutes",
+    singular="notificationroute",
+    short_names=("nr",),
+    description="Which recipients of an event are notified, on which channel, with what text.",
+    spec=NotificationRouteSpec,
+    status=NotificationRouteStatus,
+    columns=(
+        PrinterColumn("Event", "string", ".spec.eventType", "The event type routed."),
+        PrinterColumn("Initiator", "string", ".spec.initiatorRole", "The initiator's role."),
+        PrinterColumn("Enabled", "boolean", ".spec.enabled", "False: matching events notify nobody."),
+        _READY,
+        _AGE,
+    ),
+)
+
+RESOURCES: tuple[Resource, ...] = (
+    NOTIFICATION_CHANNEL, BROADCAST_CAMPAIGN, MANAGED_GROUP, NOTIFICATION_ROUTE)
 PLURALS: dict[str, str] = {resource.kind: resource.plural for resource in RESOURCES}

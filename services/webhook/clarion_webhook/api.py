@@ -432,6 +432,9 @@ def create_api() -> FastAPI:
     from clarion_webhook.push_subscriptions import add_push_subscriptions_api  # web push (issue 17)
 
     add_push_subscriptions_api(api)
+    from clarion_webhook.events import add_events_api  # POST /events, GET /events (docs/events.md)
+
+    add_events_api(api)
     return api
 
 

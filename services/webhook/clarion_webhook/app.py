@@ -42,6 +42,7 @@ from clarion_webhook.api import API_PREFIX, ApiState, BodyGuard, create_api, htt
 from clarion_webhook.api_keys import ApiKeyGuard, ApiKeyStore, ApiKeyUsage, KeyUseCounter
 from clarion_webhook.batcher import AcceptBatcher
 from clarion_webhook.bulk import BODY_RULES, BulkExpander
+from clarion_webhook.callbacks import CallbackDeliverer
 from clarion_webhook.channels import ChannelCache
 from clarion_webhook.inbox import Inbox, InboxDrainer
 from clarion_webhook.ingest import StreamWriter, update_chat_id
@@ -296,6 +297,10 @@ def create_app(settings: WebhookSettings) -> FastAPI:
         miniapp.state.clarion = MiniAppState(db=db, redis=redis, channels=channels,
                                              max_age=settings.webapp_max_age_seconds)
         expander.start()
+        callbacks = CallbackDeliverer(db, poll_seconds=settings.callback_poll_seconds,
+                                      timeout_seconds=settings.callback_timeout_seconds,
+                                      max_backoff_seconds=settings.callback_max_backoff_seconds)
+        callbacks.start()
         state.update(db=db, redis=redis, channels=channels, api_keys=api_keys, inbox=inbox)
         await usage.start(db)
         try:
@@ -304,6 +309,7 @@ def create_app(settings: WebhookSettings) -> FastAPI:
             await batcher.close()
             await drainer.stop()
             await expander.stop()
+            await callbacks.stop()
             await usage.stop()
             await api_keys.stop()
             await channels.stop()

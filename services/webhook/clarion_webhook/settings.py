@@ -61,6 +61,12 @@ class WebhookSettings(CommonSettings):
                                    description="Inbox entries stored in Postgres per transaction.")
     inbox_retry_after_seconds: int = Field(default=30, ge=1, le=3600,
                                            description="Retry-After of a 503 when the inbox is full.")
+    callback_poll_seconds: float = Field(default=1.0, gt=0, le=60,
+                                         description="How often due follow-up callbacks are looked for.")
+    callback_timeout_seconds: float = Field(default=10.0, gt=0, le=120,
+                                            description="A backend's time to answer one callback POST.")
+    callback_max_backoff_seconds: float = Field(default=3600.0, ge=1, le=86400,
+                                                description="Longest wait between two tries of a callback.")
     webapp_script_url: str = Field(default="https://telegram.org/js/telegram-web-app.js", max_length=2048,
                                    pattern=r"^(https?://[^\s\"'<>]+)?$",
                                    description="Telegram's WebApp script the Mini App page loads; empty: "

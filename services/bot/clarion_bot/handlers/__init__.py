@@ -7,6 +7,7 @@ from aiogram import Router
 from clarion_bot.handlers import (
     commands,
     diagnostics,
+    event_cards,
     group_commands,
     group_members,
     join_requests,
@@ -21,5 +22,5 @@ def routers() -> list[Router]:
     last, since it takes any other private message. Group messages reach no handler but the group
     commands; the activity middleware (clarion_bot.activity) sees each of them before."""
     return [module.build_router()
-            for module in (diagnostics, language, commands, group_commands, join_requests, group_members,
-                           membership, support)]
+            for module in (diagnostics, event_cards, language, commands, group_commands, join_requests,
+                           group_members, membership, support)]
