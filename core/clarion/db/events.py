@@ -80,17 +80,6 @@ async def matching_routes(db: Db, namespace: str, event_type: str, initiator_rol
     return found
 
 
-async def push_subscriptions_known(db: Db, pairs: list[tuple[int, uuid.UUID]]) -> set[tuple[int, uuid.UUID]]:
-    """Which (channel id, subscription id) pairs are registered push subscriptions (migration 0020)."""
-    if not pairs:
-        return set()
-    rows = await db.fetch(
-        """SELECT channel_id, id FROM push_subscriptions
-           WHERE (channel_id, id) IN (SELECT * FROM unnest($1::bigint[], $2::uuid[]))""",
-        [c for c, _ in pairs], [s for _, s in pairs])
-    return {(row["channel_id"], row["id"]) for row in rows}
-
-
 @dataclass(frozen=True)
 class EventRow:
     id: uuid.UUID

@@ -91,3 +91,15 @@ async def mark_sent(conn: Db, channel_id: int, subscription_id: uuid.UUID) -> No
     """Record that the push service accepted a message for the subscription."""
     await conn.execute("UPDATE push_subscriptions SET last_sent_at = now() WHERE id = $1 AND channel_id = $2",
                        subscription_id, channel_id)
+
+
+async def known(db: Db, pairs: list[tuple[int, uuid.UUID]]) -> set[tuple[int, uuid.UUID]]:
+    """Which of the (channel id, subscription id) pairs are registered subscriptions: one query for
+    a whole event's recipients (the events API's reachability check)."""
+    if not pairs:
+        return set()
+    rows = await db.fetch(
+        """SELECT channel_id, id FROM push_subscriptions
+           WHERE (channel_id, id) IN (SELECT * FROM unnest($1::bigint[], $2::uuid[]))""",
+        [c for c, _ in pairs], [s for _, s in pairs])
+    return {(row["channel_id"], row["id"]) for row in rows}

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import asyncpg
 from clarion.db import events as ev
 from clarion.db import notifications as q
+from clarion.db import push_subscriptions
 from clarion.db.api_keys import ApiKeyRow
 from clarion.db.channels import ChannelRecord
 from clarion.fanout import Delivery, FanOutProblem, Plan, plan
@@ -128,7 +129,7 @@ async def _accept(request: Request, body: EventRequest, caller: ApiKeyRow) -> JS
         channels = await _channels(state, namespace, names)
         wanted = [(c.id, r.push_subscription_id) for c in channels.values() if c.type == "webpush"
                   for r in body.recipients if r.push_subscription_id is not None]
-        push_known = await ev.push_subscriptions_known(state.db, wanted)
+        push_known = await push_subscriptions.known(state.db, wanted)
     except _DB_ERRORS as exc:
         raise _unavailable() from exc
     event_uuid = uuid.uuid4()
