@@ -7,7 +7,8 @@ the caller's tolerance, or an error that is not an outage, ends the wait with th
 - Postgres unreachable: OS errors and timeouts (refused, reset, pool acquire or connect timeout),
   asyncpg's connection errors (class 08: `ConnectionDoesNotExistError`, …), `CannotConnectNowError`
   (57P03: starting up, shutting down), `AdminShutdownError` (57P01), `CrashShutdownError` (57P02),
-  `TooManyConnectionsError` (53300), and `InterfaceError` raised on a connection the pool lost.
+  `TooManyConnectionsError` (53300), `InterfaceError` raised on a connection the pool lost, and
+  `InternalClientError` from a connection the server cut while a reply was being read.
 - Redis unreachable: redis-py's `ConnectionError` (refused, reset, `AuthenticationError` while the
   operator re-creates a lost ACL user), `TimeoutError` and `BusyLoadingError` (loading its data).
 - A transaction Postgres rolled back to break a deadlock or a serialization conflict
@@ -57,6 +58,12 @@ def database_unavailable(exc: BaseException) -> bool:
         # A pooled connection closed under us ("connection is closed", "cannot call ... connection
         # was closed in the middle of operation"); misuse of the API raises other interface errors.
         return "closed" in str(exc)
+    if isinstance(exc, asyncpg.InternalClientError):
+        # "cannot switch to state N; another operation (M) is in progress": the server ended the
+        # connection while its reply was being read (an admin shutdown) and the next statement on it
+        # (the ROLLBACK of the transaction block) found the protocol mid-operation. Our connections
+        # run one statement at a time, so only a connection the server cut gets here.
+        return "another operation" in str(exc)
     return isinstance(exc, _DATABASE_UNAVAILABLE)
 
 

@@ -332,9 +332,13 @@ async def test_a_killed_replica_loses_no_last_seen_time_and_a_stopped_one_flushe
                                         group_id), timeout=30, what="the killed replica's times")
         await until(lambda: _read_but_pending(redis, 10, pending=0), timeout=30, what="acknowledged")
     async with running_bot(stack, bot_activity_flush_seconds=60.0):
+        recorded = metric("clarion_group_activity_updates_total")
         for uid in CROWD[10:15]:
             await stack.emulator.user_sends_in_group(stack.token, GROUP, uid, "hello")
-        await until(lambda: _read_but_pending(redis, 15, pending=5), timeout=30, what="5 more handled")
+        # Held in the buffer (read is not enough: a stop leaves entries read but not handled pending).
+        await until(lambda: metric("clarion_group_activity_updates_total") - recorded == 5,
+                    timeout=30, what="5 more recorded in the buffer")
+        assert await _read_but_pending(redis, 15, pending=5)
         assert await db.fetchval("SELECT count(*) FROM group_members WHERE group_id = $1", group_id) == 10
     # stopped gracefully: flushed, then acknowledged
     assert await db.fetchval("SELECT count(*) FROM group_members WHERE group_id = $1", group_id) == 15

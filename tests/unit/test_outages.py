@@ -15,6 +15,10 @@ def test_connection_level_errors_are_outages_and_query_errors_are_not() -> None:
     assert database_unavailable(asyncpg.CannotConnectNowError("the database system is starting up"))
     assert database_unavailable(asyncpg.InterfaceError("connection is closed"))
     assert not database_unavailable(asyncpg.InterfaceError("cannot perform operation: another operation"))
+    # seen when Postgres stopped while a sender's transaction was reading a reply (the chaos test)
+    assert database_unavailable(asyncpg.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress"))
+    assert not database_unavailable(asyncpg.InternalClientError("unexpected codec"))
     assert not database_unavailable(asyncpg.UniqueViolationError("duplicate key"))
     assert redis_unavailable(redis_errors.AuthenticationError("WRONGPASS"))
     assert redis_unavailable(redis_errors.BusyLoadingError("LOADING"))
