@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from clarion import webpush
 from clarion.db.channels import ChannelRecord, StoredTemplate
 from clarion.db.events import RouteRow
 from clarion.models.event import EventRecipient, EventRequest, SkipReason
@@ -131,9 +132,11 @@ def render(route: RouteRow, role: RouteRecipient, entry: RouteChannel, channel: 
             raise TemplateProblem("variables", "the message with its footer is longer than "
                                                f"{TELEGRAM_TEXT_MAX} characters")
     if channel.type == "webpush":
-        subject = content.get("subject")
-        return {"title": subject or content["text"], "body": content["text"] if subject else "",
-                "template": content["template"], "language": content["language"]}
+        pushed = webpush.notification_content(content["text"], content.get("subject"))
+        problem = webpush.payload_problem(pushed)
+        if problem is not None:
+            raise TemplateProblem("variables", problem)
+        return {**pushed, "template": content["template"], "language": content["language"]}
     if role.buttons and channel.type == "telegram":
         row = [{"text": b.label(content["language"]), "callbackData": callback_data(event_uuid, i)}
                for i, b in enumerate(role.buttons)]

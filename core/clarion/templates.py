@@ -32,6 +32,7 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import ValidationError
 
+from clarion import webpush
 from clarion.db.channels import ChannelRecord, StoredTemplate
 from clarion.models.channel import ChannelTemplate, TemplateVariant
 from clarion.models.notification import Content, NotificationRequest, outbox_content
@@ -283,6 +284,15 @@ def request_content(channel: ChannelRecord, request: NotificationRequest) -> dic
     """The outbox `content` of an API request: literal content as it is, a template rendered (with the
     request's disableNotification and pin). Raises TemplateProblem as `render_template` does."""
     ref = request.content.template
+    if channel.type == "webpush":  # title and body (and url): what the webpush worker sends
+        if ref is None:
+            text, subject = request.content.text or "", request.content.subject
+            extra: dict[str, Any] = {}
+        else:
+            rendered = render_template(channel, ref.name, ref.language, ref.variables)
+            text, subject = rendered["text"], rendered.get("subject")
+            extra = {"template": rendered["template"], "language": rendered["language"]}
+        return {**webpush.notification_content(text, subject, request.content.url), **extra}
     if ref is None:
         return outbox_content(request)
     content = render_template(channel, ref.name, ref.language, ref.variables)

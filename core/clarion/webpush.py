@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,9 @@ CONTENT_ENCODING = "aes128gcm"
 RECORD_SIZE = 4096
 #: A push message's largest encrypted body that push services must accept (RFC 8030 §7.2).
 MAX_ENCRYPTED_BYTES = 4096
+#: The largest plaintext that fits (RFC 8291 §4: 3993 octets): MAX_ENCRYPTED_BYTES less the header
+#: (86: salt, record size, key id length, the 65-byte key), the padding delimiter (1) and the tag (16).
+MAX_PAYLOAD_BYTES = MAX_ENCRYPTED_BYTES - 86 - 1 - 16
 #: The longest a VAPID token may be valid (RFC 8292 §2: at most 24 hours from the request).
 MAX_VAPID_SECONDS = 24 * 3600
 #: How long the tokens this module signs are valid.
@@ -159,3 +163,30 @@ def origin(endpoint: str) -> str:
     """The origin (scheme://host[:port]) of a push endpoint: a VAPID token's `aud`."""
     parts = urlsplit(endpoint)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def notification_content(text: str, subject: str | None = None, url: str | None = None) -> dict[str, str]:
+    """The outbox content of a web push notification from a message's text and subject: the subject is
+    the title and the text its body; without a subject the text is the title (a push shows a title
+    first, and may show no body at all). `url`: the page opened when it is clicked."""
+    content = {"title": subject, "body": text} if subject else {"title": text, "body": ""}
+    if url is not None:
+        content["url"] = url
+    return content
+
+
+def payload(content: dict[str, Any], notification_id: str) -> bytes:
+    """What the service worker's push event reads (`event.data.json()`): title, body, url and the
+    notification's id, as compact JSON."""
+    fields: dict[str, Any] = {k: content[k] for k in ("title", "body", "url") if k in content}
+    fields["id"] = notification_id
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def payload_problem(content: dict[str, Any]) -> str | None:
+    """Why this content cannot be one push message (too long once encoded), or None."""
+    size = len(payload(content, "00000000-0000-0000-0000-000000000000"))
+    if size > MAX_PAYLOAD_BYTES:
+        return (f"a web push message holds at most {MAX_PAYLOAD_BYTES} bytes of title, body and url "
+                f"(as JSON); this one has {size}")
+    return None

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -100,9 +102,10 @@ class PushService:
     does not know (a real service says 404 or 410)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, *,
-                 unknown_status: int = 410) -> None:
+                 unknown_status: int = 410, tls: tuple[Path, Path] | None = None) -> None:
         self.host, self.port = host, port or free_port()
         self.unknown_status = unknown_status
+        self.tls = tls  # (certificate, key): serve https, as real push services (and our API) require
         self.browsers: dict[str, Browser] = {}
         self.messages: list[PushMessage] = []
         self.refusals: list[tuple[str, int, str]] = []  # (token, status, why) of every non-201 answer
@@ -111,7 +114,7 @@ class PushService:
 
     @property
     def origin(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def subscribe(self) -> Browser:
         """A new subscription, as pushManager.subscribe() makes one."""
@@ -133,7 +136,11 @@ class PushService:
         app.router.add_post("/push/{token}", self._push)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*self.tls)
+        await web.TCPSite(self._runner, self.host, self.port, ssl_context=context).start()
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -154,3 +154,71 @@ async def test_the_openapi_document_describes_the_push_subscription_routes(api: 
     assert set(post["responses"]) >= {"200", "201", "403", "422"}
     assert "delete" in document["paths"]["/push-subscriptions/{subscription_id}"]
     assert "PushSubscriptionRequest" in document["components"]["schemas"]
+
+
+async def test_a_web_push_is_sent_through_the_notifications_api_to_a_registered_subscription(
+    api: httpx.AsyncClient, db: asyncpg.Pool, push_service: PushService,
+) -> None:
+    subscription = (await api.post(PATH, json=_body(push_service), headers=_bearer())).json()["id"]
+    answer = await api.post("/api/v1/notifications", headers=_bearer(), json={
+        "channel": "shop/push", "recipient": {"pushSubscriptionId": subscription},
+        "content": {"subject": "Order 1042", "text": "It is on its way.",
+                    "url": "https://shop.example/orders/1042"}})
+    assert answer.status_code == 202, answer.text
+    row = await db.fetchrow("SELECT recipient, content, status FROM notifications WHERE id = $1::uuid",
+                            answer.json()["id"])
+    assert (row["recipient"], row["status"]) == (subscription, "queued")
+    assert row["content"] == {"title": "Order 1042", "body": "It is on its way.",
+                              "url": "https://shop.example/orders/1042"}
+
+    untitled = await api.post("/api/v1/notifications", headers=_bearer(), json={
+        "channel": "shop/push", "recipient": {"pushSubscriptionId": subscription},
+        "content": {"text": "Your table is ready"}})
+    assert untitled.status_code == 202, untitled.text
+    assert await db.fetchval("SELECT content FROM notifications WHERE id = $1::uuid",
+                             untitled.json()["id"]) == {"title": "Your table is ready", "body": ""}
+
+
+@pytest.mark.parametrize(("request_body", "status", "field", "says"), [
+    ({"channel": "shop/push", "recipient": {"pushSubscriptionId": "8a7f6e0b-3c1d-4e2f-9a8b-7c6d5e4f3a2b"},
+      "content": {"text": "hi"}}, 422, "recipient.pushSubscriptionId", "no push subscription"),
+    ({"channel": "shop/push", "recipient": {"chatId": 42}, "content": {"text": "hi"}},
+     422, "recipient", "set recipient.pushSubscriptionId"),
+    ({"channel": "shop/alerts", "recipient": {"pushSubscriptionId": "8a7f6e0b-3c1d-4e2f-9a8b-7c6d5e4f3a2b"},
+      "content": {"text": "hi"}}, 422, "recipient", "set recipient.chatId"),
+    ({"channel": "shop/alerts", "recipient": {"chatId": 42},
+      "content": {"text": "hi", "url": "https://shop.example/"}}, 422, "content.url", "only a web push"),
+    ({"channel": "shop/push", "recipient": {"pushSubscriptionId": "not-a-uuid"}, "content": {"text": "hi"}},
+     422, "recipient.pushSubscriptionId", "UUID"),
+    ({"channel": "shop/push", "recipient": {"chatId": 42, "pushSubscriptionId":
+                                            "8a7f6e0b-3c1d-4e2f-9a8b-7c6d5e4f3a2b"},
+      "content": {"text": "hi"}}, 422, "recipient", "exactly one of chatId, email or pushSubscriptionId"),
+])
+async def test_a_web_push_the_api_cannot_send_is_refused_naming_the_field_and_nothing_is_stored(
+    api: httpx.AsyncClient, db: asyncpg.Pool, request_body: dict[str, Any], status: int, field: str,
+    says: str,
+) -> None:
+    answer = await api.post("/api/v1/notifications", headers=_bearer(), json=request_body)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert error["field"] == field and says in error["message"], error
+    assert await db.fetchval("SELECT count(*) FROM notifications") == 0
+
+
+async def test_a_web_push_longer_than_one_push_message_is_refused_and_one_that_fits_is_taken(
+    api: httpx.AsyncClient, db: asyncpg.Pool, push_service: PushService,
+) -> None:
+    subscription = (await api.post(PATH, json=_body(push_service), headers=_bearer())).json()["id"]
+
+    def body(text: str) -> dict[str, Any]:
+        return {"channel": "shop/push", "recipient": {"pushSubscriptionId": subscription},
+                "content": {"subject": "News", "text": text}}
+
+    # {"title":"News","body":"…","id":"<36>"}: 3993 bytes in all when the text has 3923 of them
+    fits = await api.post("/api/v1/notifications", headers=_bearer(), json=body("é" * 1961 + "x"))
+    assert fits.status_code == 202, fits.text
+    too_long = await api.post("/api/v1/notifications", headers=_bearer(), json=body("é" * 1962))
+    assert too_long.status_code == 422, too_long.text
+    assert too_long.json()["error"]["field"] == "content"
+    assert "at most 3993 bytes" in too_long.json()["error"]["message"]
+    assert await db.fetchval("SELECT count(*) FROM notifications") == 1

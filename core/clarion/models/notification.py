@@ -3,6 +3,7 @@ row's `content` come from them (docs/notifications.md)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -23,27 +24,39 @@ TELEGRAM_TEXT_MAX = 4096
 EMAIL_TEXT_MAX = 100_000
 
 
+RecipientKind = Literal["telegram", "email", "webpush"]
+#: The recipient field each channel type takes.
+RECIPIENT_FIELD: dict[str, str] = {"telegram": "recipient.chatId", "email": "recipient.email",
+                                   "webpush": "recipient.pushSubscriptionId"}
+
+
 class Recipient(CamelModel):
-    """Who receives it: a Telegram chat (telegram channels) or an email address (email channels)."""
+    """Who receives it: a Telegram chat (telegram channels), an email address (email channels) or a
+    registered browser subscription (webpush channels)."""
 
     chat_id: int | None = Field(default=None, ge=-(2**52), le=2**52, description="Telegram chat id.")
     email: str | None = Field(default=None, max_length=254, pattern=EMAIL_ADDRESS,
                               description="Email address.")
+    push_subscription_id: uuid.UUID | None = Field(
+        default=None, description="Web push: the id POST /api/v1/push-subscriptions gave the browser's "
+                                  "subscription on this channel.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        if (self.chat_id is None) == (self.email is None):
-            raise ValueError("exactly one of chatId or email must be set")
+        if sum(v is not None for v in (self.chat_id, self.email, self.push_subscription_id)) != 1:
+            raise ValueError("exactly one of chatId, email or pushSubscriptionId must be set")
         return self
 
     @property
-    def kind(self) -> Literal["telegram", "email"]:
-        return "telegram" if self.chat_id is not None else "email"
+    def kind(self) -> RecipientKind:
+        if self.chat_id is not None:
+            return "telegram"
+        return "email" if self.email is not None else "webpush"
 
     @property
     def address(self) -> str:
         """The recipient as the outbox row stores it."""
-        return str(self.chat_id) if self.chat_id is not None else str(self.email)
+        return str(next(v for v in (self.chat_id, self.email, self.push_subscription_id) if v is not None))
 
 
 #: Text Postgres can store (jsonb and text hold no NUL character).
@@ -77,8 +90,9 @@ class TemplateUse(TemplateRef):
 
 class Content(CamelModel):
     """What is sent: literal content or a template, exactly one. Telegram: text (parseMode, inline
-    buttons). Email: subject, text, optional html. A template gives all of those itself;
-    disableNotification and pin may be set with either."""
+    buttons). Email: subject, text, optional html. Web push: the subject is the title and the text its
+    body (without a subject the text is the title), and a url to open. A template gives text, subject
+    and the rest itself; disableNotification, pin and url may be set with either."""
 
     text: str | None = Field(default=None, min_length=1, max_length=EMAIL_TEXT_MAX,
                              description="Message text (Telegram: at most 4096 characters, in parseMode).")
@@ -94,6 +108,8 @@ class Content(CamelModel):
                                 pattern=r"^[^\r\n]*$", description="Email: subject line (required).")
     html: str | None = Field(default=None, min_length=1, max_length=EMAIL_TEXT_MAX,
                              description="Email: HTML alternative of the text.")
+    url: str | None = Field(default=None, max_length=2048, pattern=r"^https://[^\s\x00]+$",
+                            description="Web push: the page opened when the notification is clicked.")
     template: TemplateUse | None = Field(default=None, description="A template of the channel instead of "
                                                                    "text: name, variables, language.")
 
@@ -115,6 +131,8 @@ class Content(CamelModel):
             return "text", f"Telegram messages hold at most {TELEGRAM_TEXT_MAX} characters"
         if channel_type == "email" and self.subject is None:
             return "subject", "a subject is required for an email channel"
+        if self.url is not None and channel_type != "webpush":
+            return "url", "only a web push opens a url; put links in the text or buttons"
         return None
 
 
@@ -165,11 +183,13 @@ class NotificationRequest(ThroughChannel):
         nul = _nul_field(self.model_dump(by_alias=True, exclude_none=True))
         if nul is not None:
             return nul, "text cannot contain the NUL character (U+0000)"
-        if channel_type not in ("telegram", "email"):
+        if channel_type not in RECIPIENT_FIELD:
             return "channel", f"{self.channel} is a {channel_type} channel, which this API cannot send"
         if self.recipient.kind != channel_type:
-            wanted = "recipient.chatId" if channel_type == "telegram" else "recipient.email"
+            wanted = RECIPIENT_FIELD[channel_type]
             return "recipient", f"channel {self.channel} is a {channel_type} channel: set {wanted}"
+        if self.content.url is not None and channel_type != "webpush":
+            return "content.url", "only a web push opens a url; put links in the text or buttons"
         if self.content.pin and channel_type != "telegram":
             return "content.pin", "only a Telegram message can be pinned"
         problem = None if self.content.template is not None else self.content.problem_for(channel_type)

@@ -8,7 +8,6 @@ the same tables the campaign sender uses (`clarion.telegram.errors.classify` for
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -264,10 +263,7 @@ class WebPushTransport:
 
     @staticmethod
     def _payload(row: q.Row) -> bytes:
-        """What the service worker's push event reads (`event.data.json()`)."""
-        content: dict[str, Any] = {k: row.content[k] for k in ("title", "body", "url") if k in row.content}
-        content["id"] = str(row.id)
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+        return webpush.payload(row.content, str(row.id))
 
     async def close(self) -> None:
         await self.session.close()

@@ -32,7 +32,9 @@ from typing import Annotated, Any
 
 import asyncpg
 import redis.asyncio as aioredis
+from clarion import webpush
 from clarion.db import notifications as q
+from clarion.db import push_subscriptions
 from clarion.db.api_keys import ApiKeyRow
 from clarion.db.channels import ChannelRecord
 from clarion.keys import channel_key
@@ -45,6 +47,7 @@ from clarion.models.notification import (
     NotificationRequest,
     NotificationView,
 )
+from clarion.outages import store_unavailable
 from clarion.templates import TemplateProblem, request_content
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -322,6 +325,8 @@ def create_api() -> FastAPI:
                     return earlier
             field = f"content.template.{refusal.field}"
             raise Refused(422, "invalid_template", f"{field}: {refusal.message}", field=field) from refusal
+        if channel.type == "webpush":
+            await _check_push_recipient(state, channel, body, content)
         raw = await request.body()
         idempotency = None
         lock = None
@@ -462,6 +467,29 @@ async def channel_for(state: ApiState, caller: ApiKeyRow, request: ChannelRef) -
     if channel is None:
         raise Refused(422, "unknown_channel", f"channel {request.channel} does not exist", field="channel")
     return channel
+
+
+async def _check_push_recipient(state: ApiState, channel: ChannelRecord, body: NotificationRequest,
+                                content: dict[str, Any]) -> None:
+    """A web push fits one push message and goes to a subscription registered on this channel (422).
+    With Postgres away the subscription is not checked: the request is accepted into the inbox, and the
+    worker blocks a row whose subscription does not exist."""
+    problem = webpush.payload_problem(content)
+    if problem is not None:
+        raise Refused(422, "invalid_request", f"content: {problem}", field="content")
+    subscription = body.recipient.push_subscription_id
+    assert subscription is not None  # check_for: a webpush channel's recipient is a subscription
+    try:
+        known = await push_subscriptions.known(state.db, [(channel.id, subscription)])
+    except Exception as exc:
+        if store_unavailable(exc):
+            return
+        raise
+    if not known:
+        field = "recipient.pushSubscriptionId"
+        raise Refused(422, "invalid_request", f"{field}: no push subscription {subscription} on channel "
+                                              f"{body.channel} (register it with POST "
+                                              "/api/v1/push-subscriptions)", field=field)
 
 
 async def _earlier_answer(state: ApiState, caller: ApiKeyRow, idempotency_key: str,
