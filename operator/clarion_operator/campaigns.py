@@ -15,6 +15,7 @@ from typing import Any
 
 import kopf
 from clarion.db.campaigns import CampaignCounts, CampaignRow
+from clarion.db.pool import Db
 from clarion.metrics import counter
 from clarion.models import (
     BROADCAST_CAMPAIGN,
@@ -60,7 +61,7 @@ class _Pass:
     channel's token ref and the sender Jobs (from indexes), and the time the pass started."""
 
     ctx: Context
-    db: store.Db
+    db: Db
     campaign: BroadcastCampaign
     token_ref: SecretKeyRef | None
     jobs: SenderJobs

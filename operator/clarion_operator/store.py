@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeAlias
+from typing import Any
 
 import asyncpg
 from clarion.db import campaigns as campaign_queries
 from clarion.db.campaigns import CampaignCounts, CampaignRow, campaign_row
+from clarion.db.pool import Db  # here: the pool, or one connection held for a whole reconcile pass
 from clarion.models import BroadcastCampaign, Phase
-
-Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
-"""The pool, or one connection held for a whole reconcile pass (one checkout, one reset)."""
 
 
 def _maybe_row(record: Any) -> CampaignRow | None:

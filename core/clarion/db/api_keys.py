@@ -28,13 +28,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import Any
 
 import asyncpg
 
+from clarion.db.pool import Db
 from clarion.models.api_key import ALL_CHANNELS, ApiKeySecret
-
-Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 #: The notification channel on which Postgres announces each changed key row (migration 0009).
 #: Payload: the row's id, or '' when every row may have changed (TRUNCATE).

@@ -23,7 +23,8 @@ from typing import Any
 
 import asyncpg
 
-from clarion.db.notifications import Db, Idempotency, remember_answer, take_idempotency_key
+from clarion.db.notifications import Idempotency, remember_answer, take_idempotency_key
+from clarion.db.pool import Db
 
 
 def notification_id(job_id: uuid.UUID, row_no: int) -> uuid.UUID:

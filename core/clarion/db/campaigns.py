@@ -14,10 +14,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from clarion.db.pool import Db
 from clarion.models.campaign import Audience, Phase
-
-#: An asyncpg pool or connection (asyncpg ships no type information).
-Db = Any
 
 #: Statuses after which a delivery needs nothing more.
 SETTLED_STATUSES = ("sent", "failed", "blocked", "cancelled")

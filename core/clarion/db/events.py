@@ -24,10 +24,8 @@ from typing import Any
 import asyncpg
 from pydantic import ValidationError
 
+from clarion.db.pool import Db
 from clarion.models.route import NotificationRouteSpec
-
-#: An asyncpg connection or pool.
-Db = Any
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from clarion.db.subscribers import Db
+from clarion.db.pool import Db
 
 
 async def record_seen(db: Db, group_ids: Sequence[int], user_ids: Sequence[int],

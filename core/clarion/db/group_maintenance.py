@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from clarion.db.notifications import audit
-from clarion.db.subscribers import Db
+from clarion.db.pool import Db
 
 ACTOR = "group-maintenance"
 #: At most this many dry-run candidates are stored (the status shows them; the count has them all).

@@ -19,7 +19,7 @@ from datetime import datetime
 
 from clarion.db import notifications as q
 from clarion.db.groups import GroupRecord
-from clarion.db.subscribers import Db
+from clarion.db.pool import Db
 from clarion.models.campaign import ParseMode
 from clarion.models.notification import Content
 from clarion.streams import GROUP_POSTS_LANE

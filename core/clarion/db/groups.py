@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from clarion.db.subscribers import Db
+from clarion.db.pool import Db
 from clarion.models.group import ManagedGroupSpec
 
 RequestStatus = Literal["pending", "asked", "approved", "declined"]

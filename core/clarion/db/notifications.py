@@ -28,10 +28,8 @@ from typing import Any
 
 import asyncpg
 
+from clarion.db.pool import Db
 from clarion.streams import NotificationTask, notify_stream
-
-#: An asyncpg connection or pool (asyncpg ships no type information).
-Db = Any
 
 FINAL = ("sent", "failed", "blocked", "cancelled")
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import TypeAlias
 
 import asyncpg
 from pydantic import SecretStr
+
+#: What the query modules take: a pool (each call on a connection of its own) or one connection (a
+#: transaction the caller holds, or a pooled connection it acquired).
+Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

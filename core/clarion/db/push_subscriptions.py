@@ -11,12 +11,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
-#: An asyncpg connection or pool (asyncpg ships no type information).
-Db = Any
+from clarion.db.pool import Db
 
 _COLUMNS = "id, channel_id, recipient, endpoint, p256dh, auth, expires_at, created_at, last_sent_at"
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-#: An asyncpg pool or connection (asyncpg ships no type information).
-Db = Any
+from clarion.db.pool import Db
 
 
 @dataclass(frozen=True)

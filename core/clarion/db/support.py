@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from clarion.db.subscribers import Db
+from clarion.db.pool import Db
 
 Origin = Literal["telegram", "api"]
 ThreadStatus = Literal["open", "replying", "replied", "failed"]
