@@ -27,13 +27,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp
 from clarion.db import api_keys as keys
 from clarion.db import events
 from clarion.models import ApiKeySecret, NotificationRouteSpec
@@ -41,7 +39,13 @@ from clarion_dev.net import free_port
 
 from bench.notifications import wait_settled
 from bench.sender_common import REDIS_URL, TOKEN, EmulatorProcess, scratch_database, table
-from bench.webhook_ingest import _cpu_seconds, percentile, post_closed_loop, wait_listening
+from bench.webhook_ingest import (
+    _cpu_seconds,
+    percentile,
+    post_closed_loop,
+    post_open_loop,
+    wait_listening,
+)
 
 API_KEY = "bench-" + "e" * 40
 BIN = Path(sys.executable).parent
@@ -72,23 +76,13 @@ def notification(i: int) -> bytes:
 async def open_loop(url: str, rate: float, seconds: float, first: int) -> tuple[dict[str, float], int]:
     """POST events at `rate`/s: each accepted event's notification ids → its scheduled time; errors."""
     due_of: dict[str, float] = {}
-    errors = 0
-    async with aiohttp.ClientSession() as http:
-        start = time.monotonic() + 0.2
 
-        async def one(index: int) -> None:
-            nonlocal errors
-            due = start + index / rate
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            async with http.post(url, data=event(first + index), headers=HEADERS) as resp:
-                answer = await resp.json()
-                if resp.status != 202:
-                    errors += 1
-                    return
-            for outcome in answer["recipients"]:
-                due_of[outcome["notification"]["id"]] = due
+    def taken(_: int, due: float, answer: bytes) -> None:
+        for outcome in json.loads(answer)["recipients"]:
+            due_of[outcome["notification"]["id"]] = due
 
-        await asyncio.gather(*(one(i) for i in range(int(rate * seconds))))
+    bodies = [event(first + i) for i in range(int(rate * seconds))]
+    _, errors = await post_open_loop(url, bodies, rate, HEADERS, ok=202, on_answer=taken)
     return due_of, errors
 
 

@@ -54,7 +54,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 from clarion.db import api_keys as keys
@@ -68,7 +67,13 @@ from clarion_webhook.batcher import AcceptBatcher
 from bench import email_sender, instant_priority
 from bench.email_sender import sink_process
 from bench.sender_common import REDIS_URL, TOKEN, EmulatorProcess, scratch_database, table
-from bench.webhook_ingest import _cpu_seconds, percentile, post_closed_loop, wait_listening
+from bench.webhook_ingest import (
+    _cpu_seconds,
+    percentile,
+    post_closed_loop,
+    post_open_loop,
+    wait_listening,
+)
 
 API_KEY = "bench-" + "k" * 40
 BIN = Path(sys.executable).parent
@@ -105,26 +110,13 @@ async def open_loop(url: str, rate: float, seconds: float,
                     first: int) -> tuple[list[float], list[str], int]:
     """POST at `rate`/s: latencies from each scheduled time, "<id> <scheduled time>" of each accepted one,
     errors."""
-    total = int(rate * seconds)
-    latencies: list[float] = []
     accepted: list[str] = []
-    errors = 0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as http:
-        start = time.monotonic() + 0.2
 
-        async def one(index: int) -> None:
-            nonlocal errors
-            due = start + index / rate
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            async with http.post(url, data=body(first + index), headers=HEADERS) as resp:
-                answer = await resp.read()
-                if resp.status != 202:
-                    errors += 1
-                    return
-            latencies.append(time.monotonic() - due)
-            accepted.append(f"{json.loads(answer)['id']} {due!r}")
+    def taken(_: int, due: float, answer: bytes) -> None:
+        accepted.append(f"{json.loads(answer)['id']} {due!r}")
 
-        await asyncio.gather(*(one(i) for i in range(total)))
+    bodies = [body(first + i) for i in range(int(rate * seconds))]
+    latencies, errors = await post_open_loop(url, bodies, rate, HEADERS, ok=202, on_answer=taken)
     return latencies, accepted, errors
 
 

@@ -201,6 +201,34 @@ async def post_closed_loop(url: str, bodies: Sequence[bytes], headers: Mapping[s
             "p99_ms": percentile(latencies, 0.99) * 1000, "errors": errors, "elapsed": elapsed}
 
 
+async def post_open_loop(url: str, bodies: Sequence[bytes], rate: float, headers: Mapping[str, str], *,
+                         ok: int, on_answer: Callable[[int, float, bytes], None] | None = None,
+                         connections: int = 1000) -> tuple[list[float], int]:
+    """POST body i at its scheduled time (start + i / rate) whatever came back before: the latencies
+    from the scheduled times of the `ok` answers, and how many answers were not `ok`. `on_answer(i,
+    scheduled time, answer body)` is called for each `ok` answer."""
+    latencies: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as http:
+        start = time.monotonic() + 0.2
+
+        async def one(index: int) -> None:
+            nonlocal errors
+            due = start + index / rate
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            async with http.post(url, data=bodies[index], headers=headers) as resp:
+                answer = await resp.read()
+                if resp.status != ok:
+                    errors += 1
+                    return
+            latencies.append(time.monotonic() - due)
+            if on_answer is not None:
+                on_answer(index, due, answer)
+
+        await asyncio.gather(*(one(i) for i in range(len(bodies))))
+    return latencies, errors
+
+
 async def closed_loop(url: str, first_id: int, count: int, concurrency: int) -> dict[str, Any]:
     headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"}
     bodies = [update_body(first_id + i) for i in range(count)]
