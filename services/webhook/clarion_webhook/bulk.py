@@ -64,6 +64,7 @@ from clarion_webhook.api import (
     channel_for,
 )
 from clarion_webhook.errors import Refused
+from clarion_webhook.tasks import stop_within
 
 log = get_logger("clarion.webhook.bulk")
 
@@ -426,13 +427,7 @@ class BulkExpander:
         `timeout` (Postgres away) cancel: an unfinished chunk rolls back, and the lease runs out."""
         self._stopping.set()
         self._wake.set()
-        if self._task is None:
-            return
-        done, _ = await asyncio.wait({self._task}, timeout=timeout)
-        if not done:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_within(self._task, timeout)
 
     def wake(self) -> None:
         """A job was stored here: look now rather than at the next poll."""

@@ -27,6 +27,7 @@ from clarion.logging import get_logger
 from clarion.metrics import counter
 
 from clarion_webhook.events import stored_answer
+from clarion_webhook.tasks import stop_within
 
 log = get_logger("clarion.webhook.callbacks")
 
@@ -62,13 +63,7 @@ class CallbackDeliverer:
     async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a grace period, then cancel
         """Stop after the batch under way; past `timeout`, cancel (its rows roll back and stay due)."""
         self._stopping.set()
-        if self._task is None:
-            return
-        done, _ = await asyncio.wait({self._task}, timeout=timeout)
-        if not done:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_within(self._task, timeout)
 
     async def _run(self) -> None:
         async with aiohttp.ClientSession(timeout=self.timeout) as session:
