@@ -164,7 +164,8 @@ def _most_in_a_minute(times: list[float]) -> int:
 async def test_a_hundred_posts_for_one_group_all_arrive_never_more_than_20_a_minute_and_without_a_429(
     world: World, workers: Workers,
 ) -> None:
-    """The issue's acceptance: about five minutes of real time (20 a minute)."""
+    """The issue's acceptance: about five minutes of real time (19 a minute: the limiter keeps 3 s of
+    slack per minute for arrival jitter)."""
     texts = [f"post {n}" for n in range(100)]
     for text in texts:
         assert await world.queue(text) is not None
@@ -175,7 +176,12 @@ async def test_a_hundred_posts_for_one_group_all_arrive_never_more_than_20_a_min
         counts = await world.statuses()
         return counts if counts.get("sent", 0) + counts.get("failed", 0) >= 100 else None
 
-    assert await _until(workers, "100 posts sent", all_sent, timeout=480) == {"sent": 100}
+    try:
+        counts = await _until(workers, "100 posts sent", all_sent, timeout=480)
+    except AssertionError as exc:  # what the group got, and the 429s, beside the workers' log tails
+        raise AssertionError(f"{exc}\nrows: {await world.statuses()}, in the group: {len(world.received())}, "
+                             f"429s: {world.emu.retry_afters(world.token)}") from None
+    assert counts == {"sent": 100}
     received = world.received()
     assert sorted(m.text for m in received) == sorted(texts)  # each once
     assert world.emu.retry_afters(world.token) == []
@@ -232,7 +238,7 @@ async def test_a_stopped_group_posts_worker_gives_back_the_posts_waiting_for_the
     await workers.start("leaving")
     leaving = workers.procs["leaving"]
     await _until(workers, "the first post sent", lambda: len(world.received()) >= 1 or None)
-    leaving.send_signal(signal.SIGTERM)  # the others wait for the group's next slot, 3 s apart
+    leaving.send_signal(signal.SIGTERM)  # the others wait for the group's next slot, 3.15 s apart
     assert await asyncio.wait_for(leaving.wait(), 60) == 0
     sent_by_it = len(world.received())
     assert sent_by_it < 5

@@ -53,7 +53,7 @@ async def test_a_chat_gets_no_slot_before_its_own_budget_allows(redis: aioredis.
     assert first.granted and first.delay < 0.01
     assert not again.granted and 0.9 < again.delay <= 1.02
     assert group.granted
-    assert not group_again.granted and 2.9 < group_again.delay <= 3.1
+    assert not group_again.granted and 3.1 < group_again.delay <= 3.2  # (60 + 3) s / 20, 1% margin
 
 
 async def test_a_pause_stops_every_process_until_it_ends(redis: aioredis.Redis) -> None:
@@ -143,7 +143,7 @@ async def test_a_chats_own_budget_holds_across_classes(redis: aioredis.Redis) ->
     assert all(g.granted for g in await campaign.reserve([7, -100]))
     private, group = await worker.reserve([7, -100], priority=Priority.INSTANT)
     assert not private.granted and not private.busy and 0.9 < private.delay <= 1.02
-    assert not group.granted and not group.busy and 2.9 < group.delay <= 3.1
+    assert not group.granted and not group.busy and 3.1 < group.delay <= 3.2
 
 
 async def test_a_bot_kept_busy_by_several_processes_gives_each_instant_send_a_slot_within_the_horizon(
