@@ -15,7 +15,8 @@ a kubelet would, so the Job, ReplicaSet and garbage-collector controllers see re
   completion index comes this way - node name, service account, pod and host IP), envFrom secrets
   and config maps. A missing reference keeps the pod Pending with CreateContainerConfigError and is
   retried every second. `extra_env` is applied last and wins. PATH starts with `path_prefix`
-  (default: the directory of this Python, so the venv's console scripts are found).
+  (default: the directory of this Python, so the venv's console scripts are found); PYTHONPATH is
+  the runner's, so pods run the same code as the tests.
 - A pod that is deleted (or gets a deletionTimestamp) has its processes stopped: SIGTERM to the
   process group, the pod's terminationGracePeriodSeconds capped at `max_grace_seconds`, SIGKILL;
   then, if the object still exists, a terminal status is written and it is deleted with grace 0.
@@ -66,7 +67,9 @@ _BACKOFF_START = 0.2
 _BACKOFF_MAX = 10.0
 _BACKOFF_RESET_AFTER = 10.0
 _POLL = 0.05
-_INHERITED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
+#: Taken from the runner's own environment. PYTHONPATH too: the "image" a pod runs here is the code the
+#: runner runs (a checkout whose sources come before the virtualenv's install, e.g. a git worktree).
+_INHERITED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "PYTHONPATH")
 #: Environment of every container, before `extra_env`: the pods the operator creates serve /metrics on
 #: one fixed port, which all pods here would share.
 LOOPBACK_ENV = {"CLARION_METRICS_PORT": "0"}
