@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from clarion.models.resources import RESOURCES
 from clarion_dev.cluster.launcher import ControlPlane
 from clarion_dev.testing import chart
 from clarion_dev.testing.cluster import KubeApis
@@ -184,8 +185,8 @@ def test_chart_installs_and_keeps_crds(tmp_path: Path, control_plane: ControlPla
             out = bare.kubectl("get", "crd", "-l", "app.kubernetes.io/instance=clarion", "-o", "name").stdout
             return set(out.split())
 
-        plurals = ("notificationchannels", "broadcastcampaigns", "managedgroups")
-        expected = {f"customresourcedefinition.apiextensions.k8s.io/{p}.clarion.io" for p in plurals}
+        # every kind the models define, NotificationRoute included
+        expected = {f"customresourcedefinition.apiextensions.k8s.io/{r.crd_name}" for r in RESOURCES}
         assert crds() == expected
         policies = bare.kubectl("get", "validatingadmissionpolicies", "-o", "name").stdout.split()
         assert policies == [
