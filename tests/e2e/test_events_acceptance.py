@@ -41,11 +41,13 @@ from clarion_dev.smtp_sink import self_signed_cert
 from clarion_dev.telegram import Emulator
 from clarion_dev.testing.cluster import Kubectl
 from clarion_dev.testing.operator import Operator
+from clarion_dev.testing.servers import serve_asgi
 from clarion_dev.testing.waiting import async_wait_for
+from clarion_webhook.app import create_app
 from clarion_webhook.settings import WebhookSettings
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.test_events_end_to_end import DATA, FOOTER, MATRIX, Backend, serve
+from tests.integration.test_events_end_to_end import DATA, FOOTER, MATRIX, Backend
 
 pytestmark = pytest.mark.e2e
 
@@ -172,7 +174,7 @@ async def test_the_booking_examples_route_events_to_telegram_and_web_push_and_th
 
         settings = WebhookSettings(database_url=database_url, redis_url=redis_url, webhook_port=api_port,
                                    channel_cache_seconds=0, callback_poll_seconds=0.2)
-        async with serve(settings), httpx.AsyncClient(
+        async with serve_asgi(create_app(settings), port=api_port), httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{api_port}",
                 headers={"Authorization": f"Bearer {API_KEY}"}) as api:
             await _matrix(api, emu, bot.token, kube_namespace, operator)

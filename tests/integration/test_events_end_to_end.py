@@ -12,7 +12,6 @@ What is asserted is what each person received (the emulator's record) and the AP
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -27,7 +26,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 import yaml
 from aiohttp import web
 from clarion.db import api_keys as keys
@@ -39,6 +37,7 @@ from clarion_bot.settings import BotSettings
 from clarion_dev.net import free_port
 from clarion_dev.telegram import Emulator
 from clarion_dev.testing.processes import stop_processes
+from clarion_dev.testing.servers import serve_asgi
 from clarion_dev.testing.telegram import aiogram_bot
 from clarion_dev.testing.waiting import async_wait_for
 from clarion_webhook.app import create_app
@@ -93,27 +92,6 @@ class Stack:
             "data": DATA,
         }
         return await self.api.post("/api/v1/events", json=body)
-
-
-@contextlib.asynccontextmanager
-async def serve(settings: WebhookSettings) -> AsyncIterator[None]:
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=settings.webhook_port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    await until(lambda: server.started or task.done(), timeout=10, what="uvicorn to start")
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture
@@ -213,7 +191,7 @@ async def stack(
         bot_lease_ttl_ms=2000,
     )
     try:
-        async with serve(settings):
+        async with serve_asgi(create_app(settings), port=port):
             bot = aiogram_bot(emu, info.token)
             try:
                 await bot.set_webhook(f"http://127.0.0.1:{port}/tg/webhook/{KEY}", secret_token=SECRET)
