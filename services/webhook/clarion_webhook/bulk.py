@@ -63,7 +63,7 @@ from clarion_webhook.api import (
     _trace_id,
     channel_for,
 )
-from clarion_webhook.errors import Refused
+from clarion_webhook.errors import DATABASE_ERRORS, Refused
 from clarion_webhook.tasks import stop_within
 
 log = get_logger("clarion.webhook.bulk")
@@ -357,7 +357,7 @@ async def create_bulk_job(
     try:
         async with state.db.acquire() as conn:
             job, existing = await qb.store(conn, new, new_rows, idempotency, answer)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         BULK_JOBS.labels("unavailable").inc()
         raise Refused(503, "unavailable", "the job cannot be stored right now; try again",
                       headers={"Retry-After": "1"}) from exc

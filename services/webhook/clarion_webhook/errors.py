@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from fastapi import Request
 from fastapi.responses import JSONResponse
+
+#: What a Postgres call of a request may raise when it did not get through (the server away, a lost
+#: connection, an error of the statement): the routes answer 503 "try again" for these.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class Refused(Exception):

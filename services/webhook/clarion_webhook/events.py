@@ -18,7 +18,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import asyncpg
 from clarion.db import events as ev
 from clarion.db import notifications as q
 from clarion.db import push_subscriptions
@@ -43,7 +42,7 @@ from fastapi.responses import JSONResponse
 
 from clarion_webhook.api import DEFAULT_MAX_ATTEMPTS, ApiState, Caller, _state, _trace_id
 from clarion_webhook.api_keys import authorize
-from clarion_webhook.errors import Refused
+from clarion_webhook.errors import DATABASE_ERRORS, Refused
 
 log = get_logger("clarion.webhook.events")
 
@@ -51,7 +50,6 @@ EVENTS = counter("clarion_api_events_total", "POST /api/v1/events answered, by r
 EVENT_NOTIFICATIONS = counter("clarion_api_event_outcomes_total",
                               "Recipients of events, by outcome (notified or the reason they were not).",
                               ["outcome"])
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 router = APIRouter()
 
@@ -130,7 +128,7 @@ async def _accept(request: Request, body: EventRequest, caller: ApiKeyRow) -> JS
         wanted = [(c.id, r.push_subscription_id) for c in channels.values() if c.type == "webpush"
                   for r in body.recipients if r.push_subscription_id is not None]
         push_known = await push_subscriptions.known(state.db, wanted)
-    except _DB_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         raise _unavailable() from exc
     event_uuid = uuid.uuid4()
     try:
@@ -161,7 +159,7 @@ async def _accept(request: Request, body: EventRequest, caller: ApiKeyRow) -> JS
             dumped = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
             await ev.finish_event(conn, event_uuid, {"recipients": dumped["recipients"]}, decided.follow_ups,
                                   decided.callback_route)
-    except _DB_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         raise _unavailable() from exc
     queued = [r for r in stored if r.status == "queued"]
     if queued:
@@ -190,7 +188,7 @@ async def get_event(request: Request, caller: Caller,
     """An event of your namespace and what it did; a follow-up's id is `<event id>:<its type>`."""
     try:
         row = await ev.get_event(_state(request).db, caller.namespace, event_id)
-    except _DB_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         raise _unavailable() from exc
     if row is None or row.result is None:
         raise Refused(404, "not_found", f"no event {event_id}", field="event_id")
@@ -204,7 +202,7 @@ async def list_events(request: Request, caller: Caller,
     """The follow-up events of the event `reference` (a card's button presses), newest first."""
     try:
         rows = await ev.list_by_reference(_state(request).db, caller.namespace, reference, limit)
-    except _DB_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         raise _unavailable() from exc
     return EventPage(items=[stored_answer(r) for r in rows]).model_dump(mode="json", by_alias=True,
                                                                           exclude_none=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import asyncpg
 from clarion.db import group_posts, groups
 from clarion.db import notifications as q
 from clarion.db.api_keys import ApiKeyRow
@@ -35,14 +34,13 @@ from clarion_webhook.api import (
     _view,
 )
 from clarion_webhook.api_keys import authorize
-from clarion_webhook.errors import Refused
+from clarion_webhook.errors import DATABASE_ERRORS, Refused
 from clarion_webhook.inbox import enqueue
 
 log = get_logger("clarion.webhook.group_posts")
 
 POSTS = counter("clarion_api_group_posts_total", "POST /api/v1/groups/{name}/posts answered, by result.",
                 ["result"])
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def _unavailable() -> Refused:
@@ -88,7 +86,7 @@ async def _accept(request: Request, name: str, body: GroupPostRequest, caller: A
         async with state.db.acquire() as conn:
             group = await groups.get_group_by_name(conn, namespace, name)
         channel = None if group is None else await state.channels.get_by_id(group.channel_id)
-    except _DB_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         raise _unavailable() from exc
     if group is None:
         raise Refused(404, "not_found", f"no managed group {namespace}/{name}", field="name")
@@ -113,7 +111,7 @@ async def _accept(request: Request, name: str, body: GroupPostRequest, caller: A
             view: dict[str, Any] = _view(row).model_dump(mode="json", by_alias=True)
             if idempotency is not None:
                 await q.remember_answer(conn, caller.key_id, idempotency.key, 202, view, _location(row.id))
-    except _DB_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         raise _unavailable() from exc
     if row.status == "queued":
         await enqueue(state.redis, row)

@@ -55,7 +55,7 @@ from clarion.streams import add_tasks, dead_letter_stream
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError, ResponseError
 
-from clarion_webhook.errors import Refused
+from clarion_webhook.errors import DATABASE_ERRORS, Refused
 from clarion_webhook.settings import WebhookSettings
 
 log = get_logger("clarion.webhook.inbox")
@@ -218,7 +218,7 @@ class Inbox:
         try:
             async with asyncio.timeout(self.settings.inbox_db_timeout_seconds), self.db.acquire() as conn:
                 return await work(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             if not postgres_away(exc):
                 raise
             self.trip(exc)
@@ -256,7 +256,7 @@ class Inbox:
                 async with asyncio.timeout(self.settings.inbox_db_timeout_seconds):
                     row, existing = await store()
                 return Accepted(row, existing)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 if not postgres_away(exc):
                     raise Refused(503, "unavailable", "notifications cannot be stored right now; try again",
                                   headers={"Retry-After": "1"}) from exc

@@ -14,7 +14,6 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-import asyncpg
 from clarion.db import push_subscriptions as subs
 from clarion.logging import get_logger
 from clarion.metrics import counter
@@ -25,14 +24,13 @@ from fastapi.responses import JSONResponse, Response
 
 from clarion_webhook.api import Caller, _state, channel_for
 from clarion_webhook.api_keys import authorize
-from clarion_webhook.errors import Refused
+from clarion_webhook.errors import DATABASE_ERRORS, Refused
 
 log = get_logger("clarion.webhook.push_subscriptions")
 
 SUBSCRIPTIONS = counter("clarion_api_push_subscriptions_total",
                         "Push subscription requests answered by the public API, by action and result.",
                         ["action", "result"])
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 PATH = "/push-subscriptions"
 
 router = APIRouter()
@@ -89,7 +87,7 @@ async def _register(request: Request, body: PushSubscriptionRequest, caller: Cal
             row, created = await subs.register(
                 conn, channel_id=channel.id, recipient=body.recipient, endpoint=sub.endpoint,
                 p256dh=sub.keys.p256dh, auth=sub.keys.auth, expires_at=sub.expires_at)
-    except _DB_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         raise _unavailable() from exc
     result = "created" if created else "updated"
     SUBSCRIPTIONS.labels("register", result).inc()
@@ -119,7 +117,7 @@ async def delete_push_subscription(
             row, namespace, name = found
             authorize(caller, namespace, name)
             await subs.delete(conn, row.channel_id, row.id)
-    except _DB_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         raise _unavailable() from exc
     SUBSCRIPTIONS.labels("delete", "deleted").inc()
     log.info("push_subscription_deleted", subscription=str(subscription_id), api_key=caller.key_id)

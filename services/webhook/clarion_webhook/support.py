@@ -65,7 +65,7 @@ from clarion_webhook.api import (
     invalid_request,
 )
 from clarion_webhook.channels import ChannelCache
-from clarion_webhook.errors import Refused, refused_handler
+from clarion_webhook.errors import DATABASE_ERRORS, Refused, refused_handler
 from clarion_webhook.inbox import enqueue
 
 log = get_logger("clarion.webhook.support")
@@ -79,7 +79,6 @@ MINIAPP_PREFIX = "/app"
 AUTH_SCHEME = "tma"
 #: The page, its script and its style sheet (package data of clarion_webhook).
 _STATIC = Path(str(resources.files("clarion_webhook") / "miniapp"))
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def _unavailable(exc: BaseException) -> Refused:
@@ -194,7 +193,7 @@ async def create_request(
             await q.audit(conn, f"api-key:{caller.key_id}", "support.request_created", str(thread_id),
                           {"channel": channel.key, "notification_id": str(notification_id),
                            "language": language})
-    except _DB_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         REQUESTS.labels("unavailable").inc()
         raise _unavailable(exc) from exc
     await enqueue(state.redis, row)
@@ -391,7 +390,7 @@ def create_miniapp(script_url: str) -> FastAPI:
                 await q.audit(conn, f"telegram:{user.user_id}", "support.reply_queued", str(thread_id),
                               {"channel": admin.channel.key, "notification_id": str(new.id),
                                "origin": admin.thread.origin, "admin_name": user.display_name})
-        except _DB_ERRORS as exc:
+        except DATABASE_ERRORS as exc:
             raise _unavailable(exc) from exc
         await enqueue(state.redis, row)
         REPLIES.labels("accepted").inc()
