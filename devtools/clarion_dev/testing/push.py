@@ -7,21 +7,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
 from clarion_dev.push_service import PushService
+from clarion_dev.testing.servers import marker_kwargs
 
 
 @pytest.fixture
 async def push_service(request: pytest.FixtureRequest) -> AsyncIterator[PushService]:
     """A started stand-in on a free loopback port; `@pytest.mark.push_service(...)` passes its arguments."""
-    kwargs: dict[str, Any] = {}
-    marker = request.node.get_closest_marker("push_service")
-    if marker is not None:
-        kwargs.update(marker.kwargs)
-    service = PushService(**kwargs)
+    service = PushService(**marker_kwargs(request, "push_service"))
     await service.start()
     try:
         yield service

@@ -317,7 +317,9 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "(clarion_dev.testing.servers)")
 
 
-def _marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+def marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+    """The keyword arguments of the test's `@pytest.mark.<name>(...)`, or {} without one: what a
+    server fixture passes to its server."""
     marker = request.node.get_closest_marker(name)
     return dict(marker.kwargs) if marker is not None else {}
 
@@ -325,7 +327,7 @@ def _marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
 @pytest.fixture
 def private_postgres(request: pytest.FixtureRequest) -> Iterator[PrivatePostgres]:
     """A started PrivatePostgres for this test, removed afterwards."""
-    server = PrivatePostgres(**_marker_kwargs(request, "private_postgres"))
+    server = PrivatePostgres(**marker_kwargs(request, "private_postgres"))
     try:
         server.start()
         yield server
@@ -336,7 +338,7 @@ def private_postgres(request: pytest.FixtureRequest) -> Iterator[PrivatePostgres
 @pytest.fixture
 def private_redis(request: pytest.FixtureRequest) -> Iterator[PrivateRedis]:
     """A started PrivateRedis for this test, removed afterwards."""
-    server = PrivateRedis(**_marker_kwargs(request, "private_redis"))
+    server = PrivateRedis(**marker_kwargs(request, "private_redis"))
     try:
         server.start()
         yield server

@@ -7,21 +7,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
 from clarion_dev.smtp_sink import SmtpSink
+from clarion_dev.testing.servers import marker_kwargs
 
 
 @pytest.fixture
 async def smtp_sink(request: pytest.FixtureRequest) -> AsyncIterator[SmtpSink]:
     """A started SMTP sink on a free port; `@pytest.mark.smtp_sink(...)` passes SmtpSink arguments."""
-    kwargs: dict[str, Any] = {}
-    marker = request.node.get_closest_marker("smtp_sink")
-    if marker is not None:
-        kwargs.update(marker.kwargs)
-    sink = SmtpSink(**kwargs)
+    sink = SmtpSink(**marker_kwargs(request, "smtp_sink"))
     await sink.start()
     try:
         yield sink

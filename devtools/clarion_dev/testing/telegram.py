@@ -16,6 +16,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.servers import marker_kwargs
 
 DEFAULT_SCALE = 10.0
 
@@ -34,10 +35,8 @@ async def telegram_emulator(request: pytest.FixtureRequest) -> AsyncIterator[Emu
     a full pass over a big test process stalls the event loop long enough for queued requests to
     reach the limiter together and draw 429s Telegram would not send.
     """
-    kwargs: dict[str, Any] = {"limits": "scaled", "scale": DEFAULT_SCALE}
-    marker = request.node.get_closest_marker("emulator")
-    if marker is not None:
-        kwargs.update(marker.kwargs)
+    kwargs: dict[str, Any] = {"limits": "scaled", "scale": DEFAULT_SCALE,
+                              **marker_kwargs(request, "emulator")}
     emulator = Emulator(**kwargs)
     await emulator.start()
     thresholds = gc.get_threshold()
