@@ -220,7 +220,7 @@ class WebPushTransport:
         except (webpush.KeyProblem, ValueError, VapidException) as exc:  # the API and the events API
             # check what they accept; a row that still fails is permanent
             return SendResult(Outcome.FAILED, f"push subscription {ident}: {exc}"[:500])
-        body = webpush.encrypt(self._payload(row), keys)
+        body = webpush.encrypt(webpush.payload(row.content, str(row.id)), keys)
         headers = {"Content-Encoding": webpush.CONTENT_ENCODING, "Content-Type": "application/octet-stream",
                    "TTL": str(ttl), "Urgency": urgency, "Authorization": authorization}
         try:
@@ -260,10 +260,6 @@ class WebPushTransport:
             allowed = ", ".join(get_args(PushUrgency))
             raise ValueError(f"content.urgency must be one of {allowed}, not {urgency!r}")
         return ttl, urgency
-
-    @staticmethod
-    def _payload(row: q.Row) -> bytes:
-        return webpush.payload(row.content, str(row.id))
 
     async def close(self) -> None:
         await self.session.close()
