@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import subprocess
@@ -32,12 +31,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clarion.db import api_keys as keys
 from clarion.db import events
-from clarion.models import ApiKeySecret, NotificationRouteSpec
+from clarion.models import NotificationRouteSpec
 from clarion_dev.net import free_port
 
-from bench.notifications import wait_settled
+from bench.notifications import prepare, wait_settled
 from bench.sender_common import REDIS_URL, TOKEN, EmulatorProcess, scratch_database, table
 from bench.webhook_ingest import (
     _cpu_seconds,
@@ -89,15 +87,8 @@ async def open_loop(url: str, rate: float, seconds: float, first: int) -> tuple[
 async def rows(args: argparse.Namespace) -> list[list[Any]]:
     async with scratch_database("events") as (dsn, pool), EmulatorProcess("off") as emulator:
         await emulator.add_users(1000, FIRST_CHAT)
-        await pool.execute(
-            """INSERT INTO channels (namespace, name, type, bot_id, api_base_url, config, ready)
-               VALUES ('bench', 'salon', 'telegram', $1, $2, $3, true)""",
-            int(TOKEN.split(":")[0]), emulator.base_url,
-            {"rateLimits": {"globalPerSecond": 100_000, "perChatPerSecond": 1000}})
+        await prepare(pool, emulator.base_url, channel="salon", api_key=API_KEY)
         await events.upsert_route(pool, namespace="bench", name="booked", uid="bench", spec=ROUTE)
-        await keys.sync_api_key(pool, ApiKeySecret(
-            namespace="bench", name="load", uid="bench-uid", channels=("*",),
-            key_sha256=hashlib.sha256(API_KEY.encode()).hexdigest()))
         port = free_port()
         env = {**os.environ, "CLARION_DATABASE_URL": dsn, "CLARION_REDIS_URL": REDIS_URL,
                "CLARION_LOG_LEVEL": "WARNING"}

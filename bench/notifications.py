@@ -81,16 +81,18 @@ FIRST_CHAT = 100_000
 CHATS = 1000
 
 
-async def prepare(pool: asyncpg.Pool, emulator_url: str) -> int:
-    """The channel on the emulator's bot, with limits lifted, and the API key; the channel's id."""
+async def prepare(pool: asyncpg.Pool, emulator_url: str, *, channel: str = "alerts",
+                  api_key: str = API_KEY) -> int:
+    """The channel bench/`channel` on the emulator's bot, with limits lifted, and the API key; the
+    channel's id."""
     channel_id: int = await pool.fetchval(
         """INSERT INTO channels (namespace, name, type, bot_id, api_base_url, config, ready)
-           VALUES ('bench', 'alerts', 'telegram', $1, $2, $3, true) RETURNING id""",
-        int(TOKEN.split(":")[0]), emulator_url,
+           VALUES ('bench', $3, 'telegram', $1, $2, $4, true) RETURNING id""",
+        int(TOKEN.split(":")[0]), emulator_url, channel,
         {"rateLimits": {"globalPerSecond": 100_000, "perChatPerSecond": 1000}})
     await keys.sync_api_key(pool, ApiKeySecret(
         namespace="bench", name="load", uid="bench-uid", channels=("*",),
-        key_sha256=hashlib.sha256(API_KEY.encode()).hexdigest()))
+        key_sha256=hashlib.sha256(api_key.encode()).hexdigest()))
     return channel_id
 
 
