@@ -28,7 +28,6 @@ from clarion.models import (
     TelegramSettings,
     WebPushSettings,
     WorkerLane,
-    changed_conditions,
     find_condition,
     worker_lanes,
 )
@@ -51,7 +50,7 @@ from clarion_operator.channel_logic import (
 from clarion_operator.context import Context, context, object_lock
 from clarion_operator.indexes import ChannelSecrets
 from clarion_operator.k8s import NotServed
-from clarion_operator.status import typed, write_status
+from clarion_operator.status import announce_conditions, typed, write_status
 
 CHANNELS = NOTIFICATION_CHANNEL.selector
 SECRET_REVISION = "clarion.io/secret-revision"
@@ -280,10 +279,7 @@ async def reconcile_channel(channel: NotificationChannel, body: kopf.Body, memo:
                             webhook_secret_name=checked.webhook_secret_name, generation=channel.generation,
                             now=datetime.now(UTC))
     write_status(patch, channel.status, status)
-    for cond in changed_conditions(channel.status.conditions, fresh):
-        if cond.type == ConditionType.READY or cond.status == "False":
-            kopf.event(body, type="Normal" if cond.is_true else "Warning", reason=cond.reason,
-                       message=cond.message)
+    announce_conditions(body, channel.status.conditions, fresh)
     ready = fresh[-1]
     CHECKS.labels(spec.type, ready.reason).inc()
     logger.info("channel %s checked: ready=%s (%s)", channel.key, check.ready, ready.reason)

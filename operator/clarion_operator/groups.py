@@ -26,13 +26,11 @@ from clarion.keys import channel_key
 from clarion.metrics import counter
 from clarion.models import (
     MANAGED_GROUP,
-    ConditionType,
     GroupPhase,
     GroupReason,
     InvalidSpec,
     ManagedGroup,
     ResourceKey,
-    changed_conditions,
 )
 from clarion.streams import GroupTask, add_group_task, group_maintenance_stream
 from clarion.telegram.botapi import UNREACHABLE, BotApi, BotApiError, InvalidTokenFormat
@@ -54,7 +52,7 @@ from clarion_operator.group_logic import (
 )
 from clarion_operator.indexes import ChannelTokens, first
 from clarion_operator.settings import OperatorSettings
-from clarion_operator.status import typed, write_status
+from clarion_operator.status import announce_conditions, typed, write_status
 
 GROUPS = MANAGED_GROUP.selector
 CHECKS = counter("clarion_operator_group_checks_total",
@@ -228,10 +226,7 @@ async def reconcile_group(group: ManagedGroup, body: kopf.Body, memo: Any, patch
     dry_run = dry_run_news(group.spec, group.status, status)
     if dry_run is not None:
         kopf.event(body, type="Normal", reason=GroupReason.DRY_RUN, message=dry_run)
-    for cond in changed_conditions(group.status.conditions, fresh):
-        if cond.type == ConditionType.READY or cond.status == "False":
-            kopf.event(body, type="Normal" if cond.is_true else "Warning", reason=cond.reason,
-                       message=cond.message)
+    announce_conditions(body, group.status.conditions, fresh)
     ready = fresh[-1]
     CHECKS.labels(ready.reason).inc()
     logger.info("group %s checked: ready=%s (%s)", group.key, ready.status, ready.reason)

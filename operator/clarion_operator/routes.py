@@ -18,13 +18,13 @@ import kopf
 from clarion.db import events as rows
 from clarion.db.channels import ChannelRecord, get_channel
 from clarion.keys import channel_key
-from clarion.models import NOTIFICATION_ROUTE, InvalidSpec, NotificationRoute, RouteReason, changed_conditions
+from clarion.models import NOTIFICATION_ROUTE, InvalidSpec, NotificationRoute, RouteReason
 
 from clarion_operator.channels import secret_value
 from clarion_operator.context import context, object_lock
 from clarion_operator.routes_logic import ready_condition, route_problems, route_status
 from clarion_operator.settings import OperatorSettings
-from clarion_operator.status import typed, write_status
+from clarion_operator.status import announce_conditions, typed, write_status
 
 ROUTES = NOTIFICATION_ROUTE.selector
 
@@ -47,9 +47,7 @@ async def reconcile_route(route: NotificationRoute, body: kopf.Body, memo: Any, 
     ready = ready_condition(route_problems(route.spec, channels, callback_problem))
     status = route_status(route.status, ready, generation=route.generation, now=datetime.now(UTC))
     write_status(patch, route.status, status)
-    for cond in changed_conditions(route.status.conditions, [ready]):
-        kopf.event(body, type="Normal" if cond.is_true else "Warning", reason=cond.reason,
-                   message=cond.message)
+    announce_conditions(body, route.status.conditions, [ready])
     logger.info("route %s checked: ready=%s (%s)", route.key, ready.status, ready.reason)
 
 

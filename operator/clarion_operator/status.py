@@ -10,7 +10,7 @@ until the spec changes.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Concatenate, TypeVar
 
@@ -37,6 +37,15 @@ def write_status(patch: kopf.Patch, old: S, new: S) -> None:
         if getattr(old, name) != getattr(new, name):
             alias = info.alias or name
             patch.status[alias] = dumped[alias]
+
+
+def announce_conditions(body: kopf.Body, old: Sequence[Condition], fresh: Iterable[Condition]) -> None:
+    """An Event for each condition that changed: Ready either way (Normal when it turns true), any
+    other condition when it turns False (Warning)."""
+    for cond in changed_conditions(old, fresh):
+        if cond.type == ConditionType.READY or cond.status == "False":
+            kopf.event(body, type="Normal" if cond.is_true else "Warning", reason=cond.reason,
+                       message=cond.message)
 
 
 def report_invalid_spec(body: kopf.Body, patch: kopf.Patch, error: InvalidSpec) -> None:
