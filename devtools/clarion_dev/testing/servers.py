@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 
 from clarion_dev.net import free_port
+from clarion_dev.testing.markers import marker_kwargs
 
 PG_BIN = Path(os.environ.get("CLARION_PG_BIN", "/usr/lib/postgresql/15/bin"))
 LOOPBACK = "127.0.0.1"
@@ -315,13 +316,6 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "private_redis fixture (clarion_dev.testing.servers)")
     config.addinivalue_line("markers", "private_postgres(settings): configure the private_postgres fixture "
                                        "(clarion_dev.testing.servers)")
-
-
-def marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
-    """The keyword arguments of the test's `@pytest.mark.<name>(...)`, or {} without one: what a
-    server fixture passes to its server."""
-    marker = request.node.get_closest_marker(name)
-    return dict(marker.kwargs) if marker is not None else {}
 
 
 @pytest.fixture

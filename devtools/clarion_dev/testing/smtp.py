@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from clarion_dev.smtp_sink import SmtpSink
-from clarion_dev.testing.servers import marker_kwargs
+from clarion_dev.testing.markers import marker_kwargs
 
 
 @pytest.fixture

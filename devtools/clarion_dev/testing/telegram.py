@@ -16,7 +16,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 
 from clarion_dev.telegram import Emulator
-from clarion_dev.testing.servers import marker_kwargs
+from clarion_dev.testing.markers import marker_kwargs
 
 DEFAULT_SCALE = 10.0
 
