@@ -217,8 +217,9 @@ async def test_a_missing_admin_right_is_named_without_a_crash_loop_and_granting_
 
 
 def _events(cluster: Cluster, name: str, reason: str) -> list[str]:
+    # eventTime has microseconds; creationTimestamp only seconds, and two phase moves can share a second.
     found = sorted((e for e in cluster.events(name) if e["reason"] == reason),
-                   key=lambda e: e["metadata"]["creationTimestamp"])
+                   key=lambda e: e.get("eventTime") or e["metadata"]["creationTimestamp"])
     return [e["message"] for e in found]
 
 
