@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Build the Kubernetes control-plane binaries Clarion's tests and local run need, from Go modules.
 #
-#   kube-apiserver, kube-controller-manager, kubectl  <- k8s.io/kubernetes@$K8S_VERSION
+#   kube-apiserver, kube-controller-manager, kubectl,
+#   kube-scheduler, kubelet, kube-proxy               <- k8s.io/kubernetes@$K8S_VERSION
 #   etcd                                              <- go.etcd.io/etcd/server/v3@$ETCD_VERSION
 #   helm                                              <- helm.sh/helm/v3@$HELM_VERSION
+#   coredns (cluster DNS of the real node)            <- github.com/coredns/coredns@$COREDNS_VERSION
 #
 # No registry reachable here publishes these binaries, so they are compiled with CGO_ENABLED=0 and
 # cached outside the repository in $CLARION_K8S_CACHE/<version>/bin (default ~/.cache/clarion/k8s).
@@ -15,12 +17,14 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 CACHE_ROOT="${CLARION_K8S_CACHE:-$HOME/.cache/clarion/k8s}"
-KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}"
+KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}"
 OUT="$CACHE_ROOT/$KEY"
 BIN="$OUT/bin"
 
-want=(kube-apiserver kube-controller-manager kubectl etcd helm)
+K8S_BINARIES=(kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet kube-proxy)
+want=("${K8S_BINARIES[@]}" etcd helm coredns)
 k8s_minor=${K8S_VERSION#v*.}; k8s_minor=${k8s_minor%%.*}
 # helm assumes Kubernetes 1.20 when no cluster is asked (`helm template`); tell it ours.
 HELM_KUBE="-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor"
@@ -56,8 +60,10 @@ build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 need() { [[ " ${missing[*]} " == *" $1 "* ]]; }
 
-if need kube-apiserver || need kube-controller-manager || need kubectl; then
-  log "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION (cold build: 15-30 min on 2 cores)"
+k8s_missing=()
+for b in "${K8S_BINARIES[@]}"; do need "$b" && k8s_missing+=("$b"); done
+if [[ ${#k8s_missing[@]} -gt 0 ]]; then
+  log "building ${k8s_missing[*]} $K8S_VERSION (cold build of all six: 20-40 min on 2 cores)"
   meta=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION")
   gomod=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])' <<<"$meta")
   staging_version="v0.${K8S_VERSION#v1.}"
@@ -73,9 +79,7 @@ if need kube-apiserver || need kube-controller-manager || need kubectl; then
     echo "require k8s.io/kubernetes $K8S_VERSION"
     echo
     echo "tool ("
-    echo "	k8s.io/kubernetes/cmd/kube-apiserver"
-    echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
-    echo "	k8s.io/kubernetes/cmd/kubectl"
+    for b in "${K8S_BINARIES[@]}"; do echo "	k8s.io/kubernetes/cmd/$b"; done
     echo ")"
     echo
     echo "replace ("
@@ -92,10 +96,10 @@ if need kube-apiserver || need kube-controller-manager || need kubectl; then
     ld+=" -X '$pkg.gitVersion=$K8S_VERSION' -X '$pkg.gitMajor=$major' -X '$pkg.gitMinor=$minor'"
     ld+=" -X '$pkg.gitTreeState=clean' -X '$pkg.buildDate=$build_date' -X '$pkg.gitCommit=module-$K8S_VERSION'"
   done
-  (cd "$w" && go build -v -trimpath -ldflags "-s -w $ld" -o "$BIN/" \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl 2>&1 |
+  pkgs=(); for b in "${k8s_missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  (cd "$w" && go build -v -trimpath -ldflags "-s -w $ld" -o "$BIN/" "${pkgs[@]}" 2>&1 |
       awk '{n++; if (n % 200 == 0) { printf "build-k8s: ... %d packages compiled\n", n > "/dev/stderr" } }')
-  for b in kube-apiserver kube-controller-manager kubectl; do
+  for b in "${k8s_missing[@]}"; do
     [[ -x "$BIN/$b" ]] || { log "$b was not built"; exit 1; }
   done
 fi
@@ -118,6 +122,16 @@ if need helm; then
   (cd "$w" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $HELM_KUBE" \
       -o "$BIN/helm" helm.sh/helm/v3/cmd/helm)
   echo "$HELM_KUBE" >"$OUT/helm.ldflags"
+fi
+
+if need coredns; then
+  log "building coredns $COREDNS_VERSION"
+  w="$OUT/src/coredns"
+  mkdir -p "$w"
+  printf 'module clarion.dev/corednsbuild\n\ngo 1.25.0\n' >"$w/go.mod"
+  (cd "$w" && go get -tool "github.com/coredns/coredns@$COREDNS_VERSION" >&2 && go mod tidy >&2)
+  (cd "$w" && go build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=module-$COREDNS_VERSION" \
+      -o "$BIN/coredns" github.com/coredns/coredns)
 fi
 
 log "built ${missing[*]} in $(( $(date +%s) - start ))s; cache $(du -sh "$BIN" | cut -f1) at $BIN"

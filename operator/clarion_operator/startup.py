@@ -35,7 +35,9 @@ class QuietTimers(logging.Filter):
         return not (message.startswith("Timer '") and message.endswith("' succeeded."))
 
 
-@kopf.on.startup()
+# Retried every 3 s, not kopf's default 60: in a fresh install the database's name resolves only once
+# its pod is ready (a headless Service), and a minute's wait would outlast the liveness probe.
+@kopf.on.startup(backoff=3)
 async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger,
                     **_: Any) -> None:
     """kopf settings, migrations, pools; `memo.settings` is put there by `main`."""

@@ -1,8 +1,10 @@
 """Start and stop a local Kubernetes control plane: etcd, kube-apiserver and kube-controller-manager.
 
 The binaries come from scripts/build-k8s.sh (built from Go modules and cached outside the repository)
-or from the directory named by CLARION_K8S_BIN. Everything listens on free loopback ports; certificates
-are generated per start. There is no kubelet and no scheduler: clarion_dev.podrunner runs Pods.
+or from the directory named by CLARION_K8S_BIN. Everything listens on free ports of `address`
+(loopback unless a real node needs the apiserver on its bridge); certificates are generated per start.
+Alone, it has no kubelet and no scheduler and clarion_dev.podrunner runs Pods; clarion_dev.cluster.node
+adds a real node (containerd, kubelet, kube-scheduler, kube-proxy, CoreDNS) beside it.
 """
 
 from __future__ import annotations
@@ -151,8 +153,13 @@ class ControlPlane:
     tail of each component's log otherwise. From async code, run start()/stop() via asyncio.to_thread.
     """
 
-    def __init__(self, workdir: Path | None = None, binaries: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path | None = None, binaries: Path | None = None, address: str = "127.0.0.1",
+        controllers: Sequence[str] = CONTROLLERS,
+    ) -> None:
         self._own_workdir = workdir is None
+        self.address = address
+        self.controllers = tuple(controllers)
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="clarion-cp-"))
         self._binaries = binaries
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -164,6 +171,7 @@ class ControlPlane:
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         self.ca_cert = self.pki_dir / "ca.crt"
         self._admin: certs.KeyPair | None = None
+        self._ca: certs.KeyPair | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -194,7 +202,7 @@ class ControlPlane:
         (self.workdir / "etcd-data").chmod(0o700)
         try:
             etcd_client, etcd_peer, secure_port = free_port(), free_port(), free_port()
-            self.server = f"https://127.0.0.1:{secure_port}"
+            self.server = f"https://{self.address}:{secure_port}"
             self._spawn("etcd", [
                 str(bin_dir / "etcd"),
                 "--name=clarion",
@@ -220,8 +228,8 @@ class ControlPlane:
             self._spawn("kube-apiserver", [
                 str(bin_dir / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_client}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={secure_port}",
                 f"--cert-dir={self.workdir / 'apiserver-cert-dir'}",
                 f"--tls-cert-file={pki['serving'].cert}",
@@ -231,7 +239,13 @@ class ControlPlane:
                 f"--service-account-key-file={pki['sa'].cert}",
                 f"--service-account-signing-key-file={pki['sa'].key}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                "--authorization-mode=RBAC",
+                # Node: a kubelet (clarion_dev.cluster.node) may touch only its own node and pods.
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={pki['kubelet-client'].cert}",
+                f"--kubelet-client-key={pki['kubelet-client'].key}",
+                f"--kubelet-certificate-authority={self.ca_cert}",
+                "--kubelet-preferred-address-types=InternalIP",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
@@ -242,7 +256,7 @@ class ControlPlane:
                 "--secure-port=0",
                 "--leader-elect=false",
                 "--use-service-account-credentials=true",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(self.controllers)}",
                 f"--service-account-private-key-file={pki['sa'].key}",
                 f"--root-ca-file={self.ca_cert}",
                 "--cluster-name=clarion-local",
@@ -314,7 +328,7 @@ class ControlPlane:
     # -- internals -----------------------------------------------------------------------------
 
     def _make_pki(self) -> dict[str, certs.KeyPair]:
-        ca = certs.make_ca(self.pki_dir)
+        ca = self._ca = certs.make_ca(self.pki_dir)
         serving = certs.issue(
             ca, self.pki_dir, "kube-apiserver",
             common_name="kube-apiserver",
@@ -322,7 +336,7 @@ class ControlPlane:
                 "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            server_ips=("127.0.0.1", "10.0.0.1"),
+            server_ips=tuple(dict.fromkeys(("127.0.0.1", "10.0.0.1", self.address))),
         )
         self._admin = certs.issue(
             ca, self.pki_dir, "admin", common_name="clarion-admin", organizations=("system:masters",)
@@ -330,8 +344,33 @@ class ControlPlane:
         manager = certs.issue(
             ca, self.pki_dir, "controller-manager", common_name="system:kube-controller-manager"
         )
+        # kubectl logs/exec: the apiserver's client certificate at a kubelet (system:masters for its authz).
+        kubelet_client = certs.issue(
+            ca, self.pki_dir, "apiserver-kubelet-client", common_name="kube-apiserver-kubelet-client",
+            organizations=("system:masters",),
+        )
         sa = certs.make_signing_key(self.pki_dir)
-        return {"serving": serving, "admin": self._admin, "manager": manager, "sa": sa}
+        return {"serving": serving, "admin": self._admin, "manager": manager, "sa": sa,
+                "kubelet-client": kubelet_client}
+
+    def issue_client(self, name: str, common_name: str, organizations: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig for a new client certificate of this control plane's CA (a node component's)."""
+        assert self._ca is not None, "start() first"
+        key_pair = certs.issue(
+            self._ca, self.pki_dir, name,
+            common_name=common_name, organizations=organizations,
+        )
+        path = self.workdir / f"{name}.kubeconfig"
+        write_kubeconfig(path, server=self.server, ca_cert=self.ca_cert, client=key_pair, user=common_name)
+        return path
+
+    def issue_serving(self, name: str, names: tuple[str, ...], ips: tuple[str, ...]) -> certs.KeyPair:
+        """A serving certificate of this control plane's CA (the kubelet's, which the apiserver checks)."""
+        assert self._ca is not None, "start() first"
+        return certs.issue(
+            self._ca, self.pki_dir, name,
+            common_name=names[0], server_names=names, server_ips=ips,
+        )
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.logs_dir / f"{name}.log").open("ab")
