@@ -24,6 +24,7 @@ pytest_plugins = [
     "clarion_dev.testing.operator",
     "clarion_dev.testing.servers",
     "clarion_dev.testing.browser",
+    "clarion_dev.testing.node",
 ]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

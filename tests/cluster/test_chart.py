@@ -6,8 +6,6 @@ There is no kubelet: pods are never scheduled, so these tests assert the objects
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import yaml
 from clarion.models.resources import RESOURCES
 from clarion_dev.cluster.launcher import ControlPlane
 from clarion_dev.testing import chart
+from clarion_dev.testing.chart import Helm
 from clarion_dev.testing.cluster import KubeApis
 from kubernetes.client import ApiException
 
@@ -31,24 +30,6 @@ EVERYTHING_ON = [
 # The session's control plane already has crds/ applied by another field manager; a release in it
 # leaves the CRDs and admission policies to that (test_chart_installs_and_keeps_crds checks them).
 NO_CLUSTER_SCOPED_API = ["--set", "crds.enabled=false,admissionPolicies.enabled=false"]
-
-
-class Helm:
-    """helm with a kubeconfig and private config/cache/data directories."""
-
-    def __init__(self, binary: Path, kubeconfig: Path, home: Path) -> None:
-        self.binary = binary
-        self.kubeconfig = kubeconfig
-        self.env = {**os.environ,
-                    "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
-                    "HELM_DATA_HOME": str(home / "data")}
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([str(self.binary), f"--kubeconfig={self.kubeconfig}", *args],
-                              capture_output=True, text=True, env=self.env, timeout=120, check=False)
-        if check:
-            assert proc.returncode == 0, f"helm {' '.join(args)}\n{proc.stdout}\n{proc.stderr}"
-        return proc
 
 
 @pytest.fixture

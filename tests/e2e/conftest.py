@@ -1,142 +1,21 @@
-"""Fixtures of the e2e tier: the `clarion-operator` process, a Ready Telegram channel, campaign helpers.
+"""Fixtures of the e2e tier: the `clarion-operator` process and campaign helpers.
 
 Everything is real: the control plane, Postgres, Redis, the Telegram emulator (in this process), the
 operator (a subprocess watching the test's namespace) and the pod runner, which runs the sender Job's
-pods as local `clarion-sender` processes.
+pods as local `clarion-sender` processes. The helpers themselves are in clarion_dev.testing.campaigns
+(the node tier uses them too).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pytest
-from clarion_dev.telegram import Emulator
+from clarion_dev.testing.campaigns import Campaigns
 from clarion_dev.testing.cluster import KubeApis
 from clarion_dev.testing.operator import Operator
-from clarion_dev.testing.waiting import async_wait_for
-from kubernetes.client import ApiException
-
-GROUP, VERSION = "clarion.io", "v1alpha1"
-
-
-@dataclass
-class Channel:
-    name: str
-    token: str
-    id: int
-
-
-class Campaigns:
-    """BroadcastCampaigns of one namespace through the API, with waits that show the operator's log."""
-
-    def __init__(self, k8s: KubeApis, namespace: str, operator: Operator, pods_dir: Path) -> None:
-        self.k8s, self.namespace, self.operator, self.pods_dir = k8s, namespace, operator, pods_dir
-
-    def create(self, name: str, channel: Channel, *, audience: dict[str, Any] | None = None,
-               text: str = "Hello from Clarion", **spec: Any) -> None:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "BroadcastCampaign", "metadata": {"name": name},
-            "spec": {"channelRef": {"name": channel.name}, "message": {"text": text},
-                     "audience": audience or {"allSubscribers": True}} | spec,
-        }
-        self.k8s.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "broadcastcampaigns", body)
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        try:
-            custom: Any = self.k8s.custom
-            obj: dict[str, Any] = custom.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, "broadcastcampaigns", name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return obj
-
-    def status(self, name: str) -> dict[str, Any]:
-        return dict((self.get(name) or {}).get("status") or {})
-
-    def patch(self, name: str, spec: dict[str, Any]) -> None:
-        self.k8s.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "broadcastcampaigns", name, {"spec": spec})
-
-    async def wait(self, name: str, what: str, check: Any, timeout: float = 120) -> dict[str, Any]:
-        def probe() -> Any:
-            status = self.status(name)
-            return status if check(status) else None
-
-        try:
-            found: dict[str, Any] = await async_wait_for(
-                probe, timeout=timeout, interval=0.3, what=f"{name}: {what}")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- operator log ---\n{self.operator.log()}") from None
-        return found
-
-    async def wait_phase(self, name: str, *phases: str, timeout: float = 120) -> dict[str, Any]:
-        return await self.wait(name, f"phase in {phases}", lambda s: s.get("phase") in phases, timeout)
-
-    def jobs(self, name: str) -> list[dict[str, Any]]:
-        found = self.k8s.batch.list_namespaced_job(
-            self.namespace, label_selector=f"clarion.io/campaign={name}")
-        api: Any = self.k8s.api
-        return [api.sanitize_for_serialization(j) for j in found.items]
 
 
 @pytest.fixture
 def campaigns(k8s: KubeApis, kube_namespace: str, operator: Operator, tmp_path: Path) -> Campaigns:
     return Campaigns(k8s, kube_namespace, operator, tmp_path / "pod-logs")
-
-
-async def make_channel(k8s: KubeApis, namespace: str, emulator: Emulator, operator: Operator,
-                       db: asyncpg.Pool, *, name: str = "news", global_per_second: int = 30,
-                       paid_per_second: int = 1000, workers: int = 0,
-                       autoscaling: dict[str, Any] | None = None) -> Channel:
-    """A Secret with a fresh emulator bot's token and a Telegram channel (no bot pods, and `workers`
-    notification worker pods per lane, fixed: minReplicas = maxReplicas, and the group lanes off, unless
-    `autoscaling` is given); waits for Ready."""
-    bot = emulator.add_bot(username=f"{name}_bot")
-    core: Any = k8s.core
-    core.create_namespaced_secret(namespace, {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-token"},
-        "stringData": {"token": bot.token}})
-    k8s.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "notificationchannels", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "NotificationChannel", "metadata": {"name": name},
-        "spec": {"type": "telegram", "telegram": {
-            "botTokenSecretRef": {"name": f"{name}-token", "key": "token"},
-            "apiBaseUrl": emulator.base_url,
-            "rateLimits": {"globalPerSecond": global_per_second, "paidBroadcastPerSecond": paid_per_second},
-            "bot": {"replicas": 0},
-        }, "workers": {"autoscaling": autoscaling or {
-            "minReplicas": workers, "maxReplicas": workers,
-            "lanes": {lane: {"minReplicas": 0, "maxReplicas": 0}
-                      for lane in ("groupPosts", "groupMaintenance")}}}},
-    })
-
-    async def ready() -> Any:
-        value: int | None = await db.fetchval(
-            "SELECT id FROM channels WHERE namespace = $1 AND name = $2 AND ready", namespace, name)
-        return value
-
-    try:
-        channel_id: int = await async_wait_for(ready, timeout=60, interval=0.3, what=f"channel {name} Ready")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- operator log ---\n{operator.log()}") from None
-    return Channel(name, bot.token, channel_id)
-
-
-async def add_subscribers(db: asyncpg.Pool, channel: Channel, chat_ids: Iterable[int], *,
-                          language: str = "en") -> None:
-    await db.copy_records_to_table(
-        "subscribers", records=[(channel.id, chat_id, language) for chat_id in chat_ids],
-        columns=["channel_id", "chat_id", "language"])
-
-
-async def delivery_counts(db: asyncpg.Pool, namespace: str, name: str) -> dict[str, int]:
-    rows = await db.fetch(
-        """SELECT d.status, count(*) AS n FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
-           WHERE c.namespace = $1 AND c.name = $2 GROUP BY d.status""", namespace, name)
-    return {r["status"]: int(r["n"]) for r in rows}

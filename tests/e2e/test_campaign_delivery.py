@@ -8,11 +8,10 @@ import asyncpg
 import pytest
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.campaigns import Campaigns, add_subscribers, delivery_counts, make_channel
 from clarion_dev.testing.cluster import KubeApis
 from clarion_dev.testing.operator import Operator
 from clarion_dev.testing.waiting import async_wait_for
-
-from .conftest import Campaigns, add_subscribers, delivery_counts, make_channel
 
 pytestmark = pytest.mark.e2e
 

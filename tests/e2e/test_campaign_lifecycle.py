@@ -15,12 +15,11 @@ from clarion_dev import campaign_cli
 from clarion_dev.cluster import ControlPlane
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.campaigns import Campaigns, Channel, add_subscribers, delivery_counts, make_channel
 from clarion_dev.testing.cluster import KubeApis
 from clarion_dev.testing.operator import Operator
 from clarion_dev.testing.waiting import async_wait_for
 from kubernetes.client import ApiException
-
-from .conftest import Campaigns, Channel, add_subscribers, delivery_counts, make_channel
 
 pytestmark = pytest.mark.e2e
 

@@ -23,13 +23,13 @@ import pytest
 from clarion.streams import CAMPAIGN_DELIVERIES_STREAM, dead_letter_stream
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.campaigns import Campaigns, Channel, add_subscribers, make_channel
 from clarion_dev.testing.cluster import KubeApis
 from clarion_dev.testing.operator import Operator
 from clarion_dev.testing.servers import PrivatePostgres, PrivateRedis
 from clarion_dev.testing.waiting import async_wait_for
 
 from . import private_servers
-from .conftest import Campaigns, Channel, add_subscribers, make_channel
 
 # this module's tests run on a Postgres and a Redis of their own
 database_url = private_servers.database_url

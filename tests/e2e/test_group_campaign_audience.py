@@ -12,11 +12,10 @@ from clarion.db import groups as group_rows
 from clarion.db.groups import GroupRecord
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.campaigns import GROUP, VERSION, Campaigns, add_subscribers, make_channel
 from clarion_dev.testing.cluster import KubeApis
 from clarion_dev.testing.operator import Operator
 from clarion_dev.testing.waiting import async_wait_for
-
-from .conftest import GROUP, VERSION, Campaigns, add_subscribers, make_channel
 
 pytestmark = pytest.mark.e2e
 

@@ -13,11 +13,11 @@ import pytest
 from clarion_dev.cluster import ControlPlane
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.campaigns import Channel, make_channel
 from clarion_dev.testing.cluster import KubeApis
 from clarion_dev.testing.operator import Operator, OperatorFactory
 
 from tests.cluster.test_managed_group_lifecycle import GROUPS, Cluster, _condition
-from tests.e2e.conftest import Channel, make_channel
 
 pytestmark = pytest.mark.e2e
 

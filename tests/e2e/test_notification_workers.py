@@ -16,11 +16,10 @@ from clarion.db import notifications as q
 from clarion.streams import NotificationTask, notify_stream
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.campaigns import make_channel
 from clarion_dev.testing.cluster import KubeApis
 from clarion_dev.testing.operator import Operator
 from clarion_dev.testing.waiting import async_wait_for
-
-from .conftest import make_channel
 
 pytestmark = pytest.mark.e2e
 

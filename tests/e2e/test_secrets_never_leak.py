@@ -30,11 +30,10 @@ from clarion_dev.cluster import ControlPlane
 from clarion_dev.net import free_port
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.telegram import Emulator
+from clarion_dev.testing.campaigns import GROUP, VERSION, Campaigns, Channel
 from clarion_dev.testing.cluster import KubeApis
 from clarion_dev.testing.operator import OperatorFactory
 from clarion_dev.testing.waiting import async_wait_for
-
-from .conftest import GROUP, VERSION, Campaigns, Channel
 
 pytestmark = pytest.mark.e2e
 

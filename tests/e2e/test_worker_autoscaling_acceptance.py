@@ -32,11 +32,10 @@ from clarion_dev.cluster import ControlPlane
 from clarion_dev.net import free_port
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.smtp_sink import SmtpSink
+from clarion_dev.testing.campaigns import GROUP, VERSION
 from clarion_dev.testing.cluster import KubeApis
 from clarion_dev.testing.operator import Operator
 from clarion_dev.testing.waiting import async_wait_for
-
-from .conftest import GROUP, VERSION
 
 pytestmark = pytest.mark.e2e
 

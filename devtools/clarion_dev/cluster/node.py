@@ -119,6 +119,7 @@ class Node:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._lock: IO[str] | None = None
         self._dns_ready_port = free_port()
+        self._netns_before: set[str] = set()
         self.ready_seconds: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -145,6 +146,7 @@ class Node:
         if os.geteuid() != 0:
             raise NodeError("the node runs containers: it must run as root")
         self._take_lock()
+        self._netns_before = _netns()
         started = time.monotonic()
         deadline = started + timeout
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -170,7 +172,7 @@ class Node:
                 self.control_plane.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=0",
                                            "--force", "--wait=false", check=False)
                 end = time.monotonic() + 30
-                while time.monotonic() < end and self._running_tasks():
+                while time.monotonic() < end and (self._running_tasks() or _netns() - self._netns_before):
                     time.sleep(0.3)
         for name in ("kube-scheduler", "kube-proxy", "coredns", "kubelet"):
             self._stop_process(name)
@@ -180,6 +182,9 @@ class Node:
         # The shims outlive containerd; each names our socket on its command line.
         subprocess.run(["pkill", "-KILL", "-f", f"containerd-shim.*-address {self.socket}"], check=False)
         subprocess.run([str(self.bin_dir / "kube-proxy"), "--cleanup"], capture_output=True, check=False)
+        # Network namespaces of sandboxes the kubelet had no time to tear down (their veths go with them).
+        for name in _netns() - self._netns_before:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
         self._unmount_all()
         self._release_lock()
 
@@ -398,6 +403,12 @@ state = "{self.workdir / 'run' / 'containerd-state'}"
             if time.monotonic() > deadline:
                 raise NodeError(f"timed out waiting for {what}\n{self.diagnostics()}")
             time.sleep(0.2)
+
+
+def _netns() -> set[str]:
+    """The named network namespaces CNI made for pod sandboxes (cni-<uuid> in /run/netns)."""
+    directory = Path("/run/netns")
+    return {p.name for p in directory.glob("cni-*")} if directory.exists() else set()
 
 
 def _run(*argv: str) -> str:

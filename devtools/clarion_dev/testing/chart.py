@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -118,3 +120,22 @@ def operator_kubeconfig(control_plane: ControlPlane, namespace: str, set_values:
     path = control_plane.workdir / f"operator-{namespace}.kubeconfig"
     user = f"system:serviceaccount:{namespace}:{account}"
     return token_kubeconfig(control_plane, path, token, user, namespace)
+
+
+class Helm:
+    """helm with a kubeconfig and private config/cache/data directories."""
+
+    def __init__(self, binary: Path, kubeconfig: Path, home: Path) -> None:
+        self.binary = binary
+        self.kubeconfig = kubeconfig
+        self.env = {**os.environ,
+                    "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
+                    "HELM_DATA_HOME": str(home / "data")}
+
+    def __call__(self, *args: str, check: bool = True,
+                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(self.binary), f"--kubeconfig={self.kubeconfig}", *args],
+                              capture_output=True, text=True, env=self.env, timeout=timeout, check=False)
+        if check:
+            assert proc.returncode == 0, f"helm {' '.join(args)}\n{proc.stdout}\n{proc.stderr}"
+        return proc

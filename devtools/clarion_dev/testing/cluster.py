@@ -85,6 +85,12 @@ class KubeApis:
     custom: k8s_client.CustomObjectsApi
     rbac: k8s_client.RbacAuthorizationV1Api
 
+    @classmethod
+    def of(cls, api: k8s_client.ApiClient) -> KubeApis:
+        return cls(api=api, core=k8s_client.CoreV1Api(api), batch=k8s_client.BatchV1Api(api),
+                   apps=k8s_client.AppsV1Api(api), custom=k8s_client.CustomObjectsApi(api),
+                   rbac=k8s_client.RbacAuthorizationV1Api(api))
+
 
 @pytest.fixture(scope="session")
 def control_plane(
@@ -140,14 +146,7 @@ def kube_api(control_plane: ControlPlane) -> Iterator[k8s_client.ApiClient]:
 
 @pytest.fixture
 def k8s(kube_api: k8s_client.ApiClient) -> KubeApis:
-    return KubeApis(
-        api=kube_api,
-        core=k8s_client.CoreV1Api(kube_api),
-        batch=k8s_client.BatchV1Api(kube_api),
-        apps=k8s_client.AppsV1Api(kube_api),
-        custom=k8s_client.CustomObjectsApi(kube_api),
-        rbac=k8s_client.RbacAuthorizationV1Api(kube_api),
-    )
+    return KubeApis.of(kube_api)
 
 
 def _namespace_name(test_name: str) -> str:
