@@ -15,8 +15,8 @@ pytestmark = pytest.mark.node
 
 
 def _pods(cluster: NodeCluster, namespace: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json"))["items"]
-    return items
+    pods: dict[str, Any] = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json"))
+    return list(pods["items"])
 
 
 def _process(cluster: NodeCluster, container_id: str) -> tuple[dict[str, str], str]:
