@@ -23,7 +23,7 @@ import pytest
 from clarion.streams import CAMPAIGN_DELIVERIES_STREAM, dead_letter_stream
 from clarion_dev.podrunner import PodRunner
 from clarion_dev.telegram import Emulator
-from clarion_dev.testing.campaigns import Campaigns, Channel, add_subscribers, make_channel
+from clarion_dev.testing.campaigns import Campaigns, Channel, add_subscribers, held_by, make_channel
 from clarion_dev.testing.cluster import KubeApis
 from clarion_dev.testing.operator import Operator
 from clarion_dev.testing.servers import PrivatePostgres, PrivateRedis
@@ -94,12 +94,6 @@ async def _dead_letters(redis_url: str) -> int:
     return length
 
 
-async def _held_by(db: asyncpg.Pool, pod: str) -> int:
-    count: int = await db.fetchval(
-        "SELECT count(*) FROM deliveries WHERE status = 'sending' AND claimed_by = $1", pod)
-    return count
-
-
 async def _running_sender(k8s: KubeApis, namespace: str, campaign: str, runner: PodRunner,
                           db: asyncpg.Pool, skip: str | None) -> tuple[str, int]:
     """A sender pod that runs and holds deliveries (killing one that holds none proves nothing)."""
@@ -108,7 +102,7 @@ async def _running_sender(k8s: KubeApis, namespace: str, campaign: str, runner: 
         for pod in sorted(pods.items, key=lambda p: p.metadata.name == skip):
             name = pod.metadata.name
             pid = runner.pid(name)
-            if pid is not None and await _held_by(db, name) > 0:
+            if pid is not None and await held_by(db, name) > 0:
                 return name, pid
         return None
 
@@ -133,7 +127,7 @@ async def test_senders_sigkilled_five_times_during_a_10000_recipient_campaign(
         victim, pid = await _running_sender(k8s, kube_namespace, "kills", pod_runner, db, skip=victim)
         os.kill(pid, signal.SIGKILL)
         # What the dead sender held is the most it can have sent without recording it.
-        in_flight += await _held_by(db, victim)
+        in_flight += await held_by(db, victim)
 
     await _assert_outcome(campaigns, telegram_emulator, channel, "kills", audience, in_flight)
     def failed_pods() -> int | None:  # the Job controller counts them a moment after the fact

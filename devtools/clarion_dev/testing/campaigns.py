@@ -141,3 +141,10 @@ async def delivery_counts(db: asyncpg.Pool, namespace: str, name: str) -> dict[s
         """SELECT d.status, count(*) AS n FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
            WHERE c.namespace = $1 AND c.name = $2 GROUP BY d.status""", namespace, name)
     return {r["status"]: int(r["n"]) for r in rows}
+
+
+async def held_by(db: asyncpg.Pool, pod: str) -> int:
+    """Deliveries a sender pod has claimed and not yet recorded: what is in flight if it dies now."""
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM deliveries WHERE status = 'sending' AND claimed_by = $1", pod)
+    return count
