@@ -8,11 +8,18 @@ and shows its progress until it is finished, then prints where to look. `down` s
 
 With `--telegram-token` and `--public-url` the channel talks to the real Telegram instead of the
 emulator (no emulated users are created then; subscribers come from real /start messages).
+
+With `--node` (root; docs/control-plane.md) the control plane gets a real node, and every Clarion
+process runs in a container of the image scripts/build-image.sh builds: `helm upgrade --install` puts
+the chart on the node with its bundled Postgres and Redis, the operator and the webhook, and the
+operator's bot Deployment and sender Jobs run there too. Only the emulator and the SMTP sink stay on
+the host, listening on the node's bridge address where pods reach them.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -22,6 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +44,7 @@ CHANNEL = "demo-bot"
 CAMPAIGN = "hello-subscribers"
 DEMO_TOKEN = "700000001:clarion-local-demo-token-0123456789abcdef"
 EMULATOR_PORT = 8081
+RELEASE, RELEASE_NAMESPACE = "clarion", "clarion-system"
 WEBHOOK_PORT = 8080
 OPERATOR_HEALTH_PORT = 8090
 SMTP_PORT = 2525
@@ -122,8 +131,11 @@ def _http_ok(url: str) -> bool:
         return bool(200 <= resp.status < 300)
 
 
+_host = "127.0.0.1"  # where the emulator and the SMTP sink listen: the node's bridge address with --node
+
+
 def _emulator(path: str, body: dict[str, Any] | None = None) -> Any:
-    req = urllib.request.Request(f"http://127.0.0.1:{EMULATOR_PORT}/_emulator/{path}",
+    req = urllib.request.Request(f"http://{_host}:{EMULATOR_PORT}/_emulator/{path}",
                                  data=json.dumps(body or {}).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
@@ -197,7 +209,7 @@ def _seed_users(count: int, dsn: str) -> None:
     for i in range(count):
         _emulator("user_sends", {"token": DEMO_TOKEN, "user_id": start_id + i, "text": "/start"})
     _wait(f"{count} subscribers (emulator -> webhook -> stream -> bot -> Postgres)",
-          lambda: _count_subscribers(dsn) >= count, 120, "podrunner.log")
+          lambda: _count_subscribers(dsn) >= count, 180, "podrunner.log")
     for i in range(0, count, 25):  # silently blocked: the campaign finds out with a 403
         _emulator("set_blocked", {"token": DEMO_TOKEN, "user_id": start_id + i, "blocked": True})
     _say(f"{count} subscribers in Postgres; {len(range(0, count, 25))} of them blocked the bot since")
@@ -232,44 +244,48 @@ def up(argv: Sequence[str]) -> int:
     parser.add_argument("--public-url", default=os.environ.get("CLARION_PUBLIC_URL"),
                         help="public base URL of the webhook (needed with a real token)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the campaign")
+    parser.add_argument("--node", action="store_true",
+                        help="a real node: everything in containers of the built images (root)")
     args = parser.parse_args(list(argv))
     real = bool(args.telegram_token)
     if real and not args.public_url:
         parser.error("--telegram-token needs --public-url (Telegram must reach the webhook)")
     started = time.monotonic()
+    global _host
 
-    env = _service_env()
-    _say("Postgres and Redis are up")
-    _cluster(["up"])
+    if args.node:
+        from clarion_dev.cluster.node import NODE_IP
+
+        _host = NODE_IP
+        _cluster(["up", "--node"])
+        env: dict[str, str] = {}
+    else:
+        env = _service_env()
+        _say("Postgres and Redis are up")
+        _cluster(["up"])
     kubeconfig = _kubeconfig()
     _say(f"control plane is up (KUBECONFIG={kubeconfig})")
     common = {**env, "KUBECONFIG": str(kubeconfig), "CLARION_LOG_FORMAT": "json"}
 
     if not real:
-        _spawn("telegram", [_bin("clarion"), "dev", "telegram", "--port", str(EMULATOR_PORT),
+        _spawn("telegram", [_bin("clarion"), "dev", "telegram", "--host", _host, "--port", str(EMULATOR_PORT),
                             "--limits", "real", "--bot", f"{DEMO_TOKEN}:clarion_demo_bot"], common)
-        _wait("the Telegram emulator", lambda: _http_ok(f"http://127.0.0.1:{EMULATOR_PORT}/_emulator/health"),
+        _wait("the Telegram emulator", lambda: _http_ok(f"http://{_host}:{EMULATOR_PORT}/_emulator/health"),
               30, "telegram.log")
-    _spawn("smtp", [_bin("clarion"), "dev", "smtp", "--port", str(SMTP_PORT)], common)
-    _spawn("webhook", [_bin("clarion-webhook"), "--host", "127.0.0.1", "--port", str(WEBHOOK_PORT)], common)
-    # /healthz, not /readyz: the webhook is ready once it has the channel table, which the operator
-    # (started next) creates with its migrations.
-    _wait("the webhook", lambda: _http_ok(f"http://127.0.0.1:{WEBHOOK_PORT}/healthz"), 30, "webhook.log")
-    _spawn("operator", [_bin("clarion-operator")],
-           {**common, "CLARION_IMAGE": "local", "CLARION_NAMESPACES": NAMESPACE,
-            "CLARION_LIVENESS_ENDPOINT": f"http://127.0.0.1:{OPERATOR_HEALTH_PORT}/healthz"})
-    _spawn("podrunner", [_bin("clarion"), "dev", "podrunner", "--kubeconfig", str(kubeconfig),
-                         "--namespace", NAMESPACE, "--logs-dir", str(STATE / "logs" / "pods")], common)
-    _wait("the operator", lambda: _http_ok(f"http://127.0.0.1:{OPERATOR_HEALTH_PORT}/healthz"), 60,
-          "operator.log")
+    _spawn("smtp", [_bin("clarion"), "dev", "smtp", "--host", _host, "--port", str(SMTP_PORT)], common)
+    if args.node:
+        webhook_url, dsn = _install_release(kubeconfig)
+    else:
+        webhook_url, dsn = f"http://127.0.0.1:{WEBHOOK_PORT}", env["CLARION_DATABASE_URL"]
+        _start_local_services(kubeconfig, common)
 
     try:
         _kubectl(kubeconfig, "get", "namespace", NAMESPACE)
     except subprocess.CalledProcessError:
         _kubectl(kubeconfig, "create", "namespace", NAMESPACE)
     token = args.telegram_token or DEMO_TOKEN
-    api = args.telegram_api if real else f"http://127.0.0.1:{EMULATOR_PORT}"
-    public = args.public_url or f"http://127.0.0.1:{WEBHOOK_PORT}"
+    api = args.telegram_api if real else f"http://{_host}:{EMULATOR_PORT}"
+    public = args.public_url or webhook_url
     _apply(kubeconfig, _channel_docs(token, api, public))
     def channel_ready() -> bool:
         return _condition(_get(kubeconfig, "notificationchannel", CHANNEL), "Ready").get("status") == "True"
@@ -283,7 +299,7 @@ def up(argv: Sequence[str]) -> int:
         _say("real Telegram: send /start to your bot, then apply a BroadcastCampaign "
              "(manifests/examples/broadcast-campaign.yaml)")
     else:
-        _seed_users(args.subscribers, env["CLARION_DATABASE_URL"])
+        _seed_users(args.subscribers, dsn)
         with contextlib.suppress(subprocess.CalledProcessError):
             _kubectl(kubeconfig, "delete", "broadcastcampaign", CAMPAIGN, "-n", NAMESPACE, "--wait=true")
         _apply(kubeconfig, [_campaign_doc()])
@@ -297,13 +313,59 @@ def up(argv: Sequence[str]) -> int:
   export KUBECONFIG={kubeconfig}
   kubectl get clarion -n {NAMESPACE}            (kubectl: {_kubectl_path()})
   kubectl describe bc {CAMPAIGN} -n {NAMESPACE}
-  webhook metrics     http://127.0.0.1:{WEBHOOK_PORT}/metrics
-  Telegram emulator   http://127.0.0.1:{EMULATOR_PORT}/_emulator/stats?token={DEMO_TOKEN}
-  SMTP sink           127.0.0.1:{SMTP_PORT}
+  webhook metrics     {webhook_url}/metrics
+  Telegram emulator   http://{_host}:{EMULATOR_PORT}/_emulator/stats?token={DEMO_TOKEN}
+  SMTP sink           {_host}:{SMTP_PORT}
   logs                {STATE / 'logs'}
   stop everything     make down
 """, flush=True)
     return 0
+
+
+def _start_local_services(kubeconfig: Path, common: dict[str, str]) -> None:
+    """The webhook, the operator and the pod runner as local processes (without --node)."""
+    _spawn("webhook", [_bin("clarion-webhook"), "--host", "127.0.0.1", "--port", str(WEBHOOK_PORT)], common)
+    # /healthz, not /readyz: the webhook is ready once it has the channel table, which the operator
+    # (started next) creates with its migrations.
+    _wait("the webhook", lambda: _http_ok(f"http://127.0.0.1:{WEBHOOK_PORT}/healthz"), 30, "webhook.log")
+    _spawn("operator", [_bin("clarion-operator")],
+           {**common, "CLARION_IMAGE": "local", "CLARION_NAMESPACES": NAMESPACE,
+            "CLARION_LIVENESS_ENDPOINT": f"http://127.0.0.1:{OPERATOR_HEALTH_PORT}/healthz"})
+    _spawn("podrunner", [_bin("clarion"), "dev", "podrunner", "--kubeconfig", str(kubeconfig),
+                         "--namespace", NAMESPACE, "--logs-dir", str(STATE / "logs" / "pods")], common)
+    _wait("the operator", lambda: _http_ok(f"http://127.0.0.1:{OPERATOR_HEALTH_PORT}/healthz"), 60,
+          "operator.log")
+
+
+def _install_release(kubeconfig: Path) -> tuple[str, str]:
+    """helm upgrade --install of the chart on the node; the webhook's URL (its NodePort on loopback) and
+    the bundled Postgres's DSN (at its pod's address, which the host reaches on the node's bridge)."""
+    from clarion_dev.cluster.launcher import find_binaries
+    from clarion_dev.cluster.node import build_images, chart_values
+
+    values = STATE / "node-values.json"
+    values.parent.mkdir(parents=True, exist_ok=True)
+    # The webhook on a NodePort, which the node also serves on loopback (see clarion_dev.cluster.node).
+    values.write_text(json.dumps({**chart_values(build_images()),
+                                  "webhook": {"service": {"type": "NodePort"}}}))
+    _say(f"installing the chart as release {RELEASE} in {RELEASE_NAMESPACE} (helm --wait)")
+    helm = subprocess.run(
+        [str(find_binaries() / "helm"), "--kubeconfig", str(kubeconfig), "upgrade", "--install", RELEASE,
+         str(REPO / "charts" / "clarion"), "-n", RELEASE_NAMESPACE, "--create-namespace", "-f", str(values),
+         "--wait", "--timeout", "5m"], capture_output=True, text=True, check=False)
+    if helm.returncode:
+        pods = _kubectl(kubeconfig, "get", "pods", "-A", "-o", "wide")
+        raise SystemExit(f"clarion: helm install failed:\n{helm.stderr}\n{pods}")
+    _say(f"chart installed: {RELEASE_NAMESPACE} runs the operator, the webhook, Postgres and Redis "
+         "in containers")
+    port = _kubectl(kubeconfig, "get", "service", f"{RELEASE}-webhook", "-n", RELEASE_NAMESPACE,
+                    "-o", "jsonpath={.spec.ports[0].nodePort}")
+    secret = json.loads(_kubectl(kubeconfig, "get", "secret", f"{RELEASE}-postgresql",
+                                 "-n", RELEASE_NAMESPACE, "-o", "json"))
+    password = urllib.parse.quote(base64.b64decode(secret["data"]["password"]).decode(), safe="")
+    pod_ip = _kubectl(kubeconfig, "get", "pod", f"{RELEASE}-postgresql-0", "-n", RELEASE_NAMESPACE,
+                      "-o", "jsonpath={.status.podIP}")
+    return f"http://127.0.0.1:{port}", f"postgresql://clarion:{password}@{pod_ip}:5432/clarion"
 
 
 def _kubectl_path() -> str:

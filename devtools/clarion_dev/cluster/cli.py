@@ -2,8 +2,11 @@
 
 `up` builds the binaries if needed (progress on stderr), starts a supervisor process that owns etcd,
 kube-apiserver and kube-controller-manager, waits until it is ready, applies crds/*.yaml and prints
-the kubeconfig path. Running `up` again while it is up only re-applies crds/. Each `up` starts from an
-empty etcd. State lives in --state-dir (default $CLARION_CLUSTER_DIR or /var/tmp/clarion/cluster):
+the kubeconfig path. `up --node` adds a real node (clarion_dev.cluster.node: containerd, kubelet,
+kube-scheduler, kube-proxy, CoreDNS) with the images of scripts/build-image.sh, and leaves crds/ to
+the chart that `clarion dev up --node` installs. Running `up` again while it is up only re-applies
+crds/. Each `up` starts from an empty etcd. State lives in --state-dir (default $CLARION_CLUSTER_DIR
+or /var/tmp/clarion/cluster):
 
     pid             the supervisor's process id
     kubeconfig      admin kubeconfig (system:masters)
@@ -35,6 +38,15 @@ from clarion_dev.cluster.launcher import (
     repo_manifests,
     run_kubectl,
     tail,
+)
+from clarion_dev.cluster.node import (
+    NODE_CONTROLLERS,
+    NODE_IP,
+    NODE_NAME,
+    POD_SUBNET,
+    Node,
+    NodeError,
+    build_images,
 )
 
 _DEFAULT = "/var/tmp/clarion/cluster"  # noqa: S108 - a per-user dev cluster; override with CLARION_CLUSTER_DIR
@@ -95,11 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", parents=[common], help="start the control plane in the background (idempotent)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
     up.add_argument("--no-crds", action="store_true", help="do not apply crds/*.yaml")
+    up.add_argument("--node", action="store_true",
+                    help="with a real node (containerd, kubelet; root): pods run in containers of the images "
+                         "scripts/build-image.sh builds; crds/ is left to the chart")
     sub.add_parser("down", parents=[common], help="stop it")
     sub.add_parser("status", parents=[common], help="say whether it is up; exit 0 when up, 1 when down")
     sub.add_parser("env", parents=[common], help="print `export KUBECONFIG=...`")
     serve = sub.add_parser("serve", parents=[common], help=argparse.SUPPRESS)
     serve.add_argument("--bin", type=Path, required=True)
+    serve.add_argument("--node", action="store_true")
     return parser
 
 
@@ -107,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     state = _State(args.state_dir)
     if args.command == "up":
-        return _up(state, args.timeout, apply_crds=not args.no_crds)
+        return _up(state, args.timeout, apply_crds=not (args.no_crds or args.node), node=args.node)
     if args.command == "down":
         return _down(state)
     if args.command == "status":
@@ -115,16 +131,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "env":
         print(f"export KUBECONFIG={state.kubeconfig}")
         return 0 if state.info() else 1
-    return _serve(state, args.bin)
+    return _serve(state, args.bin, args.node)
 
 
-def _up(state: _State, timeout: float, apply_crds: bool) -> int:
+def _up(state: _State, timeout: float, apply_crds: bool, node: bool = False) -> int:
     try:
         bin_dir = find_binaries(progress=sys.stderr)
-    except BinariesUnavailable as exc:
+        if node:
+            build_images(progress=sys.stderr)  # before the supervisor starts: its first build takes minutes
+    except (BinariesUnavailable, NodeError) as exc:
         print(f"clarion dev cluster: {exc}", file=sys.stderr)
         return 1
     info = state.info()
+    if info is not None and bool(info.get("node")) != node:
+        print(f"clarion dev cluster: it is up {'with' if info.get('node') else 'without'} a node; "
+              "run `down` first", file=sys.stderr)
+        return 1
     if info is None:
         if state.pid() is not None:
             print(f"clarion dev cluster: supervisor {state.pid()} is starting or stuck; run `down` first",
@@ -135,7 +157,7 @@ def _up(state: _State, timeout: float, apply_crds: bool) -> int:
         with state.log.open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "clarion_dev.cluster.cli", "--state-dir", str(state.root),
-                 "serve", "--bin", str(bin_dir)],
+                 "serve", "--bin", str(bin_dir), *(["--node"] if node else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + timeout
@@ -148,6 +170,8 @@ def _up(state: _State, timeout: float, apply_crds: bool) -> int:
                 return 1
             time.sleep(0.1)
         print(f"control plane ready in {info['ready_seconds']:.1f}s at {info['server']}")
+        if node:
+            print(f"node {NODE_NAME} ready in {info['node_ready_seconds']:.1f}s, pods on {POD_SUBNET}")
     else:
         print(f"control plane already up at {info['server']}")
     if apply_crds and (manifests := repo_manifests()):
@@ -196,17 +220,27 @@ def _status(state: _State) -> int:
     return 0 if ready.returncode == 0 else 1
 
 
-def _serve(state: _State, bin_dir: Path) -> int:
+def _serve(state: _State, bin_dir: Path, with_node: bool = False) -> int:
     """The background supervisor: start, publish state, wait for SIGTERM/SIGINT, stop."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     state.pidfile.write_text(str(os.getpid()))
-    plane = ControlPlane(workdir=state.run, binaries=bin_dir)
+    node: Node | None = None
+    plane = (ControlPlane(workdir=state.run, binaries=bin_dir, address=NODE_IP, controllers=NODE_CONTROLLERS)
+             if with_node else ControlPlane(workdir=state.run, binaries=bin_dir))
     try:
+        if with_node:
+            images = build_images()
+            Node.prepare_network()
         plane.start()
-    except (ControlPlaneError, OSError) as exc:
+        if with_node:
+            node = Node(plane, bin_dir, state.root / "node", pause=images.pop("pause"),
+                        images=list(images.values()))
+            node.start()
+    except (ControlPlaneError, NodeError, OSError) as exc:
         print(f"control plane failed to start: {exc}", flush=True)
+        plane.stop()
         state.pidfile.unlink(missing_ok=True)
         return 1
     try:
@@ -217,6 +251,9 @@ def _serve(state: _State, bin_dir: Path) -> int:
             "bin": str(bin_dir),
             "pids": plane.pids(),
             "ready_seconds": plane.ready_seconds,
+            "node": node is not None,
+            **({"node_ready_seconds": node.ready_seconds,
+                "images": {name: image.ref for name, image in images.items()}} if node else {}),
         }))
         print(f"ready in {plane.ready_seconds:.2f}s at {plane.server}", flush=True)
         while not stop.wait(1.0):
@@ -224,6 +261,8 @@ def _serve(state: _State, bin_dir: Path) -> int:
                 print(f"a component exited\n{plane.diagnostics()}", flush=True)
                 break
     finally:
+        if node is not None:
+            node.stop()
         plane.stop()
         state.clear()
         print("stopped", flush=True)

@@ -36,9 +36,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
-from clarion_dev.cluster.launcher import CONTROLLERS, ControlPlane, ControlPlaneError, tail
+from clarion_dev.cluster.launcher import CONTROLLERS, REPO_ROOT, ControlPlane, ControlPlaneError, tail
 from clarion_dev.net import free_port
 
 NODE_NAME = "clarion-node"
@@ -74,6 +74,7 @@ COREDNS_RBAC = {"apiVersion": "v1", "kind": "List", "items": [
      "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "clarion:coredns"}]},
 ]}
 LOCK_PATH = Path("/run/clarion-node.lock")
+BUILD_IMAGES = REPO_ROOT / "scripts" / "build-image.sh"
 _STOP_GRACE_SECONDS = 15.0
 
 
@@ -97,6 +98,36 @@ def missing_host_parts() -> list[str]:
         if not found:
             absent.append(package)
     return absent
+
+
+def build_images(progress: IO[str] | None = None) -> dict[str, Image]:
+    """scripts/build-image.sh (each image cached by content hash): name -> the image and its archive.
+
+    The names are clarion, postgresql, redis and pause; progress goes to `progress` (default stderr).
+    """
+    result = subprocess.run(["bash", str(BUILD_IMAGES)], stdout=subprocess.PIPE, stderr=progress,
+                            text=True, check=False)
+    if result.returncode != 0:
+        raise NodeError(f"scripts/build-image.sh failed with exit code {result.returncode}")
+    images = {}
+    for line in result.stdout.splitlines():
+        name, ref, archive = line.split()
+        images[name] = Image(ref, Path(archive))
+    return images
+
+
+def chart_values(images: dict[str, Image]) -> dict[str, Any]:
+    """Values of charts/clarion on this node: the built images (imported, never pulled), and the
+    bundled Postgres and Redis on emptyDir (the node has no volume provisioner)."""
+    def image(name: str) -> dict[str, str]:
+        repository, _, tag = images[name].ref.rpartition(":")
+        return {"repository": repository, "tag": tag, "pullPolicy": "Never"}
+
+    return {
+        "image": image("clarion"),
+        "postgresql": {"bundled": True, "image": image("postgresql"), "persistence": {"enabled": False}},
+        "redis": {"bundled": True, "image": image("redis"), "persistence": {"enabled": False}},
+    }
 
 
 class Node:
@@ -313,7 +344,9 @@ state = "{self.workdir / 'run' / 'containerd-state'}"
             "clientConnection": {"kubeconfig": str(proxy_config)}, "mode": "iptables",
             "hostnameOverride": NODE_NAME, "clusterCIDR": POD_SUBNET, "bindAddress": NODE_IP,
             "healthzBindAddress": "", "metricsBindAddress": f"127.0.0.1:{free_port()}",
-            "nodePortAddresses": [f"{NODE_IP}/32"], "conntrack": {"maxPerCore": 0},
+            # NodePorts on loopback too: how the host's Telegram emulator reaches the webhook over plain
+            # http, which it (like Telegram) accepts only for a loopback address.
+            "nodePortAddresses": [f"{NODE_IP}/32", "127.0.0.1/32"], "conntrack": {"maxPerCore": 0},
         }))
         self._spawn("kube-proxy", [str(self.bin_dir / "kube-proxy"), f"--config={proxy_yaml}"])
         corefile = self.workdir / "Corefile"

@@ -22,26 +22,31 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
 from clarion_dev.cluster import BinariesUnavailable, ControlPlane, ControlPlaneError, find_binaries
-from clarion_dev.cluster.launcher import REPO_ROOT, tail
-from clarion_dev.cluster.node import NODE_CONTROLLERS, NODE_IP, Image, Node, NodeError, missing_host_parts
+from clarion_dev.cluster.launcher import tail
+from clarion_dev.cluster.node import (
+    NODE_CONTROLLERS,
+    NODE_IP,
+    Image,
+    Node,
+    NodeError,
+    build_images,
+    chart_values,
+    missing_host_parts,
+)
 from clarion_dev.telegram import Emulator
 from clarion_dev.testing.chart import CHART_DIR, Helm
 from clarion_dev.testing.cluster import IN_CI, KubeApis
 from clarion_dev.testing.telegram import DEFAULT_SCALE
 
-BUILD_IMAGES = REPO_ROOT / "scripts" / "build-image.sh"
 RELEASE, RELEASE_NAMESPACE = "clarion", "clarion-system"
 IMAGE_TOOLS = ("buildah", "mmdebstrap", "gcc", "go")
 
@@ -52,19 +57,6 @@ def require_node(reason: str) -> None:
     if IN_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
-
-
-def build_images(progress: Any = None) -> dict[str, Image]:
-    """scripts/build-image.sh (cached by content hash): name -> the image and its OCI archive."""
-    result = subprocess.run(["bash", str(BUILD_IMAGES)], stdout=subprocess.PIPE, stderr=progress,
-                            text=True, check=False)
-    if result.returncode != 0:
-        raise NodeError(f"scripts/build-image.sh failed with exit code {result.returncode}")
-    images = {}
-    for line in result.stdout.splitlines():
-        name, ref, archive = line.split()
-        images[name] = Image(ref, Path(archive))
-    return images
 
 
 @dataclass
@@ -159,23 +151,10 @@ def node_cluster(request: pytest.FixtureRequest,
         plane.stop()
 
 
-def release_values(images: dict[str, Image]) -> dict[str, Any]:
-    """The chart's values for the node: the built images (never pulled), bundled datastores on emptyDir."""
-    def image(name: str) -> dict[str, str]:
-        repository, _, tag = images[name].ref.rpartition(":")
-        return {"repository": repository, "tag": tag, "pullPolicy": "Never"}
-
-    return {
-        "image": image("clarion"),
-        "postgresql": {"bundled": True, "image": image("postgresql"), "persistence": {"enabled": False}},
-        "redis": {"bundled": True, "image": image("redis"), "persistence": {"enabled": False}},
-    }
-
-
 @pytest.fixture(scope="session")
 def clarion_release(node_cluster: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     values = tmp_path_factory.mktemp("release") / "values.json"
-    values.write_text(json.dumps(release_values(node_cluster.images)))
+    values.write_text(json.dumps(chart_values(node_cluster.images)))
     installed = node_cluster.helm("install", RELEASE, str(CHART_DIR), "-n", RELEASE_NAMESPACE,
                                   "--create-namespace", "-f", str(values), "--wait", "--timeout", "5m",
                                   check=False, timeout=330)
