@@ -9,6 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 help:
 	@echo "make up        run the whole system locally (control plane, Postgres, Redis, emulator, services)"
+	@echo "               make up UP_ARGS=--node: on a real node, every Clarion process in a container (root)"
 	@echo "make down      stop what 'make up' started"
 	@echo "make test      install what is missing, then lint and run every test tier this machine can run"
 	@echo "make lint      ruff and mypy"

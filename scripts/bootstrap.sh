@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything a fresh Debian machine needs before `make test` or `make up`, idempotent:
-# Debian packages (PostgreSQL 15, Redis 7, Chromium), a virtualenv with Clarion and its dev tools,
-# and the Kubernetes control-plane binaries built from Go modules (cached outside the repo).
+# Debian packages (PostgreSQL 15, Redis 7, Chromium, and as root the real node's containerd, runc, CNI
+# plugins, buildah, mmdebstrap), a virtualenv with Clarion and its dev tools, the Kubernetes binaries
+# built from Go modules, and (as root) the node's images built from Debian packages (both cached
+# outside the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,9 +34,33 @@ if ! command -v chromium >/dev/null; then
   $sudo apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >&2
 fi
 
+# The real node (docs/control-plane.md): containerd, runc and the CNI plugins to run pods, iptables and
+# conntrack for kube-proxy's Services, mmdebstrap and buildah to build the images without Docker, and
+# libc6-dev for the static pause binary. It runs containers, so only root installs and uses it.
+node_packages=(containerd runc containernetworking-plugins iptables conntrack mmdebstrap buildah libc6-dev)
+if [[ $(id -u) -eq 0 ]]; then
+  missing=()
+  for package in "${node_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+  done
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "bootstrap: installing ${missing[*]} from Debian packages (the real node)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq "${missing[@]}" >&2
+  fi
+elif [[ "${CI:-}" == "true" ]]; then
+  echo "bootstrap: CI runs the node tier, which needs root" >&2
+  exit 1
+fi
+
 if [[ "${CLARION_SKIP_K8S_BUILD:-}" != "1" ]]; then
   if command -v go >/dev/null; then
     bash scripts/build-k8s.sh >/dev/null
+    # The node's images: Clarion's own, Postgres, Redis and pause (each cached by content hash).
+    if [[ $(id -u) -eq 0 ]]; then
+      bash scripts/build-image.sh >/dev/null
+    fi
   elif [[ "${CI:-}" == "true" ]]; then
     echo "bootstrap: Go is required in CI to build the local Kubernetes control plane" >&2
     exit 1

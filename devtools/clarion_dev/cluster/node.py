@@ -177,6 +177,7 @@ class Node:
         if os.geteuid() != 0:
             raise NodeError("the node runs containers: it must run as root")
         self._take_lock()
+        _kill_stale_components()
         self._netns_before = _netns()
         started = time.monotonic()
         deadline = started + timeout
@@ -436,6 +437,23 @@ state = "{self.workdir / 'run' / 'containerd-state'}"
             if time.monotonic() > deadline:
                 raise NodeError(f"timed out waiting for {what}\n{self.diagnostics()}")
             time.sleep(0.2)
+
+
+# How a node's processes look on the command line, to find those of a node whose owner was killed
+# (SIGKILL leaves them running in their own sessions). Holding LOCK_PATH means no live node owns them.
+STALE_PATTERNS = (
+    f"kubelet .*--hostname-override={NODE_NAME}",
+    "kube-proxy --config=.*/kube-proxy.json",
+    "kube-scheduler --kubeconfig=.*/kube-scheduler.kubeconfig",
+    "coredns -conf .*/Corefile",
+    "containerd --config=.*/containerd.toml",
+    "containerd-shim-runc-v2 .*-address .*/run/containerd.sock",
+)
+
+
+def _kill_stale_components() -> None:
+    for pattern in STALE_PATTERNS:
+        subprocess.run(["pkill", "-KILL", "-f", pattern], capture_output=True, check=False)
 
 
 def _netns() -> set[str]:
