@@ -104,34 +104,28 @@ if [[ ${#k8s_missing[@]} -gt 0 ]]; then
   done
 fi
 
-if need etcd; then
-  log "building etcd $ETCD_VERSION"
-  w="$OUT/src/etcd"
+# A Go command from a wrapper module that takes it as a tool: name, module@version, package, -X flags.
+build_tool() {
+  local name=$1 module=$2 package=$3 ldflags=$4 w="$OUT/src/$1"
+  log "building $name ${module#*@}"
   mkdir -p "$w"
-  printf 'module clarion.dev/etcdbuild\n\ngo 1.25.0\n' >"$w/go.mod"
-  (cd "$w" && go get -tool "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 && go mod tidy >&2)
-  (cd "$w" && go build -trimpath -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=module-$ETCD_VERSION" -o "$BIN/etcd" go.etcd.io/etcd/server/v3)
-fi
+  printf 'module clarion.dev/%sbuild\n\ngo 1.25.0\n' "$name" >"$w/go.mod"
+  (cd "$w" && go get -tool "$module" >&2 && go mod tidy >&2)
+  (cd "$w" && go build -trimpath -ldflags "-s -w $ldflags" -o "$BIN/$name" "$package")
+}
 
+if need etcd; then
+  build_tool etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go.etcd.io/etcd/server/v3 \
+    "-X go.etcd.io/etcd/api/v3/version.GitSHA=module-$ETCD_VERSION"
+fi
 if need helm; then
-  log "building helm $HELM_VERSION"
-  w="$OUT/src/helm"
-  mkdir -p "$w"
-  printf 'module clarion.dev/helmbuild\n\ngo 1.25.0\n' >"$w/go.mod"
-  (cd "$w" && go get -tool "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2 && go mod tidy >&2)
-  (cd "$w" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $HELM_KUBE" \
-      -o "$BIN/helm" helm.sh/helm/v3/cmd/helm)
+  build_tool helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $HELM_KUBE"
   echo "$HELM_KUBE" >"$OUT/helm.ldflags"
 fi
-
 if need coredns; then
-  log "building coredns $COREDNS_VERSION"
-  w="$OUT/src/coredns"
-  mkdir -p "$w"
-  printf 'module clarion.dev/corednsbuild\n\ngo 1.25.0\n' >"$w/go.mod"
-  (cd "$w" && go get -tool "github.com/coredns/coredns@$COREDNS_VERSION" >&2 && go mod tidy >&2)
-  (cd "$w" && go build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=module-$COREDNS_VERSION" \
-      -o "$BIN/coredns" github.com/coredns/coredns)
+  build_tool coredns "github.com/coredns/coredns@$COREDNS_VERSION" github.com/coredns/coredns \
+    "-X github.com/coredns/coredns/coremain.GitCommit=module-$COREDNS_VERSION"
 fi
 
 log "built ${missing[*]} in $(( $(date +%s) - start ))s; cache $(du -sh "$BIN" | cut -f1) at $BIN"

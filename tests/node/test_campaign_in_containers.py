@@ -10,7 +10,15 @@ from typing import Any
 import asyncpg
 import pytest
 from clarion_dev.telegram import Emulator
-from clarion_dev.testing.campaigns import Campaigns, add_subscribers, delivery_counts, held_by, make_channel
+from clarion_dev.testing.campaigns import (
+    Campaigns,
+    add_subscribers,
+    follow_up_leaves_out_the_unavailable,
+    held_by,
+    launch_to_mixed_audience,
+    make_channel,
+    mixed_audience,
+)
 from clarion_dev.testing.cluster import KubeApis
 from clarion_dev.testing.node import NodeCluster, Release
 from clarion_dev.testing.waiting import async_wait_for
@@ -44,25 +52,10 @@ async def test_3000_recipients_exact_counts_and_blocked_users_left_out_of_the_ne
 ) -> None:
     channel = await make_channel(node_apis, node_namespace, node_emulator, clarion_release, node_db,
                                  paid_per_second=300)
-    users = node_emulator.add_users(2900, start_id=100_000, blocked_share=0.05, deactivated_share=0.02,
-                                    token=channel.token, seed=7)
-    unknown = list(range(900_000, 900_100))  # subscribers Telegram has never heard of: chat not found
-    await add_subscribers(node_db, channel, [*range(100_000, 103_000 - 100), *unknown])
-    unreachable = set(users["blocked"]) | set(users["deactivated"])
-    reachable = set(range(100_000, 102_900)) - unreachable
+    audience = await mixed_audience(node_db, node_emulator, channel)
     campaigns = Campaigns(node_apis, node_namespace, clarion_release, tmp_path)
 
-    campaigns.create("launch", channel, delivery={"parallelism": 2, "paidBroadcast": True, "batchSize": 100})
-
-    status = await campaigns.wait_phase("launch", *DONE, timeout=300)
-    assert (status["phase"], status["total"], status["sent"], status["blocked"], status["failed"],
-            status["pending"]) == ("PartiallyFailed", 3000, len(reachable), len(unreachable), len(unknown), 0)
-    receivers = [m.chat_id for m in node_emulator.sent(channel.token)]
-    assert len(receivers) == len(set(receivers)) == len(reachable)
-    assert set(receivers) == reachable
-    unavailable = await node_db.fetch(
-        "SELECT chat_id FROM subscribers WHERE channel_id = $1 AND unavailable", channel.id)
-    assert {r["chat_id"] for r in unavailable} == unreachable
+    await launch_to_mixed_audience(campaigns, node_db, node_emulator, channel, audience)
     # Sent by containers of the built image that the kubelet ran and that exited cleanly.
     pods = await _exited(node_apis, node_namespace, "launch", 2)
     assert len(pods) == 2
@@ -72,16 +65,7 @@ async def test_3000_recipients_exact_counts_and_blocked_users_left_out_of_the_ne
         assert container.image == node_cluster.images["clarion"].ref
         assert container.state.terminated.exit_code == 0
 
-    campaigns.create("follow-up", channel, text="Second news",
-                     delivery={"parallelism": 1, "paidBroadcast": True})
-
-    second = await campaigns.wait_phase("follow-up", *DONE, timeout=300)
-    assert second["total"] == len(reachable) + len(unknown)
-    assert second["blocked"] == 0 and second["sent"] == len(reachable)
-    follow_up = [m.chat_id for m in node_emulator.sent(channel.token) if m.text == "Second news"]
-    assert sorted(follow_up) == sorted(reachable)
-    assert await delivery_counts(node_db, node_namespace, "follow-up") == {
-        "sent": len(reachable), "failed": len(unknown)}
+    await follow_up_leaves_out_the_unavailable(campaigns, node_db, node_emulator, channel, audience)
 
 
 async def test_a_sender_container_killed_through_containerd_is_replaced_by_its_job_and_nothing_is_lost(

@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import tempfile
@@ -29,6 +28,7 @@ from kubernetes import client as k8s_client
 from clarion_dev.cluster import certs
 from clarion_dev.cluster.kubeconfig import write_kubeconfig
 from clarion_dev.net import free_port
+from clarion_dev.testing.processes import stop_popen
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-k8s.sh"
@@ -284,13 +284,7 @@ class ControlPlane:
         answer, and waits much longer once etcd is gone.
         """
         for proc in reversed(self._procs.values()):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=_STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_popen(proc, grace=_STOP_GRACE_SECONDS)
         self._procs.clear()
         if self._own_workdir and not self._failed:
             shutil.rmtree(self.workdir, ignore_errors=True)

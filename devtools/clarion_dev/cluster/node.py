@@ -28,7 +28,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -40,6 +39,7 @@ from typing import IO, Any
 
 from clarion_dev.cluster.launcher import CONTROLLERS, REPO_ROOT, ControlPlane, ControlPlaneError, tail
 from clarion_dev.net import free_port
+from clarion_dev.testing.processes import stop_popen
 
 NODE_NAME = "clarion-node"
 BRIDGE = "clarion0"
@@ -404,15 +404,8 @@ state = "{self.workdir / 'run' / 'containerd-state'}"
 
     def _stop_process(self, name: str) -> None:
         proc = self._procs.pop(name, None)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=_STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_popen(proc, grace=_STOP_GRACE_SECONDS)
 
     def _unmount_all(self) -> None:
         """Whatever the kubelet and containerd mounted under the workdir (tmpfs tokens, overlays)."""

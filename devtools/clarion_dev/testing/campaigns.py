@@ -148,3 +148,57 @@ async def held_by(db: asyncpg.Pool, pod: str) -> int:
     count: int = await db.fetchval(
         "SELECT count(*) FROM deliveries WHERE status = 'sending' AND claimed_by = $1", pod)
     return count
+
+
+@dataclass
+class MixedAudience:
+    """3,000 subscribers: 2,900 Telegram users (5% blocked the bot, 2% deactivated) and 100 chats
+    Telegram has never heard of (chat not found)."""
+
+    reachable: set[int]
+    unreachable: set[int]
+    unknown: list[int]
+
+
+async def mixed_audience(db: asyncpg.Pool, emulator: Emulator, channel: Channel) -> MixedAudience:
+    users = emulator.add_users(2900, start_id=100_000, blocked_share=0.05, deactivated_share=0.02,
+                               token=channel.token, seed=7)
+    unknown = list(range(900_000, 900_100))
+    await add_subscribers(db, channel, [*range(100_000, 103_000 - 100), *unknown])
+    unreachable = set(users["blocked"]) | set(users["deactivated"])
+    return MixedAudience(set(range(100_000, 102_900)) - unreachable, unreachable, unknown)
+
+
+async def launch_to_mixed_audience(campaigns: Campaigns, db: asyncpg.Pool, emulator: Emulator,
+                                   channel: Channel, audience: MixedAudience) -> dict[str, Any]:
+    """Campaign `launch` (two senders): exact counts, each reachable subscriber once, the blocked and
+    deactivated marked unavailable. Returns its status."""
+    campaigns.create("launch", channel, delivery={"parallelism": 2, "paidBroadcast": True, "batchSize": 100})
+    status = await campaigns.wait_phase("launch", "Completed", "PartiallyFailed", "Failed", timeout=300)
+    assert (status["phase"], status["total"], status["sent"], status["blocked"], status["failed"],
+            status["pending"], status["progress"]) == (
+        "PartiallyFailed", 3000, len(audience.reachable), len(audience.unreachable), len(audience.unknown),
+        0, 100)
+    sent = emulator.sent(channel.token)
+    receivers = [m.chat_id for m in sent]
+    assert len(receivers) == len(set(receivers)) == len(audience.reachable)
+    assert set(receivers) == audience.reachable
+    assert {m.text for m in sent} == {"Hello from Clarion"}
+    unavailable = await db.fetch("SELECT chat_id FROM subscribers WHERE channel_id = $1 AND unavailable",
+                                 channel.id)
+    assert {r["chat_id"] for r in unavailable} == audience.unreachable
+    return status
+
+
+async def follow_up_leaves_out_the_unavailable(campaigns: Campaigns, db: asyncpg.Pool, emulator: Emulator,
+                                               channel: Channel, audience: MixedAudience) -> None:
+    """Campaign `follow-up` after `launch`: the blocked and deactivated are not in its audience."""
+    campaigns.create("follow-up", channel, text="Second news",
+                     delivery={"parallelism": 1, "paidBroadcast": True})
+    second = await campaigns.wait_phase("follow-up", "Completed", "PartiallyFailed", "Failed", timeout=300)
+    assert second["total"] == len(audience.reachable) + len(audience.unknown)
+    assert second["blocked"] == 0 and second["sent"] == len(audience.reachable)
+    follow_up = [m.chat_id for m in emulator.sent(channel.token) if m.text == "Second news"]
+    assert sorted(follow_up) == sorted(audience.reachable)
+    assert await delivery_counts(db, campaigns.namespace, "follow-up") == {
+        "sent": len(audience.reachable), "failed": len(audience.unknown)}
