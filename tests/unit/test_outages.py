@@ -6,6 +6,8 @@ import asyncpg
 import pytest
 import redis.exceptions as redis_errors
 from clarion.outages import database_unavailable, redis_unavailable, ride_out
+from clarion_webhook.errors import DATABASE_ERRORS
+from clarion_webhook.inbox import postgres_away
 
 pytestmark = pytest.mark.unit
 
@@ -23,6 +25,14 @@ def test_connection_level_errors_are_outages_and_query_errors_are_not() -> None:
     assert redis_unavailable(redis_errors.AuthenticationError("WRONGPASS"))
     assert redis_unavailable(redis_errors.BusyLoadingError("LOADING"))
     assert not redis_unavailable(redis_errors.ResponseError("WRONGTYPE"))
+
+
+def test_the_api_takes_a_connection_cut_mid_reply_for_postgres_away_not_for_a_crash() -> None:
+    # The API's accept path catches DATABASE_ERRORS and, for Postgres away, stores into the inbox;
+    # before, this error escaped as a 500 (seen in the acceptance run while Postgres was stopped).
+    cut = asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress")
+    assert isinstance(cut, DATABASE_ERRORS)
+    assert postgres_away(cut)
 
 
 async def test_an_outage_is_waited_out_and_the_call_goes_on() -> None:

@@ -14,8 +14,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 #: What a Postgres call of a request may raise when it did not get through (the server away, a lost
-#: connection, an error of the statement): the routes answer 503 "try again" for these.
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+#: connection, an error of the statement): the routes answer 503 "try again" for these. asyncpg's
+#: InternalClientError is among them: a connection the server cuts while its reply is read leaves the
+#: protocol mid-operation, and the ROLLBACK that follows raises it ("another operation is in
+#: progress"; clarion.outages.database_unavailable counts it as an outage).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 class Refused(Exception):
