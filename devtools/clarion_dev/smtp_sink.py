@@ -38,6 +38,8 @@ class CapturedMessage:
     at: float
     authenticated_as: str | None
     tls: bool
+    #: The client's address: which host (or pod) sent it.
+    peer: str = ""
 
 
 @dataclass
@@ -116,8 +118,9 @@ class _Handler:
         login = auth.login.decode() if isinstance(auth, LoginPassword) else None
         transport = server.transport
         tls = transport is not None and transport.get_extra_info("ssl_object") is not None
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer or "")
         captured = CapturedMessage(envelope.mail_from or "", list(envelope.rcpt_tos), parsed, raw,
-                                   time.monotonic(), login, tls)
+                                   time.monotonic(), login, tls, peer)
         self.sink.messages.append(captured)
         if self.sink.on_message is not None:
             self.sink.on_message(captured)

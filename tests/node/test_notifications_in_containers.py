@@ -5,6 +5,7 @@ receives it. Everything but the SMTP server is a container of the built images."
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from clarion_dev.cluster.node import NODE_IP
+from clarion_dev.cluster.node import NODE_IP, POD_SUBNET
 from clarion_dev.smtp_sink import SmtpSink
 from clarion_dev.testing.campaigns import GROUP, VERSION
 from clarion_dev.testing.cluster import KubeApis
@@ -86,13 +87,11 @@ async def test_an_email_sent_through_the_api_by_a_worker_container_reaches_the_s
         status: dict[str, Any] = await async_wait_for(sent, timeout=60, interval=0.3, what="status sent")
         assert status["attempts"] == 1
 
-    # The worker that sent it is a container of the built image, running as the namespace's tenant.
+    # Sent from a pod's address on the node's bridge (not the host's): a worker container of the channel.
+    assert ipaddress.ip_address(message.peer) in ipaddress.ip_network(POD_SUBNET)
+    assert message.peer != NODE_IP
     pods: Any = node_apis.core.list_namespaced_pod(
-        node_namespace, label_selector="app.kubernetes.io/component=worker")
-    [worker] = pods.items
-    (container,) = worker.status.container_statuses
-    assert container.container_id.startswith("containerd://")
-    assert container.image == node_cluster.images["clarion"].ref
-    row = await node_db.fetchrow("SELECT status, provider_message_id FROM notifications WHERE id = $1::uuid",
-                                 notification["id"])
+        node_namespace, label_selector="app.kubernetes.io/component=worker,clarion.io/lane=instant")
+    assert {c.image for p in pods.items for c in p.spec.containers} == {node_cluster.images["clarion"].ref}
+    row = await node_db.fetchrow("SELECT status FROM notifications WHERE id = $1::uuid", notification["id"])
     assert row["status"] == "sent"
