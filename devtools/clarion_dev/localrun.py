@@ -19,7 +19,6 @@ the host, listening on the node's bridge address where pods reach them.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
@@ -29,7 +28,6 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -341,7 +339,7 @@ def _install_release(kubeconfig: Path) -> tuple[str, str]:
     """helm upgrade --install of the chart on the node; the webhook's URL (its NodePort on loopback) and
     the bundled Postgres's DSN (at its pod's address, which the host reaches on the node's bridge)."""
     from clarion_dev.cluster.launcher import find_binaries
-    from clarion_dev.cluster.node import build_images, chart_values
+    from clarion_dev.cluster.node import build_images, bundled_database_url, chart_values
 
     values = STATE / "node-values.json"
     values.parent.mkdir(parents=True, exist_ok=True)
@@ -360,12 +358,8 @@ def _install_release(kubeconfig: Path) -> tuple[str, str]:
          "in containers")
     port = _kubectl(kubeconfig, "get", "service", f"{RELEASE}-webhook", "-n", RELEASE_NAMESPACE,
                     "-o", "jsonpath={.spec.ports[0].nodePort}")
-    secret = json.loads(_kubectl(kubeconfig, "get", "secret", f"{RELEASE}-postgresql",
-                                 "-n", RELEASE_NAMESPACE, "-o", "json"))
-    password = urllib.parse.quote(base64.b64decode(secret["data"]["password"]).decode(), safe="")
-    pod_ip = _kubectl(kubeconfig, "get", "pod", f"{RELEASE}-postgresql-0", "-n", RELEASE_NAMESPACE,
-                      "-o", "jsonpath={.status.podIP}")
-    return f"http://127.0.0.1:{port}", f"postgresql://clarion:{password}@{pod_ip}:5432/clarion"
+    dsn = bundled_database_url(find_binaries(), kubeconfig, RELEASE, RELEASE_NAMESPACE)
+    return f"http://127.0.0.1:{port}", dsn
 
 
 def _kubectl_path() -> str:

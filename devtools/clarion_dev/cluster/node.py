@@ -23,6 +23,7 @@ One node runs at a time on a machine (the bridge, port 53 and kube-proxy's rules
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
@@ -30,6 +31,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +39,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from clarion_dev.cluster.launcher import CONTROLLERS, REPO_ROOT, ControlPlane, ControlPlaneError, tail
+from clarion_dev.cluster.launcher import (
+    CONTROLLERS,
+    REPO_ROOT,
+    ControlPlane,
+    ControlPlaneError,
+    run_kubectl,
+    tail,
+)
 from clarion_dev.net import free_port
 from clarion_dev.testing.processes import stop_popen
 
@@ -128,6 +137,18 @@ def chart_values(images: dict[str, Image]) -> dict[str, Any]:
         "postgresql": {"bundled": True, "image": image("postgresql"), "persistence": {"enabled": False}},
         "redis": {"bundled": True, "image": image("redis"), "persistence": {"enabled": False}},
     }
+
+
+def bundled_database_url(bin_dir: Path, kubeconfig: Path, release: str, namespace: str) -> str:
+    """The DSN of a release's bundled Postgres for a client on this host: the chart's database user and
+    generated password (its Secret), at the Postgres pod's address, which the host reaches on the bridge."""
+    def get(*args: str) -> str:
+        return run_kubectl(bin_dir, kubeconfig, "get", *args, "-n", namespace).stdout
+
+    secret = json.loads(get("secret", f"{release}-postgresql", "-o", "json"))
+    password = urllib.parse.quote(base64.b64decode(secret["data"]["password"]).decode(), safe="")
+    address = get("pod", f"{release}-postgresql-0", "-o", "jsonpath={.status.podIP}")
+    return f"postgresql://clarion:{password}@{address}:5432/clarion"
 
 
 class Node:

@@ -17,7 +17,6 @@ skipped elsewhere, naming what is missing. A failing test gets the pods and thei
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -39,6 +38,7 @@ from clarion_dev.cluster.node import (
     Node,
     NodeError,
     build_images,
+    bundled_database_url,
     chart_values,
     missing_host_parts,
 )
@@ -98,18 +98,9 @@ class Release:
     def log(self, lines: int = 80) -> str:
         return self.cluster.container_log(self.namespace, f"{self.name}-operator", "operator", lines)
 
-    def secret(self, name: str, key: str) -> str:
-        data = json.loads(self.cluster.kubectl("get", "secret", name, "-n", self.namespace, "-o", "json"))
-        return base64.b64decode(data["data"][key]).decode()
-
-    def pod_ip(self, pod: str) -> str:
-        return self.cluster.kubectl("get", "pod", pod, "-n", self.namespace, "-o", "jsonpath={.status.podIP}")
-
     def database_url(self) -> str:
-        """The bundled Postgres as the chart's database user, at its pod's address (the host is on
-        the bridge)."""
-        password = self.secret(f"{self.name}-postgresql", "password")
-        return f"postgresql://clarion:{password}@{self.pod_ip(f'{self.name}-postgresql-0')}:5432/clarion"
+        plane = self.cluster.control_plane
+        return bundled_database_url(plane.bin_dir, plane.kubeconfig, self.name, self.namespace)
 
 
 @pytest.fixture(scope="session")
