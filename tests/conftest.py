@@ -32,6 +32,25 @@ BASE_DSN = os.environ.get("CLARION_DATABASE_URL", "postgresql://clarion@127.0.0.
 REDIS_URL = os.environ.get("CLARION_TEST_REDIS_URL", "redis://127.0.0.1:56379/15")
 
 
+# The tiers run in this order: the fast ones first, so that a broken unit shows at once; the tests that
+# need the Kubernetes binaries or the node's images last (marked `helm`, and the cluster, e2e and node
+# tiers), so that a cold `make test`, which builds those in the background (scripts/bootstrap.sh), has
+# meanwhile built them.
+TIER_ORDER = ("unit", "integration", "cluster", "e2e", "node")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def position(item: pytest.Item) -> float:
+        tier = next((n for n, name in enumerate(TIER_ORDER) if item.get_closest_marker(name)), None)
+        if tier is None:  # `-m unit` and the like would leave it out unseen
+            raise pytest.UsageError(f"{item.nodeid} has no tier marker (one of {', '.join(TIER_ORDER)})")
+        if item.get_closest_marker("helm"):
+            return max(tier, TIER_ORDER.index("cluster") - 0.5)
+        return tier
+
+    items.sort(key=position)  # stable: each tier keeps its files' order
+
+
 def require_server(what: str, error: BaseException) -> None:
     """Fail loudly in CI, skip with the reason elsewhere."""
     message = f"{what} is not reachable ({error!r}); start it with `bash scripts/local-services.sh start`"

@@ -51,6 +51,11 @@ class Consumers:
             sys.executable, str(RUNNER), self.redis_url, STREAM, name, str(lease),
             env={**os.environ, "CLARION_LOG_FORMAT": "json"}, stdout=log, stderr=log)
         self.procs[name] = proc
+        # started (its SIGTERM handler in place, its reads begun) before the test goes on: a consumer still
+        # importing would miss the work, and a SIGTERM would kill it outright
+        path = self.tmp_path / f"{name}.log"
+        await _until(self, f"consumer {name} started",
+                     lambda: "group_lane.start" in path.read_text(errors="replace") or None)
         return proc
 
     def logs(self) -> str:

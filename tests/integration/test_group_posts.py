@@ -239,7 +239,11 @@ async def test_a_stopped_group_posts_worker_gives_back_the_posts_waiting_for_the
     leaving = workers.procs["leaving"]
     await _until(workers, "the first post sent", lambda: len(world.received()) >= 1 or None)
     leaving.send_signal(signal.SIGTERM)  # the others wait for the group's next slot, 3.15 s apart
-    assert await asyncio.wait_for(leaving.wait(), 60) == 0
+    try:
+        code = await asyncio.wait_for(leaving.wait(), 60)
+    except TimeoutError:
+        raise AssertionError(f"the worker did not stop within 60 s of SIGTERM\n{workers.logs()}") from None
+    assert code == 0, workers.logs()
     sent_by_it = len(world.received())
     assert sent_by_it < 5
     assert await world.statuses() == {"sent": sent_by_it, "queued": 5 - sent_by_it}

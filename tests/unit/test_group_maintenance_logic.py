@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from clarion.telegram.botapi import ChatMember
 
+pytestmark = pytest.mark.unit
+
 USER = {"id": 5, "is_bot": False, "first_name": "Ann", "language_code": "ru"}
 
 

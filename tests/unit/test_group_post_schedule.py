@@ -10,6 +10,8 @@ from clarion.models import InvalidSpec, ManagedGroupSpec, ScheduledPost
 from clarion_operator.group_schedule import occurrences, plan_posts
 from pydantic import ValidationError
 
+pytestmark = pytest.mark.unit
+
 HOUR = timedelta(hours=1)
 
 

@@ -1,8 +1,9 @@
 """manifests/ and the chart's generated templates stay in step with crds/ and the chart; the chart's
 values are documented and closed; what the chart renders follows the security and labelling rules.
 
-Rendering needs the helm binary (scripts/build-k8s.sh): without it these tests fail in CI and are
-skipped elsewhere; the checks on values.yaml and values.schema.json need nothing.
+Rendering needs the helm binary (scripts/build-k8s.sh, run here when Go is installed: it waits for a
+build under way): without it these tests fail in CI and are skipped elsewhere; the checks on
+values.yaml and values.schema.json need nothing. Marked `helm`, they run after the integration tier.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import pkgutil
 import re
+import shutil
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ from clarion_dev import render_manifests as rm
 from clarion_operator.settings import OperatorSettings
 from prometheus_client import REGISTRY
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.helm]
 
 CHART = rm.CHART_DIR
 VALUES_TEXT = (CHART / "values.yaml").read_text()
@@ -42,7 +44,7 @@ EVERYTHING_ON = [
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    found = rm.find_helm()
+    found = rm.find_helm(build=shutil.which("go") is not None)
     if found is None:
         message = "helm is not built on this machine (bash scripts/build-k8s.sh builds it)"
         if os.environ.get("CI", "").lower() == "true":

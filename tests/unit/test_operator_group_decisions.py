@@ -25,6 +25,8 @@ from clarion_operator.group_logic import (
     rights_check,
 )
 
+pytestmark = pytest.mark.unit
+
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 CHAT = -1001234567890
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from clarion_operator.startup import QuietTimers
+
+pytestmark = pytest.mark.unit
 
 
 def _record(level: int, message: str) -> logging.LogRecord:

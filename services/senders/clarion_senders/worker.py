@@ -27,10 +27,11 @@ Stopping (SIGTERM: a scale-down, a rollout) never loses or strands work:
 1. it reads nothing more;
 2. sends under way finish and are recorded, for up to `stop_grace_seconds` (less than the pod's grace
    period, so they are not killed mid-send);
-3. entries still waiting for the right to send after that (the rate limiter: nothing was sent) are
-   given back: the row goes back to `queued`, a new entry goes on the stream and the old one is
-   acknowledged, so another worker (or the next pod, since the entry counts in the lane's backlog)
-   sends them at once instead of after the lease;
+3. entries still waiting for the right to send after that (the rate limiter: nothing was sent), and
+   any that comes to wait for it later (it was still being claimed), are given back: the row goes
+   back to `queued`, a new entry goes on the stream and the old one is acknowledged, so another
+   worker (or the next pod, since the entry counts in the lane's backlog) sends them at once instead
+   of after the lease;
 4. with nothing left pending, the worker removes its consumer from the group, so scale-downs leave no
    consumer behind. The reclaimer also removes consumers idle for `stale_consumer_seconds` with
    nothing pending: those of pods killed before they could.
@@ -156,6 +157,7 @@ class NotificationWorker:
         self._admitting: set[asyncio.Task[Any]] = set()  # claimed, waiting for the right to send
         self._in_flight: set[tuple[str, bytes]] = set()  # (stream, entry id) being handled here
         self._stopping = asyncio.Event()
+        self._grace_over = False  # stopping, and the grace ended: rows reaching admission are given back
         self._fatal: str | None = None
 
     def stop(self) -> None:
@@ -188,6 +190,7 @@ class NotificationWorker:
         """Let sends under way finish for `stop_grace_seconds`; then give back the entries still waiting
         for the right to send, and wait for the rest."""
         _, left = await asyncio.wait(set(self._tasks), timeout=self.options.stop_grace_seconds)
+        self._grace_over = True
         waiting = [task for task in left if task in self._admitting]
         for task in waiting:
             task.cancel()
@@ -312,8 +315,9 @@ class NotificationWorker:
         self._admitting.add(me)
         keeper = asyncio.create_task(self._keep_claim(row, stream, entry_id), name="keep-claim")
         try:
-            await self.transport.admit(row)
-            return True
+            if not self._grace_over:
+                await self.transport.admit(row)
+                return True
         except asyncio.CancelledError:
             if not self._stopping.is_set():
                 raise
