@@ -57,7 +57,9 @@ def database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InterfaceError):
         # A pooled connection closed under us ("connection is closed", "cannot call ... connection
         # was closed in the middle of operation"); misuse of the API raises other interface errors.
-        return "closed" in str(exc)
+        # Our own pool closed ("pool is closed": the process is stopping) is no outage to wait out.
+        message = str(exc)
+        return "closed" in message and not message.startswith("pool is")
     if isinstance(exc, asyncpg.InternalClientError):
         # "cannot switch to state N; another operation (M) is in progress": the server ended the
         # connection while its reply was being read (an admin shutdown) and the next statement on it

@@ -60,6 +60,23 @@ async def test_other_errors_are_raised_at_once() -> None:
     assert calls == 1
 
 
+async def test_a_call_on_a_pool_this_process_closed_fails_at_once_instead_of_waiting_out_an_outage() -> None:
+    # asyncpg says "pool is closed" (a stopping process closed it), which once counted as Postgres away
+    # and held the stop for the whole tolerance (300 s by default)
+    pool = await asyncpg.create_pool("postgresql://nobody@127.0.0.1:1/none", min_size=0)
+    await pool.close()
+    calls = 0
+
+    async def call() -> object:
+        nonlocal calls
+        calls += 1
+        return await pool.fetchval("SELECT 1")
+
+    with pytest.raises(asyncpg.InterfaceError, match="pool is closed"):
+        await ride_out("test", call, tolerance=10, first_wait=0.01)
+    assert calls == 1
+
+
 async def test_an_outage_longer_than_the_tolerance_raises_the_last_error() -> None:
     calls = 0
 
