@@ -71,7 +71,9 @@ if [[ "${CLARION_SKIP_K8S_BUILD:-}" != "1" ]]; then
       # the build's lock and then find the cache. A build that failed here fails again there, loudly.
       build_log="${XDG_CACHE_HOME:-$HOME/.cache}/clarion/background-build.log"
       mkdir -p "$(dirname "$build_log")"
-      (renice -n 10 -p "$BASHPID" >/dev/null; build_binaries_and_images) </dev/null >"$build_log" 2>&1 &
+      # Appended: a second caller (CI's `make audit`, then `make test`) waits on the first's lock.
+      echo "--- $(date -u +%FT%TZ) bootstrap: background build" >>"$build_log"
+      (renice -n 10 -p "$BASHPID" >/dev/null; build_binaries_and_images) </dev/null >>"$build_log" 2>&1 &
       echo "bootstrap: building the Kubernetes binaries and the node's images in the background" \
            "when not cached (log: $build_log)" >&2
     else
