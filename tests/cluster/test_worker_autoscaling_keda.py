@@ -159,8 +159,16 @@ async def test_a_keda_lane_gets_a_scaled_object_keda_accepts_and_back_on_the_ope
 
     scaled = await _until(operator, "the bulk lane's ScaledObject", lambda: _keda_object(
         k8s, ns, builders.SCALED_OBJECTS, "mixed-workers-bulk"))
-    auth = _keda_object(k8s, ns, builders.TRIGGER_AUTHENTICATIONS, "mixed-workers-bulk")
-    assert auth is not None
+    # the pass applies the two objects one after the other, then writes the status that says so
+    auth = await _until(operator, "the bulk lane's TriggerAuthentication", lambda: _keda_object(
+        k8s, ns, builders.TRIGGER_AUTHENTICATIONS, "mixed-workers-bulk"))
+
+    def applied() -> dict[str, Any] | None:
+        found = _channel_object(k8s, ns, "mixed")
+        ready = _condition(found, "AutoscalerReady")
+        return found if ready is not None and ready["reason"] == "ScaledObjectsApplied" else None
+
+    await _until(operator, "AutoscalerReady: ScaledObjectsApplied", applied)
     # the instant lane is the operator's: no KEDA objects
     for plural in (builders.SCALED_OBJECTS, builders.TRIGGER_AUTHENTICATIONS):
         assert _keda_object(k8s, ns, plural, "mixed-workers-instant") is None
