@@ -71,7 +71,8 @@ class RenderError(RuntimeError):
 def find_helm(build: bool = False) -> Path | None:
     """The helm binary: $CLARION_HELM, $CLARION_K8S_BIN/helm, the build-k8s.sh cache, then PATH.
 
-    With `build`, scripts/build-k8s.sh is run as a last resort (it builds the binaries when missing).
+    With `build` and Go installed, scripts/build-k8s.sh is run as a last resort (it builds the binaries
+    when missing, or waits for a build under way); None when helm is still not found.
     """
     candidates: list[Path] = []
     if explicit := os.environ.get("CLARION_HELM"):
@@ -85,7 +86,7 @@ def find_helm(build: bool = False) -> Path | None:
     for candidate in candidates:
         if os.access(candidate, os.X_OK):
             return candidate
-    if build:
+    if build and shutil.which("go"):
         out = subprocess.run(["bash", str(ROOT / "scripts" / "build-k8s.sh")], check=True,
                              capture_output=True, text=True).stdout.strip().splitlines()
         helm = Path(out[-1]) / "helm"

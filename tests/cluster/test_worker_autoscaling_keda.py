@@ -168,14 +168,13 @@ async def test_a_keda_lane_gets_a_scaled_object_keda_accepts_and_back_on_the_ope
         ready = _condition(found, "AutoscalerReady")
         return found if ready is not None and ready["reason"] == "ScaledObjectsApplied" else None
 
-    await _until(operator, "AutoscalerReady: ScaledObjectsApplied", applied)
+    channel = await _until(operator, "AutoscalerReady: ScaledObjectsApplied", applied)
     # the instant lane is the operator's: no KEDA objects
     for plural in (builders.SCALED_OBJECTS, builders.TRIGGER_AUTHENTICATIONS):
         assert _keda_object(k8s, ns, plural, "mixed-workers-instant") is None
 
     # Accepted as written: the API server kept every field the operator sent (strict validation
     # would have refused an unknown one; a pruned one would be missing here).
-    channel = _channel_object(k8s, ns, "mixed")
     policy = ScalingPolicy(engine="keda", min_replicas=1, max_replicas=4, target_lag_per_replica=50,
                                     scale_down_cooldown_seconds=60)
     expected = builders.keda_scaled_object(namespace=ns, channel="mixed", lane="bulk", policy=policy,

@@ -13,7 +13,6 @@ import json
 import os
 import pkgutil
 import re
-import shutil
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +43,7 @@ EVERYTHING_ON = [
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    found = rm.find_helm(build=shutil.which("go") is not None)
+    found = rm.find_helm(build=True)
     if found is None:
         message = "helm is not built on this machine (bash scripts/build-k8s.sh builds it)"
         if os.environ.get("CI", "").lower() == "true":
